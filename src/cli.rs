@@ -1,0 +1,324 @@
+//! Command-line interface: arguments, and one function per subcommand that wires the
+//! stages together. Errors are returned, and turned into messages and exit codes in main.
+
+use crate::error::{Error, Result};
+use crate::kernel::{self, netns::NetnsSpec};
+use crate::map::{self, Source};
+use crate::plan::{Family, Plan};
+use crate::render;
+use crate::resolve::{Resolver, parse_add_host};
+use crate::ruleset;
+use crate::show;
+use crate::validate::{self, DEFAULT_TABLE};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  success
+  1  runtime or kernel error (the kernel is left as it was)
+  2  invalid input or usage: the map, a flag, a host that does not resolve
+
+Examples:
+  svcnat render -f rulesets/skupper-ingress.toml --add-host host.docker.internal=10.0.0.1
+  svcnat check  -f map.toml
+  svcnat apply  -f map.toml --netns proxy1
+  svcnat show   --netns proxy1
+  svcnat flush  --netns pid:4242";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "svcnat",
+    version,
+    about = "Turn a service map into netfilter NAT rules, installed atomically over netlink",
+    long_about = "svcnat turns a service map (TOML) into nftables NAT rules: DNAT for arriving \
+traffic (prerouting) and local processes (output), MASQUERADE for what it redirected \
+(postrouting). It installs them in one netlink transaction, in this network namespace or \
+another one, and owns exactly one table: nothing else is ever touched.",
+    after_help = AFTER_HELP,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MapArgs {
+    /// The service map: a path, or - for standard input [default: $SVCNAT_MAP, else ./svcnat.toml]
+    #[arg(short = 'f', long = "file", value_name = "MAP")]
+    pub file: Option<PathBuf>,
+    /// Resolve NAME to IP before the system resolver, like docker's --add-host (repeatable)
+    #[arg(long = "add-host", value_name = "NAME=IP")]
+    pub add_host: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NetnsArgs {
+    /// Work in this network namespace: a name under /run/netns, a path, or pid:N
+    #[arg(long, value_name = "NS")]
+    pub netns: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    /// nftables text for `nft -f` (replaces svcnat's table when loaded)
+    Nft,
+    /// IPv4 services as iptables-save text for `iptables-restore --noflush`
+    Iptables,
+    /// IPv6 services as ip6tables-save text for `ip6tables-restore --noflush`
+    Ip6tables,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the ruleset for a map without touching the kernel (no root needed)
+    #[command(after_help = concat!("Exit codes: 0 printed, 2 invalid map.\n\nExamples:\n",
+        "  svcnat render -f map.toml | nft -f -\n  svcnat render -f map.toml --format iptables | iptables-restore --noflush"))]
+    Render {
+        #[command(flatten)]
+        map: MapArgs,
+        #[arg(long, value_enum, default_value_t = Format::Nft)]
+        format: Format,
+    },
+    /// Validate and resolve a map, print what it would install; changes nothing
+    #[command(
+        after_help = "Exit codes: 0 valid, 2 invalid (every mistake is listed with file:line:col)."
+    )]
+    Check {
+        #[command(flatten)]
+        map: MapArgs,
+    },
+    /// Replace svcnat's table with the map's rules, in one netlink transaction
+    #[command(after_help = concat!(
+        "Turns on net.ipv4.ip_forward (or the IPv6 one) when targets lie outside the namespace, and \
+net.ipv4.conf.all.route_localnet for localhost = true services; if /proc/sys is read-only it \
+fails before changing anything and prints the sysctl to set.\n\n",
+        "Exit codes: 0 applied, 1 kernel/namespace/sysctl error (nothing changed), 2 invalid map.\n\nExamples:\n",
+        "  svcnat apply -f map.toml\n  svcnat apply -f map.toml --netns proxy1 --add-host host.docker.internal=172.17.0.1"))]
+    Apply {
+        #[command(flatten)]
+        map: MapArgs,
+        #[command(flatten)]
+        netns: NetnsArgs,
+    },
+    /// Remove everything svcnat installed (its table); exit 0 also when there was nothing
+    #[command(
+        after_help = "Exit codes: 0 flushed or nothing there, 1 kernel/namespace error.\n\nExample:\n  svcnat flush --netns proxy1"
+    )]
+    Flush {
+        #[command(flatten)]
+        netns: NetnsArgs,
+        /// The table to remove (settings.table of the map)
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+    },
+    /// Show what svcnat's table holds: services, targets and counters
+    #[command(
+        after_help = "Exit codes: 0 shown (also when empty), 1 kernel/namespace error.\n\nExamples:\n  svcnat show\n  svcnat show --netns proxy1 --json"
+    )]
+    Show {
+        #[command(flatten)]
+        netns: NetnsArgs,
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Read the map named by -f, $SVCNAT_MAP, or ./svcnat.toml.
+pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
+    let path = match file {
+        Some(p) => p.clone(),
+        None => std::env::var_os("SVCNAT_MAP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("svcnat.toml")),
+    };
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|source| Error::ReadMap {
+                path: path.clone(),
+                source,
+            })?;
+        return Ok(Source::new("-", text));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::ReadMap {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(Source::new(path.display().to_string(), text))
+}
+
+/// parse → validate → resolve.
+pub fn plan(args: &MapArgs) -> Result<Plan> {
+    let mut overrides = std::collections::HashMap::new();
+    for h in &args.add_host {
+        let (name, ip) = parse_add_host(h).map_err(Error::Usage)?;
+        overrides.insert(name, ip);
+    }
+    let source = read_map(args.file.as_ref())?;
+    plan_from_source(&source, Resolver::new(overrides))
+}
+
+pub fn plan_from_source(source: &Source, resolver: Resolver) -> Result<Plan> {
+    let raw = map::parse(source).map_err(|e| Error::Map(vec![e]))?;
+    let checked = validate::validate(source, raw).map_err(Error::Map)?;
+    resolver.resolve(&checked).map_err(Error::Map)
+}
+
+fn netns_spec(args: &NetnsArgs) -> Result<Option<NetnsSpec>> {
+    args.netns.as_deref().map(NetnsSpec::parse).transpose()
+}
+
+fn where_(ns: &Option<NetnsSpec>) -> String {
+    ns.as_ref()
+        .map(|n| format!(" in netns {}", n.label))
+        .unwrap_or_default()
+}
+
+pub fn describe_plan(plan: &Plan) -> String {
+    let mut out = String::new();
+    for s in &plan.services {
+        let targets: Vec<String> = s
+            .targets
+            .iter()
+            .map(|t| {
+                if t.weight == 1 {
+                    t.addr.to_string()
+                } else {
+                    format!("{}*{}", t.addr, t.weight)
+                }
+            })
+            .collect();
+        let mut extra = Vec::new();
+        if s.masquerade {
+            extra.push("masquerade");
+        }
+        if s.localhost {
+            extra.push("localhost");
+        }
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", extra.join(", "))
+        };
+        out.push_str(&format!(
+            "{} {}/{} -> {}{}\n",
+            s.name,
+            s.proto,
+            s.listen,
+            targets.join(", "),
+            extra
+        ));
+    }
+    out
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Render { map, format } => {
+            let plan = plan(&map)?;
+            let source = map
+                .file
+                .as_ref()
+                .map_or_else(|| "the map".to_owned(), |p| p.display().to_string());
+            let text = match format {
+                Format::Nft => render::nft::render(&ruleset::lower(&plan), true),
+                Format::Iptables | Format::Ip6tables => {
+                    let (family, other, flag) = match format {
+                        Format::Iptables => (Family::V4, Family::V6, "ip6tables"),
+                        _ => (Family::V6, Family::V4, "iptables"),
+                    };
+                    let skipped = plan.services.iter().filter(|s| s.family == other).count();
+                    if skipped > 0 {
+                        eprintln!(
+                            "svcnat: note: {skipped} {} service(s) left out; render them with --format {flag}",
+                            other.name()
+                        );
+                    }
+                    render::iptables::render(&plan, family, &source)
+                }
+            };
+            print!("{text}");
+            Ok(())
+        }
+        Command::Check { map } => {
+            let plan = plan(&map)?;
+            print!("{}", describe_plan(&plan));
+            println!(
+                "ok: {} service(s), table inet {}",
+                plan.services.len(),
+                plan.table
+            );
+            Ok(())
+        }
+        Command::Apply { map, netns } => {
+            let plan = plan(&map)?;
+            let ns = netns_spec(&netns)?;
+            let rs = ruleset::lower(&plan);
+            let started = Instant::now();
+            let applied = kernel::apply(ns.as_ref(), &plan, &rs)?;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let enabled = if applied.enabled.is_empty() {
+                String::new()
+            } else {
+                format!("; enabled {}", applied.enabled.join(", "))
+            };
+            println!(
+                "svcnat: applied {} service(s) to table inet {}{}: {} netlink messages, one transaction, {:.1} ms{}",
+                plan.services.len(),
+                plan.table,
+                where_(&ns),
+                applied.messages,
+                ms,
+                enabled
+            );
+            Ok(())
+        }
+        Command::Flush { netns, table } => {
+            let ns = netns_spec(&netns)?;
+            if kernel::flush(ns.as_ref(), &table)? {
+                println!("svcnat: removed table inet {table}{}", where_(&ns));
+            } else {
+                println!(
+                    "svcnat: nothing to flush: no table inet {table}{}",
+                    where_(&ns)
+                );
+            }
+            Ok(())
+        }
+        Command::Show { netns, table, json } => {
+            let ns = netns_spec(&netns)?;
+            let installed = kernel::show(ns.as_ref(), &table)?;
+            let shown = match &installed {
+                Some(i) => show::services(i),
+                None => show::Shown {
+                    table: table.clone(),
+                    services: Vec::new(),
+                    drift: Vec::new(),
+                },
+            };
+            if json {
+                let mut v = serde_json::to_value(&shown).expect("plain data serializes");
+                v["installed"] = serde_json::Value::Bool(installed.is_some());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("plain data serializes")
+                );
+            } else if installed.is_none() {
+                println!(
+                    "svcnat: no table inet {table}{}: nothing installed",
+                    where_(&ns)
+                );
+            } else {
+                print!("{}", show::human(&shown, &where_(&ns)));
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! The kernel's copy of svcnat's table → Ruleset. Dumps tables, chains, maps with their
+//! elements and rules with their expressions over the netlink socket, parsed with libnftnl's
+//! own parsers, and recognises svcnat's statements in them. A rule that is not exactly what
+//! svcnat writes (edited by hand with `nft`) is kept aside as drift, never guessed at.
+
+use super::encode::encode_rule;
+use super::expr::*;
+use super::netlink::{Msg, Netlink};
+use crate::error::{Error, Result};
+use crate::plan::Family;
+use crate::ruleset::{BaseHook, Chain, MapKey, MapKind, Rule, Ruleset, Stmt, VerdictMap};
+use crate::validate::Proto;
+use nftnl::nftnl_sys::{self as sys, libc};
+use std::collections::HashMap;
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// What the kernel holds in svcnat's table.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub ruleset: Ruleset,
+    /// Per chain: the (packets, bytes) of its counter, when it has one.
+    pub counters: HashMap<String, (u64, u64)>,
+    /// Rules svcnat did not write, as `chain: expressions`.
+    pub unrecognized: Vec<String>,
+}
+
+fn cstr(p: *const libc::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+fn parse_err(what: &str) -> Error {
+    Error::Netlink(format!("cannot parse the kernel's {what} message"))
+}
+
+struct RawChain {
+    name: String,
+    hook: Option<(u32, i32, String)>,
+}
+
+struct RawElem {
+    key: Vec<u8>,
+    data: Vec<u8>,
+    chain: Option<String>,
+}
+
+/// Read svcnat's table; Ok(None) when it does not exist.
+pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
+    let name = CString::new(table).expect("validated name");
+    // The table itself: ENOENT means svcnat has nothing installed here.
+    let exists = nl.dump(
+        libc::NFT_MSG_GETTABLE,
+        0,
+        |h| unsafe {
+            let t = sys::nftnl_table_alloc();
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
+        },
+        |_| Ok(()),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+
+    let mut chains = Vec::new();
+    nl.dump(
+        libc::NFT_MSG_GETCHAIN,
+        libc::NLM_F_DUMP,
+        |h| unsafe {
+            let c = sys::nftnl_chain_alloc();
+            sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TABLE as u16, name.as_ptr());
+            sys::nftnl_chain_nlmsg_build_payload(h, c);
+            sys::nftnl_chain_free(c);
+        },
+        |m: &Msg| unsafe {
+            let c = sys::nftnl_chain_alloc();
+            let ok = sys::nftnl_chain_nlmsg_parse(m.header(), c) >= 0;
+            let get = |a: u32| sys::nftnl_chain_is_set(c, a as u16);
+            let result = if !ok {
+                Err(parse_err("chain"))
+            } else {
+                if cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16)) == table {
+                    chains.push(RawChain {
+                        name: cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
+                        hook: get(sys::NFTNL_CHAIN_HOOKNUM).then(|| {
+                            (
+                                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                                sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
+                                cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
+                            )
+                        }),
+                    });
+                }
+                Ok(())
+            };
+            sys::nftnl_chain_free(c);
+            result
+        },
+    )?;
+
+    let mut set_names = Vec::new();
+    nl.dump(
+        libc::NFT_MSG_GETSET,
+        libc::NLM_F_DUMP,
+        |h| unsafe {
+            let s = sys::nftnl_set_alloc();
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, name.as_ptr());
+            sys::nftnl_set_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        },
+        |m: &Msg| unsafe {
+            let s = sys::nftnl_set_alloc();
+            let ok = sys::nftnl_set_nlmsg_parse(m.header(), s) >= 0;
+            if ok {
+                set_names.push(cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)));
+            }
+            sys::nftnl_set_free(s);
+            if ok { Ok(()) } else { Err(parse_err("set")) }
+        },
+    )?;
+
+    let mut elements: HashMap<String, Vec<RawElem>> = HashMap::new();
+    for set in &set_names {
+        let set_c = CString::new(set.as_str()).expect("kernel names have no NUL");
+        let mut elems = Vec::new();
+        nl.dump(
+            libc::NFT_MSG_GETSETELEM,
+            libc::NLM_F_DUMP,
+            |h| unsafe {
+                let s = sys::nftnl_set_alloc();
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, name.as_ptr());
+                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set_c.as_ptr());
+                sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+                sys::nftnl_set_free(s);
+            },
+            |m: &Msg| unsafe {
+                let s = sys::nftnl_set_alloc();
+                if sys::nftnl_set_elems_nlmsg_parse(m.header(), s) < 0 {
+                    sys::nftnl_set_free(s);
+                    return Err(parse_err("set element"));
+                }
+                let it = sys::nftnl_set_elems_iter_create(s);
+                let mut e = sys::nftnl_set_elems_iter_next(it);
+                while !e.is_null() {
+                    let bytes = |attr: u32| {
+                        let mut len = 0u32;
+                        let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
+                        if p.is_null() {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
+                        }
+                    };
+                    let chain = sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16)
+                        .then(|| {
+                            cstr(sys::nftnl_set_elem_get_str(
+                                e,
+                                sys::NFTNL_SET_ELEM_CHAIN as u16,
+                            ))
+                        });
+                    elems.push(RawElem {
+                        key: bytes(sys::NFTNL_SET_ELEM_KEY),
+                        data: bytes(sys::NFTNL_SET_ELEM_DATA),
+                        chain,
+                    });
+                    e = sys::nftnl_set_elems_iter_next(it);
+                }
+                sys::nftnl_set_elems_iter_destroy(it);
+                sys::nftnl_set_free(s);
+                Ok(())
+            },
+        )?;
+        elements.insert(set.clone(), elems);
+    }
+
+    let mut rules: Vec<(String, Vec<Expr>)> = Vec::new();
+    nl.dump(
+        libc::NFT_MSG_GETRULE,
+        libc::NLM_F_DUMP,
+        |h| unsafe {
+            let r = sys::nftnl_rule_alloc();
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+            sys::nftnl_rule_nlmsg_build_payload(h, r);
+            sys::nftnl_rule_free(r);
+        },
+        |m: &Msg| unsafe {
+            let r = sys::nftnl_rule_alloc();
+            if sys::nftnl_rule_nlmsg_parse(m.header(), r) < 0 {
+                sys::nftnl_rule_free(r);
+                return Err(parse_err("rule"));
+            }
+            if cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)) == table {
+                let chain = cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
+                let it = sys::nftnl_expr_iter_create(r);
+                let mut exprs = Vec::new();
+                let mut e = sys::nftnl_expr_iter_next(it);
+                while !e.is_null() {
+                    exprs.push(Expr::parse(e));
+                    e = sys::nftnl_expr_iter_next(it);
+                }
+                sys::nftnl_expr_iter_destroy(it);
+                rules.push((chain, exprs));
+            }
+            sys::nftnl_rule_free(r);
+            Ok(())
+        },
+    )?;
+
+    Ok(Some(lift(table, chains, &set_names, &elements, rules)))
+}
+
+fn lift(
+    table: &str,
+    raw_chains: Vec<RawChain>,
+    set_names: &[String],
+    elements: &HashMap<String, Vec<RawElem>>,
+    rules: Vec<(String, Vec<Expr>)>,
+) -> Installed {
+    let mut maps = Vec::new();
+    for kind in MapKind::ALL {
+        if !set_names.iter().any(|n| n == kind.name()) {
+            continue;
+        }
+        let mut elems: Vec<(MapKey, String)> = elements[kind.name()]
+            .iter()
+            .filter_map(|e| Some((decode_key(kind, &e.key)?, e.chain.clone()?)))
+            .collect();
+        elems.sort();
+        maps.push(VerdictMap {
+            kind,
+            elements: elems,
+        });
+    }
+    let slots = |set: &str| -> Option<Vec<SocketAddr>> {
+        let mut s: Vec<(u32, SocketAddr)> = elements
+            .get(set)?
+            .iter()
+            .map(|e| {
+                Some((
+                    u32::from_ne_bytes(e.key.get(..4)?.try_into().ok()?),
+                    decode_target(&e.data)?,
+                ))
+            })
+            .collect::<Option<_>>()?;
+        s.sort();
+        Some(s.into_iter().map(|(_, a)| a).collect())
+    };
+
+    let mut chains: Vec<Chain> = raw_chains
+        .iter()
+        .map(|c| Chain {
+            name: c.name.clone(),
+            hook: c
+                .hook
+                .as_ref()
+                .and_then(|(num, prio, ty)| decode_hook(*num, *prio, ty)),
+            rules: Vec::new(),
+        })
+        .collect();
+    let mut counters = HashMap::new();
+    let mut unrecognized = Vec::new();
+    for (chain, exprs) in rules {
+        let Some(c) = chains.iter_mut().find(|c| c.name == chain) else {
+            continue;
+        };
+        match decode_rule(&exprs, &slots) {
+            Some(stmts) => {
+                if let Some(Expr::Counter { packets, bytes }) =
+                    exprs.iter().find(|e| matches!(e, Expr::Counter { .. }))
+                {
+                    counters.insert(chain.clone(), (*packets, *bytes));
+                }
+                c.rules.push(Rule(stmts));
+            }
+            None => unrecognized.push(format!("{chain}: {exprs:?}")),
+        }
+    }
+    // svcnat creates base chains first, then service chains in map order; the kernel lists
+    // them in creation order, so the lifted Ruleset compares equal to the lowered one.
+    let _ = &mut chains;
+    Installed {
+        ruleset: Ruleset {
+            table: table.to_owned(),
+            maps,
+            chains,
+        },
+        counters,
+        unrecognized,
+    }
+}
+
+fn decode_hook(num: u32, prio: i32, ty: &str) -> Option<BaseHook> {
+    let h = match num as i32 {
+        libc::NF_INET_PRE_ROUTING => BaseHook::Prerouting,
+        libc::NF_INET_LOCAL_OUT => BaseHook::Output,
+        libc::NF_INET_POST_ROUTING => BaseHook::Postrouting,
+        libc::NF_INET_LOCAL_IN => BaseHook::Input,
+        _ => return None,
+    };
+    let ty_ok = (ty == "nat") == h.is_nat();
+    (ty_ok && prio == h.priority()).then_some(h)
+}
+
+fn decode_ip(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+        _ => None,
+    }
+}
+
+fn decode_key(kind: MapKind, b: &[u8]) -> Option<MapKey> {
+    let addr_len = match kind.key_addr_family() {
+        Some(Family::V4) => 4,
+        Some(Family::V6) => 16,
+        None => 0,
+    };
+    if b.len() != addr_len + 8 {
+        return None;
+    }
+    let addr = if addr_len > 0 {
+        Some(decode_ip(&b[..addr_len])?)
+    } else {
+        None
+    };
+    Some(MapKey {
+        addr,
+        proto: Proto::from_number(b[addr_len])?,
+        port: u16::from_be_bytes([b[addr_len + 4], b[addr_len + 5]]),
+    })
+}
+
+fn decode_target(b: &[u8]) -> Option<SocketAddr> {
+    let ip = decode_ip(&b[..b.len().checked_sub(4)?])?;
+    let n = b.len() - 4;
+    Some(SocketAddr::new(ip, u16::from_be_bytes([b[n], b[n + 1]])))
+}
+
+/// Recognise svcnat's statements in a rule's expressions. The result is accepted only if
+/// encoding it again gives the very same expressions.
+pub fn decode_rule(
+    x: &[Expr],
+    slots: &dyn Fn(&str) -> Option<Vec<SocketAddr>>,
+) -> Option<Vec<Stmt>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let at = |i: usize| x.get(i);
+    while i < x.len() {
+        // nft's implicit family dependency: re-created by the encoder, skipped here.
+        if let (
+            Some(Expr::MetaLoad {
+                key: META_NFPROTO, ..
+            }),
+            Some(Expr::Cmp { .. }),
+        ) = (at(i), at(i + 1))
+        {
+            i += 2;
+            continue;
+        }
+        let (stmt, used) = match (at(i), at(i + 1), at(i + 2), at(i + 3)) {
+            (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset: 16,
+                    len: 1,
+                    ..
+                }),
+                Some(Expr::Cmp { op, .. }),
+                ..,
+            ) => (
+                Stmt::DaddrLoopback {
+                    family: Family::V4,
+                    negate: *op == CMP_NEQ,
+                },
+                2,
+            ),
+            (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset: 24,
+                    len: 16,
+                    ..
+                }),
+                Some(Expr::Cmp { op, .. }),
+                None,
+                _,
+            )
+            | (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset: 24,
+                    len: 16,
+                    ..
+                }),
+                Some(Expr::Cmp { op, .. }),
+                Some(Expr::Fib { .. }),
+                _,
+            ) => (
+                Stmt::DaddrLoopback {
+                    family: Family::V6,
+                    negate: *op == CMP_NEQ,
+                },
+                2,
+            ),
+            (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset: 12,
+                    len: 1,
+                    ..
+                }),
+                Some(Expr::Cmp { .. }),
+                ..,
+            ) => (Stmt::SaddrLoopback, 2),
+            (Some(Expr::Fib { .. }), Some(Expr::Cmp { .. }), ..) => (Stmt::FibDaddrLocal, 2),
+            (
+                Some(Expr::MetaLoad {
+                    key: META_IIFNAME, ..
+                }),
+                Some(Expr::Cmp { .. }),
+                ..,
+            ) => (Stmt::IifnameNotLo, 2),
+            (Some(Expr::CtLoad { .. }), Some(Expr::Bitwise { .. }), Some(Expr::Cmp { .. }), _) => {
+                (Stmt::CtNotDnat, 3)
+            }
+            (
+                Some(Expr::MetaLoad {
+                    key: META_L4PROTO, ..
+                }),
+                Some(Expr::Cmp { data, .. }),
+                ..,
+            ) => (Stmt::L4proto(Proto::from_number(*data.first()?)?), 2),
+            (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    ..
+                }),
+                Some(Expr::MetaLoad {
+                    key: META_L4PROTO, ..
+                }),
+                Some(Expr::Payload {
+                    base: PAYLOAD_TRANSPORT,
+                    ..
+                }),
+                Some(Expr::Lookup { set, .. }),
+            ) => (Stmt::Vmap(MapKind::from_name(set)?), 4),
+            (
+                Some(Expr::MetaLoad {
+                    key: META_L4PROTO, ..
+                }),
+                Some(Expr::Payload {
+                    base: PAYLOAD_TRANSPORT,
+                    ..
+                }),
+                Some(Expr::Lookup { set, .. }),
+                _,
+            ) => (Stmt::Vmap(MapKind::from_name(set)?), 3),
+            (Some(Expr::Counter { .. }), ..) => (Stmt::Counter, 1),
+            (
+                Some(Expr::MetaLoad { key: META_MARK, .. }),
+                Some(Expr::Bitwise { xor, .. }),
+                Some(Expr::MetaSet { key: META_MARK, .. }),
+                _,
+            ) => (
+                Stmt::MarkSet(u32::from_ne_bytes(xor.as_slice().try_into().ok()?)),
+                3,
+            ),
+            (
+                Some(Expr::MetaLoad { key: META_MARK, .. }),
+                Some(Expr::Bitwise { mask, .. }),
+                Some(Expr::Cmp { .. }),
+                _,
+            ) => (
+                Stmt::MarkTest(u32::from_ne_bytes(mask.as_slice().try_into().ok()?)),
+                3,
+            ),
+            (Some(Expr::Masq), ..) => (Stmt::Masquerade, 1),
+            (Some(Expr::Verdict { code: VERDICT_DROP }), ..) => (Stmt::Drop, 1),
+            (
+                Some(Expr::Immediate {
+                    dreg: 1,
+                    data: addr,
+                }),
+                Some(Expr::Immediate {
+                    dreg: 2,
+                    data: port,
+                }),
+                Some(Expr::Nat { .. }),
+                _,
+            ) => {
+                let port = u16::from_be_bytes(port.as_slice().try_into().ok()?);
+                (Stmt::DnatTo(SocketAddr::new(decode_ip(addr)?, port)), 3)
+            }
+            (
+                Some(Expr::Numgen { .. }),
+                Some(Expr::Lookup { set, .. }),
+                Some(Expr::Nat { .. }),
+                _,
+            ) => (Stmt::DnatNumgen(slots(set)?), 3),
+            _ => return None,
+        };
+        out.push(stmt);
+        i += used;
+    }
+    let again = encode_rule(&Rule(out.clone()), &mut |_| ("__map".to_owned(), 0));
+    (again.len() == x.len() && again.iter().zip(x).all(|(a, b)| a.same_shape(b))).then_some(out)
+}

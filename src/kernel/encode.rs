@@ -1,0 +1,658 @@
+//! Ruleset → nf_tables netlink objects, in one batch. Every statement becomes exactly the
+//! expressions nft generates for its text (checked by the kernel tests, which compare
+//! `nft list` of a netlink apply with `nft list` of the same ruleset loaded by `nft -f`).
+
+use super::expr::*;
+use crate::plan::Family;
+use crate::ruleset::{BaseHook, MapKey, MapKind, Rule, Ruleset, Stmt};
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
+use std::cell::Cell;
+use std::ffi::{CString, c_void};
+use std::net::{IpAddr, SocketAddr};
+use std::os::raw::c_char;
+use std::ptr::NonNull;
+
+/// Expressions for one rule. nft adds a `meta nfproto` check before the first IPv4/IPv6
+/// header match of a rule in an inet table; so do we, so both produce the same rule.
+pub fn encode_rule(
+    rule: &Rule,
+    anon_map: &mut dyn FnMut(&[SocketAddr]) -> (String, u32),
+) -> Vec<Expr> {
+    let mut out = Vec::new();
+    let mut known: Option<Family> = None;
+    let mut need = |out: &mut Vec<Expr>, f: Family| {
+        if known != Some(f) {
+            out.push(Expr::MetaLoad {
+                key: META_NFPROTO,
+                dreg: 1,
+            });
+            let p = match f {
+                Family::V4 => NFPROTO_IPV4,
+                Family::V6 => NFPROTO_IPV6,
+            };
+            out.push(Expr::Cmp {
+                op: CMP_EQ,
+                sreg: 1,
+                data: vec![p],
+            });
+            known = Some(f);
+        }
+    };
+    for s in &rule.0 {
+        match s {
+            Stmt::DaddrLoopback { family, negate } => {
+                need(&mut out, *family);
+                let op = if *negate { CMP_NEQ } else { CMP_EQ };
+                out.extend(match family {
+                    // 127.0.0.0/8 is a one-byte prefix match, as nft optimises it.
+                    Family::V4 => [
+                        Expr::Payload {
+                            base: PAYLOAD_NETWORK,
+                            offset: 16,
+                            len: 1,
+                            dreg: 1,
+                        },
+                        Expr::Cmp {
+                            op,
+                            sreg: 1,
+                            data: vec![127],
+                        },
+                    ],
+                    Family::V6 => [
+                        Expr::Payload {
+                            base: PAYLOAD_NETWORK,
+                            offset: 24,
+                            len: 16,
+                            dreg: 1,
+                        },
+                        Expr::Cmp {
+                            op,
+                            sreg: 1,
+                            data: std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
+                        },
+                    ],
+                });
+            }
+            Stmt::SaddrLoopback => {
+                need(&mut out, Family::V4);
+                out.push(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset: 12,
+                    len: 1,
+                    dreg: 1,
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: vec![127],
+                });
+            }
+            Stmt::FibDaddrLocal => {
+                out.push(Expr::Fib {
+                    flags: FIB_F_DADDR,
+                    result: FIB_RESULT_ADDRTYPE,
+                    dreg: 1,
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: RTN_LOCAL.to_ne_bytes().to_vec(),
+                });
+            }
+            Stmt::IifnameNotLo => {
+                let mut name = vec![0u8; 16];
+                name[..2].copy_from_slice(b"lo");
+                out.push(Expr::MetaLoad {
+                    key: META_IIFNAME,
+                    dreg: 1,
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_NEQ,
+                    sreg: 1,
+                    data: name,
+                });
+            }
+            Stmt::CtNotDnat => {
+                out.push(Expr::CtLoad {
+                    key: CT_STATUS,
+                    dreg: 1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: vec![0; 4],
+                });
+            }
+            Stmt::L4proto(p) => {
+                out.push(Expr::MetaLoad {
+                    key: META_L4PROTO,
+                    dreg: 1,
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: vec![p.number()],
+                });
+            }
+            Stmt::Vmap(kind) => {
+                let addr_len = match kind.key_addr_family() {
+                    Some(f) => {
+                        need(&mut out, f);
+                        let (offset, len) = daddr_field(f);
+                        out.push(Expr::Payload {
+                            base: PAYLOAD_NETWORK,
+                            offset,
+                            len,
+                            dreg: 1,
+                        });
+                        len
+                    }
+                    None => 0,
+                };
+                out.push(Expr::MetaLoad {
+                    key: META_L4PROTO,
+                    dreg: reg(addr_len),
+                });
+                out.push(Expr::Payload {
+                    base: PAYLOAD_TRANSPORT,
+                    offset: 2,
+                    len: 2,
+                    dreg: reg(addr_len + 4),
+                });
+                out.push(Expr::Lookup {
+                    sreg: 1,
+                    dreg: Some(REG_VERDICT),
+                    set: kind.name().to_owned(),
+                    set_id: map_id(*kind),
+                });
+            }
+            Stmt::Counter => out.push(Expr::Counter {
+                packets: 0,
+                bytes: 0,
+            }),
+            Stmt::MarkSet(m) => {
+                out.push(Expr::MetaLoad {
+                    key: META_MARK,
+                    dreg: 1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: (!m).to_ne_bytes().to_vec(),
+                    xor: m.to_ne_bytes().to_vec(),
+                });
+                out.push(Expr::MetaSet {
+                    key: META_MARK,
+                    sreg: 1,
+                });
+            }
+            Stmt::MarkTest(m) => {
+                out.push(Expr::MetaLoad {
+                    key: META_MARK,
+                    dreg: 1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: m.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: m.to_ne_bytes().to_vec(),
+                });
+            }
+            Stmt::Masquerade => out.push(Expr::Masq),
+            Stmt::Drop => out.push(Expr::Verdict { code: VERDICT_DROP }),
+            Stmt::DnatTo(a) => {
+                out.push(Expr::Immediate {
+                    dreg: 1,
+                    data: ip_bytes(&a.ip()),
+                });
+                out.push(Expr::Immediate {
+                    dreg: 2,
+                    data: a.port().to_be_bytes().to_vec(),
+                });
+                out.push(Expr::Nat {
+                    family: nfproto(&a.ip()),
+                    reg_addr: 1,
+                    reg_proto: 2,
+                    flags: Some(NAT_RANGE_PROTO_SPECIFIED),
+                });
+            }
+            Stmt::DnatNumgen(slots) => {
+                let (set, set_id) = anon_map(slots);
+                let ip = slots[0].ip();
+                out.push(Expr::Numgen {
+                    dreg: 1,
+                    modulus: slots.len() as u32,
+                });
+                out.push(Expr::Lookup {
+                    sreg: 1,
+                    dreg: Some(1),
+                    set,
+                    set_id,
+                });
+                out.push(Expr::Nat {
+                    family: nfproto(&ip),
+                    reg_addr: 1,
+                    reg_proto: reg(ip_bytes(&ip).len() as u32),
+                    flags: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn daddr_field(f: Family) -> (u32, u32) {
+    match f {
+        Family::V4 => (16, 4),
+        Family::V6 => (24, 16),
+    }
+}
+
+fn nfproto(ip: &IpAddr) -> u32 {
+    u32::from(match ip {
+        IpAddr::V4(_) => NFPROTO_IPV4,
+        IpAddr::V6(_) => NFPROTO_IPV6,
+    })
+}
+
+pub fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// Map key bytes: `[addr .] l4proto . dport`, each field padded to 4 bytes.
+pub fn key_bytes(key: &MapKey) -> Vec<u8> {
+    let mut out = key.addr.map(|a| ip_bytes(&a)).unwrap_or_default();
+    out.extend([key.proto.number(), 0, 0, 0]);
+    out.extend(key.port.to_be_bytes());
+    out.extend([0, 0]);
+    out
+}
+
+/// Slot-map data bytes: `addr . port`, the port padded to 4 bytes.
+pub fn target_bytes(a: &SocketAddr) -> Vec<u8> {
+    let mut out = ip_bytes(&a.ip());
+    out.extend(a.port().to_be_bytes());
+    out.extend([0, 0]);
+    out
+}
+
+/// Transaction-local ids for the named maps (anonymous maps count up from 100).
+fn map_id(kind: MapKind) -> u32 {
+    MapKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .expect("known kind") as u32
+        + 1
+}
+
+// Datatype ids as nft composes them: each field 6 bits.
+const TYPE_INTEGER: u32 = 4;
+const TYPE_IPV4: u32 = 7;
+const TYPE_IPV6: u32 = 8;
+const TYPE_INET_PROTO: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const DATA_VERDICT: u32 = 0xffff_ff00;
+
+// Set userdata exactly as nft 1.0.x writes it (byte orders, typeof), so `nft list` prints
+// svcnat's maps the way it prints maps it loaded itself.
+const VMAP_UDATA: [u8; 28] = [
+    0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
+];
+const SLOTMAP_UDATA: [u8; 18] = [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
+
+/// An nftnl set (a map here) with its elements, owned.
+pub struct NfSet {
+    ptr: NonNull<sys::nftnl_set>,
+}
+
+impl NfSet {
+    fn new(table: &str, name: &str, id: u32) -> NfSet {
+        let Some(ptr) = NonNull::new(unsafe { sys::nftnl_set_alloc() }) else {
+            std::process::abort();
+        };
+        let s = NfSet { ptr };
+        let t = CString::new(table).expect("validated name");
+        let n = CString::new(name).expect("validated name");
+        unsafe {
+            sys::nftnl_set_set_u32(
+                s.raw(),
+                sys::NFTNL_SET_FAMILY as u16,
+                libc::NFPROTO_INET as u32,
+            );
+            sys::nftnl_set_set_str(s.raw(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
+            sys::nftnl_set_set_str(s.raw(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
+            sys::nftnl_set_set_u32(s.raw(), sys::NFTNL_SET_ID as u16, id);
+        }
+        s
+    }
+
+    fn raw(&self) -> *mut sys::nftnl_set {
+        self.ptr.as_ptr()
+    }
+
+    fn set_u32(&self, attr: u32, v: u32) {
+        unsafe { sys::nftnl_set_set_u32(self.raw(), attr as u16, v) };
+    }
+
+    fn set_udata(&self, data: &[u8]) {
+        unsafe {
+            sys::nftnl_set_set_data(
+                self.raw(),
+                sys::NFTNL_SET_USERDATA as u16,
+                data.as_ptr().cast(),
+                data.len() as u32,
+            )
+        };
+    }
+
+    /// A named verdict map `[addr .] inet_proto . inet_service : verdict`.
+    pub fn verdict_map(table: &str, kind: MapKind) -> NfSet {
+        let s = NfSet::new(table, kind.name(), map_id(kind));
+        let (key_type, addr_len) = match kind.key_addr_family() {
+            Some(Family::V4) => (
+                (TYPE_IPV4 << 12) | (TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE,
+                4,
+            ),
+            Some(Family::V6) => (
+                (TYPE_IPV6 << 12) | (TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE,
+                16,
+            ),
+            None => ((TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE, 0),
+        };
+        s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
+        s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, addr_len + 8);
+        s.set_u32(sys::NFTNL_SET_DATA_TYPE, DATA_VERDICT);
+        s.set_u32(sys::NFTNL_SET_DATA_LEN, 0);
+        s.set_udata(&VMAP_UDATA);
+        s
+    }
+
+    /// An anonymous constant map `slot : addr . port` for `numgen random mod N`.
+    pub fn slot_map(table: &str, id: u32, slots: &[SocketAddr]) -> NfSet {
+        let s = NfSet::new(table, "__map%d", id);
+        let v4 = slots[0].is_ipv4();
+        let (addr_type, addr_len) = if v4 { (TYPE_IPV4, 4) } else { (TYPE_IPV6, 16) };
+        s.set_u32(
+            sys::NFTNL_SET_FLAGS,
+            (libc::NFT_SET_ANONYMOUS | libc::NFT_SET_CONSTANT | libc::NFT_SET_MAP) as u32,
+        );
+        s.set_u32(sys::NFTNL_SET_KEY_TYPE, TYPE_INTEGER);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, 4);
+        s.set_u32(
+            sys::NFTNL_SET_DATA_TYPE,
+            (addr_type << 6) | TYPE_INET_SERVICE,
+        );
+        s.set_u32(sys::NFTNL_SET_DATA_LEN, addr_len + 4);
+        s.set_u32(sys::NFTNL_SET_DESC_SIZE, slots.len() as u32);
+        s.set_udata(&SLOTMAP_UDATA);
+        for (i, a) in slots.iter().enumerate() {
+            s.add_elem(&(i as u32).to_ne_bytes(), Some(&target_bytes(a)), None);
+        }
+        s
+    }
+
+    /// Add an element: data bytes for a data map, or a chain to `goto` for a verdict map.
+    pub fn add_elem(&self, key: &[u8], data: Option<&[u8]>, goto: Option<&str>) {
+        unsafe {
+            let Some(e) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
+                std::process::abort();
+            };
+            let e = e.as_ptr();
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            if let Some(d) = data {
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_DATA as u16,
+                    d.as_ptr().cast(),
+                    d.len() as u32,
+                );
+            }
+            if let Some(chain) = goto {
+                let c = CString::new(chain).expect("validated name");
+                sys::nftnl_set_elem_set_u32(
+                    e,
+                    sys::NFTNL_SET_ELEM_VERDICT as u16,
+                    VERDICT_GOTO as u32,
+                );
+                sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, c.as_ptr());
+            }
+            sys::nftnl_set_elem_add(self.raw(), e);
+        }
+    }
+
+    pub fn as_ptr(&self) -> *mut sys::nftnl_set {
+        self.raw()
+    }
+}
+
+impl Drop for NfSet {
+    fn drop(&mut self) {
+        unsafe { sys::nftnl_set_free(self.raw()) };
+    }
+}
+
+/// Build a message header without NLM_F_ACK: the kernel then answers only failures, plus one
+/// ack for the batch end; per-message acks for 100,000 objects would overflow the socket.
+unsafe fn header(buf: *mut c_void, msg: i32, flags: i32, seq: u32) -> *mut libc::nlmsghdr {
+    unsafe {
+        sys::nftnl_nlmsg_build_hdr(
+            buf.cast::<c_char>(),
+            msg as u16,
+            libc::NFPROTO_INET as u16,
+            flags as u16,
+            seq,
+        )
+    }
+}
+
+struct NewSet<'a>(&'a NfSet);
+unsafe impl NlMsg for NewSet<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        unsafe {
+            let h = header(buf, libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE, seq);
+            sys::nftnl_set_nlmsg_build_payload(h, self.0.as_ptr());
+        }
+    }
+}
+
+/// One NEWSETELEM message: as many elements as fit, continuing where the last one stopped.
+struct NewElems<'a> {
+    iter: *mut sys::nftnl_set_elems_iter,
+    more: &'a Cell<bool>,
+}
+unsafe impl NlMsg for NewElems<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        unsafe {
+            let h = header(
+                buf,
+                libc::NFT_MSG_NEWSETELEM,
+                libc::NLM_F_CREATE | libc::NLM_F_EXCL,
+                seq,
+            );
+            self.more
+                .set(sys::nftnl_set_elems_nlmsg_build_payload_iter(h, self.iter) > 0);
+        }
+    }
+}
+
+/// Clears NLM_F_ACK from a message nftnl writes with it (see `header`).
+struct NoAck<'a, T: NlMsg>(&'a T);
+unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
+        unsafe {
+            self.0.write(buf, seq, t);
+            let h = buf.cast::<libc::nlmsghdr>();
+            (*h).nlmsg_flags &= !(libc::NLM_F_ACK as u16);
+        }
+    }
+}
+
+/// A batch and, for each message in it, what it creates or deletes (to name the object a
+/// kernel error refers to).
+pub struct Transaction {
+    pub batch: Batch,
+    pub objects: Vec<String>,
+    table: Option<String>,
+}
+
+impl Transaction {
+    pub fn new() -> Self {
+        Transaction {
+            batch: Batch::new(),
+            objects: Vec::new(),
+            table: None,
+        }
+    }
+
+    fn add<T: NlMsg>(&mut self, msg: &T, t: MsgType, what: String) {
+        self.batch.add(&NoAck(msg), t);
+        self.objects.push(what);
+    }
+
+    fn add_set(&mut self, set: &NfSet, what: String) {
+        self.batch.add(&NewSet(set), MsgType::Add);
+        self.objects.push(format!("add {what}"));
+        let iter = unsafe { sys::nftnl_set_elems_iter_create(set.as_ptr()) };
+        let more = Cell::new(!unsafe { sys::nftnl_set_elems_iter_cur(iter) }.is_null());
+        while more.get() {
+            self.batch
+                .add(&NewElems { iter, more: &more }, MsgType::Add);
+            self.objects.push(format!("add elements to {what}"));
+        }
+        unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
+    }
+
+    /// Remove the table if present: create it (a no-op when it exists), then delete it.
+    pub fn delete_table(&mut self, name: &str) {
+        let t = Table::new(
+            CString::new(name).expect("validated name"),
+            ProtoFamily::Inet,
+        );
+        self.add(&t, MsgType::Add, format!("table inet {name}"));
+        self.add(&t, MsgType::Del, format!("delete table inet {name}"));
+    }
+
+    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew.
+    pub fn replace_table(&mut self, rs: &Ruleset) {
+        self.table = Some(rs.table.clone());
+        self.delete_table(&rs.table);
+        let table = Table::new(
+            CString::new(rs.table.as_str()).expect("validated name"),
+            ProtoFamily::Inet,
+        );
+        self.add(&table, MsgType::Add, format!("table inet {}", rs.table));
+
+        let names: Vec<CString> = rs
+            .chains
+            .iter()
+            .map(|c| CString::new(c.name.as_str()).expect("validated"))
+            .collect();
+        let chains: Vec<Chain> = rs
+            .chains
+            .iter()
+            .zip(&names)
+            .map(|(c, name)| {
+                let mut chain = Chain::new(name, &table);
+                if let Some(h) = c.hook {
+                    chain.set_hook(nl_hook(h), h.priority());
+                    chain.set_type(if h.is_nat() {
+                        ChainType::Nat
+                    } else {
+                        ChainType::Filter
+                    });
+                    chain.set_policy(Policy::Accept);
+                }
+                chain
+            })
+            .collect();
+        for (c, chain) in rs.chains.iter().zip(&chains) {
+            self.add(chain, MsgType::Add, format!("add chain {}", c.name));
+        }
+        for m in &rs.maps {
+            let set = NfSet::verdict_map(&rs.table, m.kind);
+            for (key, chain) in &m.elements {
+                set.add_elem(&key_bytes(key), None, Some(chain));
+            }
+            self.add_set(&set, format!("map {}", m.kind.name()));
+        }
+        let mut next_anon_id = 100u32;
+        for (c, chain) in rs.chains.iter().zip(&chains) {
+            for (i, r) in c.rules.iter().enumerate() {
+                let mut anon_sets = Vec::new();
+                let exprs = encode_rule(r, &mut |slots| {
+                    next_anon_id += 1;
+                    anon_sets.push(NfSet::slot_map(&rs.table, next_anon_id, slots));
+                    ("__map%d".to_owned(), next_anon_id)
+                });
+                for s in &anon_sets {
+                    self.add_set(s, format!("slot map of chain {} rule {}", c.name, i + 1));
+                }
+                let mut rule = nftnl::Rule::new(chain);
+                for e in &exprs {
+                    rule.add_expr(e);
+                }
+                let text: Vec<String> = r.0.iter().map(crate::render::nft::stmt_text).collect();
+                self.add(
+                    &rule,
+                    MsgType::Add,
+                    format!("add rule to chain {}: {}", c.name, text.join(" ")),
+                );
+            }
+        }
+    }
+}
+
+impl Transaction {
+    /// For tests of the all-or-nothing guarantee: a rule in a chain that does not exist,
+    /// which the kernel must refuse, taking the whole batch with it.
+    pub fn add_broken_rule(&mut self) {
+        let name = self.table.clone().unwrap_or_else(|| "svcnat".into());
+        let table = Table::new(
+            CString::new(name).expect("validated name"),
+            ProtoFamily::Inet,
+        );
+        let chain = Chain::new(c"no-such-chain", &table);
+        let rule = nftnl::Rule::new(&chain);
+        self.add(
+            &rule,
+            MsgType::Add,
+            "add rule to chain no-such-chain (injected by SVCNAT_TEST_REJECT)".into(),
+        );
+    }
+}
+
+impl Default for Transaction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn nl_hook(h: BaseHook) -> Hook {
+    match h {
+        BaseHook::Prerouting => Hook::PreRouting,
+        BaseHook::Output => Hook::Out,
+        BaseHook::Postrouting => Hook::PostRouting,
+        BaseHook::Input => Hook::In,
+    }
+}

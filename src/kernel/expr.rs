@@ -1,0 +1,473 @@
+//! nf_tables VM expressions, as plain data. `Expr` is built into an `nftnl_expr` for a rule
+//! and parsed back from the ones the kernel dumps, so writing and reading share one model.
+//! Register numbers follow nft's convention (see `reg`), so `nft list` shows svcnat's
+//! rules exactly as it shows the same rules loaded from text.
+
+use nftnl::Rule;
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys as sys;
+use std::ffi::{CStr, CString};
+use std::ptr::NonNull;
+
+// Kernel ABI numbers (include/uapi/linux/netfilter/nf_tables.h and friends).
+pub const META_MARK: u32 = 3;
+pub const META_IIFNAME: u32 = 6;
+pub const META_NFPROTO: u32 = 15;
+pub const META_L4PROTO: u32 = 16;
+pub const PAYLOAD_NETWORK: u32 = 1;
+pub const PAYLOAD_TRANSPORT: u32 = 2;
+pub const CMP_EQ: u32 = 0;
+pub const CMP_NEQ: u32 = 1;
+pub const CT_STATUS: u32 = 2;
+pub const CT_STATUS_DNAT: u32 = 0x20;
+pub const FIB_F_DADDR: u32 = 1 << 1;
+pub const FIB_RESULT_ADDRTYPE: u32 = 3;
+pub const RTN_LOCAL: u32 = 2;
+pub const NG_RANDOM: u32 = 1;
+pub const NAT_DNAT: u32 = 1;
+pub const NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+pub const REG_VERDICT: u32 = 0;
+pub const VERDICT_DROP: i32 = 0;
+pub const VERDICT_GOTO: i32 = -4;
+
+/// The register nft uses for data at byte `offset` of a concatenation: a 16-byte register
+/// when aligned to one, else the 32-bit register (NFT_REG32_00 is 8).
+pub fn reg(offset: u32) -> u32 {
+    if offset % 16 == 0 {
+        1 + offset / 16
+    } else {
+        8 + offset / 4
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    MetaLoad {
+        key: u32,
+        dreg: u32,
+    },
+    MetaSet {
+        key: u32,
+        sreg: u32,
+    },
+    Cmp {
+        op: u32,
+        sreg: u32,
+        data: Vec<u8>,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+        dreg: u32,
+    },
+    Bitwise {
+        sreg: u32,
+        dreg: u32,
+        mask: Vec<u8>,
+        xor: Vec<u8>,
+    },
+    Fib {
+        flags: u32,
+        result: u32,
+        dreg: u32,
+    },
+    CtLoad {
+        key: u32,
+        dreg: u32,
+    },
+    /// `dreg` None: a set membership test; `REG_VERDICT`: a verdict map.
+    Lookup {
+        sreg: u32,
+        dreg: Option<u32>,
+        set: String,
+        set_id: u32,
+    },
+    Numgen {
+        dreg: u32,
+        modulus: u32,
+    },
+    Immediate {
+        dreg: u32,
+        data: Vec<u8>,
+    },
+    Verdict {
+        code: i32,
+    },
+    Counter {
+        packets: u64,
+        bytes: u64,
+    },
+    Masq,
+    Nat {
+        family: u32,
+        reg_addr: u32,
+        reg_proto: u32,
+        flags: Option<u32>,
+    },
+    /// Anything svcnat never writes, kept by name so drift can be reported.
+    Other(String),
+}
+
+unsafe fn set_u32(e: *mut sys::nftnl_expr, attr: u32, v: u32) {
+    unsafe { sys::nftnl_expr_set_u32(e, attr as u16, v) }
+}
+
+unsafe fn set_bytes(e: *mut sys::nftnl_expr, attr: u32, data: &[u8]) {
+    unsafe { sys::nftnl_expr_set(e, attr as u16, data.as_ptr().cast(), data.len() as u32) };
+}
+
+impl Expr {
+    fn kind(&self) -> &'static CStr {
+        match self {
+            Expr::MetaLoad { .. } | Expr::MetaSet { .. } => c"meta",
+            Expr::Cmp { .. } => c"cmp",
+            Expr::Payload { .. } => c"payload",
+            Expr::Bitwise { .. } => c"bitwise",
+            Expr::Fib { .. } => c"fib",
+            Expr::CtLoad { .. } => c"ct",
+            Expr::Lookup { .. } => c"lookup",
+            Expr::Numgen { .. } => c"numgen",
+            Expr::Immediate { .. } | Expr::Verdict { .. } => c"immediate",
+            Expr::Counter { .. } => c"counter",
+            Expr::Masq => c"masq",
+            Expr::Nat { .. } => c"nat",
+            Expr::Other(_) => c"unknown",
+        }
+    }
+
+    /// Allocate the libnftnl expression. The caller (a rule) takes ownership.
+    pub fn build(&self) -> NonNull<sys::nftnl_expr> {
+        let raw = unsafe { sys::nftnl_expr_alloc(self.kind().as_ptr()) };
+        let Some(ptr) = NonNull::new(raw) else {
+            // Out of memory for a few bytes: nothing sensible is left to do (as nftnl does).
+            std::process::abort();
+        };
+        let e = ptr.as_ptr();
+        unsafe {
+            match self {
+                Expr::MetaLoad { key, dreg } => {
+                    set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
+                    set_u32(e, sys::NFTNL_EXPR_META_DREG, *dreg);
+                }
+                Expr::MetaSet { key, sreg } => {
+                    set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
+                    set_u32(e, sys::NFTNL_EXPR_META_SREG, *sreg);
+                }
+                Expr::Cmp { op, sreg, data } => {
+                    set_u32(e, sys::NFTNL_EXPR_CMP_SREG, *sreg);
+                    set_u32(e, sys::NFTNL_EXPR_CMP_OP, *op);
+                    set_bytes(e, sys::NFTNL_EXPR_CMP_DATA, data);
+                }
+                Expr::Payload {
+                    base,
+                    offset,
+                    len,
+                    dreg,
+                } => {
+                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG, *dreg);
+                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE, *base);
+                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
+                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
+                }
+                Expr::Bitwise {
+                    sreg,
+                    dreg,
+                    mask,
+                    xor,
+                } => {
+                    set_u32(e, sys::NFTNL_EXPR_BITWISE_SREG, *sreg);
+                    set_u32(e, sys::NFTNL_EXPR_BITWISE_DREG, *dreg);
+                    set_u32(e, sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32);
+                    set_bytes(e, sys::NFTNL_EXPR_BITWISE_MASK, mask);
+                    set_bytes(e, sys::NFTNL_EXPR_BITWISE_XOR, xor);
+                }
+                Expr::Fib {
+                    flags,
+                    result,
+                    dreg,
+                } => {
+                    set_u32(e, sys::NFTNL_EXPR_FIB_DREG, *dreg);
+                    set_u32(e, sys::NFTNL_EXPR_FIB_RESULT, *result);
+                    set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS, *flags);
+                }
+                Expr::CtLoad { key, dreg } => {
+                    set_u32(e, sys::NFTNL_EXPR_CT_DREG, *dreg);
+                    set_u32(e, sys::NFTNL_EXPR_CT_KEY, *key);
+                }
+                Expr::Lookup {
+                    sreg,
+                    dreg,
+                    set,
+                    set_id,
+                } => {
+                    set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
+                    if let Some(d) = dreg {
+                        set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG, *d);
+                    }
+                    let name = CString::new(set.as_str()).expect("set names have no NUL");
+                    sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
+                    set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
+                }
+                Expr::Numgen { dreg, modulus } => {
+                    set_u32(e, sys::NFTNL_EXPR_NG_DREG, *dreg);
+                    set_u32(e, sys::NFTNL_EXPR_NG_MODULUS, *modulus);
+                    set_u32(e, sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM);
+                    set_u32(e, sys::NFTNL_EXPR_NG_OFFSET, 0);
+                }
+                Expr::Immediate { dreg, data } => {
+                    set_u32(e, sys::NFTNL_EXPR_IMM_DREG, *dreg);
+                    set_bytes(e, sys::NFTNL_EXPR_IMM_DATA, data);
+                }
+                Expr::Verdict { code } => {
+                    set_u32(e, sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT);
+                    set_u32(e, sys::NFTNL_EXPR_IMM_VERDICT, *code as u32);
+                }
+                Expr::Counter { .. } | Expr::Masq | Expr::Other(_) => {}
+                Expr::Nat {
+                    family,
+                    reg_addr,
+                    reg_proto,
+                    flags,
+                } => {
+                    set_u32(e, sys::NFTNL_EXPR_NAT_TYPE, NAT_DNAT);
+                    set_u32(e, sys::NFTNL_EXPR_NAT_FAMILY, *family);
+                    set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
+                    set_u32(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_proto);
+                    if let Some(f) = flags {
+                        set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS, *f);
+                    }
+                }
+            }
+        }
+        ptr
+    }
+
+    /// Read an expression the kernel dumped.
+    ///
+    /// # Safety
+    /// `e` must point to a valid expression of a parsed rule.
+    pub unsafe fn parse(e: *const sys::nftnl_expr) -> Expr {
+        unsafe {
+            let u32_of = |attr: u32| sys::nftnl_expr_get_u32(e, attr as u16);
+            let is_set = |attr: u32| sys::nftnl_expr_is_set(e, attr as u16);
+            let bytes_of = |attr: u32| -> Vec<u8> {
+                let mut len = 0u32;
+                let p = sys::nftnl_expr_get(e, attr as u16, &mut len);
+                if p.is_null() {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
+                }
+            };
+            let name_ptr = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
+            let name = CStr::from_ptr(name_ptr).to_string_lossy().into_owned();
+            match name.as_str() {
+                "meta" if is_set(sys::NFTNL_EXPR_META_DREG) => Expr::MetaLoad {
+                    key: u32_of(sys::NFTNL_EXPR_META_KEY),
+                    dreg: u32_of(sys::NFTNL_EXPR_META_DREG),
+                },
+                "meta" => Expr::MetaSet {
+                    key: u32_of(sys::NFTNL_EXPR_META_KEY),
+                    sreg: u32_of(sys::NFTNL_EXPR_META_SREG),
+                },
+                "cmp" => Expr::Cmp {
+                    op: u32_of(sys::NFTNL_EXPR_CMP_OP),
+                    sreg: u32_of(sys::NFTNL_EXPR_CMP_SREG),
+                    data: bytes_of(sys::NFTNL_EXPR_CMP_DATA),
+                },
+                "payload" if is_set(sys::NFTNL_EXPR_PAYLOAD_DREG) => Expr::Payload {
+                    base: u32_of(sys::NFTNL_EXPR_PAYLOAD_BASE),
+                    offset: u32_of(sys::NFTNL_EXPR_PAYLOAD_OFFSET),
+                    len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
+                    dreg: u32_of(sys::NFTNL_EXPR_PAYLOAD_DREG),
+                },
+                "bitwise" => Expr::Bitwise {
+                    sreg: u32_of(sys::NFTNL_EXPR_BITWISE_SREG),
+                    dreg: u32_of(sys::NFTNL_EXPR_BITWISE_DREG),
+                    mask: bytes_of(sys::NFTNL_EXPR_BITWISE_MASK),
+                    xor: bytes_of(sys::NFTNL_EXPR_BITWISE_XOR),
+                },
+                "fib" => Expr::Fib {
+                    flags: u32_of(sys::NFTNL_EXPR_FIB_FLAGS),
+                    result: u32_of(sys::NFTNL_EXPR_FIB_RESULT),
+                    dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
+                },
+                "ct" if is_set(sys::NFTNL_EXPR_CT_DREG) => Expr::CtLoad {
+                    key: u32_of(sys::NFTNL_EXPR_CT_KEY),
+                    dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
+                },
+                "lookup" => Expr::Lookup {
+                    sreg: u32_of(sys::NFTNL_EXPR_LOOKUP_SREG),
+                    dreg: is_set(sys::NFTNL_EXPR_LOOKUP_DREG)
+                        .then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)),
+                    set: CStr::from_ptr(sys::nftnl_expr_get_str(
+                        e,
+                        sys::NFTNL_EXPR_LOOKUP_SET as u16,
+                    ))
+                    .to_string_lossy()
+                    .into_owned(),
+                    // The kernel does not echo transaction-local ids back.
+                    set_id: 0,
+                },
+                "numgen"
+                    if u32_of(sys::NFTNL_EXPR_NG_TYPE) == NG_RANDOM
+                        && u32_of(sys::NFTNL_EXPR_NG_OFFSET) == 0 =>
+                {
+                    Expr::Numgen {
+                        dreg: u32_of(sys::NFTNL_EXPR_NG_DREG),
+                        modulus: u32_of(sys::NFTNL_EXPR_NG_MODULUS),
+                    }
+                }
+                "immediate" if u32_of(sys::NFTNL_EXPR_IMM_DREG) == REG_VERDICT => {
+                    if is_set(sys::NFTNL_EXPR_IMM_CHAIN) {
+                        Expr::Other("immediate jump/goto".into())
+                    } else {
+                        Expr::Verdict {
+                            code: u32_of(sys::NFTNL_EXPR_IMM_VERDICT) as i32,
+                        }
+                    }
+                }
+                "immediate" => Expr::Immediate {
+                    dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG),
+                    data: bytes_of(sys::NFTNL_EXPR_IMM_DATA),
+                },
+                "counter" => Expr::Counter {
+                    packets: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16),
+                    bytes: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16),
+                },
+                "masq" => Expr::Masq,
+                // The kernel echoes max registers equal to the min ones.
+                "nat"
+                    if u32_of(sys::NFTNL_EXPR_NAT_TYPE) == NAT_DNAT
+                        && (!is_set(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX)
+                            || u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX)
+                                == u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN))
+                        && (!is_set(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX)
+                            || u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX)
+                                == u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN)) =>
+                {
+                    Expr::Nat {
+                        family: u32_of(sys::NFTNL_EXPR_NAT_FAMILY),
+                        reg_addr: u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN),
+                        reg_proto: u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN),
+                        flags: is_set(sys::NFTNL_EXPR_NAT_FLAGS)
+                            .then(|| u32_of(sys::NFTNL_EXPR_NAT_FLAGS)),
+                    }
+                }
+                other => Expr::Other(other.to_owned()),
+            }
+        }
+    }
+
+    /// Equal, ignoring what the kernel fills in or does not echo (counter values, set ids).
+    pub fn same_shape(&self, other: &Expr) -> bool {
+        match (self, other) {
+            (Expr::Counter { .. }, Expr::Counter { .. }) => true,
+            // The kernel derives the range flags from the registers given and dumps them.
+            (
+                Expr::Nat {
+                    family: a,
+                    reg_addr: b,
+                    reg_proto: c,
+                    ..
+                },
+                Expr::Nat {
+                    family: x,
+                    reg_addr: y,
+                    reg_proto: z,
+                    ..
+                },
+            ) => (a, b, c) == (x, y, z),
+            (
+                Expr::Lookup {
+                    sreg: a,
+                    dreg: b,
+                    set: c,
+                    ..
+                },
+                Expr::Lookup {
+                    sreg: x,
+                    dreg: y,
+                    set: z,
+                    ..
+                },
+            ) => a == x && b == y && (c == z || (c.starts_with("__map") && z.starts_with("__map"))),
+            _ => self == other,
+        }
+    }
+}
+
+impl Expression for Expr {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        self.build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_match_nft() {
+        // ip daddr . meta l4proto . th dport: reg 1, reg 9, reg 10
+        assert_eq!((reg(0), reg(4), reg(8)), (1, 9, 10));
+        // ip6 daddr . meta l4proto . th dport: reg 1, reg 2, reg 13
+        assert_eq!((reg(16), reg(20)), (2, 13));
+    }
+
+    #[test]
+    fn build_then_parse_round_trips() {
+        let samples = [
+            Expr::MetaLoad {
+                key: META_L4PROTO,
+                dreg: 1,
+            },
+            Expr::Cmp {
+                op: CMP_NEQ,
+                sreg: 1,
+                data: vec![0x7f],
+            },
+            Expr::Payload {
+                base: PAYLOAD_TRANSPORT,
+                offset: 2,
+                len: 2,
+                dreg: 9,
+            },
+            Expr::Bitwise {
+                sreg: 1,
+                dreg: 1,
+                mask: vec![0, 0x20, 0, 0],
+                xor: vec![0; 4],
+            },
+            Expr::Fib {
+                flags: FIB_F_DADDR,
+                result: FIB_RESULT_ADDRTYPE,
+                dreg: 1,
+            },
+            Expr::Numgen {
+                dreg: 1,
+                modulus: 3,
+            },
+            Expr::Immediate {
+                dreg: 2,
+                data: vec![0x1f, 0x40],
+            },
+            Expr::Verdict { code: VERDICT_DROP },
+            Expr::Nat {
+                family: 2,
+                reg_addr: 1,
+                reg_proto: 9,
+                flags: None,
+            },
+        ];
+        for x in samples {
+            let p = x.build();
+            let back = unsafe { Expr::parse(p.as_ptr()) };
+            unsafe { sys::nftnl_expr_free(p.as_ptr()) };
+            assert_eq!(back, x);
+        }
+    }
+}

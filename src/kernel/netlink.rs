@@ -1,0 +1,268 @@
+//! The netlink socket: sending one batch, reading every reply to it, and dump requests.
+
+use super::encode::Transaction;
+use crate::error::{Error, Result};
+use nftnl::nftnl_sys::libc;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+/// Large enough for the biggest dump message (64 KiB attribute + headers).
+const RECV_BUF: usize = 128 * 1024;
+
+pub struct Netlink {
+    sock: mnl::Socket,
+    portid: u32,
+    seq: u32,
+    /// u32 words: the receive buffer must be aligned for `nlmsghdr`.
+    buf: Vec<u32>,
+}
+
+/// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
+pub struct Msg(Vec<u32>);
+
+impl Msg {
+    pub fn header(&self) -> &libc::nlmsghdr {
+        unsafe { &*(self.0.as_ptr().cast::<libc::nlmsghdr>()) }
+    }
+}
+
+fn copy_msg(bytes: &[u8]) -> Msg {
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
+    Msg(words)
+}
+
+fn nl_error(bytes: &[u8]) -> (u32, i32) {
+    // struct nlmsgerr { int error; struct nlmsghdr msg; }: error, then the failing header.
+    let hdr = std::mem::size_of::<libc::nlmsghdr>();
+    let code = i32::from_ne_bytes(bytes[hdr..hdr + 4].try_into().expect("4 bytes"));
+    let seq = u32::from_ne_bytes(
+        bytes[hdr + 4 + 8..hdr + 4 + 12]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    (seq, code)
+}
+
+fn set_buf(fd: i32, force: i32, plain: i32, size: usize) {
+    let v = size.min(i32::MAX as usize) as libc::c_int;
+    let p = (&v as *const libc::c_int).cast();
+    let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SO_*BUFFORCE (root/CAP_NET_ADMIN) lifts the rmem/wmem_max cap; fall back to the plain one.
+    unsafe {
+        if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, n) != 0 {
+            libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, n);
+        }
+    }
+}
+
+impl Netlink {
+    /// Open a netfilter netlink socket in the calling thread's network namespace (it stays
+    /// bound to that namespace afterwards).
+    pub fn open() -> Result<Netlink> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(|e| {
+            Error::Netlink(format!(
+                "cannot open a netfilter socket: {e} (svcnat needs root or CAP_NET_ADMIN)"
+            ))
+        })?;
+        let portid = sock.portid();
+        Ok(Netlink {
+            sock,
+            portid,
+            seq: 1,
+            buf: vec![0; RECV_BUF / 4],
+        })
+    }
+
+    fn fd(&self) -> i32 {
+        self.sock.as_raw_fd()
+    }
+
+    /// Send the whole transaction in one `sendmsg` (the kernel applies a batch only if it
+    /// arrives in one piece) and read every reply. The kernel processes the batch inside
+    /// `sendmsg`, so when it returns all replies are queued: errors for failing messages, and
+    /// on kernels ≥ 6.10 acks for the batch begin and end (nftnl sets NLM_F_ACK on them
+    /// there). Any error fails the call and names the object it belongs to.
+    pub fn commit(&mut self, tx: Transaction) -> Result<usize> {
+        let objects = tx.objects;
+        let batch = tx.batch.finalize();
+        let seqs = batch.sequence_numbers();
+        // With begin/end acks the range holds them too: objects sit between.
+        let acked_ends = seqs.len() == objects.len() + 2;
+        let first_object = if acked_ends {
+            seqs.start + 1
+        } else {
+            seqs.start
+        };
+        let pages: Vec<IoSlice> = batch.iter().map(IoSlice::new).collect();
+        let total: usize = pages.iter().map(|p| p.len()).sum();
+        set_buf(
+            self.fd(),
+            libc::SO_SNDBUFFORCE,
+            libc::SO_SNDBUF,
+            total + 64 * 1024,
+        );
+        set_buf(
+            self.fd(),
+            libc::SO_RCVBUFFORCE,
+            libc::SO_RCVBUF,
+            4 * 1024 * 1024,
+        );
+
+        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
+        let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
+        let sent = nix::sys::socket::sendmsg(
+            fd.as_raw_fd(),
+            &pages,
+            &[],
+            nix::sys::socket::MsgFlags::empty(),
+            Some(&kernel),
+        )
+        .map_err(|e| Error::Netlink(format!("sending the batch ({total} bytes) failed: {e}")))?;
+        if sent != total {
+            return Err(Error::Netlink(format!(
+                "sent {sent} of {total} bytes of the batch"
+            )));
+        }
+
+        let mut first_error: Option<(u32, i32)> = None;
+        let mut end_acked = false;
+        let end_seq = seqs.end - 1;
+        loop {
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    RECV_BUF,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    break;
+                }
+                return Err(Error::Netlink(format!(
+                    "reading the kernel's replies failed: {e}"
+                )));
+            }
+            let bytes =
+                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n as usize) };
+            for m in mnl::NlMessages::new(bytes) {
+                let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
+                let h = unsafe { &*(m.as_ptr().cast::<libc::nlmsghdr>()) };
+                if h.nlmsg_type != NLMSG_ERROR {
+                    continue;
+                }
+                let (seq, code) = nl_error(m);
+                if !seqs.contains(&seq) {
+                    return Err(Error::Netlink(format!(
+                        "reply for sequence number {seq}, outside this batch's {seqs:?}"
+                    )));
+                }
+                if code == 0 {
+                    end_acked |= seq == end_seq;
+                } else if first_error.is_none() {
+                    first_error = Some((seq, code));
+                }
+            }
+        }
+        if let Some((seq, code)) = first_error {
+            let errno = nix::errno::Errno::from_raw(-code);
+            let object = seq
+                .checked_sub(first_object)
+                .and_then(|i| objects.get(i as usize))
+                .cloned()
+                .unwrap_or_else(|| format!("batch message {seq}"));
+            return Err(Error::KernelRejected {
+                hint: hint_for(errno),
+                object,
+                errno,
+            });
+        }
+        if acked_ends && !end_acked {
+            return Err(Error::Netlink(
+                "the kernel did not acknowledge the end of the batch; the ruleset may be unchanged"
+                    .into(),
+            ));
+        }
+        Ok(objects.len())
+    }
+
+    /// A dump request: `build` fills in the payload after the header; `each` sees every
+    /// reply message. Returns Ok(false) when the kernel answers ENOENT (nothing there).
+    pub fn dump(
+        &mut self,
+        msg_type: i32,
+        flags: i32,
+        build: impl FnOnce(*mut libc::nlmsghdr),
+        mut each: impl FnMut(&Msg) -> Result<()>,
+    ) -> Result<bool> {
+        self.seq += 1;
+        let seq = self.seq;
+        let mut req = vec![0u32; 1024];
+        let h = unsafe {
+            nftnl::nftnl_sys::nftnl_nlmsg_build_hdr(
+                req.as_mut_ptr().cast(),
+                msg_type as u16,
+                libc::NFPROTO_INET as u16,
+                (flags | libc::NLM_F_ACK) as u16,
+                seq,
+            )
+        };
+        build(h);
+        let len = unsafe { (*h).nlmsg_len } as usize;
+        let bytes = unsafe { std::slice::from_raw_parts(req.as_ptr().cast::<u8>(), len) };
+        self.sock
+            .send(bytes)
+            .map_err(|e| Error::Netlink(format!("sending a dump request failed: {e}")))?;
+        loop {
+            let n = unsafe { libc::recv(self.fd(), self.buf.as_mut_ptr().cast(), RECV_BUF, 0) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(Error::Netlink(format!("reading a dump failed: {e}")));
+            }
+            let bytes =
+                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n as usize) };
+            for m in mnl::NlMessages::new(bytes) {
+                let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
+                let h = unsafe { &*(m.as_ptr().cast::<libc::nlmsghdr>()) };
+                if h.nlmsg_seq != seq || h.nlmsg_pid != self.portid {
+                    continue;
+                }
+                match h.nlmsg_type {
+                    NLMSG_DONE => return Ok(true),
+                    NLMSG_ERROR => {
+                        let (_, code) = nl_error(m);
+                        return match code {
+                            0 => Ok(true),
+                            c if -c == libc::ENOENT => Ok(false),
+                            c => Err(Error::Netlink(format!(
+                                "dump request failed: {}",
+                                nix::errno::Errno::from_raw(-c)
+                            ))),
+                        };
+                    }
+                    _ => each(&copy_msg(m))?,
+                }
+            }
+        }
+    }
+}
+
+fn hint_for(errno: nix::errno::Errno) -> Option<String> {
+    use nix::errno::Errno;
+    match errno {
+        Errno::EPERM => Some("run as root or with CAP_NET_ADMIN in that namespace".into()),
+        Errno::EOPNOTSUPP | Errno::ENOENT => Some(
+            "the kernel may lack nf_tables NAT support (modules nf_tables, nft_nat, nft_fib_inet, nft_numgen)"
+                .into(),
+        ),
+        Errno::EBUSY => Some("another program is changing svcnat's table; try again".into()),
+        _ => None,
+    }
+}

@@ -1,0 +1,17 @@
+//! svcnat: service map → netfilter NAT rules, installed atomically over netlink.
+//!
+//! The data flows one way, one module per stage:
+//! `map` (parse) → `validate` → `resolve` (→ `plan::Plan`) → `ruleset` (nf_tables objects)
+//! → `render::{nft, iptables}` (text) or `kernel` (netlink). `kernel::decode` reads the
+//! kernel back into a `ruleset::Ruleset`; `show` turns that into per-service reports.
+
+pub mod cli;
+pub mod error;
+pub mod kernel;
+pub mod map;
+pub mod plan;
+pub mod render;
+pub mod resolve;
+pub mod ruleset;
+pub mod show;
+pub mod validate;

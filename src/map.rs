@@ -1,0 +1,279 @@
+//! Stage 1: the service map's TOML text → raw, spanned values.
+//!
+//! Only syntax and shape are checked here (unknown keys, wrong types, missing fields);
+//! meaning is checked by `validate`. Every value keeps its byte span so later stages can
+//! point at the exact line and column.
+
+use crate::error::MapError;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::fmt;
+use std::ops::Range;
+use toml::Spanned;
+
+/// The service map's text and the name to report it under.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// As the user named it: a path, or `-` for standard input.
+    pub name: String,
+    pub text: String,
+}
+
+impl Source {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Source {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+
+    /// 1-based (line, column) of a byte offset; the column counts characters.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    /// A located error at `span`.
+    pub fn error(
+        &self,
+        span: &Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> MapError {
+        let (line, col) = self.line_col(span.start);
+        MapError {
+            file: self.name.clone(),
+            line,
+            col,
+            field: field.into(),
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMap {
+    #[serde(default)]
+    pub settings: Option<Spanned<RawSettings>>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub table: Option<Spanned<String>>,
+    pub masquerade: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: Spanned<String>,
+    pub listen: Spanned<ListenText>,
+    pub protocol: Option<Spanned<String>>,
+    pub targets: Spanned<Vec<Spanned<RawTarget>>>,
+    pub masquerade: Option<bool>,
+    pub localhost: Option<bool>,
+}
+
+/// `listen` as written: `"8080"`, `8080`, `"10.0.0.1:80"` or `"[fd00::1]:80"`.
+#[derive(Debug, Clone)]
+pub struct ListenText(pub String);
+
+impl<'de> Deserialize<'de> for ListenText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ListenText;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port (\"8080\") or ADDRESS:PORT (\"10.0.0.1:80\", \"[fd00::1]:80\")")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenText, E> {
+                Ok(ListenText(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ListenText, E> {
+                Ok(ListenText(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A target: `"HOST:PORT"` or `{ address = "HOST:PORT", weight = N }`.
+#[derive(Debug, Clone)]
+pub struct RawTarget {
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for RawTarget {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTarget;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"HOST:PORT\" or { address = \"HOST:PORT\", weight = N }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTarget, E> {
+                Ok(RawTarget {
+                    address: v.to_owned(),
+                    weight: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RawTarget, A::Error> {
+                let (mut address, mut weight) = (None, None);
+                while let Some(key) = m.next_key::<String>()? {
+                    match key.as_str() {
+                        "address" => address = Some(m.next_value::<String>()?),
+                        "weight" => weight = Some(m.next_value::<i64>()?),
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["address", "weight"]));
+                        }
+                    }
+                }
+                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
+                Ok(RawTarget { address, weight })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parse the map's text. A syntax or shape error is located and explained.
+pub fn parse(src: &Source) -> Result<RawMap, MapError> {
+    toml::from_str::<RawMap>(&src.text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_owned();
+        let field = field_at(&src.text, span.start);
+        let hint = hint_for(&message, &field);
+        src.error(&span, field, message, hint)
+    })
+}
+
+/// Name the field at a byte offset from the source text alone (parsing failed, so there is
+/// no tree): the last table header before it, numbered for `[[service]]`, and the key on the
+/// line, if any.
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let mut section = String::new();
+    let mut services = 0;
+    for line in before.lines() {
+        let t = line.trim();
+        if t.starts_with("[[service]]") {
+            services += 1;
+            section = format!("service[{services}]");
+        } else if t.starts_with('[') && !t.starts_with("[[") {
+            section = t.trim_matches(|c| c == '[' || c == ']').trim().to_owned();
+        }
+    }
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = match line.split_once('=') {
+        Some((k, _)) if !line.trim_start().starts_with('[') => k.trim().trim_matches('"'),
+        _ => "",
+    };
+    match (section.is_empty(), key.is_empty()) {
+        (true, true) => "map".to_owned(),
+        (true, false) => key.to_owned(),
+        (false, true) => section,
+        (false, false) => format!("{section}.{key}"),
+    }
+}
+
+fn hint_for(message: &str, field: &str) -> String {
+    if message.starts_with("unknown field") {
+        let keys = if field.starts_with("settings") {
+            "table, masquerade"
+        } else if field.starts_with("service") {
+            "name, listen, protocol, targets, masquerade, localhost (a target table: address, weight)"
+        } else {
+            "[settings] and [[service]]"
+        };
+        format!("remove it or correct its spelling; allowed here: {keys}")
+    } else if message.starts_with("missing field") {
+        "add the field; every [[service]] needs name, listen and targets".to_owned()
+    } else if message.starts_with("invalid type") {
+        "use the type the service-map reference in README.md gives for this field".to_owned()
+    } else {
+        "correct the TOML syntax at this position".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> MapError {
+        parse(&Source::new("m.toml", text)).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_service_key_is_located_and_named() {
+        let e =
+            err("[[service]]\nname = \"a\"\nlisten = \"80\"\ntargets = [\"x:1\"]\ntarget = 1\n");
+        assert_eq!((e.line, e.col), (5, 1));
+        assert_eq!(e.field, "service[1].target");
+        assert!(
+            e.message.contains("unknown field `target`"),
+            "{}",
+            e.message
+        );
+        assert!(e.hint.contains("targets"));
+    }
+
+    #[test]
+    fn second_service_is_numbered() {
+        let e = err(
+            "[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"b\"\nlisten=\"2\"\ntargets=[\"x:1\"]\nbogus=true\n",
+        );
+        assert_eq!(e.field, "service[2].bogus");
+        assert_eq!(e.line, 9);
+    }
+
+    #[test]
+    fn missing_targets_is_reported() {
+        let e = err("[[service]]\nname = \"a\"\nlisten = \"80\"\n");
+        assert!(
+            e.message.contains("missing field `targets`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn unknown_target_key() {
+        let e = err(
+            "[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[{ address = \"x:1\", wieght = 2 }]\n",
+        );
+        assert!(e.message.contains("wieght"), "{}", e.message);
+        assert_eq!(e.line, 4);
+    }
+
+    #[test]
+    fn listen_accepts_integer_and_targets_accept_tables() {
+        let m = parse(&Source::new(
+            "m",
+            "[[service]]\nname=\"a\"\nlisten=8080\ntargets=[\"h:1\", {address=\"g:2\", weight=3}]\n",
+        ))
+        .unwrap();
+        let s = m.services[0].get_ref();
+        assert_eq!(s.listen.get_ref().0, "8080");
+        assert_eq!(s.targets.get_ref()[1].get_ref().weight, Some(3));
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let s = Source::new("m", "ab\ncdé f");
+        assert_eq!(s.line_col(0), (1, 1));
+        assert_eq!(s.line_col(3), (2, 1));
+        assert_eq!(s.line_col("ab\ncdé ".len()), (2, 5));
+    }
+}

@@ -1,0 +1,85 @@
+//! The Plan: what svcnat wants the kernel to do, with every name resolved. Backend-neutral:
+//! `nft` lowers it to nf_tables objects, `render::iptables` to iptables-save text, and
+//! `kernel::dump` lifts the kernel's table back into it.
+
+use crate::validate::{Listen, Proto};
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Family {
+    #[serde(rename = "ipv4")]
+    V4,
+    #[serde(rename = "ipv6")]
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub proto: Proto,
+    /// IPv4 or IPv6: the listen address's family, or the targets' for a bare port.
+    pub family: Family,
+    #[serde(serialize_with = "listen_str")]
+    pub listen: Listen,
+    pub targets: Vec<Target>,
+    pub masquerade: bool,
+    pub localhost: bool,
+}
+
+fn listen_str<S: serde::Serializer>(l: &Listen, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&l.to_string())
+}
+
+impl Service {
+    /// Targets repeated by weight: slot i of a `numgen random mod N` map.
+    pub fn slots(&self) -> Vec<SocketAddr> {
+        self.targets
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(t.addr, t.weight as usize))
+            .collect()
+    }
+
+    /// Targets that may live outside this namespace (not loopback): these need forwarding.
+    pub fn non_loopback_targets(&self) -> impl Iterator<Item = &Target> {
+        self.targets.iter().filter(|t| !t.addr.ip().is_loopback())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub table: String,
+    pub services: Vec<Service>,
+}
+
+impl Plan {
+    pub fn uses_localhost(&self) -> bool {
+        self.services.iter().any(|s| s.localhost)
+    }
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| self.services.iter().any(|s| s.family == *f))
+    }
+}

@@ -1,0 +1,4 @@
+//! Dry-run renders: text that the peers' own tools load as is.
+
+pub mod iptables;
+pub mod nft;

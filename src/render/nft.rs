@@ -1,0 +1,153 @@
+//! Ruleset → text that `nft -f` loads as is. Statements are written the way `nft list`
+//! prints them, so a dry run reads like the kernel's own listing.
+
+use crate::plan::Family;
+use crate::ruleset::{BaseHook, Chain, MapKey, MapKind, Ruleset, Stmt};
+use crate::validate::Proto;
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+/// The whole table. `delete_first` prefixes the idiom that makes loading it a replacement:
+/// create the table if absent, delete it, then define it, all in one `nft -f` transaction.
+pub fn render(rs: &Ruleset, delete_first: bool) -> String {
+    let mut out = String::new();
+    if delete_first {
+        let _ = writeln!(out, "table inet {0}\ndelete table inet {0}", rs.table);
+    }
+    let _ = writeln!(out, "table inet {} {{", rs.table);
+    let mut first = true;
+    let mut sep = |out: &mut String| {
+        if !std::mem::take(&mut first) {
+            out.push('\n');
+        }
+    };
+    for m in &rs.maps {
+        sep(&mut out);
+        let _ = writeln!(out, "\tmap {} {{", m.kind.name());
+        let _ = writeln!(out, "\t\ttype {} : verdict", key_type(m.kind));
+        if !m.elements.is_empty() {
+            out.push_str("\t\telements = {\n");
+            for (key, chain) in &m.elements {
+                let _ = writeln!(out, "\t\t\t{} : goto {},", key_text(m.kind, key), chain);
+            }
+            out.push_str("\t\t}\n");
+        }
+        out.push_str("\t}\n");
+    }
+    for c in &rs.chains {
+        sep(&mut out);
+        render_chain(&mut out, c);
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn render_chain(out: &mut String, c: &Chain) {
+    let _ = writeln!(out, "\tchain {} {{", c.name);
+    if let Some(h) = c.hook {
+        let _ = writeln!(
+            out,
+            "\t\ttype {} hook {} priority {}; policy accept;",
+            if h.is_nat() { "nat" } else { "filter" },
+            h.chain_name(),
+            priority_text(h)
+        );
+    }
+    for r in &c.rules {
+        let text: Vec<String> = r.0.iter().map(stmt_text).collect();
+        let _ = writeln!(out, "\t\t{}", text.join(" "));
+    }
+    out.push_str("\t}\n");
+}
+
+fn priority_text(h: BaseHook) -> &'static str {
+    match h {
+        BaseHook::Prerouting => "dstnat",
+        BaseHook::Output => "-100",
+        BaseHook::Postrouting => "srcnat",
+        BaseHook::Input => "filter",
+    }
+}
+
+pub fn key_type(kind: MapKind) -> &'static str {
+    match kind.key_addr_family() {
+        Some(Family::V4) => "ipv4_addr . inet_proto . inet_service",
+        Some(Family::V6) => "ipv6_addr . inet_proto . inet_service",
+        None => "inet_proto . inet_service",
+    }
+}
+
+pub fn key_text(kind: MapKind, key: &MapKey) -> String {
+    match (kind.key_addr_family(), key.addr) {
+        (Some(_), Some(a)) => format!("{a} . {} . {}", key.proto, key.port),
+        _ => format!("{} . {}", key.proto, key.port),
+    }
+}
+
+fn ip_kw(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
+}
+
+fn family_of(a: &SocketAddr) -> Family {
+    Family::of(&a.ip())
+}
+
+/// `10.0.0.2:80` or `[fd00::2]:80`, as nft writes a NAT target.
+fn nat_target(a: &SocketAddr) -> String {
+    match a.ip() {
+        IpAddr::V4(ip) => format!("{ip}:{}", a.port()),
+        IpAddr::V6(ip) => format!("[{ip}]:{}", a.port()),
+    }
+}
+
+pub fn stmt_text(s: &Stmt) -> String {
+    match s {
+        Stmt::DaddrLoopback { family, negate } => {
+            let op = if *negate { "!= " } else { "" };
+            match family {
+                Family::V4 => format!("ip daddr {op}127.0.0.0/8"),
+                Family::V6 => format!("ip6 daddr {op}::1"),
+            }
+        }
+        Stmt::SaddrLoopback => "ip saddr 127.0.0.0/8".into(),
+        Stmt::FibDaddrLocal => "fib daddr type local".into(),
+        Stmt::IifnameNotLo => "iifname != \"lo\"".into(),
+        Stmt::CtNotDnat => "ct status ! dnat".into(),
+        Stmt::L4proto(p) => format!("meta l4proto {}", proto_text(*p)),
+        Stmt::Vmap(kind) => match kind.key_addr_family() {
+            Some(f) => format!(
+                "{} daddr . meta l4proto . th dport vmap @{}",
+                ip_kw(f),
+                kind.name()
+            ),
+            None => format!("meta l4proto . th dport vmap @{}", kind.name()),
+        },
+        Stmt::Counter => "counter".into(),
+        Stmt::MarkSet(m) => format!("meta mark set meta mark | 0x{m:08x}"),
+        Stmt::MarkTest(m) => format!("meta mark & 0x{m:08x} == 0x{m:08x}"),
+        Stmt::Masquerade => "masquerade".into(),
+        Stmt::Drop => "drop".into(),
+        Stmt::DnatTo(a) => format!("dnat {} to {}", ip_kw(family_of(a)), nat_target(a)),
+        Stmt::DnatNumgen(slots) => {
+            let f = family_of(&slots[0]);
+            let elems: Vec<String> = slots
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("{i} : {} . {}", a.ip(), a.port()))
+                .collect();
+            format!(
+                "dnat {} to numgen random mod {} map {{ {} }}",
+                ip_kw(f),
+                slots.len(),
+                elems.join(", ")
+            )
+        }
+    }
+}
+
+fn proto_text(p: Proto) -> &'static str {
+    p.as_str()
+}

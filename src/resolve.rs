@@ -1,0 +1,235 @@
+//! Stage 3: checked map → Plan. Target host names become addresses: first from
+//! `--add-host NAME=IP` (like docker's), then from the system resolver, which reads
+//! /etc/hosts (where containers find `host.docker.internal`) before DNS.
+
+use crate::error::MapError;
+use crate::plan::{Family, Plan, Service, Target};
+use crate::validate::{CheckedMap, Host, ServiceSpec, TargetSpec};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+#[derive(Debug, Clone, Default)]
+pub struct Resolver {
+    /// `--add-host` entries; they win over the system resolver.
+    pub overrides: HashMap<String, IpAddr>,
+}
+
+impl Resolver {
+    pub fn new(overrides: HashMap<String, IpAddr>) -> Self {
+        Resolver { overrides }
+    }
+
+    /// All addresses of `name`, overrides first; the order the resolver gives otherwise.
+    fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+        if let Some(ip) = self.overrides.get(name) {
+            return Ok(vec![*ip]);
+        }
+        match (name, 0u16).to_socket_addrs() {
+            Ok(addrs) => {
+                let mut out: Vec<IpAddr> = Vec::new();
+                for a in addrs {
+                    if !out.contains(&a.ip()) {
+                        out.push(a.ip());
+                    }
+                }
+                if out.is_empty() {
+                    Err("the resolver returned no address".into())
+                } else {
+                    Ok(out)
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    pub fn resolve(&self, map: &CheckedMap) -> Result<Plan, Vec<MapError>> {
+        let mut errors = Vec::new();
+        let mut services = Vec::new();
+        for spec in &map.services {
+            match self.resolve_service(map, spec) {
+                Ok(s) => services.push(s),
+                Err(e) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Plan {
+                table: map.table.clone(),
+                services,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn resolve_service(
+        &self,
+        map: &CheckedMap,
+        spec: &ServiceSpec,
+    ) -> Result<Service, Vec<MapError>> {
+        let src = &map.source;
+        let mut errors = Vec::new();
+        // Every target's candidate addresses, or the error for it.
+        let mut candidates: Vec<(&TargetSpec, Vec<IpAddr>)> = Vec::new();
+        for t in &spec.targets {
+            match &t.host {
+                Host::Ip(ip) => candidates.push((t, vec![*ip])),
+                Host::Name(name) => match self.lookup(name) {
+                    Ok(ips) => candidates.push((t, ips)),
+                    Err(why) => errors.push(src.error(
+                        &t.span,
+                        t.field.clone(),
+                        format!("cannot resolve host {name:?}: {why}"),
+                        format!("add it to /etc/hosts, pass --add-host {name}=IP, or write the IP address"),
+                    )),
+                },
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // The family: the listen address's; for a bare port, the first target's, IPv4 first
+        // when a name has both (docker's default networks are IPv4).
+        let family = match spec.listen.addr {
+            Some(a) => Family::of(&a),
+            None => {
+                let first = &candidates[0].1;
+                if first.iter().any(IpAddr::is_ipv4) {
+                    Family::V4
+                } else {
+                    Family::V6
+                }
+            }
+        };
+        let mut targets = Vec::new();
+        for (t, ips) in candidates {
+            match ips.iter().find(|ip| Family::of(ip) == family) {
+                Some(ip) => targets.push(Target {
+                    addr: SocketAddr::new(*ip, t.port),
+                    weight: t.weight,
+                }),
+                None => errors.push(src.error(
+                    &t.span,
+                    t.field.clone(),
+                    format!(
+                        "{} has no {} address (got {}), but service {:?} is {}",
+                        t.host,
+                        family.name(),
+                        ips.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+                        spec.name,
+                        family.name()
+                    ),
+                    "svcnat does not translate between IPv4 and IPv6: use targets of the listen address's family",
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Service {
+            name: spec.name.clone(),
+            proto: spec.proto,
+            family,
+            listen: spec.listen,
+            targets,
+            masquerade: spec.masquerade,
+            localhost: spec.localhost,
+        })
+    }
+}
+
+/// Parse `NAME=IP` (the `--add-host` syntax; `NAME:IP` is accepted too, as docker does).
+pub fn parse_add_host(s: &str) -> Result<(String, IpAddr), String> {
+    let (name, ip) = s
+        .split_once('=')
+        .or_else(|| s.split_once(':'))
+        .ok_or_else(|| format!("--add-host {s:?}: expected NAME=IP"))?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("--add-host {s:?}: {ip:?} is not an IP address"))?;
+    Ok((name.to_owned(), ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{Source, parse};
+    use crate::validate::validate;
+
+    fn plan(text: &str, hosts: &[(&str, &str)]) -> Result<Plan, Vec<MapError>> {
+        let src = Source::new("m.toml", text);
+        let checked = validate(&src, parse(&src).unwrap()).unwrap();
+        let overrides = hosts
+            .iter()
+            .map(|(n, i)| (n.to_string(), i.parse().unwrap()))
+            .collect();
+        Resolver::new(overrides).resolve(&checked)
+    }
+
+    #[test]
+    fn add_host_wins_and_family_follows_targets() {
+        let p = plan(
+            "[[service]]\nname=\"a\"\nlisten=\"8080\"\ntargets=[\"host.docker.internal:8080\"]\n",
+            &[("host.docker.internal", "10.9.0.1")],
+        )
+        .unwrap();
+        assert_eq!(
+            p.services[0].targets[0].addr,
+            "10.9.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(p.services[0].family, Family::V4);
+    }
+
+    #[test]
+    fn family_mismatch_is_an_error() {
+        let errs = plan(
+            "[[service]]\nname=\"a\"\nlisten=\"10.0.0.1:80\"\ntargets=[\"[fd00::2]:80\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            errs[0].message.contains("no IPv4 address"),
+            "{}",
+            errs[0].message
+        );
+        assert_eq!(errs[0].line, 4);
+    }
+
+    #[test]
+    fn unresolvable_host_is_located() {
+        let errs = plan(
+            "[[service]]\nname=\"a\"\nlisten=\"80\"\ntargets=[\"no-such-host.invalid:80\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].field, "service[1].targets[1]");
+        assert!(errs[0].hint.contains("--add-host no-such-host.invalid=IP"));
+    }
+
+    #[test]
+    fn slots_repeat_by_weight() {
+        let p = plan(
+            "[[service]]\nname=\"a\"\nlisten=\"80\"\ntargets=[{address=\"10.0.0.1:80\",weight=2},\"10.0.0.2:80\"]\n",
+            &[],
+        )
+        .unwrap();
+        let slots = p.services[0].slots();
+        assert_eq!(slots.len(), 3);
+        assert_eq!(slots[1], "10.0.0.1:80".parse().unwrap());
+        assert_eq!(slots[2], "10.0.0.2:80".parse().unwrap());
+    }
+
+    #[test]
+    fn add_host_syntax() {
+        assert_eq!(
+            parse_add_host("h=10.0.0.1").unwrap().1,
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_add_host("h:fd00::1").unwrap().1,
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(parse_add_host("h").is_err());
+        assert!(parse_add_host("h=nope").is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! Stage 4: Plan → Ruleset, the nf_tables objects svcnat owns, described once.
+//!
+//! Both `render::nft` (text for `nft -f`) and `kernel::encode` (netlink) consume this, so
+//! the text a user reads in a dry run and the bytes sent to the kernel cannot drift apart;
+//! `kernel::decode` turns the kernel's table back into it.
+//!
+//! The shape, for one IPv4 port service `web` (tcp 8080 → 10.0.0.2:80) with masquerade:
+//!
+//! ```text
+//! table inet svcnat {
+//!     map port4 { type inet_proto . inet_service : verdict; elements = { tcp . 8080 : goto svc-web } }
+//!     chain prerouting { type nat hook prerouting priority dstnat; policy accept;
+//!         ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @port4 }
+//!     chain output { type nat hook output priority -100; policy accept; (same rule) }
+//!     chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+//!         meta mark & 0x00002000 == 0x00002000 masquerade }
+//!     chain svc-web { meta l4proto tcp counter meta mark set meta mark | 0x00002000 dnat ip to 10.0.0.2:80 }
+//! }
+//! ```
+//!
+//! A new connection costs one map lookup whatever the number of services (the NAT chains see
+//! only a connection's first packet); the per-service chain is constant work.
+
+use crate::plan::{Family, Plan, Service};
+use crate::validate::Proto;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// The packet-mark bit that asks postrouting to masquerade a redirected connection (the
+/// same meaning podman/netavark give 0x2000). Only packets svcnat's own chains marked carry it.
+pub const MASQ_MARK: u32 = 0x0000_2000;
+/// Prefix of the per-service chains: `svc-NAME`.
+pub const SERVICE_CHAIN_PREFIX: &str = "svc-";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub table: String,
+    /// Named verdict maps, in creation order.
+    pub maps: Vec<VerdictMap>,
+    /// Base chains first, then one chain per service.
+    pub chains: Vec<Chain>,
+}
+
+/// Which services a verdict map holds, and so its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapKind {
+    /// Virtual-IP services: `daddr . l4proto . dport`.
+    Vip(Family),
+    /// Port services on every local address: `l4proto . dport`.
+    Port(Family),
+    /// Services reachable at 127.0.0.1:PORT from this namespace (`localhost = true`).
+    Loopback,
+}
+
+impl MapKind {
+    pub const ALL: [MapKind; 5] = [
+        MapKind::Vip(Family::V4),
+        MapKind::Vip(Family::V6),
+        MapKind::Port(Family::V4),
+        MapKind::Port(Family::V6),
+        MapKind::Loopback,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Vip(Family::V4) => "vip4",
+            MapKind::Vip(Family::V6) => "vip6",
+            MapKind::Port(Family::V4) => "port4",
+            MapKind::Port(Family::V6) => "port6",
+            MapKind::Loopback => "lo4",
+        }
+    }
+    pub fn from_name(name: &str) -> Option<MapKind> {
+        MapKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+    /// The address family of the key, when the key holds an address.
+    pub fn key_addr_family(self) -> Option<Family> {
+        match self {
+            MapKind::Vip(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MapKey {
+    pub addr: Option<IpAddr>,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictMap {
+    pub kind: MapKind,
+    /// Key → `goto` chain name.
+    pub elements: Vec<(MapKey, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BaseHook {
+    Prerouting,
+    Output,
+    Postrouting,
+    Input,
+}
+
+impl BaseHook {
+    pub fn chain_name(self) -> &'static str {
+        match self {
+            BaseHook::Prerouting => "prerouting",
+            BaseHook::Output => "output",
+            BaseHook::Postrouting => "postrouting",
+            BaseHook::Input => "input",
+        }
+    }
+    pub fn is_nat(self) -> bool {
+        !matches!(self, BaseHook::Input)
+    }
+    /// Priorities as nft names them: dstnat -100, srcnat 100, filter 0.
+    pub fn priority(self) -> i32 {
+        match self {
+            BaseHook::Prerouting | BaseHook::Output => -100,
+            BaseHook::Postrouting => 100,
+            BaseHook::Input => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Option<BaseHook>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rule(pub Vec<Stmt>);
+
+/// The statements svcnat's rules are made of. Each has one nft text form
+/// (`render::nft`) and one expression sequence (`kernel::encode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    /// `ip daddr 127.0.0.0/8` (`negate`: `!=`); `ip6 daddr ::1` for IPv6.
+    DaddrLoopback {
+        family: Family,
+        negate: bool,
+    },
+    /// `ip saddr 127.0.0.0/8`
+    SaddrLoopback,
+    /// `fib daddr type local`
+    FibDaddrLocal,
+    /// `iifname != "lo"`
+    IifnameNotLo,
+    /// `ct status ! dnat`: the connection was not destination-NATed.
+    CtNotDnat,
+    /// `meta l4proto tcp`
+    L4proto(Proto),
+    /// `[ip daddr .] meta l4proto . th dport vmap @MAP`
+    Vmap(MapKind),
+    /// `counter`
+    Counter,
+    /// `meta mark set meta mark | MARK`
+    MarkSet(u32),
+    /// `meta mark & MARK == MARK`
+    MarkTest(u32),
+    Masquerade,
+    Drop,
+    /// `dnat ip to ADDR:PORT`
+    DnatTo(SocketAddr),
+    /// `dnat ip to numgen random mod N map { 0 : ADDR . PORT, … }`: slot i → address.
+    DnatNumgen(Vec<SocketAddr>),
+}
+
+impl Ruleset {
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+    pub fn map(&self, kind: MapKind) -> Option<&VerdictMap> {
+        self.maps.iter().find(|m| m.kind == kind)
+    }
+}
+
+pub fn service_chain(name: &str) -> String {
+    format!("{SERVICE_CHAIN_PREFIX}{name}")
+}
+
+/// Lower a Plan into the objects to install. Only what the plan needs is created: no
+/// empty maps, no masquerade chain without masquerading services, no loopback guard
+/// without `localhost` services.
+pub fn lower(plan: &Plan) -> Ruleset {
+    let mut maps: Vec<VerdictMap> = MapKind::ALL
+        .into_iter()
+        .map(|kind| VerdictMap {
+            kind,
+            elements: Vec::new(),
+        })
+        .collect();
+    let mut add = |kind: MapKind, key: MapKey, chain: &str| {
+        let m = maps
+            .iter_mut()
+            .find(|m| m.kind == kind)
+            .expect("all kinds exist");
+        m.elements.push((key, chain.to_owned()));
+    };
+    for s in &plan.services {
+        let chain = service_chain(&s.name);
+        let key = MapKey {
+            addr: s.listen.addr,
+            proto: s.proto,
+            port: s.listen.port,
+        };
+        match s.listen.addr {
+            Some(_) => add(MapKind::Vip(s.family), key, &chain),
+            None => add(MapKind::Port(s.family), key, &chain),
+        }
+        if s.localhost {
+            let lo = MapKey { addr: None, ..key };
+            add(MapKind::Loopback, lo, &chain);
+        }
+    }
+    maps.retain(|m| !m.elements.is_empty());
+    let has = |k: MapKind| maps.iter().any(|m| m.kind == k);
+
+    // Arriving traffic (prerouting) and local processes (output) look services up the same
+    // way, except that only output may reach a service through 127.0.0.1.
+    let lookups = |hook: BaseHook| {
+        let mut rules = Vec::new();
+        for f in [Family::V4, Family::V6] {
+            if has(MapKind::Vip(f)) {
+                rules.push(Rule(vec![Stmt::Vmap(MapKind::Vip(f))]));
+            }
+        }
+        if hook == BaseHook::Output && has(MapKind::Loopback) {
+            rules.push(Rule(vec![
+                Stmt::DaddrLoopback {
+                    family: Family::V4,
+                    negate: false,
+                },
+                Stmt::Vmap(MapKind::Loopback),
+            ]));
+        }
+        for f in [Family::V4, Family::V6] {
+            if has(MapKind::Port(f)) {
+                // Loopback destinations are excluded: in prerouting they would be the
+                // CVE-2020-8558 hole, in output they belong to `localhost = true` only.
+                rules.push(Rule(vec![
+                    Stmt::DaddrLoopback {
+                        family: f,
+                        negate: true,
+                    },
+                    Stmt::FibDaddrLocal,
+                    Stmt::Vmap(MapKind::Port(f)),
+                ]));
+            }
+        }
+        rules
+    };
+
+    let mut chains = Vec::new();
+    if !plan.services.is_empty() {
+        for hook in [BaseHook::Prerouting, BaseHook::Output] {
+            chains.push(Chain {
+                name: hook.chain_name().to_owned(),
+                hook: Some(hook),
+                rules: lookups(hook),
+            });
+        }
+    }
+    if plan.services.iter().any(|s| s.masquerade || s.localhost) {
+        chains.push(Chain {
+            name: BaseHook::Postrouting.chain_name().to_owned(),
+            hook: Some(BaseHook::Postrouting),
+            rules: vec![Rule(vec![Stmt::MarkTest(MASQ_MARK), Stmt::Masquerade])],
+        });
+    }
+    if plan.uses_localhost() {
+        // CVE-2020-8558 mitigation, as kube-proxy does: with route_localnet on, drop what
+        // arrives from outside for 127.0.0.0/8 unless svcnat redirected it.
+        chains.push(Chain {
+            name: BaseHook::Input.chain_name().to_owned(),
+            hook: Some(BaseHook::Input),
+            rules: vec![Rule(vec![
+                Stmt::IifnameNotLo,
+                Stmt::DaddrLoopback {
+                    family: Family::V4,
+                    negate: false,
+                },
+                Stmt::CtNotDnat,
+                Stmt::Drop,
+            ])],
+        });
+    }
+    for s in &plan.services {
+        chains.push(service_chain_of(s));
+    }
+    Ruleset {
+        table: plan.table.clone(),
+        maps,
+        chains,
+    }
+}
+
+fn service_chain_of(s: &Service) -> Chain {
+    let mut rules = Vec::new();
+    if s.localhost && !s.masquerade {
+        // A connection from 127.0.0.1 cannot leave the host with that source: masquerade it
+        // even when the service does not masquerade others.
+        rules.push(Rule(vec![Stmt::SaddrLoopback, Stmt::MarkSet(MASQ_MARK)]));
+    }
+    let mut main = vec![Stmt::L4proto(s.proto), Stmt::Counter];
+    if s.masquerade {
+        main.push(Stmt::MarkSet(MASQ_MARK));
+    }
+    let slots = s.slots();
+    main.push(if slots.len() == 1 {
+        Stmt::DnatTo(slots[0])
+    } else {
+        Stmt::DnatNumgen(slots)
+    });
+    rules.push(Rule(main));
+    Chain {
+        name: service_chain(&s.name),
+        hook: None,
+        rules,
+    }
+}
+
+pub const LOOPBACK4_NET: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 0);
+pub const LOOPBACK6: Ipv6Addr = Ipv6Addr::LOCALHOST;

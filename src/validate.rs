@@ -1,0 +1,523 @@
+//! Stage 2: raw map → checked model. Every rule of the schema is enforced here and every
+//! mistake is reported (all of them, not only the first), located and with a fix.
+//! Host names are not resolved yet: that is `resolve`'s job.
+
+use crate::error::MapError;
+use crate::map::{RawMap, RawService, Source};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+
+pub const DEFAULT_TABLE: &str = "svcnat";
+/// Weights become slots in a `numgen random mod N` map: keep N small enough to stay cheap.
+pub const MAX_WEIGHT: i64 = 100;
+pub const MAX_SLOTS: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+    pub fn from_number(n: u8) -> Option<Proto> {
+        match n {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a service listens: a port on every local address, or one address (a virtual IP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Listen {
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr {
+            None => write!(f, "*:{}", self.port),
+            Some(IpAddr::V4(a)) => write!(f, "{a}:{}", self.port),
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// A target's host before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Ip(a) => write!(f, "{a}"),
+            Host::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub host: Host,
+    pub port: u16,
+    pub weight: u32,
+    /// Where the target is written, for resolution errors.
+    pub span: Range<usize>,
+    pub field: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub proto: Proto,
+    pub listen: Listen,
+    pub targets: Vec<TargetSpec>,
+    pub masquerade: bool,
+    pub localhost: bool,
+    pub listen_span: Range<usize>,
+}
+
+/// A map that passed every check; only host names remain to be resolved.
+#[derive(Debug, Clone)]
+pub struct CheckedMap {
+    pub source: Source,
+    pub table: String,
+    pub services: Vec<ServiceSpec>,
+}
+
+pub fn validate(source: &Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>> {
+    let mut errors = Vec::new();
+    let settings = raw.settings.map(|s| s.into_inner()).unwrap_or_default();
+    let table = match settings.table {
+        None => DEFAULT_TABLE.to_owned(),
+        Some(t) => {
+            if !is_table_name(t.get_ref()) {
+                errors.push(source.error(
+                    &t.span(),
+                    "settings.table",
+                    format!("{:?} is not a valid table name", t.get_ref()),
+                    "use 1 to 32 characters: a letter first, then letters, digits, '_' or '-'",
+                ));
+            }
+            t.into_inner()
+        }
+    };
+    let default_masquerade = settings.masquerade.unwrap_or(true);
+
+    let mut services = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut listens: HashMap<(Listen, Proto), (String, usize)> = HashMap::new();
+    for (i, raw_service) in raw.services.into_iter().enumerate() {
+        let at = format!("service[{}]", i + 1);
+        let Some(svc) = check_service(
+            source,
+            &at,
+            raw_service.into_inner(),
+            default_masquerade,
+            &mut errors,
+        ) else {
+            continue;
+        };
+        let (line, _) = source.line_col(svc.listen_span.start);
+        if let Some(first) = names.get(&svc.name) {
+            errors.push(source.error(
+                &svc.listen_span,
+                format!("{at}.name"),
+                format!(
+                    "service name {:?} is already used by the service at line {first}",
+                    svc.name
+                ),
+                "give every service a unique name",
+            ));
+        }
+        names.entry(svc.name.clone()).or_insert(line);
+        let key = (svc.listen, svc.proto);
+        if let Some((other, other_line)) = listens.get(&key) {
+            errors.push(source.error(
+                &svc.listen_span,
+                format!("{at}.listen"),
+                format!(
+                    "{}/{} is already taken by service {other:?} (line {other_line})",
+                    svc.listen, svc.proto
+                ),
+                "each listen address, port and protocol belongs to one service: change the port, or merge the targets into one service",
+            ));
+        } else {
+            listens.insert(key, (svc.name.clone(), line));
+        }
+        services.push(svc);
+    }
+    if errors.is_empty() {
+        Ok(CheckedMap {
+            source: source.clone(),
+            table,
+            services,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_service(
+    src: &Source,
+    at: &str,
+    raw: RawService,
+    default_masquerade: bool,
+    errors: &mut Vec<MapError>,
+) -> Option<ServiceSpec> {
+    let before = errors.len();
+    let name = raw.name.get_ref().clone();
+    if !is_service_name(&name) {
+        errors.push(src.error(
+            &raw.name.span(),
+            format!("{at}.name"),
+            format!("{name:?} is not a valid service name"),
+            "use 1 to 63 characters: a lowercase letter or digit first, then a-z, 0-9, '.', '_' or '-'",
+        ));
+    }
+    let proto = match raw.protocol.as_ref().map(|p| p.get_ref().as_str()) {
+        None | Some("tcp") => Proto::Tcp,
+        Some("udp") => Proto::Udp,
+        Some(other) => {
+            let p = raw.protocol.as_ref().unwrap();
+            errors.push(src.error(
+                &p.span(),
+                format!("{at}.protocol"),
+                format!("unknown protocol {other:?}"),
+                "use \"tcp\" or \"udp\"",
+            ));
+            Proto::Tcp
+        }
+    };
+    let listen_span = raw.listen.span();
+    let listen = match parse_listen(&raw.listen.get_ref().0) {
+        Ok(l) => Some(l),
+        Err(why) => {
+            errors.push(src.error(
+                &listen_span,
+                format!("{at}.listen"),
+                why,
+                "write PORT (\"8080\"), IPV4:PORT (\"172.18.1.1:8080\") or [IPV6]:PORT (\"[fd00::1]:8080\"), port 1-65535",
+            ));
+            None
+        }
+    };
+    let localhost = raw.localhost.unwrap_or(false);
+    if let Some(l) = &listen
+        && localhost
+        && matches!(l.addr, Some(IpAddr::V6(_)))
+    {
+        errors.push(src.error(
+            &listen_span,
+            format!("{at}.localhost"),
+            "localhost = true needs an IPv4 service (it adds 127.0.0.1:PORT; IPv6 has no routable loopback)",
+            "remove localhost, or listen on a port or an IPv4 address",
+        ));
+    }
+
+    let mut targets = Vec::new();
+    if raw.targets.get_ref().is_empty() {
+        errors.push(src.error(
+            &raw.targets.span(),
+            format!("{at}.targets"),
+            "a service needs at least one target",
+            "add a target such as \"10.0.0.2:80\" or \"backend:80\"",
+        ));
+    }
+    let mut slots = 0usize;
+    for (j, t) in raw.targets.get_ref().iter().enumerate() {
+        let field = format!("{at}.targets[{}]", j + 1);
+        let span = t.span();
+        let rt = t.get_ref();
+        let weight = rt.weight.unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            errors.push(src.error(
+                &span,
+                format!("{field}.weight"),
+                format!("weight {weight} is out of range"),
+                format!("use a whole number from 1 to {MAX_WEIGHT}"),
+            ));
+        }
+        slots += weight.clamp(1, MAX_WEIGHT) as usize;
+        match parse_host_port(&rt.address) {
+            Ok((host, port)) => targets.push(TargetSpec {
+                host,
+                port,
+                weight: weight.clamp(1, MAX_WEIGHT) as u32,
+                span,
+                field,
+            }),
+            Err(why) => errors.push(src.error(
+                &span,
+                field,
+                why,
+                "write HOST:PORT, e.g. \"10.0.0.2:80\", \"backend:80\" or \"[fd00::2]:80\"",
+            )),
+        }
+    }
+    if slots > MAX_SLOTS {
+        errors.push(src.error(
+            &raw.targets.span(),
+            format!("{at}.targets"),
+            format!("the weights add up to {slots} slots, more than {MAX_SLOTS}"),
+            "lower the weights (only their ratios matter)",
+        ));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    Some(ServiceSpec {
+        name,
+        proto,
+        listen: listen?,
+        targets,
+        masquerade: raw.masquerade.unwrap_or(default_masquerade),
+        localhost,
+        listen_span,
+    })
+}
+
+fn is_service_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+}
+
+fn is_table_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_alphabetic()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-".contains(c))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        Ok(p) => Err(format!("port {p} is out of range")),
+        Err(_) => Err(format!("{s:?} is not a port number")),
+    }
+}
+
+/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    let s = s.trim();
+    if !s.contains(':') {
+        return Ok(Listen {
+            addr: None,
+            port: parse_port(s)?,
+        });
+    }
+    match parse_host_port(s)? {
+        (Host::Ip(addr), port) => {
+            if addr.is_unspecified() {
+                return Ok(Listen { addr: None, port });
+            }
+            Ok(Listen {
+                addr: Some(addr),
+                port,
+            })
+        }
+        (Host::Name(n), _) => Err(format!(
+            "listen address {n:?} is not an IP address (names are only allowed in targets)"
+        )),
+    }
+}
+
+/// `HOST:PORT` where HOST is an IPv4 address, `[IPV6]` or a DNS name.
+pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
+    let s = s.trim();
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("{s:?} lacks the port after the IPv6 address"))?;
+        let ip: std::net::Ipv6Addr = h
+            .parse()
+            .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
+        (Host::Ip(IpAddr::V6(ip)), p)
+    } else {
+        let (h, p) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} lacks a port: expected HOST:PORT"))?;
+        if h.contains(':') {
+            return Err(format!(
+                "{s:?}: put an IPv6 address in brackets, [ADDRESS]:PORT"
+            ));
+        }
+        let host = match h.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) => Host::Ip(IpAddr::V4(ip)),
+            Err(_) if is_dns_name(h) => Host::Name(h.to_owned()),
+            Err(_) => return Err(format!("{h:?} is neither an IP address nor a host name")),
+        };
+        (host, p)
+    };
+    Ok((host, parse_port(port)?))
+}
+
+fn is_dns_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        })
+        // all-numeric dotted text is a malformed IPv4 address, not a name
+        && !h.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::parse;
+
+    fn check(text: &str) -> Result<CheckedMap, Vec<MapError>> {
+        let src = Source::new("m.toml", text);
+        validate(&src, parse(&src).unwrap())
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("8080").unwrap(),
+            Listen {
+                addr: None,
+                port: 8080
+            }
+        );
+        assert_eq!(
+            parse_listen("172.18.1.1:8083").unwrap().addr,
+            Some("172.18.1.1".parse().unwrap())
+        );
+        assert_eq!(parse_listen("[fd00::1]:80").unwrap().port, 80);
+        assert_eq!(parse_listen("0.0.0.0:80").unwrap().addr, None);
+        assert!(parse_listen("0").unwrap_err().contains("out of range"));
+        assert!(parse_listen("65536").unwrap_err().contains("out of range"));
+        assert!(parse_listen("web:80").unwrap_err().contains("not an IP"));
+        assert!(parse_listen("http").unwrap_err().contains("not a port"));
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("host.docker.internal:8080").unwrap(),
+            (Host::Name("host.docker.internal".into()), 8080)
+        );
+        assert!(
+            parse_host_port("fd00::1:80")
+                .unwrap_err()
+                .contains("brackets")
+        );
+        assert!(parse_host_port("10.0.0.300:80").is_err());
+        assert!(
+            parse_host_port("backend")
+                .unwrap_err()
+                .contains("lacks a port")
+        );
+    }
+
+    #[test]
+    fn duplicate_listen_names_the_first_service() {
+        let errs = check(
+            "[[service]]\nname=\"a\"\nlisten=\"80\"\ntargets=[\"x:1\"]\n\n[[service]]\nname=\"b\"\nlisten=\"80\"\ntargets=[\"x:2\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "service[2].listen");
+        assert_eq!(errs[0].line, 8);
+        assert!(errs[0].message.contains("\"a\""), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn same_port_other_protocol_or_address_is_fine() {
+        let m = check(
+            "[[service]]\nname=\"a\"\nlisten=\"80\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"b\"\nlisten=\"80\"\nprotocol=\"udp\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"c\"\nlisten=\"10.1.1.1:80\"\ntargets=[\"x:1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(m.services.len(), 3);
+        assert_eq!(m.services[1].proto, Proto::Udp);
+    }
+
+    #[test]
+    fn all_errors_are_reported() {
+        let errs = check(
+            "[settings]\ntable=\"1bad\"\n[[service]]\nname=\"Bad Name\"\nlisten=\"99999\"\nprotocol=\"sctp\"\ntargets=[{address=\"x:1\", weight=0}]\n[[service]]\nname=\"ok\"\nlisten=\"1\"\ntargets=[]\n",
+        )
+        .unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "settings.table",
+                "service[1].name",
+                "service[1].protocol",
+                "service[1].listen",
+                "service[1].targets[1].weight",
+                "service[2].targets"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_names() {
+        let errs = check(
+            "[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"a\"\nlisten=\"2\"\ntargets=[\"x:1\"]\n",
+        )
+        .unwrap_err();
+        assert!(errs[0].message.contains("already used"));
+    }
+
+    #[test]
+    fn masquerade_default_and_override() {
+        let m = check(
+            "[settings]\nmasquerade=false\n[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"b\"\nlisten=\"2\"\nmasquerade=true\ntargets=[\"x:1\"]\n",
+        )
+        .unwrap();
+        assert!(!m.services[0].masquerade);
+        assert!(m.services[1].masquerade);
+    }
+
+    #[test]
+    fn localhost_rejected_for_ipv6() {
+        let errs = check(
+            "[[service]]\nname=\"a\"\nlisten=\"[fd00::1]:1\"\nlocalhost=true\ntargets=[\"[fd00::2]:1\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].field, "service[1].localhost");
+    }
+}
