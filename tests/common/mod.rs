@@ -1,0 +1,220 @@
+//! Shared helpers for the tests that need a kernel: throwaway network namespaces, the
+//! processes started in them, and running the real svcnat binary.
+//!
+//! Every namespace gets a unique name and is deleted when its guard drops, also when the
+//! test panics. Nothing here touches the host's own namespace.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Root-only tests fail loudly without root. Set SVCNAT_SKIP_ROOT_TESTS=1 to skip them on
+/// a developer machine on purpose; CI never sets it.
+pub fn require_root() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var_os("SVCNAT_SKIP_ROOT_TESTS").is_some() && std::env::var_os("CI").is_none() {
+        eprintln!("SKIPPED: needs root (SVCNAT_SKIP_ROOT_TESTS is set)");
+        return false;
+    }
+    panic!(
+        "this test needs root (network namespaces, nftables); run the suite as root, e.g. `sudo -E cargo test`"
+    );
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_svcnat")
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("sh runs")
+}
+
+/// Run a shell command that must succeed; returns stdout.
+pub fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A throwaway network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(label: &str) -> Netns {
+        let name = format!(
+            "svt-{}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            label
+        );
+        must(&format!("ip netns add {name}"));
+        let ns = Netns { name };
+        ns.exec_ok("ip link set lo up");
+        ns
+    }
+
+    /// `ip netns exec NAME sh -c CMD`
+    pub fn exec(&self, cmd: &str) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()
+            .expect("ip runs")
+    }
+
+    pub fn exec_ok(&self, cmd: &str) -> String {
+        must(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Start a long-running process inside; it is ended (by its PID) when the guard drops.
+    pub fn spawn(&self, args: &[&str]) -> Proc {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        Proc { child }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `nft list ruleset` here.
+    pub fn ruleset(&self) -> String {
+        self.exec_ok("nft list ruleset")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A process started by a test; killed by PID on drop.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run svcnat with arguments; returns (exit code, stdout, stderr).
+pub fn svcnat(args: &[&str]) -> (i32, String, String) {
+    svcnat_env(args, &[])
+}
+
+pub fn svcnat_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(repo()).env_remove("SVCNAT_MAP");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().expect("svcnat runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// svcnat that must exit 0; returns stdout.
+pub fn svcnat_ok(args: &[&str]) -> String {
+    let (code, out, err) = svcnat(args);
+    assert_eq!(
+        code, 0,
+        "svcnat {args:?} failed\nstdout: {out}\nstderr: {err}"
+    );
+    out
+}
+
+/// Counters change with traffic; compare rulesets without them.
+pub fn without_counters(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.lines() {
+        let mut l = line.to_owned();
+        while let Some(i) = l.find("counter packets ") {
+            let rest = &l[i..];
+            let end = rest.find(" bytes ").map(|b| {
+                let after = &rest[b + 7..];
+                b + 7 + after.find(' ').unwrap_or(after.len())
+            });
+            match end {
+                Some(e) => l.replace_range(i..i + e, "counter"),
+                None => break,
+            }
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+/// Wait until `addr` accepts TCP connections from inside `ns`.
+pub fn wait_port(ns: &Netns, addr: &str, timeout: Duration) {
+    let start = Instant::now();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    loop {
+        let o = ns.exec(&format!(
+            "python3 -c 'import socket; socket.create_connection((\"{host}\", {port}), 1).close()'"
+        ));
+        if o.status.success() {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{addr} did not accept connections in {}: {}",
+            ns.name,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn helper(name: &str) -> String {
+    repo()
+        .join("tests/helpers")
+        .join(name)
+        .display()
+        .to_string()
+}

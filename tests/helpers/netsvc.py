@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Tiny network peers for svcnat's traffic tests and demo.
+
+  netsvc.py http ADDR PORT NAME     HTTP server answering every GET with "NAME\n"
+  netsvc.py echo ADDR PORT          TCP server echoing what it receives
+  netsvc.py get URL                 one GET, prints the body (exit 1 on failure)
+  netsvc.py gets HOST PORT N        N GETs on N new connections; prints "BODY COUNT" lines
+  netsvc.py echoed HOST PORT BYTES  sends BYTES random bytes, exits 0 if they come back
+
+The servers bind and listen before anything else, and never do reverse DNS (the stall of
+python's http.server in a namespace without DNS).
+"""
+import os
+import socket
+import sys
+import threading
+from collections import Counter
+
+
+def serve(addr, port, handle):
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(512)
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+
+def http_handler(name):
+    body = (name + "\n").encode()
+
+    def handle(c):
+        with c:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            c.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                      b"Connection: close\r\n\r\n%s" % (len(body), body))
+    return handle
+
+
+def echo(c):
+    with c:
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                return
+            c.sendall(chunk)
+
+
+def get(host, port, timeout=3.0):
+    with socket.create_connection((host, int(port)), timeout) as c:
+        c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.0 200"):
+        raise RuntimeError("bad response: %r" % head[:40])
+    return body.decode().strip()
+
+
+def main():
+    cmd = sys.argv[1]
+    if cmd == "http":
+        serve(sys.argv[2], sys.argv[3], http_handler(sys.argv[4]))
+    elif cmd == "echo":
+        serve(sys.argv[2], sys.argv[3], echo)
+    elif cmd == "get":
+        url = sys.argv[2].removeprefix("http://").rstrip("/")
+        host, _, port = url.rpartition(":")
+        try:
+            print(get(host.strip("[]"), port))
+        except OSError as e:
+            print("error:", e, file=sys.stderr)
+            sys.exit(1)
+    elif cmd == "gets":
+        host, port, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        counts = Counter()
+        for _ in range(n):
+            try:
+                counts[get(host, port)] += 1
+            except OSError as e:
+                counts["error:" + type(e).__name__] += 1
+        for body, count in sorted(counts.items()):
+            print(body, count)
+    elif cmd == "echoed":
+        host, port, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        payload = os.urandom(size)
+        with socket.create_connection((host, port), 3) as c:
+            c.settimeout(5)
+            got = bytearray()
+            threading.Thread(target=c.sendall, args=(payload,), daemon=True).start()
+            while len(got) < size:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        if bytes(got) != payload:
+            print("echo mismatch: sent %d bytes, got %d back" % (size, len(got)), file=sys.stderr)
+            sys.exit(1)
+        print("echoed", size)
+    else:
+        sys.exit("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main()

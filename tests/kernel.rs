@@ -1,0 +1,345 @@
+//! Kernel tests, each in its own throwaway network namespace: what svcnat installs over
+//! netlink, what it reads back, what it removes, and what it must leave alone.
+
+mod common;
+use common::*;
+use std::path::PathBuf;
+
+const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
+
+fn bundled_maps() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("rulesets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p: PathBuf| p.strip_prefix(repo()).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn apply(map: &str, ns: &Netns) -> String {
+    svcnat_ok(&[
+        "apply",
+        "-f",
+        map,
+        "--add-host",
+        ADD_HOST,
+        "--netns",
+        &ns.name,
+    ])
+}
+
+#[test]
+fn netlink_apply_equals_nft_loading_the_render() {
+    if !require_root() {
+        return;
+    }
+    // The kernel holds the same thing whether svcnat sends it over netlink or nft loads
+    // svcnat's text render: the two backends of one Ruleset agree, statement by statement.
+    for map in bundled_maps() {
+        let via_netlink = Netns::new("nl");
+        let via_nft = Netns::new("nft");
+        apply(&map, &via_netlink);
+        let text = svcnat_ok(&["render", "-f", &map, "--add-host", ADD_HOST]);
+        let file = std::env::temp_dir().join(format!("svcnat-k-{}.nft", std::process::id()));
+        std::fs::write(&file, text).unwrap();
+        via_nft.exec_ok(&format!("nft -f {}", file.display()));
+        let _ = std::fs::remove_file(&file);
+        let a = via_netlink.ruleset();
+        assert!(
+            a.contains("table inet svcnat"),
+            "{map}: nothing installed:\n{a}"
+        );
+        assert_eq!(
+            a,
+            via_nft.ruleset(),
+            "{map}: netlink apply differs from nft -f of the render"
+        );
+    }
+}
+
+#[test]
+fn apply_show_reapply_flush() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("cycle");
+    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    assert!(out.contains("applied 2 service(s)"), "{out}");
+    assert!(out.contains("one transaction"), "{out}");
+    let first = ns.ruleset();
+
+    let json = svcnat_ok(&["show", "--netns", &ns.name, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["installed"], true);
+    let services = v["services"].as_array().unwrap();
+    assert_eq!(services.len(), 2, "{json}");
+    assert_eq!(services[0]["name"], "my-service");
+    assert_eq!(services[0]["protocol"], "tcp");
+    assert_eq!(services[0]["listen"][0], "*:8080");
+    assert_eq!(services[0]["targets"][0]["address"], "10.99.0.1:8080");
+    assert_eq!(services[1]["listen"][0], "*:5201");
+    assert_eq!(services[1]["targets"][0]["address"], "10.99.0.1:5201");
+    assert_eq!(v["drift"].as_array().unwrap().len(), 0);
+
+    let human = svcnat_ok(&["show", "--netns", &ns.name]);
+    assert!(
+        human.contains("my-tcp-service") && human.contains("10.99.0.1:5201"),
+        "{human}"
+    );
+
+    // Applying the same map again replaces the table with an identical one.
+    apply("rulesets/skupper-ingress.toml", &ns);
+    assert_eq!(without_counters(&ns.ruleset()), without_counters(&first));
+
+    // Another map replaces it whole: no leftovers of the first.
+    apply("rulesets/host-ports.toml", &ns);
+    let second = ns.ruleset();
+    assert!(
+        !second.contains("my-service") && second.contains("svc-web-vip"),
+        "{second}"
+    );
+
+    let out = svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert!(out.contains("removed table inet svcnat"), "{out}");
+    assert_eq!(ns.ruleset(), "");
+    let out = svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert!(out.contains("nothing to flush"), "{out}");
+    let out = svcnat_ok(&["show", "--netns", &ns.name]);
+    assert!(out.contains("nothing installed"), "{out}");
+}
+
+/// What other tools own in a namespace, in their own tools' words.
+fn foreign_state(ns: &Netns) -> String {
+    let strip = |s: String| -> String {
+        s.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    format!(
+        "== nft table ip other\n{}== iptables-nft-save\n{}== iptables-legacy-save\n{}",
+        ns.exec_ok("nft list table ip other"),
+        strip(ns.exec_ok("iptables-nft-save")),
+        strip(ns.exec_ok("iptables-legacy-save"))
+    )
+}
+
+#[test]
+fn foreign_rules_survive_apply_and_flush_byte_for_byte() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("foreign");
+    // Docker's embedded-DNS rules in a container's nat table (iptables-nft), a legacy
+    // iptables rule, and another tool's nft table with a set and a counter.
+    ns.exec_ok("iptables-nft -t nat -N DOCKER_OUTPUT");
+    ns.exec_ok("iptables-nft -t nat -A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT");
+    ns.exec_ok(
+        "iptables-nft -t nat -A DOCKER_OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:41234",
+    );
+    ns.exec_ok("iptables-legacy -t nat -A PREROUTING -p tcp --dport 2222 -j DNAT --to-destination 10.1.1.1:22");
+    ns.exec_ok("nft add table ip other");
+    ns.exec_ok("nft add set ip other blocked { type ipv4_addr\\; elements = { 192.0.2.1 } \\; }");
+    ns.exec_ok("nft add chain ip other input { type filter hook input priority 0 \\; }");
+    ns.exec_ok("nft add rule ip other input ip saddr @blocked counter drop");
+    let before = foreign_state(&ns);
+
+    apply("rulesets/host-ports.toml", &ns);
+    assert_eq!(
+        foreign_state(&ns),
+        before,
+        "apply changed rules svcnat does not own"
+    );
+    apply("rulesets/skupper-ingress.toml", &ns);
+    assert_eq!(
+        foreign_state(&ns),
+        before,
+        "re-apply changed rules svcnat does not own"
+    );
+    svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert_eq!(
+        foreign_state(&ns),
+        before,
+        "flush changed rules svcnat does not own"
+    );
+    assert!(!ns.ruleset().contains("table inet svcnat"));
+}
+
+#[test]
+fn a_rejected_batch_leaves_the_previous_ruleset_byte_identical() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("reject");
+    apply("rulesets/skupper-ingress.toml", &ns);
+    let before = ns.ruleset();
+    // Debug builds append a rule in a chain that does not exist: the kernel must refuse
+    // the whole batch, including the delete of the table that came first in it.
+    let (code, out, err) = svcnat_env(
+        &[
+            "apply",
+            "-f",
+            "rulesets/host-ports.toml",
+            "--netns",
+            &ns.name,
+        ],
+        &[("SVCNAT_TEST_REJECT", "1")],
+    );
+    assert_eq!(code, 1, "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("the kernel rejected the ruleset, nothing was changed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("chain no-such-chain") && err.contains("ENOENT"),
+        "{err}"
+    );
+    assert_eq!(ns.ruleset(), before);
+    // route_localnet was needed by host-ports but must not have been switched on.
+    assert_eq!(
+        ns.exec_ok("cat /proc/sys/net/ipv4/conf/all/route_localnet")
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn invalid_map_changes_nothing_and_exits_2() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("invalid");
+    apply("rulesets/skupper-ingress.toml", &ns);
+    let before = ns.ruleset();
+    let bad = std::env::temp_dir().join(format!("svcnat-bad-{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"x\"\nlisten = \"70000\"\ntargets = [\"10.0.0.1:80\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = svcnat(&["apply", "-f", bad.to_str().unwrap(), "--netns", &ns.name]);
+    let _ = std::fs::remove_file(&bad);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(":3:10: service[1].listen: port 70000 is out of range"),
+        "{err}"
+    );
+    assert_eq!(ns.ruleset(), before);
+}
+
+#[test]
+fn read_only_proc_sys_fails_before_sending_with_the_fix() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("rosys");
+    assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "0");
+    // Like a container: /proc/sys mounted read-only (in a private mount namespace).
+    let cmd = format!(
+        "unshare -m sh -c 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && {} apply -f rulesets/skupper-ingress.toml --add-host {ADD_HOST}'",
+        bin()
+    );
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", &cmd])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("net.ipv4.ip_forward is 0"), "{err}");
+    assert!(err.contains("sysctl -w net.ipv4.ip_forward=1"), "{err}");
+    assert!(err.contains("sysctls: [net.ipv4.ip_forward=1]"), "{err}");
+    assert_eq!(
+        ns.ruleset(),
+        "",
+        "nothing may be installed when the sysctl cannot be set"
+    );
+
+    // With forwarding already on, a read-only /proc/sys is no obstacle.
+    ns.exec_ok("sysctl -qw net.ipv4.ip_forward=1");
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c", &cmd])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("enabled"), "nothing needed enabling: {out}");
+    assert!(ns.ruleset().contains("svc-my-service"));
+}
+
+#[test]
+fn apply_enables_forwarding_only_for_remote_targets() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("fwd");
+    ns.exec_ok("ip link add d0 type veth peer name d1 && ip addr add 10.7.0.1/24 dev d0 && ip link set d0 up");
+    let local = std::env::temp_dir().join(format!("svcnat-local-{}.toml", std::process::id()));
+    std::fs::write(
+        &local,
+        "[[service]]\nname = \"here\"\nlisten = \"80\"\ntargets = [\"10.7.0.1:8080\", \"127.0.0.1:8081\"]\n",
+    )
+    .unwrap();
+    let out = svcnat_ok(&["apply", "-f", local.to_str().unwrap(), "--netns", &ns.name]);
+    let _ = std::fs::remove_file(&local);
+    assert!(!out.contains("enabled"), "{out}");
+    assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "0");
+
+    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    assert!(out.contains("enabled net.ipv4.ip_forward"), "{out}");
+    assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+    assert_eq!(
+        ns.exec_ok("cat /proc/sys/net/ipv4/conf/all/route_localnet")
+            .trim(),
+        "0"
+    );
+
+    let out = apply("rulesets/host-ports.toml", &ns);
+    assert!(
+        out.contains("enabled net.ipv4.conf.all.route_localnet"),
+        "{out}"
+    );
+    assert_eq!(
+        ns.exec_ok("cat /proc/sys/net/ipv4/conf/all/route_localnet")
+            .trim(),
+        "1"
+    );
+}
+
+#[test]
+fn netns_by_name_path_and_pid() {
+    if !require_root() {
+        return;
+    }
+    let by_path = Netns::new("path");
+    svcnat_ok(&[
+        "apply",
+        "-f",
+        "rulesets/skupper-ingress.toml",
+        "--add-host",
+        ADD_HOST,
+        "--netns",
+        &by_path.path(),
+    ]);
+    assert!(by_path.ruleset().contains("svc-my-service"));
+
+    let by_pid = Netns::new("pid");
+    let sleeper = by_pid.spawn(&["sleep", "60"]);
+    let pid = format!("pid:{}", sleeper.pid());
+    svcnat_ok(&["apply", "-f", "rulesets/host-ports.toml", "--netns", &pid]);
+    assert!(by_pid.ruleset().contains("svc-web-vip"));
+    svcnat_ok(&["flush", "--netns", &pid]);
+    assert_eq!(by_pid.ruleset(), "");
+
+    let (code, _, err) = svcnat(&["show", "--netns", "svt-no-such-namespace"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/run/netns/svt-no-such-namespace") && err.contains("ip netns list"),
+        "{err}"
+    );
+    let (code, _, err) = svcnat(&["show", "--netns", "pid:notanumber"]);
+    assert_eq!(code, 2, "{err}");
+}

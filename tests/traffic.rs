@@ -1,0 +1,200 @@
+//! Traffic tests: namespaces wired with veth pairs and bridges stand in for a host and its
+//! containers; real servers and clients prove that packets flow through svcnat's rules,
+//! and stop flowing after `flush`.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// A veth pair: `host_if` stays in `host` (enslaved to `bridge` if given), `eth0` goes to
+/// `peer` with `addr` (CIDR).
+fn wire(host: &Netns, host_if: &str, bridge: Option<&str>, peer: &Netns, addr: &str) {
+    host.exec_ok(&format!(
+        "ip link add {host_if} type veth peer name eth0 netns {}",
+        peer.name
+    ));
+    if let Some(br) = bridge {
+        host.exec_ok(&format!("ip link set {host_if} master {br}"));
+    }
+    host.exec_ok(&format!("ip link set {host_if} up"));
+    peer.exec_ok(&format!(
+        "ip addr add {addr} dev eth0 && ip link set eth0 up"
+    ));
+}
+
+fn bridge(host: &Netns, name: &str, addr: &str) {
+    host.exec_ok(&format!(
+        "ip link add {name} type bridge && ip addr add {addr} dev {name} && ip link set {name} up"
+    ));
+}
+
+fn get(from: &Netns, url: &str) -> Result<String, String> {
+    let o = from.exec(&format!("python3 {} get {url}", helper("netsvc.py")));
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+    }
+}
+
+fn server(ns: &Netns, args: &[&str]) -> Proc {
+    let script = helper("netsvc.py");
+    let mut all = vec!["python3", script.as_str()];
+    all.extend_from_slice(args);
+    ns.spawn(&all)
+}
+
+#[test]
+fn skupper_ingress_proxies_carry_http_and_tcp_until_flushed() {
+    if !require_root() {
+        return;
+    }
+    // "host" with a bridge; a client and two proxy "containers" on it.
+    let host = Netns::new("host");
+    let client = Netns::new("client");
+    let proxy1 = Netns::new("proxy1");
+    let proxy2 = Netns::new("proxy2");
+    bridge(&host, "br0", "10.99.0.1/24");
+    wire(&host, "vc", Some("br0"), &client, "10.99.0.10/24");
+    wire(&host, "vp1", Some("br0"), &proxy1, "10.99.0.11/24");
+    wire(&host, "vp2", Some("br0"), &proxy2, "10.99.0.12/24");
+    // The router on the host that the proxies redirect to (skupper-router's place).
+    let _http = server(
+        &host,
+        &["http", "10.99.0.1", "8080", "hello-from-the-host-router"],
+    );
+    let _echo = server(&host, &["echo", "10.99.0.1", "5201"]);
+    wait_port(&host, "10.99.0.1:8080", Duration::from_secs(10));
+    wait_port(&host, "10.99.0.1:5201", Duration::from_secs(10));
+
+    // Before svcnat: nothing listens on the proxies.
+    assert!(get(&client, "http://10.99.0.11:8080").is_err());
+
+    for p in [&proxy1, &proxy2] {
+        let out = svcnat_ok(&[
+            "apply",
+            "-f",
+            "rulesets/skupper-ingress.toml",
+            "--add-host",
+            "host.docker.internal=10.99.0.1",
+            "--netns",
+            &p.name,
+        ]);
+        // A fresh namespace has forwarding off: svcnat switches it on and says so.
+        assert!(out.contains("enabled net.ipv4.ip_forward"), "{out}");
+    }
+
+    assert_eq!(
+        get(&client, "http://10.99.0.11:8080").unwrap(),
+        "hello-from-the-host-router"
+    );
+    let o = client.exec(&format!(
+        "python3 {} echoed 10.99.0.12 5201 200000",
+        helper("netsvc.py")
+    ));
+    assert!(
+        o.status.success(),
+        "echo through proxy2 failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // The service counters saw the connections.
+    let v: serde_json::Value =
+        serde_json::from_str(&svcnat_ok(&["show", "--netns", &proxy2.name, "--json"])).unwrap();
+    let tcp = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "my-tcp-service")
+        .unwrap();
+    assert_eq!(tcp["connections"], 1, "{v}");
+    let v: serde_json::Value =
+        serde_json::from_str(&svcnat_ok(&["show", "--netns", &proxy1.name, "--json"])).unwrap();
+    let web = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "my-service")
+        .unwrap();
+    assert_eq!(web["connections"], 1, "{v}");
+
+    for p in [&proxy1, &proxy2] {
+        svcnat_ok(&["flush", "--netns", &p.name]);
+    }
+    let err = get(&client, "http://10.99.0.11:8080").unwrap_err();
+    assert!(err.contains("refused"), "{err}");
+    let o = client.exec(&format!(
+        "python3 {} echoed 10.99.0.12 5201 1000",
+        helper("netsvc.py")
+    ));
+    assert!(!o.status.success(), "echo still works after flush");
+}
+
+#[test]
+fn host_ports_publish_ports_localhost_and_a_balanced_virtual_ip() {
+    if !require_root() {
+        return;
+    }
+    // A host with a container bridge (two containers serving on :8000) and a link to an
+    // outside machine that routes the virtual IP to the host.
+    let host = Netns::new("h");
+    let c1 = Netns::new("c1");
+    let c2 = Netns::new("c2");
+    let outside = Netns::new("out");
+    bridge(&host, "br1", "172.18.0.1/16");
+    wire(&host, "vc1", Some("br1"), &c1, "172.18.0.2/16");
+    wire(&host, "vc2", Some("br1"), &c2, "172.18.0.3/16");
+    wire(&host, "vo", None, &outside, "10.98.0.2/24");
+    host.exec_ok("ip addr add 10.98.0.1/24 dev vo");
+    outside.exec_ok("ip route add 172.18.1.1/32 via 10.98.0.1");
+    let _s1 = server(&c1, &["http", "0.0.0.0", "8000", "c1"]);
+    let _s2 = server(&c2, &["http", "0.0.0.0", "8000", "c2"]);
+    wait_port(&c1, "172.18.0.2:8000", Duration::from_secs(10));
+    wait_port(&c2, "172.18.0.3:8000", Duration::from_secs(10));
+
+    let out = svcnat_ok(&[
+        "apply",
+        "-f",
+        "rulesets/host-ports.toml",
+        "--netns",
+        &host.name,
+    ]);
+    assert!(out.contains("net.ipv4.conf.all.route_localnet"), "{out}");
+
+    // Published ports, from outside and from the host itself (its own address and 127.0.0.1).
+    assert_eq!(get(&outside, "http://10.98.0.1:8081").unwrap(), "c1");
+    assert_eq!(get(&outside, "http://10.98.0.1:8082").unwrap(), "c2");
+    assert_eq!(get(&host, "http://10.98.0.1:8081").unwrap(), "c1");
+    assert_eq!(get(&host, "http://127.0.0.1:8081").unwrap(), "c1");
+    assert_eq!(get(&host, "http://127.0.0.1:8082").unwrap(), "c2");
+
+    // 200 connections to the virtual IP reach both backends, none fails.
+    let o = outside.exec(&format!(
+        "python3 {} gets 172.18.1.1 8083 200",
+        helper("netsvc.py")
+    ));
+    let counts = String::from_utf8_lossy(&o.stdout).into_owned();
+    let n = |name: &str| -> u32 {
+        counts
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map_or(0, |c| c.parse().unwrap())
+    };
+    assert_eq!(n("c1") + n("c2"), 200, "all 200 must be answered: {counts}");
+    // Binomial(200, 1/2): fewer than 60 on one side has probability below 1e-8.
+    assert!(n("c1") >= 60 && n("c2") >= 60, "unbalanced: {counts}");
+    let v: serde_json::Value =
+        serde_json::from_str(&svcnat_ok(&["show", "--netns", &host.name, "--json"])).unwrap();
+    let vip = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web-vip")
+        .unwrap();
+    assert_eq!(vip["connections"], 200, "{v}");
+
+    svcnat_ok(&["flush", "--netns", &host.name]);
+    assert!(get(&outside, "http://10.98.0.1:8081").is_err());
+    assert!(get(&host, "http://127.0.0.1:8081").is_err());
+    assert!(get(&outside, "http://172.18.1.1:8083").is_err());
+}
