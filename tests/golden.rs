@@ -8,7 +8,7 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
 
@@ -23,7 +23,7 @@ fn maps() -> Vec<PathBuf> {
     v
 }
 
-fn render(map: &PathBuf, format: &str) -> (String, String) {
+fn render(map: &Path, format: &str) -> (String, String) {
     let rel = map.strip_prefix(repo()).unwrap().display().to_string();
     let (code, out, err) = svcnat(&[
         "render",
@@ -38,7 +38,7 @@ fn render(map: &PathBuf, format: &str) -> (String, String) {
     (out, err)
 }
 
-fn check_golden(map: &PathBuf, ext: &str, actual: &str) {
+fn check_golden(map: &Path, ext: &str, actual: &str) {
     let expected_path = map.with_extension(ext);
     if std::env::var_os("SVCNAT_BLESS").is_some() {
         std::fs::write(&expected_path, actual).unwrap();
