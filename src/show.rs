@@ -2,9 +2,10 @@
 
 use crate::kernel::decode::Installed;
 use crate::plan::Family;
-use crate::ruleset::{MapKind, SERVICE_CHAIN_PREFIX, Stmt};
+use crate::ruleset::{MapKey, MapKind, SERVICE_CHAIN_PREFIX, Stmt};
 use crate::validate::Proto;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::SocketAddr;
 
@@ -56,6 +57,13 @@ fn weighted(slots: &[SocketAddr]) -> Vec<ShownTarget> {
 
 pub fn services(inst: &Installed) -> Shown {
     let rs = &inst.ruleset;
+    // Chain → the map keys that lead to it (one pass over the maps, not one per chain).
+    let mut keys: HashMap<&str, Vec<(MapKind, &MapKey)>> = HashMap::new();
+    for m in &rs.maps {
+        for (key, chain) in &m.elements {
+            keys.entry(chain.as_str()).or_default().push((m.kind, key));
+        }
+    }
     let mut services = Vec::new();
     for c in &rs.chains {
         let Some(name) = c.name.strip_prefix(SERVICE_CHAIN_PREFIX) else {
@@ -91,20 +99,15 @@ pub fn services(inst: &Installed) -> Shown {
             let a: SocketAddr = t.address.parse().expect("formatted from a SocketAddr");
             svc.family = Some(Family::of(&a.ip()));
         }
-        for m in &rs.maps {
-            for (key, chain) in &m.elements {
-                if *chain != c.name {
-                    continue;
-                }
-                if m.kind == MapKind::Loopback {
-                    svc.localhost = true;
-                }
-                svc.listen.push(match (m.kind, key.addr) {
-                    (MapKind::Loopback, _) => format!("127.0.0.1:{}", key.port),
-                    (_, Some(a)) => SocketAddr::new(a, key.port).to_string(),
-                    (_, None) => format!("*:{}", key.port),
-                });
+        for (kind, key) in keys.get(c.name.as_str()).into_iter().flatten() {
+            if *kind == MapKind::Loopback {
+                svc.localhost = true;
             }
+            svc.listen.push(match (kind, key.addr) {
+                (MapKind::Loopback, _) => format!("127.0.0.1:{}", key.port),
+                (_, Some(a)) => SocketAddr::new(a, key.port).to_string(),
+                (_, None) => format!("*:{}", key.port),
+            });
         }
         if let Some((p, b)) = inst.counters.get(&c.name) {
             svc.connections = *p;

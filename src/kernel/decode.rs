@@ -262,10 +262,15 @@ fn lift(
             rules: Vec::new(),
         })
         .collect();
+    let index: HashMap<String, usize> = chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
     let mut counters = HashMap::new();
     let mut unrecognized = Vec::new();
     for (chain, exprs) in rules {
-        let Some(c) = chains.iter_mut().find(|c| c.name == chain) else {
+        let Some(c) = index.get(&chain).map(|&i| &mut chains[i]) else {
             continue;
         };
         match decode_rule(&exprs, &slots) {
@@ -280,9 +285,8 @@ fn lift(
             None => unrecognized.push(format!("{chain}: {exprs:?}")),
         }
     }
-    // svcnat creates base chains first, then service chains in map order; the kernel lists
-    // them in creation order, so the lifted Ruleset compares equal to the lowered one.
-    let _ = &mut chains;
+    // The kernel lists chains in creation order, svcnat's order: base chains, then one per
+    // service in map order, so the lifted Ruleset compares equal to the lowered one.
     Installed {
         ruleset: Ruleset {
             table: table.to_owned(),
