@@ -327,7 +327,7 @@ fn netns_by_name_path_and_pid() {
     assert!(by_path.ruleset().contains("svc-my-service"));
 
     let by_pid = Netns::new("pid");
-    let sleeper = by_pid.spawn(&["sleep", "60"]);
+    let sleeper = by_pid.spawn_inside();
     let pid = format!("pid:{}", sleeper.pid());
     svcnat_ok(&["apply", "-f", "rulesets/host-ports.toml", "--netns", &pid]);
     assert!(by_pid.ruleset().contains("svc-web-vip"));

@@ -42,6 +42,14 @@ impl NetnsSpec {
     }
 }
 
+fn same_file(a: &File, b: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
 /// While alive, the calling thread is in the target namespace.
 pub struct NetnsGuard {
     original: File,
@@ -66,6 +74,12 @@ impl NetnsGuard {
                 "check the name with `ip netns list`, or the pid with `ps`",
             )
         })?;
+        if same_file(&original, &target) {
+            eprintln!(
+                "svcnat: note: --netns {} is the network namespace svcnat is already in",
+                spec.label
+            );
+        }
         setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| {
             fail(
                 format!("cannot enter {}: {e}", spec.path.display()),

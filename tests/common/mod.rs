@@ -103,6 +103,40 @@ impl Netns {
         Proc { child }
     }
 
+    /// A process that is inside this namespace *now*: `ip netns exec` switches namespace
+    /// only after it starts, so a bare PID taken at spawn time can still be in the test's
+    /// own (the host's) namespace. This waits for the process to report from inside, and
+    /// checks its namespace is this one, before the PID may be used as `--netns pid:N`.
+    pub fn spawn_inside(&self) -> Proc {
+        use std::io::BufRead;
+        use std::os::unix::fs::MetadataExt;
+        let mut p = self.spawn(&["sh", "-c", "echo ready; exec sleep 120"]);
+        let mut line = String::new();
+        std::io::BufReader::new(p.child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        let theirs = std::fs::metadata(format!("/proc/{}/ns/net", p.pid()))
+            .unwrap()
+            .ino();
+        let ours = std::fs::metadata(self.path()).unwrap().ino();
+        let host = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(
+            theirs,
+            ours,
+            "process {} is not in namespace {}",
+            p.pid(),
+            self.name
+        );
+        assert_ne!(
+            theirs,
+            host,
+            "process {} is still in the host namespace",
+            p.pid()
+        );
+        p
+    }
+
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }
