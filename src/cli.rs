@@ -264,11 +264,16 @@ pub fn run(cli: Cli) -> Result<()> {
             let started = Instant::now();
             let applied = kernel::apply(ns.as_ref(), &plan, &rs)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            let enabled = if applied.enabled.is_empty() {
-                String::new()
-            } else {
-                format!("; enabled {}", applied.enabled.join(", "))
-            };
+            let mut enabled = String::new();
+            if !applied.enabled.is_empty() {
+                enabled.push_str(&format!("; enabled {}", applied.enabled.join(", ")));
+            }
+            if !applied.disabled.is_empty() {
+                enabled.push_str(&format!(
+                    "; switched off {} (no longer needed)",
+                    applied.disabled.join(", ")
+                ));
+            }
             println!(
                 "svcnat: applied {} service(s) to table inet {}{}: {} netlink messages, one transaction, {:.1} ms{}",
                 plan.services.len(),
@@ -282,13 +287,22 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Flush { netns, table } => {
             let ns = netns_spec(&netns)?;
-            if kernel::flush(ns.as_ref(), &table)? {
-                println!("svcnat: removed table inet {table}{}", where_(&ns));
-            } else {
-                println!(
+            match kernel::flush(ns.as_ref(), &table)? {
+                Some(disabled) => {
+                    let off = if disabled.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; switched off {} (svcnat had switched it on)",
+                            disabled.join(", ")
+                        )
+                    };
+                    println!("svcnat: removed table inet {table}{}{off}", where_(&ns));
+                }
+                None => println!(
                     "svcnat: nothing to flush: no table inet {table}{}",
                     where_(&ns)
-                );
+                ),
             }
             Ok(())
         }

@@ -343,3 +343,43 @@ fn netns_by_name_path_and_pid() {
     let (code, _, err) = svcnat(&["show", "--netns", "pid:notanumber"]);
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn svcnat_switches_off_only_the_sysctls_it_switched_on() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("own");
+    let read = |k: &str| ns.exec_ok(&format!("sysctl -n {k}")).trim().to_owned();
+    let out = apply("rulesets/host-ports.toml", &ns);
+    assert!(
+        out.contains("enabled net.ipv4.ip_forward, net.ipv4.conf.all.route_localnet"),
+        "{out}"
+    );
+
+    // No localhost services any more: the guard goes, and so must route_localnet, or the
+    // namespace would accept 127.0.0.0/8 from outside with nothing to stop it.
+    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    assert!(
+        out.contains("switched off net.ipv4.conf.all.route_localnet (no longer needed)"),
+        "{out}"
+    );
+    assert!(!out.contains("enabled"), "{out}");
+    assert_eq!(read("net.ipv4.conf.all.route_localnet"), "0");
+    assert_eq!(read("net.ipv4.ip_forward"), "1");
+
+    let out = svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert!(
+        out.contains("switched off net.ipv4.ip_forward (svcnat had switched it on)"),
+        "{out}"
+    );
+    assert_eq!(read("net.ipv4.ip_forward"), "0");
+
+    // What someone else switched on stays on.
+    ns.exec_ok("sysctl -qw net.ipv4.ip_forward=1");
+    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    assert!(!out.contains("enabled"), "{out}");
+    let out = svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert!(!out.contains("switched off"), "{out}");
+    assert_eq!(read("net.ipv4.ip_forward"), "1");
+}

@@ -198,3 +198,111 @@ fn host_ports_publish_ports_localhost_and_a_balanced_virtual_ip() {
     assert!(get(&host, "http://127.0.0.1:8081").is_err());
     assert!(get(&outside, "http://172.18.1.1:8083").is_err());
 }
+
+#[test]
+fn localhost_guard_drops_outside_packets_for_127_0_0_0_8() {
+    if !require_root() {
+        return;
+    }
+    let host = Netns::new("lh");
+    let outside = Netns::new("lo-out");
+    wire(&host, "vo", None, &outside, "10.97.0.2/24");
+    host.exec_ok("ip addr add 10.97.0.1/24 dev vo");
+    // A service bound to 127.0.0.1 only: what CVE-2020-8558 exposed to neighbours.
+    let _secret = server(&host, &["http", "127.0.0.1", "9999", "secret"]);
+    wait_port(&host, "127.0.0.1:9999", Duration::from_secs(10));
+    // The neighbour routes 127.0.0.0/8 to the host instead of its own loopback, and
+    // accepts replies from 127.0.0.1 (route_localnet on its side too).
+    outside.exec_ok("ip addr del 127.0.0.1/8 dev lo");
+    outside.exec_ok("ip route add 127.0.0.0/8 via 10.97.0.1 dev eth0");
+    outside.exec_ok("sysctl -qw net.ipv4.conf.all.route_localnet=1");
+
+    let map = std::env::temp_dir().join(format!("svcnat-lh-{}.toml", std::process::id()));
+    std::fs::write(&map, "[[service]]\nname = \"web\"\nlisten = \"8081\"\nlocalhost = true\ntargets = [\"10.97.0.2:8000\"]\n").unwrap();
+    svcnat_ok(&["apply", "-f", map.to_str().unwrap(), "--netns", &host.name]);
+    let _ = std::fs::remove_file(&map);
+    assert_eq!(
+        host.exec_ok("sysctl -n net.ipv4.conf.all.route_localnet")
+            .trim(),
+        "1"
+    );
+
+    assert_eq!(get(&host, "http://127.0.0.1:9999").unwrap(), "secret");
+    let err = get(&outside, "http://127.0.0.1:9999").unwrap_err();
+    assert!(
+        err.contains("timed out"),
+        "the guard must drop it silently: {err}"
+    );
+
+    // Without the guard (removed by hand) the same packets reach the loopback service:
+    // the test really exercises the hole the guard closes.
+    host.exec_ok("nft delete chain inet svcnat input");
+    assert_eq!(get(&outside, "http://127.0.0.1:9999").unwrap(), "secret");
+    // flush switches route_localnet off again, which closes the hole too.
+    svcnat_ok(&["flush", "--netns", &host.name]);
+    assert!(get(&outside, "http://127.0.0.1:9999").is_err());
+}
+
+#[test]
+fn ipv6_port_service_and_balanced_virtual_ip() {
+    if !require_root() {
+        return;
+    }
+    let host = Netns::new("h6");
+    let client = Netns::new("c6");
+    let proxy = Netns::new("p6");
+    host.exec_ok("ip link add br6 type bridge && ip link set br6 up && ip addr add fd00:99::1/64 dev br6 nodad");
+    for (ns, hif, addr) in [
+        (&client, "v6c", "fd00:99::10/64"),
+        (&proxy, "v6p", "fd00:99::11/64"),
+    ] {
+        host.exec_ok(&format!(
+            "ip link add {hif} type veth peer name eth0 netns {}",
+            ns.name
+        ));
+        host.exec_ok(&format!(
+            "ip link set {hif} master br6 && ip link set {hif} up"
+        ));
+        ns.exec_ok(&format!(
+            "ip addr add {addr} dev eth0 nodad && ip link set eth0 up"
+        ));
+    }
+    client.exec_ok("ip -6 route add fd00:98::1/128 via fd00:99::11");
+    let _a = server(&host, &["http", "fd00:99::1", "8080", "v6-a"]);
+    let _b = server(&host, &["http", "fd00:99::1", "8081", "v6-b"]);
+    wait_port(&host, "fd00:99::1:8080", Duration::from_secs(10));
+    wait_port(&host, "fd00:99::1:8081", Duration::from_secs(10));
+
+    let map = std::env::temp_dir().join(format!("svcnat-v6-{}.toml", std::process::id()));
+    std::fs::write(
+        &map,
+        "[[service]]\nname = \"web6\"\nlisten = \"8080\"\ntargets = [\"[fd00:99::1]:8080\"]\n\n\
+         [[service]]\nname = \"vip6\"\nlisten = \"[fd00:98::1]:80\"\ntargets = [\"[fd00:99::1]:8080\", \"[fd00:99::1]:8081\"]\n",
+    )
+    .unwrap();
+    let out = svcnat_ok(&["apply", "-f", map.to_str().unwrap(), "--netns", &proxy.name]);
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        out.contains("enabled net.ipv6.conf.all.forwarding"),
+        "{out}"
+    );
+
+    assert_eq!(get(&client, "http://[fd00:99::11]:8080").unwrap(), "v6-a");
+    let o = client.exec(&format!(
+        "python3 {} gets fd00:98::1 80 100",
+        helper("netsvc.py")
+    ));
+    let counts = String::from_utf8_lossy(&o.stdout).into_owned();
+    let n = |name: &str| -> u32 {
+        counts
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map_or(0, |c| c.parse().unwrap())
+    };
+    assert_eq!(n("v6-a") + n("v6-b"), 100, "{counts}");
+    // Binomial(100, 1/2): fewer than 25 on one side has probability below 1e-6.
+    assert!(n("v6-a") >= 25 && n("v6-b") >= 25, "unbalanced: {counts}");
+
+    svcnat_ok(&["flush", "--netns", &proxy.name]);
+    assert!(get(&client, "http://[fd00:99::11]:8080").is_err());
+}

@@ -23,6 +23,59 @@ pub struct Installed {
     pub counters: HashMap<String, (u64, u64)>,
     /// Rules svcnat did not write, as `chain: expressions`.
     pub unrecognized: Vec<String>,
+    /// Sysctls svcnat switched on (recorded in the table's userdata).
+    pub enabled_sysctls: Vec<String>,
+}
+
+/// The sysctl keys recorded in a table's userdata TLVs.
+fn enabled_sysctls(udata: &[u8]) -> Vec<String> {
+    let mut i = 0;
+    while i + 2 <= udata.len() {
+        let (ty, len) = (udata[i], udata[i + 1] as usize);
+        let Some(value) = udata.get(i + 2..i + 2 + len) else {
+            break;
+        };
+        if ty == super::encode::UDATA_ENABLED_SYSCTLS {
+            return String::from_utf8_lossy(value)
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        i += 2 + len;
+    }
+    Vec::new()
+}
+
+/// Only the table: Ok(None) when absent, else the sysctls svcnat recorded on it.
+pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<Vec<String>>> {
+    let name = CString::new(table).expect("validated name");
+    let mut meta = Vec::new();
+    let exists = nl.dump(
+        libc::NFT_MSG_GETTABLE,
+        0,
+        |h| unsafe {
+            let t = sys::nftnl_table_alloc();
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
+        },
+        |m: &Msg| unsafe {
+            let t = sys::nftnl_table_alloc();
+            let ok = sys::nftnl_table_nlmsg_parse(m.header(), t) >= 0;
+            if ok && sys::nftnl_table_is_set(t, sys::NFTNL_TABLE_USERDATA as u16) {
+                let mut len = 0u32;
+                let p = sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, &mut len);
+                if !p.is_null() {
+                    meta =
+                        enabled_sysctls(std::slice::from_raw_parts(p.cast::<u8>(), len as usize));
+                }
+            }
+            sys::nftnl_table_free(t);
+            if ok { Ok(()) } else { Err(parse_err("table")) }
+        },
+    )?;
+    Ok(exists.then_some(meta))
 }
 
 fn cstr(p: *const libc::c_char) -> String {
@@ -51,21 +104,10 @@ struct RawElem {
 /// Read svcnat's table; Ok(None) when it does not exist.
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     let name = CString::new(table).expect("validated name");
-    // The table itself: ENOENT means svcnat has nothing installed here.
-    let exists = nl.dump(
-        libc::NFT_MSG_GETTABLE,
-        0,
-        |h| unsafe {
-            let t = sys::nftnl_table_alloc();
-            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_nlmsg_build_payload(h, t);
-            sys::nftnl_table_free(t);
-        },
-        |_| Ok(()),
-    )?;
-    if !exists {
+    // The table itself: absent means svcnat has nothing installed here.
+    let Some(enabled) = table_meta(nl, table)? else {
         return Ok(None);
-    }
+    };
 
     let mut chains = Vec::new();
     nl.dump(
@@ -211,7 +253,9 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
         },
     )?;
 
-    Ok(Some(lift(table, chains, &set_names, &elements, rules)))
+    let mut installed = lift(table, chains, &set_names, &elements, rules);
+    installed.enabled_sysctls = enabled;
+    Ok(Some(installed))
 }
 
 fn lift(
@@ -295,6 +339,7 @@ fn lift(
         },
         counters,
         unrecognized,
+        enabled_sysctls: Vec::new(),
     }
 }
 

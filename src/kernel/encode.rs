@@ -496,6 +496,49 @@ unsafe impl NlMsg for NewElems<'_> {
     }
 }
 
+/// Userdata type svcnat keeps on its table: the sysctls svcnat switched on, comma
+/// separated. A private TLV type (nft only interprets 0, the comment), so `nft list` prints
+/// the table as before.
+pub const UDATA_ENABLED_SYSCTLS: u8 = 0xf0;
+
+/// The table's userdata: TLVs of (type, length, value).
+pub fn table_udata(enabled_sysctls: &[&str]) -> Vec<u8> {
+    if enabled_sysctls.is_empty() {
+        return Vec::new();
+    }
+    let value = enabled_sysctls.join(",");
+    let mut out = vec![UDATA_ENABLED_SYSCTLS, value.len().min(255) as u8];
+    out.extend(value.as_bytes().iter().take(255));
+    out
+}
+
+/// NEWTABLE with svcnat's userdata (nftnl's `Table` cannot carry any).
+struct NewTable {
+    name: CString,
+    udata: Vec<u8>,
+}
+unsafe impl NlMsg for NewTable {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        unsafe {
+            let t = sys::nftnl_table_alloc();
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, libc::NFPROTO_INET as u32);
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.name.as_ptr());
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, 0);
+            if !self.udata.is_empty() {
+                sys::nftnl_table_set_data(
+                    t,
+                    sys::NFTNL_TABLE_USERDATA as u16,
+                    self.udata.as_ptr().cast(),
+                    self.udata.len() as u32,
+                );
+            }
+            let h = header(buf, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, seq);
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
+        }
+    }
+}
+
 /// Clears NLM_F_ACK from a message nftnl writes with it (see `header`).
 struct NoAck<'a, T: NlMsg>(&'a T);
 unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
@@ -553,15 +596,23 @@ impl Transaction {
         self.add(&t, MsgType::Del, format!("delete table inet {name}"));
     }
 
-    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew.
-    pub fn replace_table(&mut self, rs: &Ruleset) {
+    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew, carrying
+    /// `udata` (see `table_udata`).
+    pub fn replace_table(&mut self, rs: &Ruleset, udata: Vec<u8>) {
         self.table = Some(rs.table.clone());
         self.delete_table(&rs.table);
-        let table = Table::new(
-            CString::new(rs.table.as_str()).expect("validated name"),
-            ProtoFamily::Inet,
+        let name = CString::new(rs.table.as_str()).expect("validated name");
+        let new_table = NewTable {
+            name: name.clone(),
+            udata,
+        };
+        self.add(
+            &new_table,
+            MsgType::Add,
+            format!("add table inet {}", rs.table),
         );
-        self.add(&table, MsgType::Add, format!("table inet {}", rs.table));
+        // Chains and rules name their table through this handle; it is not sent itself.
+        let table = Table::new(name, ProtoFamily::Inet);
 
         let names: Vec<CString> = rs
             .chains

@@ -22,6 +22,22 @@ pub struct Applied {
     pub messages: usize,
     /// Sysctls switched from 0 to 1.
     pub enabled: Vec<&'static str>,
+    /// Sysctls svcnat had switched on and switched off again.
+    pub disabled: Vec<&'static str>,
+}
+
+/// Make the planned sysctl writes; returns (enabled, disabled) keys.
+fn write_sysctls(changes: sysctl::Changes) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+    let mut done = (Vec::new(), Vec::new());
+    for p in changes.enable {
+        done.0.push(p.sysctl.key);
+        p.commit()?;
+    }
+    for p in changes.disable {
+        done.1.push(p.sysctl.key);
+        p.commit()?;
+    }
+    Ok(done)
 }
 
 /// Run `f` inside the namespace (or here when `netns` is None), with a netlink socket
@@ -52,35 +68,39 @@ fn local_addresses() -> Vec<IpAddr> {
 }
 
 /// Replace svcnat's table with the plan's ruleset, in one transaction, and switch on the
-/// sysctls it needs. On any error before or during the batch, nothing has changed.
+/// sysctls it needs (and off those svcnat switched on that it no longer needs). On any
+/// error before or during the batch, nothing has changed.
 pub fn apply(netns: Option<&NetnsSpec>, plan: &Plan, rs: &Ruleset) -> Result<Applied> {
     within(netns, |nl| {
+        let owned_before = decode::table_meta(nl, &rs.table)?.unwrap_or_default();
         let locals = local_addresses();
         let needed = sysctl::required(plan, &|ip| locals.contains(ip));
-        let pending = sysctl::prepare(&needed)?;
+        let changes = sysctl::prepare(&needed, &owned_before)?;
         let mut tx = encode::Transaction::new();
-        tx.replace_table(rs);
+        tx.replace_table(rs, encode::table_udata(&changes.owned));
         inject_fault_for_tests(&mut tx);
         let messages = nl.commit(tx)?;
-        let mut enabled = Vec::new();
-        for p in pending {
-            enabled.push(p.sysctl.key);
-            p.commit()?;
-        }
-        Ok(Applied { messages, enabled })
+        let (enabled, disabled) = write_sysctls(changes)?;
+        Ok(Applied {
+            messages,
+            enabled,
+            disabled,
+        })
     })
 }
 
-/// Delete svcnat's table. Returns whether there was one.
-pub fn flush(netns: Option<&NetnsSpec>, table: &str) -> Result<bool> {
+/// Delete svcnat's table and switch off the sysctls svcnat had switched on. Returns None
+/// when there was no table, else the sysctls switched off.
+pub fn flush(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Vec<&'static str>>> {
     within(netns, |nl| {
-        let existed = decode::dump(nl, table)?.is_some();
-        if existed {
-            let mut tx = encode::Transaction::new();
-            tx.delete_table(table);
-            nl.commit(tx)?;
-        }
-        Ok(existed)
+        let Some(owned) = decode::table_meta(nl, table)? else {
+            return Ok(None);
+        };
+        let changes = sysctl::prepare(&[], &owned)?;
+        let mut tx = encode::Transaction::new();
+        tx.delete_table(table);
+        nl.commit(tx)?;
+        Ok(Some(write_sysctls(changes)?.1))
     })
 }
 

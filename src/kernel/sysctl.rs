@@ -56,18 +56,33 @@ pub fn required(plan: &Plan, local: &dyn Fn(&std::net::IpAddr) -> bool) -> Vec<&
     out
 }
 
-/// A sysctl that is 0 and will be set to 1 once the batch is in.
+pub const ALL: [&Sysctl; 3] = [&IP_FORWARD, &IP6_FORWARD, &ROUTE_LOCALNET];
+
+/// A sysctl write to make once the batch is in (opened beforehand, so it cannot fail for
+/// lack of permission after the ruleset changed).
 pub struct PendingWrite {
     pub sysctl: &'static Sysctl,
+    value: &'static [u8],
     file: File,
 }
 
 impl PendingWrite {
     pub fn commit(mut self) -> Result<()> {
         self.file
-            .write_all(b"1\n")
+            .write_all(self.value)
             .map_err(|e| Error::io(format!("writing {}", self.sysctl.key), e))
     }
+}
+
+/// The sysctl writes of one apply or flush, and what svcnat will own afterwards.
+pub struct Changes {
+    /// 0 → 1: the plan needs them.
+    pub enable: Vec<PendingWrite>,
+    /// 1 → 0: svcnat had switched them on and the plan no longer needs them (leaving
+    /// route_localnet on without svcnat's guard would reopen CVE-2020-8558).
+    pub disable: Vec<PendingWrite>,
+    /// The sysctls svcnat owns after this change, to record on its table.
+    pub owned: Vec<&'static str>,
 }
 
 fn read(s: &Sysctl) -> Result<String> {
@@ -81,22 +96,56 @@ fn read(s: &Sysctl) -> Result<String> {
     Ok(v.trim().to_owned())
 }
 
-/// Check each required sysctl; open the ones that are off for writing. Fails, before
-/// anything changed, when one is off and cannot be written.
-pub fn prepare(needed: &[&'static Sysctl]) -> Result<Vec<PendingWrite>> {
-    let mut pending = Vec::new();
+fn open_for_write(s: &'static Sysctl, value: &'static [u8], why: String) -> Result<PendingWrite> {
+    let file = OpenOptions::new().write(true).open(s.path()).map_err(|e| Error::Sysctl {
+        message: format!("{why}, and svcnat cannot set it: {e}"),
+        hint: format!(
+            "run `sysctl -w {}={}` in that namespace first; in a container, add to compose `sysctls: [{}={}]` (or `docker run --sysctl {}={}`)",
+            s.key,
+            value[0] as char,
+            s.key,
+            value[0] as char,
+            s.key,
+            value[0] as char
+        ),
+    })?;
+    Ok(PendingWrite {
+        sysctl: s,
+        value,
+        file,
+    })
+}
+
+/// Plan the sysctl writes: switch on what `needed` lacks, switch off what svcnat had
+/// switched on (`owned_before`, from its table) and no longer needs. Fails, before anything
+/// changed, when a write is due and /proc/sys cannot be written.
+pub fn prepare(needed: &[&'static Sysctl], owned_before: &[String]) -> Result<Changes> {
+    let mut changes = Changes {
+        enable: Vec::new(),
+        disable: Vec::new(),
+        owned: Vec::new(),
+    };
     for s in needed {
+        let was_ours = owned_before.iter().any(|k| k == s.key);
         if read(s)? == "1" {
+            if was_ours {
+                changes.owned.push(s.key);
+            }
             continue;
         }
-        let file = OpenOptions::new().write(true).open(s.path()).map_err(|e| Error::Sysctl {
-            message: format!("{} is 0, {} need it to be 1, and svcnat cannot set it: {e}", s.key, s.why),
-            hint: format!(
-                "run `sysctl -w {}=1` in that namespace first; in a container, add to compose `sysctls: [{}=1]` (or `docker run --sysctl {}=1`)",
-                s.key, s.key, s.key
-            ),
-        })?;
-        pending.push(PendingWrite { sysctl: s, file });
+        let why = format!("{} is 0, {} need it to be 1", s.key, s.why);
+        changes.enable.push(open_for_write(s, b"1\n", why)?);
+        changes.owned.push(s.key);
     }
-    Ok(pending)
+    for s in ALL {
+        let ours = owned_before.iter().any(|k| k == s.key);
+        if ours && !needed.iter().any(|n| n.key == s.key) && read(s)? == "1" {
+            let why = format!(
+                "{} was switched on by svcnat and is no longer needed",
+                s.key
+            );
+            changes.disable.push(open_for_write(s, b"0\n", why)?);
+        }
+    }
+    Ok(changes)
 }
