@@ -6,12 +6,6 @@ use common::*;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn temp_map(tag: &str, text: &str) -> String {
-    let p = std::env::temp_dir().join(format!("svcnat-cli-{}-{tag}.toml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
 #[test]
 fn help_documents_exit_codes_and_examples() {
     let out = svcnat_ok(&["--help"]);
@@ -131,9 +125,9 @@ fn every_mistake_is_located_named_and_fixable() {
         ("[[service]\n", ":1:", "correct the TOML syntax"),
     ];
     for (i, (text, message, fix)) in cases.iter().enumerate() {
-        let path = temp_map(&format!("case{i}"), text);
+        let map = TempFile::new(&format!("case{i}.toml"), text);
+        let path = map.path().to_owned();
         let (code, out, err) = svcnat(&["apply", "-f", &path, "--netns", "svt-never-reached"]);
-        let _ = std::fs::remove_file(&path);
         assert_eq!(code, 2, "case {i}: {err}");
         assert!(out.is_empty(), "case {i}: {out}");
         assert!(

@@ -13,14 +13,7 @@ use std::path::{Path, PathBuf};
 const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
 
 fn maps() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("rulesets"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    v.sort();
-    assert!(v.len() >= 2, "rulesets/ should hold the bundled maps");
-    v
+    bundled_maps().iter().map(|m| repo().join(m)).collect()
 }
 
 fn render(map: &Path, format: &str) -> (String, String) {
@@ -85,10 +78,8 @@ fn nft_accepts_every_render() {
     let ns = Netns::new("golden-nft");
     for map in maps() {
         let (nft, _) = render(&map, "nft");
-        let file = std::env::temp_dir().join(format!("svcnat-golden-{}.nft", std::process::id()));
-        std::fs::write(&file, &nft).unwrap();
-        let o = ns.exec(&format!("nft -c -f {}", file.display()));
-        let _ = std::fs::remove_file(&file);
+        let file = TempFile::new("golden.nft", &nft);
+        let o = ns.exec(&format!("nft -c -f {}", file.path()));
         assert!(
             o.status.success(),
             "nft -c rejects the render of {}: {}",
@@ -119,11 +110,9 @@ fn iptables_restore_accepts_every_render() {
         }
         for (format, tools) in formats {
             let (text, _) = render(&map, format);
-            let file =
-                std::env::temp_dir().join(format!("svcnat-golden-{}.{format}", std::process::id()));
-            std::fs::write(&file, &text).unwrap();
+            let file = TempFile::new(format, &text);
             for tool in tools {
-                let o = ns.exec(&format!("{tool} --test --noflush < {}", file.display()));
+                let o = ns.exec(&format!("{tool} --test --noflush < {}", file.path()));
                 assert!(
                     o.status.success(),
                     "{tool} --test rejects the {format} render of {}: {}",
@@ -131,7 +120,6 @@ fn iptables_restore_accepts_every_render() {
                     String::from_utf8_lossy(&o.stderr)
                 );
             }
-            let _ = std::fs::remove_file(&file);
         }
     }
 }

@@ -3,20 +3,8 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 
 const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
-
-fn bundled_maps() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(repo().join("rulesets"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .map(|p: PathBuf| p.strip_prefix(repo()).unwrap().display().to_string())
-        .collect();
-    v.sort();
-    v
-}
 
 fn apply(map: &str, ns: &Netns) -> String {
     svcnat_ok(&[
@@ -42,10 +30,8 @@ fn netlink_apply_equals_nft_loading_the_render() {
         let via_nft = Netns::new("nft");
         apply(&map, &via_netlink);
         let text = svcnat_ok(&["render", "-f", &map, "--add-host", ADD_HOST]);
-        let file = std::env::temp_dir().join(format!("svcnat-k-{}.nft", std::process::id()));
-        std::fs::write(&file, text).unwrap();
-        via_nft.exec_ok(&format!("nft -f {}", file.display()));
-        let _ = std::fs::remove_file(&file);
+        let file = TempFile::new("render.nft", &text);
+        via_nft.exec_ok(&format!("nft -f {}", file.path()));
         let a = via_netlink.ruleset();
         assert!(
             a.contains("table inet svcnat"),
@@ -213,14 +199,11 @@ fn invalid_map_changes_nothing_and_exits_2() {
     let ns = Netns::new("invalid");
     apply("rulesets/skupper-ingress.toml", &ns);
     let before = ns.ruleset();
-    let bad = std::env::temp_dir().join(format!("svcnat-bad-{}.toml", std::process::id()));
-    std::fs::write(
-        &bad,
+    let bad = TempFile::new(
+        "bad.toml",
         "[[service]]\nname = \"x\"\nlisten = \"70000\"\ntargets = [\"10.0.0.1:80\"]\n",
-    )
-    .unwrap();
-    let (code, _, err) = svcnat(&["apply", "-f", bad.to_str().unwrap(), "--netns", &ns.name]);
-    let _ = std::fs::remove_file(&bad);
+    );
+    let (code, _, err) = svcnat(&["apply", "-f", bad.path(), "--netns", &ns.name]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains(":3:10: service[1].listen: port 70000 is out of range"),
@@ -277,14 +260,11 @@ fn apply_enables_forwarding_only_for_remote_targets() {
     }
     let ns = Netns::new("fwd");
     ns.exec_ok("ip link add d0 type veth peer name d1 && ip addr add 10.7.0.1/24 dev d0 && ip link set d0 up");
-    let local = std::env::temp_dir().join(format!("svcnat-local-{}.toml", std::process::id()));
-    std::fs::write(
-        &local,
+    let local = TempFile::new(
+        "local.toml",
         "[[service]]\nname = \"here\"\nlisten = \"80\"\ntargets = [\"10.7.0.1:8080\", \"127.0.0.1:8081\"]\n",
-    )
-    .unwrap();
-    let out = svcnat_ok(&["apply", "-f", local.to_str().unwrap(), "--netns", &ns.name]);
-    let _ = std::fs::remove_file(&local);
+    );
+    let out = svcnat_ok(&["apply", "-f", local.path(), "--netns", &ns.name]);
     assert!(!out.contains("enabled"), "{out}");
     assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "0");
 

@@ -169,20 +169,15 @@ fn host_ports_publish_ports_localhost_and_a_balanced_virtual_ip() {
     assert_eq!(get(&host, "http://127.0.0.1:8082").unwrap(), "c2");
 
     // 200 connections to the virtual IP reach both backends, none fails.
-    let o = outside.exec(&format!(
-        "python3 {} gets 172.18.1.1 8083 200",
-        helper("netsvc.py")
-    ));
-    let counts = String::from_utf8_lossy(&o.stdout).into_owned();
-    let n = |name: &str| -> u32 {
-        counts
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .map_or(0, |c| c.parse().unwrap())
-    };
-    assert_eq!(n("c1") + n("c2"), 200, "all 200 must be answered: {counts}");
+    let counts = answers(&outside, "172.18.1.1", 8083, 200);
+    let n = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert_eq!(
+        n("c1") + n("c2"),
+        200,
+        "all 200 must be answered: {counts:?}"
+    );
     // Binomial(200, 1/2): fewer than 60 on one side has probability below 1e-8.
-    assert!(n("c1") >= 60 && n("c2") >= 60, "unbalanced: {counts}");
+    assert!(n("c1") >= 60 && n("c2") >= 60, "unbalanced: {counts:?}");
     let v: serde_json::Value =
         serde_json::from_str(&svcnat_ok(&["show", "--netns", &host.name, "--json"])).unwrap();
     let vip = v["services"]
@@ -217,10 +212,11 @@ fn localhost_guard_drops_outside_packets_for_127_0_0_0_8() {
     outside.exec_ok("ip route add 127.0.0.0/8 via 10.97.0.1 dev eth0");
     outside.exec_ok("sysctl -qw net.ipv4.conf.all.route_localnet=1");
 
-    let map = std::env::temp_dir().join(format!("svcnat-lh-{}.toml", std::process::id()));
-    std::fs::write(&map, "[[service]]\nname = \"web\"\nlisten = \"8081\"\nlocalhost = true\ntargets = [\"10.97.0.2:8000\"]\n").unwrap();
-    svcnat_ok(&["apply", "-f", map.to_str().unwrap(), "--netns", &host.name]);
-    let _ = std::fs::remove_file(&map);
+    let map = TempFile::new(
+        "lh.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8081\"\nlocalhost = true\ntargets = [\"10.97.0.2:8000\"]\n",
+    );
+    svcnat_ok(&["apply", "-f", map.path(), "--netns", &host.name]);
     assert_eq!(
         host.exec_ok("sysctl -n net.ipv4.conf.all.route_localnet")
             .trim(),
@@ -273,35 +269,23 @@ fn ipv6_port_service_and_balanced_virtual_ip() {
     wait_port(&host, "fd00:99::1:8080", Duration::from_secs(10));
     wait_port(&host, "fd00:99::1:8081", Duration::from_secs(10));
 
-    let map = std::env::temp_dir().join(format!("svcnat-v6-{}.toml", std::process::id()));
-    std::fs::write(
-        &map,
+    let map = TempFile::new(
+        "v6.toml",
         "[[service]]\nname = \"web6\"\nlisten = \"8080\"\ntargets = [\"[fd00:99::1]:8080\"]\n\n\
          [[service]]\nname = \"vip6\"\nlisten = \"[fd00:98::1]:80\"\ntargets = [\"[fd00:99::1]:8080\", \"[fd00:99::1]:8081\"]\n",
-    )
-    .unwrap();
-    let out = svcnat_ok(&["apply", "-f", map.to_str().unwrap(), "--netns", &proxy.name]);
-    let _ = std::fs::remove_file(&map);
+    );
+    let out = svcnat_ok(&["apply", "-f", map.path(), "--netns", &proxy.name]);
     assert!(
         out.contains("enabled net.ipv6.conf.all.forwarding"),
         "{out}"
     );
 
     assert_eq!(get(&client, "http://[fd00:99::11]:8080").unwrap(), "v6-a");
-    let o = client.exec(&format!(
-        "python3 {} gets fd00:98::1 80 100",
-        helper("netsvc.py")
-    ));
-    let counts = String::from_utf8_lossy(&o.stdout).into_owned();
-    let n = |name: &str| -> u32 {
-        counts
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .map_or(0, |c| c.parse().unwrap())
-    };
-    assert_eq!(n("v6-a") + n("v6-b"), 100, "{counts}");
+    let counts = answers(&client, "fd00:98::1", 80, 100);
+    let n = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert_eq!(n("v6-a") + n("v6-b"), 100, "{counts:?}");
     // Binomial(100, 1/2): fewer than 25 on one side has probability below 1e-6.
-    assert!(n("v6-a") >= 25 && n("v6-b") >= 25, "unbalanced: {counts}");
+    assert!(n("v6-a") >= 25 && n("v6-b") >= 25, "unbalanced: {counts:?}");
 
     svcnat_ok(&["flush", "--netns", &proxy.name]);
     assert!(get(&client, "http://[fd00:99::11]:8080").is_err());

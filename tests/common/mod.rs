@@ -245,6 +245,58 @@ pub fn wait_port(ns: &Netns, addr: &str, timeout: Duration) {
     }
 }
 
+/// The bundled maps, as paths relative to the repository (sorted).
+pub fn bundled_maps() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo().join("rulesets"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.strip_prefix(repo()).unwrap().display().to_string())
+        .collect();
+    v.sort();
+    assert!(v.len() >= 2, "rulesets/ should hold the bundled maps");
+    v
+}
+
+/// A file in the temp directory, removed on drop.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str, text: &str) -> TempFile {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("svcnat-test-{}-{n}-{tag}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        TempFile(p)
+    }
+    pub fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `n` HTTP GETs on new connections from `from`; how many answers each body got.
+pub fn answers(
+    from: &Netns,
+    host: &str,
+    port: u16,
+    n: u32,
+) -> std::collections::HashMap<String, u32> {
+    let o = from.exec(&format!(
+        "python3 {} gets {host} {port} {n}",
+        helper("netsvc.py")
+    ));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(body, count)| (body.to_owned(), count.parse().unwrap()))
+        .collect()
+}
+
 pub fn helper(name: &str) -> String {
     repo()
         .join("tests/helpers")
