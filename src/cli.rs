@@ -103,6 +103,22 @@ fails before changing anything and prints the sysctl to set.\n\n",
         #[command(flatten)]
         netns: NetnsArgs,
     },
+    /// Compare the kernel with the map: what apply would change, and drift
+    #[command(after_help = concat!(
+        "Lines read like a plan: `+ service …` apply would add, `- service …` it would remove, \
+`~ service NAME: FIELD FROM -> TO` it would change. Drift is what was changed in svcnat's table \
+without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
+        "Exit codes: 0 in sync, 1 differs (or a runtime error), 2 invalid map.\n\nExamples:\n",
+        "  svcnat diff -f map.toml\n  svcnat diff -f map.toml --netns proxy1 --json"))]
+    Diff {
+        #[command(flatten)]
+        map: MapArgs,
+        #[command(flatten)]
+        netns: NetnsArgs,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything svcnat installed (its table); exit 0 also when there was nothing
     #[command(
         after_help = "Exit codes: 0 flushed or nothing there, 1 kernel/namespace error.\n\nExample:\n  svcnat flush --netns proxy1"
@@ -182,45 +198,27 @@ fn where_(ns: &Option<NetnsSpec>) -> String {
 }
 
 pub fn describe_plan(plan: &Plan) -> String {
-    let mut out = String::new();
-    for s in &plan.services {
-        let targets: Vec<String> = s
-            .targets
-            .iter()
-            .map(|t| {
-                if t.weight == 1 {
-                    t.addr.to_string()
-                } else {
-                    format!("{}*{}", t.addr, t.weight)
-                }
-            })
-            .collect();
-        let mut extra = Vec::new();
-        if s.masquerade {
-            extra.push("masquerade");
-        }
-        if s.localhost {
-            extra.push("localhost");
-        }
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", extra.join(", "))
-        };
-        out.push_str(&format!(
-            "{} {}/{} -> {}{}\n",
-            s.name,
-            s.proto,
-            s.listen,
-            targets.join(", "),
-            extra
-        ));
-    }
-    out
+    plan.services.iter().map(|s| s.describe() + "\n").collect()
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
+pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Diff { map, netns, json } => {
+            let plan = plan(&map)?;
+            let ns = netns_spec(&netns)?;
+            let installed = kernel::show(ns.as_ref(), &plan.table)?;
+            let report = crate::diff::compare(&plan, installed.as_ref());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("plain data serializes")
+                );
+            } else {
+                print!("{}", crate::diff::human(&report, &where_(&ns)));
+            }
+            Ok(if report.in_sync { 0 } else { 1 })
+        }
         Command::Render { map, format } => {
             let plan = plan(&map)?;
             let source = map
@@ -245,7 +243,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             };
             print!("{text}");
-            Ok(())
+            Ok(0)
         }
         Command::Check { map } => {
             let plan = plan(&map)?;
@@ -255,7 +253,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 plan.services.len(),
                 plan.table
             );
-            Ok(())
+            Ok(0)
         }
         Command::Apply { map, netns } => {
             let plan = plan(&map)?;
@@ -283,7 +281,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 ms,
                 enabled
             );
-            Ok(())
+            Ok(0)
         }
         Command::Flush { netns, table } => {
             let ns = netns_spec(&netns)?;
@@ -304,7 +302,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     where_(&ns)
                 ),
             }
-            Ok(())
+            Ok(0)
         }
         Command::Show { netns, table, json } => {
             let ns = netns_spec(&netns)?;
@@ -315,6 +313,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     table: table.clone(),
                     services: Vec::new(),
                     drift: Vec::new(),
+                    enabled_sysctls: Vec::new(),
                 },
             };
             if json {
@@ -332,7 +331,7 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", show::human(&shown, &where_(&ns)));
             }
-            Ok(())
+            Ok(0)
         }
     }
 }

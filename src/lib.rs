@@ -6,8 +6,10 @@
 //! kernel back into a `ruleset::Ruleset`; `show` turns that into per-service reports.
 
 pub mod cli;
+pub mod diff;
 pub mod error;
 pub mod kernel;
+pub mod lift;
 pub mod map;
 pub mod plan;
 pub mod render;

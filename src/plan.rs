@@ -53,6 +53,45 @@ fn listen_str<S: serde::Serializer>(l: &Listen, s: S) -> Result<S::Ok, S::Error>
 }
 
 impl Service {
+    /// `web tcp/*:8080 -> 10.0.0.2:80, 10.0.0.3:80*2 (masquerade, localhost)`
+    pub fn describe(&self) -> String {
+        let mut extra = Vec::new();
+        if self.masquerade {
+            extra.push("masquerade");
+        }
+        if self.localhost {
+            extra.push("localhost");
+        }
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", extra.join(", "))
+        };
+        format!(
+            "{} {}/{} -> {}{}",
+            self.name,
+            self.proto,
+            self.listen,
+            self.targets_text(),
+            extra
+        )
+    }
+
+    /// `10.0.0.2:80, 10.0.0.3:80*2`: weights other than 1 after a `*`.
+    pub fn targets_text(&self) -> String {
+        self.targets
+            .iter()
+            .map(|t| {
+                if t.weight == 1 {
+                    t.addr.to_string()
+                } else {
+                    format!("{}*{}", t.addr, t.weight)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Targets repeated by weight: slot i of a `numgen random mod N` map.
     pub fn slots(&self) -> Vec<SocketAddr> {
         self.targets

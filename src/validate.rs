@@ -269,6 +269,18 @@ fn check_service(
         }
         slots += weight.clamp(1, MAX_WEIGHT) as usize;
         match parse_host_port(&rt.address) {
+            Ok((host, port))
+                if targets
+                    .iter()
+                    .any(|t: &TargetSpec| t.host == host && t.port == port) =>
+            {
+                errors.push(src.error(
+                    &span,
+                    field,
+                    format!("{} is listed twice", rt.address),
+                    "list each target once; give it a weight to send it more connections",
+                ))
+            }
             Ok((host, port)) => targets.push(TargetSpec {
                 host,
                 port,
@@ -491,6 +503,15 @@ mod tests {
                 "service[2].targets"
             ]
         );
+    }
+
+    #[test]
+    fn a_target_listed_twice_needs_a_weight_instead() {
+        let errs =
+            check("[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[\"x:1\", \"y:1\", \"x:1\"]\n")
+                .unwrap_err();
+        assert_eq!(errs[0].field, "service[1].targets[3]");
+        assert!(errs[0].hint.contains("weight"));
     }
 
     #[test]

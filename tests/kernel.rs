@@ -363,3 +363,131 @@ fn svcnat_switches_off_only_the_sysctls_it_switched_on() {
     assert!(!out.contains("switched off"), "{out}");
     assert_eq!(read("net.ipv4.ip_forward"), "1");
 }
+
+#[test]
+fn plan_apply_dump_round_trips_for_every_bundled_map() {
+    if !require_root() {
+        return;
+    }
+    // diff reads the kernel's table back over netlink, lifts it into a Plan and compares it
+    // with the map's: exit 0 means dump == plan, with no drift.
+    for map in bundled_maps() {
+        let ns = Netns::new("rt");
+        let (code, out, _) = svcnat(&[
+            "diff",
+            "-f",
+            &map,
+            "--add-host",
+            ADD_HOST,
+            "--netns",
+            &ns.name,
+        ]);
+        assert_eq!(code, 1, "{map}: nothing installed yet must differ: {out}");
+        assert!(out.contains("apply would install the map"), "{out}");
+        apply(&map, &ns);
+        let (code, out, err) = svcnat(&[
+            "diff",
+            "-f",
+            &map,
+            "--add-host",
+            ADD_HOST,
+            "--netns",
+            &ns.name,
+        ]);
+        assert_eq!(code, 0, "{map}: not in sync right after apply:\n{out}{err}");
+        assert!(out.contains("in sync"), "{out}");
+    }
+}
+
+#[test]
+fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("drift");
+    apply("rulesets/host-ports.toml", &ns);
+    let diff = |map: &str| {
+        svcnat(&[
+            "diff",
+            "-f",
+            map,
+            "--add-host",
+            ADD_HOST,
+            "--netns",
+            &ns.name,
+        ])
+    };
+
+    // Another map: services to add, remove and change.
+    let other = TempFile::new(
+        "other.toml",
+        "[[service]]\nname = \"web1\"\nlisten = \"8081\"\nlocalhost = true\ntargets = [\"172.18.0.9:8000\"]\n\n\
+         [[service]]\nname = \"api\"\nlisten = \"9000\"\nprotocol = \"udp\"\ntargets = [\"10.1.1.1:9000\"]\n",
+    );
+    let (code, out, _) = diff(other.path());
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("~ service web1: targets 172.18.0.2:8000 -> 172.18.0.9:8000\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+ service api udp/*:9000 -> 10.1.1.1:9000 (masquerade)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- service web2 tcp/*:8082 -> 172.18.0.3:8000 (masquerade, localhost)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("- service web-vip tcp/172.18.1.1:8083"),
+        "{out}"
+    );
+    assert!(!out.contains("drift"), "{out}");
+
+    // Hand edits with nft inside svcnat's table.
+    ns.exec_ok("nft add rule inet svcnat svc-web1 counter");
+    ns.exec_ok("nft delete element inet svcnat lo4 { tcp . 8082 }");
+    ns.exec_ok("nft insert rule inet svcnat prerouting tcp dport 22 accept");
+    let (code, out, _) = diff("rulesets/host-ports.toml");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("drift (changed in the kernel without svcnat; apply restores it):"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  + rule in chain svc-web1: counter\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("~ service web2: localhost false -> true"),
+        "a lost lo4 element is a changed service: {out}"
+    );
+    assert!(
+        out.contains("+ rule svcnat did not write, in chain prerouting handle")
+            && out.contains("[ cmp eq reg 1 0x0016 ] [ immediate reg 0 accept ]"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_str(
+        &svcnat(&[
+            "diff",
+            "-f",
+            "rulesets/host-ports.toml",
+            "--netns",
+            &ns.name,
+            "--json",
+        ])
+        .1,
+    )
+    .unwrap();
+    assert_eq!(v["in_sync"], false);
+    assert_eq!(v["drift"].as_array().unwrap().len(), 2, "{v}");
+
+    // apply restores exactly the map.
+    apply("rulesets/host-ports.toml", &ns);
+    let (code, out, _) = diff("rulesets/host-ports.toml");
+    assert_eq!(code, 0, "{out}");
+
+    let bad = TempFile::new("bad.toml", "[[service]]\nname = \"x\"\n");
+    let (code, _, err) = diff(bad.path());
+    assert_eq!(code, 2, "{err}");
+}

@@ -21,10 +21,28 @@ pub struct Installed {
     pub ruleset: Ruleset,
     /// Per chain: the (packets, bytes) of its counter, when it has one.
     pub counters: HashMap<String, (u64, u64)>,
-    /// Rules svcnat did not write, as `chain: expressions`.
-    pub unrecognized: Vec<String>,
+    /// Rules svcnat did not write.
+    pub unrecognized: Vec<UnknownRule>,
     /// Sysctls svcnat switched on (recorded in the table's userdata).
     pub enabled_sysctls: Vec<String>,
+}
+
+/// A rule in svcnat's table that is not one svcnat writes.
+#[derive(Debug, Clone)]
+pub struct UnknownRule {
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: Vec<Expr>,
+}
+
+impl std::fmt::Display for UnknownRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "chain {} handle {}:", self.chain, self.handle)?;
+        for e in &self.exprs {
+            write!(f, " {e}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The sysctl keys recorded in a table's userdata TLVs.
@@ -220,7 +238,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
         elements.insert(set.clone(), elems);
     }
 
-    let mut rules: Vec<(String, Vec<Expr>)> = Vec::new();
+    let mut rules: Vec<(String, u64, Vec<Expr>)> = Vec::new();
     nl.dump(
         libc::NFT_MSG_GETRULE,
         libc::NLM_F_DUMP,
@@ -238,6 +256,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
             }
             if cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)) == table {
                 let chain = cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
+                let handle = sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16);
                 let it = sys::nftnl_expr_iter_create(r);
                 let mut exprs = Vec::new();
                 let mut e = sys::nftnl_expr_iter_next(it);
@@ -246,7 +265,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
                     e = sys::nftnl_expr_iter_next(it);
                 }
                 sys::nftnl_expr_iter_destroy(it);
-                rules.push((chain, exprs));
+                rules.push((chain, handle, exprs));
             }
             sys::nftnl_rule_free(r);
             Ok(())
@@ -263,7 +282,7 @@ fn lift(
     raw_chains: Vec<RawChain>,
     set_names: &[String],
     elements: &HashMap<String, Vec<RawElem>>,
-    rules: Vec<(String, Vec<Expr>)>,
+    rules: Vec<(String, u64, Vec<Expr>)>,
 ) -> Installed {
     let mut maps = Vec::new();
     for kind in MapKind::ALL {
@@ -313,7 +332,7 @@ fn lift(
         .collect();
     let mut counters = HashMap::new();
     let mut unrecognized = Vec::new();
-    for (chain, exprs) in rules {
+    for (chain, handle, exprs) in rules {
         let Some(c) = index.get(&chain).map(|&i| &mut chains[i]) else {
             continue;
         };
@@ -326,7 +345,11 @@ fn lift(
                 }
                 c.rules.push(Rule(stmts));
             }
-            None => unrecognized.push(format!("{chain}: {exprs:?}")),
+            None => unrecognized.push(UnknownRule {
+                chain,
+                handle,
+                exprs,
+            }),
         }
     }
     // The kernel lists chains in creation order, svcnat's order: base chains, then one per

@@ -1,0 +1,163 @@
+//! The map against the kernel: which services `apply` would add, remove or change, and
+//! drift — what was changed in svcnat's table without svcnat.
+
+use crate::kernel::decode::Installed;
+use crate::lift::{differences, lift};
+use crate::plan::{Plan, Service};
+use crate::ruleset::lower;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "change", rename_all = "lowercase")]
+pub enum ServiceChange {
+    Add {
+        name: String,
+        service: String,
+    },
+    Remove {
+        name: String,
+        service: String,
+    },
+    Change {
+        name: String,
+        fields: Vec<FieldChange>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldChange {
+    pub field: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub table: String,
+    /// Whether svcnat's table exists in the kernel.
+    pub installed: bool,
+    pub in_sync: bool,
+    pub services: Vec<ServiceChange>,
+    /// One line per difference, in nft's words; `+` in the kernel only, `-` missing there.
+    pub drift: Vec<String>,
+}
+
+/// Drift: what the kernel's table holds beyond (or lacks against) what svcnat would write
+/// for the services it implements, and rules svcnat cannot read as its own.
+pub fn drift(inst: &Installed) -> Vec<String> {
+    let expected = lower(&lift(&inst.ruleset));
+    let mut out: Vec<String> = differences(&expected, &inst.ruleset)
+        .iter()
+        .flat_map(|d| d.lines())
+        .collect();
+    out.extend(
+        inst.unrecognized
+            .iter()
+            .map(|r| format!("+ rule svcnat did not write, in {r}")),
+    );
+    out
+}
+
+fn field_changes(want: &Service, have: &Service) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    let mut cmp = |field, from: String, to: String| {
+        if from != to {
+            out.push(FieldChange { field, from, to });
+        }
+    };
+    cmp("listen", have.listen.to_string(), want.listen.to_string());
+    cmp("protocol", have.proto.to_string(), want.proto.to_string());
+    cmp("targets", have.targets_text(), want.targets_text());
+    cmp(
+        "masquerade",
+        have.masquerade.to_string(),
+        want.masquerade.to_string(),
+    );
+    cmp(
+        "localhost",
+        have.localhost.to_string(),
+        want.localhost.to_string(),
+    );
+    out
+}
+
+pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
+    let have = installed.map(|i| lift(&i.ruleset)).unwrap_or_else(|| Plan {
+        table: desired.table.clone(),
+        services: Vec::new(),
+    });
+    let mut services = Vec::new();
+    for want in &desired.services {
+        match have.services.iter().find(|s| s.name == want.name) {
+            None => services.push(ServiceChange::Add {
+                name: want.name.clone(),
+                service: want.describe(),
+            }),
+            Some(h) => {
+                let fields = field_changes(want, h);
+                if !fields.is_empty() {
+                    services.push(ServiceChange::Change {
+                        name: want.name.clone(),
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for h in &have.services {
+        if !desired.services.iter().any(|s| s.name == h.name) {
+            services.push(ServiceChange::Remove {
+                name: h.name.clone(),
+                service: h.describe(),
+            });
+        }
+    }
+    let drift = installed.map(drift).unwrap_or_default();
+    // An empty map and no table are in sync; so are a map and its table.
+    let in_sync = services.is_empty() && drift.is_empty();
+    Report {
+        table: desired.table.clone(),
+        installed: installed.is_some(),
+        in_sync,
+        services,
+        drift,
+    }
+}
+
+pub fn human(r: &Report, where_: &str) -> String {
+    let mut out = String::new();
+    for c in &r.services {
+        match c {
+            ServiceChange::Add { service, .. } => out.push_str(&format!("+ service {service}\n")),
+            ServiceChange::Remove { service, .. } => {
+                out.push_str(&format!("- service {service}\n"))
+            }
+            ServiceChange::Change { name, fields } => {
+                for f in fields {
+                    out.push_str(&format!(
+                        "~ service {name}: {} {} -> {}\n",
+                        f.field, f.from, f.to
+                    ));
+                }
+            }
+        }
+    }
+    if !r.drift.is_empty() {
+        out.push_str("drift (changed in the kernel without svcnat; apply restores it):\n");
+        for d in &r.drift {
+            out.push_str(&format!("  {d}\n"));
+        }
+    }
+    if r.in_sync {
+        out.push_str(&format!(
+            "in sync: table inet {}{where_} holds the map\n",
+            r.table
+        ));
+    } else if !r.installed {
+        out.push_str(&format!(
+            "no table inet {}{where_}: apply would install the map\n",
+            r.table
+        ));
+    }
+    out
+}

@@ -1,0 +1,298 @@
+//! The reverse of `ruleset::lower`: the kernel's Ruleset → the Plan that would produce it,
+//! and the structural differences between two Rulesets.
+//!
+//! `lift(lower(plan)) == plan` for every valid plan (tested on every bundled map, through
+//! the kernel). What a hand edit adds or removes shows up as a difference between the
+//! kernel's Ruleset and `lower(lift(kernel))`: that is drift.
+
+use crate::plan::{Family, Plan, Service, Target};
+use crate::ruleset::{Chain, MapKey, MapKind, Rule, Ruleset, SERVICE_CHAIN_PREFIX, Stmt};
+use crate::validate::Listen;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Group a slot list back into weighted targets (slot i repeats a target `weight` times;
+/// validation forbids listing one target twice, so runs are unambiguous).
+fn weighted(slots: &[SocketAddr]) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    for s in slots {
+        match out.last_mut() {
+            Some(t) if t.addr == *s => t.weight += 1,
+            _ => out.push(Target {
+                addr: *s,
+                weight: 1,
+            }),
+        }
+    }
+    out
+}
+
+/// The services the kernel's table implements. A service chain without a DNAT rule, or
+/// not reachable from any map, is not a service: it will show up as drift.
+pub fn lift(rs: &Ruleset) -> Plan {
+    let mut keys: HashMap<&str, Vec<(MapKind, &MapKey)>> = HashMap::new();
+    for m in &rs.maps {
+        for (key, chain) in &m.elements {
+            keys.entry(chain.as_str()).or_default().push((m.kind, key));
+        }
+    }
+    let mut services = Vec::new();
+    for c in &rs.chains {
+        let Some(name) = c.name.strip_prefix(SERVICE_CHAIN_PREFIX) else {
+            continue;
+        };
+        let Some(main) = c.rules.iter().find(|r| {
+            r.0.iter()
+                .any(|s| matches!(s, Stmt::DnatTo(_) | Stmt::DnatNumgen(_)))
+        }) else {
+            continue;
+        };
+        let mut proto = None;
+        let mut masquerade = false;
+        let mut targets = Vec::new();
+        for s in &main.0 {
+            match s {
+                Stmt::L4proto(p) => proto = Some(*p),
+                Stmt::MarkSet(_) => masquerade = true,
+                Stmt::DnatTo(a) => targets = weighted(&[*a]),
+                Stmt::DnatNumgen(slots) => targets = weighted(slots),
+                _ => {}
+            }
+        }
+        let Some(proto) = proto else { continue };
+        let mut listen = None;
+        let mut localhost = false;
+        for (kind, key) in keys.get(c.name.as_str()).into_iter().flatten() {
+            match kind {
+                MapKind::Loopback => localhost = true,
+                _ if listen.is_none() => {
+                    listen = Some(Listen {
+                        addr: key.addr,
+                        port: key.port,
+                    })
+                }
+                _ => {}
+            }
+        }
+        let Some(listen) = listen else { continue };
+        services.push(Service {
+            name: name.to_owned(),
+            proto,
+            family: Family::of(&targets[0].addr.ip()),
+            listen,
+            targets,
+            masquerade,
+            localhost,
+        });
+    }
+    Plan {
+        table: rs.table.clone(),
+        services,
+    }
+}
+
+/// One structural difference: `expected` lacks what `actual` has (Extra), or the reverse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    MissingMap(MapKind),
+    ExtraMap(MapKind),
+    MissingElement(MapKind, MapKey, String),
+    ExtraElement(MapKind, MapKey, String),
+    MissingChain(String),
+    ExtraChain(String),
+    /// The chain exists on both sides with other rules (or another hook).
+    ChainRules {
+        chain: String,
+        missing: Vec<Rule>,
+        extra: Vec<Rule>,
+    },
+}
+
+impl Difference {
+    /// One line in nft's words, prefixed `+` (in the kernel, not expected) or `-` (expected,
+    /// not in the kernel).
+    pub fn lines(&self) -> Vec<String> {
+        use crate::render::nft::{key_text, stmt_text};
+        let rule = |r: &Rule| r.0.iter().map(stmt_text).collect::<Vec<_>>().join(" ");
+        match self {
+            Difference::MissingMap(k) => vec![format!("- map {}", k.name())],
+            Difference::ExtraMap(k) => vec![format!("+ map {}", k.name())],
+            Difference::MissingElement(k, key, c) => {
+                vec![format!(
+                    "- element {}: {} : goto {c}",
+                    k.name(),
+                    key_text(*k, key)
+                )]
+            }
+            Difference::ExtraElement(k, key, c) => {
+                vec![format!(
+                    "+ element {}: {} : goto {c}",
+                    k.name(),
+                    key_text(*k, key)
+                )]
+            }
+            Difference::MissingChain(c) => vec![format!("- chain {c}")],
+            Difference::ExtraChain(c) if c.starts_with(SERVICE_CHAIN_PREFIX) => {
+                vec![format!("+ chain {c} (no map element leads to it)")]
+            }
+            Difference::ExtraChain(c) => vec![format!("+ chain {c}")],
+            Difference::ChainRules {
+                chain,
+                missing,
+                extra,
+            } => missing
+                .iter()
+                .map(|r| format!("- rule in chain {chain}: {}", rule(r)))
+                .chain(
+                    extra
+                        .iter()
+                        .map(|r| format!("+ rule in chain {chain}: {}", rule(r))),
+                )
+                .collect(),
+        }
+    }
+}
+
+/// What differs between the Ruleset svcnat expects and the one the kernel holds.
+pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for kind in MapKind::ALL {
+        match (expected.map(kind), actual.map(kind)) {
+            (Some(_), None) => out.push(Difference::MissingMap(kind)),
+            (None, Some(_)) => out.push(Difference::ExtraMap(kind)),
+            (Some(e), Some(a)) => {
+                let want: HashMap<&MapKey, &String> =
+                    e.elements.iter().map(|(k, c)| (k, c)).collect();
+                let have: HashMap<&MapKey, &String> =
+                    a.elements.iter().map(|(k, c)| (k, c)).collect();
+                for (k, c) in &e.elements {
+                    if have.get(k) != Some(&c) {
+                        out.push(Difference::MissingElement(kind, *k, c.clone()));
+                    }
+                }
+                for (k, c) in &a.elements {
+                    if want.get(k) != Some(&c) {
+                        out.push(Difference::ExtraElement(kind, *k, c.clone()));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let have: HashMap<&str, &Chain> = actual.chains.iter().map(|c| (c.name.as_str(), c)).collect();
+    let want: HashMap<&str, &Chain> = expected
+        .chains
+        .iter()
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    for e in &expected.chains {
+        match have.get(e.name.as_str()) {
+            None => out.push(Difference::MissingChain(e.name.clone())),
+            Some(a) if a.rules != e.rules || a.hook != e.hook => {
+                let missing = e
+                    .rules
+                    .iter()
+                    .filter(|r| !a.rules.contains(r))
+                    .cloned()
+                    .collect();
+                let extra = a
+                    .rules
+                    .iter()
+                    .filter(|r| !e.rules.contains(r))
+                    .cloned()
+                    .collect();
+                out.push(Difference::ChainRules {
+                    chain: e.name.clone(),
+                    missing,
+                    extra,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for a in &actual.chains {
+        if !want.contains_key(a.name.as_str()) {
+            out.push(Difference::ExtraChain(a.name.clone()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::plan_from_source;
+    use crate::map::Source;
+    use crate::resolve::Resolver;
+    use crate::ruleset::lower;
+
+    fn bundled() -> Vec<Plan> {
+        let mut hosts = HashMap::new();
+        hosts.insert(
+            "host.docker.internal".to_owned(),
+            "10.99.0.1".parse().unwrap(),
+        );
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/rulesets");
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        let mut plans = Vec::new();
+        for p in paths {
+            if p.extension().is_some_and(|x| x == "toml") {
+                let src = Source::new(
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                );
+                plans.push(plan_from_source(&src, Resolver::new(hosts.clone())).unwrap());
+            }
+        }
+        assert!(plans.len() >= 3);
+        plans
+    }
+
+    #[test]
+    fn lift_inverts_lower() {
+        for plan in bundled() {
+            let rs = lower(&plan);
+            assert_eq!(lift(&rs), plan);
+            assert!(differences(&rs, &lower(&lift(&rs))).is_empty());
+        }
+    }
+
+    #[test]
+    fn hand_edits_are_differences() {
+        let plan = bundled()
+            .into_iter()
+            .find(|p| p.services[0].name == "web1")
+            .unwrap();
+        let plan = &plan;
+        let expected = lower(plan);
+        let mut actual = expected.clone();
+        // nft add rule … svc-web1 counter; nft delete element … lo4 { tcp . 8082 }
+        let web1 = actual
+            .chains
+            .iter_mut()
+            .find(|c| c.name == "svc-web1")
+            .unwrap();
+        web1.rules.push(Rule(vec![Stmt::Counter]));
+        let lo4 = actual
+            .maps
+            .iter_mut()
+            .find(|m| m.kind == MapKind::Loopback)
+            .unwrap();
+        lo4.elements.retain(|(k, _)| k.port != 8082);
+        let lines: Vec<String> = differences(&expected, &actual)
+            .iter()
+            .flat_map(|d| d.lines())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "- element lo4: tcp . 8082 : goto svc-web2",
+                "+ rule in chain svc-web1: counter"
+            ]
+        );
+    }
+}
