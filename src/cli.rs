@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kernel::{self, netns::NetnsSpec};
 use crate::map::{self, Source};
+use crate::ops;
 use crate::plan::{Family, Plan};
 use crate::render;
 use crate::resolve::{Resolver, parse_add_host};
@@ -61,6 +62,13 @@ pub struct NetnsArgs {
     pub netns: Option<String>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct StateArgs {
+    /// Where generations and the writer lock live [default: $SVCNAT_STATE_DIR, else /var/lib/svcnat]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     /// nftables text for `nft -f` (replaces svcnat's table when loaded)
@@ -102,6 +110,8 @@ fails before changing anything and prints the sysctl to set.\n\n",
         map: MapArgs,
         #[command(flatten)]
         netns: NetnsArgs,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Compare the kernel with the map: what apply would change, and drift
     #[command(after_help = concat!(
@@ -129,6 +139,41 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
         /// The table to remove (settings.table of the map)
         #[arg(long, default_value = DEFAULT_TABLE)]
         table: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Re-install an earlier generation, in one transaction
+    #[command(after_help = concat!(
+        "Without --to: the newest recorded generation older than the installed one; with nothing \
+installed (after flush), the newest recorded one. Generations store resolved addresses, so a \
+rollback installs exactly what was installed then.\n\n",
+        "Exit codes: 0 rolled back, 1 kernel/namespace/state error, 2 no such generation.\n\nExamples:\n",
+        "  svcnat rollback --netns proxy1\n  svcnat rollback --to 3"))]
+    Rollback {
+        #[command(flatten)]
+        netns: NetnsArgs,
+        /// The generation to re-install (see `svcnat history`)
+        #[arg(long, value_name = "GEN")]
+        to: Option<u64>,
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List the recorded generations of a namespace (the last 10 applies)
+    #[command(
+        after_help = "Exit codes: 0 listed, 1 namespace/state error.\n\nExample:\n  svcnat history --netns proxy1"
+    )]
+    History {
+        #[command(flatten)]
+        netns: NetnsArgs,
+        #[arg(long, default_value = DEFAULT_TABLE)]
+        table: String,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
     },
     /// Show what svcnat's table holds: services, targets and counters
     #[command(
@@ -170,15 +215,41 @@ pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
     Ok(Source::new(path.display().to_string(), text))
 }
 
-/// parse → validate → resolve.
-pub fn plan(args: &MapArgs) -> Result<Plan> {
+/// parse → validate → resolve; also the source, whose text is digested for generations.
+pub fn plan_and_source(args: &MapArgs) -> Result<(Plan, Source)> {
     let mut overrides = std::collections::HashMap::new();
     for h in &args.add_host {
         let (name, ip) = parse_add_host(h).map_err(Error::Usage)?;
         overrides.insert(name, ip);
     }
     let source = read_map(args.file.as_ref())?;
-    plan_from_source(&source, Resolver::new(overrides))
+    let plan = plan_from_source(&source, Resolver::new(overrides))?;
+    Ok((plan, source))
+}
+
+pub fn plan(args: &MapArgs) -> Result<Plan> {
+    Ok(plan_and_source(args)?.0)
+}
+
+fn target(netns: &NetnsArgs, state: &StateArgs) -> Result<ops::Target> {
+    Ok(ops::Target {
+        netns: netns_spec(netns)?,
+        state_root: crate::state::root(state.state_dir.as_deref()),
+    })
+}
+
+fn sysctl_note(enabled: &[&str], disabled: &[&str]) -> String {
+    let mut out = String::new();
+    if !enabled.is_empty() {
+        out.push_str(&format!("; enabled {}", enabled.join(", ")));
+    }
+    if !disabled.is_empty() {
+        out.push_str(&format!(
+            "; switched off {} (no longer needed)",
+            disabled.join(", ")
+        ));
+    }
+    out
 }
 
 pub fn plan_from_source(source: &Source, resolver: Resolver) -> Result<Plan> {
@@ -255,37 +326,36 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Apply { map, netns } => {
-            let plan = plan(&map)?;
-            let ns = netns_spec(&netns)?;
-            let rs = ruleset::lower(&plan);
+        Command::Apply { map, netns, state } => {
+            let (plan, source) = plan_and_source(&map)?;
+            let t = target(&netns, &state)?;
             let started = Instant::now();
-            let applied = kernel::apply(ns.as_ref(), &plan, &rs)?;
+            let done = ops::apply(&t, &plan, &ops::digest(&source.text), &source.name)?;
             let ms = started.elapsed().as_secs_f64() * 1e3;
-            let mut enabled = String::new();
-            if !applied.enabled.is_empty() {
-                enabled.push_str(&format!("; enabled {}", applied.enabled.join(", ")));
-            }
-            if !applied.disabled.is_empty() {
-                enabled.push_str(&format!(
-                    "; switched off {} (no longer needed)",
-                    applied.disabled.join(", ")
-                ));
-            }
+            let retried = match done.retries {
+                0 => String::new(),
+                n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
+            };
             println!(
-                "svcnat: applied {} service(s) to table inet {}{}: {} netlink messages, one transaction, {:.1} ms{}",
+                "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, one transaction, {:.1} ms{}{}",
                 plan.services.len(),
                 plan.table,
-                where_(&ns),
-                applied.messages,
+                where_(&t.netns),
+                done.generation,
+                done.messages,
                 ms,
-                enabled
+                sysctl_note(&done.enabled, &done.disabled),
+                retried
             );
             Ok(0)
         }
-        Command::Flush { netns, table } => {
-            let ns = netns_spec(&netns)?;
-            match kernel::flush(ns.as_ref(), &table)? {
+        Command::Flush {
+            netns,
+            table,
+            state,
+        } => {
+            let t = target(&netns, &state)?;
+            match ops::flush(&t, &table)? {
                 Some(disabled) => {
                     let off = if disabled.is_empty() {
                         String::new()
@@ -295,12 +365,76 @@ pub fn run(cli: Cli) -> Result<i32> {
                             disabled.join(", ")
                         )
                     };
-                    println!("svcnat: removed table inet {table}{}{off}", where_(&ns));
+                    println!(
+                        "svcnat: removed table inet {table}{}{off}",
+                        where_(&t.netns)
+                    );
                 }
                 None => println!(
                     "svcnat: nothing to flush: no table inet {table}{}",
-                    where_(&ns)
+                    where_(&t.netns)
                 ),
+            }
+            Ok(0)
+        }
+        Command::Rollback {
+            netns,
+            to,
+            table,
+            state,
+        } => {
+            let t = target(&netns, &state)?;
+            let r = ops::rollback(&t, &table, to)?;
+            let from = r.from.map_or("nothing installed".to_owned(), |g| {
+                format!("generation {g}")
+            });
+            println!(
+                "svcnat: rolled back table inet {table}{} from {from} to generation {} ({}, {} service(s)): {} netlink messages, one transaction{}",
+                where_(&t.netns),
+                r.to.number,
+                r.to.time,
+                r.to.plan.services.len(),
+                r.done.messages,
+                sysctl_note(&r.done.enabled, &r.done.disabled)
+            );
+            Ok(0)
+        }
+        Command::History {
+            netns,
+            table,
+            state,
+            json,
+        } => {
+            let t = target(&netns, &state)?;
+            let (gens, installed) = ops::history(&t, &table)?;
+            let current = installed.as_ref().and_then(|m| m.generation);
+            if json {
+                let v = serde_json::json!({ "installed": current, "generations": gens });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v).expect("plain data serializes")
+                );
+                return Ok(0);
+            }
+            println!(
+                "generations of table inet {table}{} (newest last):",
+                where_(&t.netns)
+            );
+            for g in &gens {
+                let mark = if Some(g.number) == current { "*" } else { " " };
+                println!(
+                    "{mark} {:>4}  {}  {}  {:>3} service(s)  {}",
+                    g.number,
+                    g.time,
+                    &g.digest[..g.digest.len().min(19)],
+                    g.plan.services.len(),
+                    g.source
+                );
+            }
+            match current {
+                Some(n) => println!("* installed: generation {n}"),
+                None if installed.is_some() => println!("installed: a table without a generation"),
+                None => println!("installed: nothing"),
             }
             Ok(0)
         }
@@ -314,6 +448,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                     services: Vec::new(),
                     drift: Vec::new(),
                     enabled_sysctls: Vec::new(),
+                    generation: None,
+                    digest: None,
                 },
             };
             if json {

@@ -75,6 +75,17 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// The ruleset changed between reading it and sending the batch (the kernel refused the
+    /// batch for its generation id); the caller re-reads and retries.
+    #[error(
+        "the ruleset changed while svcnat was preparing its change, and kept changing; nothing was changed\n  fix: try again; if another program rewrites the ruleset constantly, stop it first"
+    )]
+    Stale,
+
+    /// The state directory (generations, lock) cannot be used.
+    #[error("{message}")]
+    State { message: String },
+
     /// Talking to netlink failed (socket, send, receive, unexpected reply).
     #[error("netlink: {0}")]
     Netlink(String),
@@ -105,6 +116,8 @@ impl Error {
             Error::Netns { .. }
             | Error::Sysctl { .. }
             | Error::KernelRejected { .. }
+            | Error::Stale
+            | Error::State { .. }
             | Error::Netlink(_)
             | Error::Io { .. } => 1,
         }

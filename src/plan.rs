@@ -3,10 +3,10 @@
 //! `kernel::dump` lifts the kernel's table back into it.
 
 use crate::validate::{Listen, Proto};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Family {
     #[serde(rename = "ipv4")]
     V4,
@@ -29,19 +29,19 @@ impl Family {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
     pub addr: SocketAddr,
     pub weight: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
     pub proto: Proto,
     /// IPv4 or IPv6: the listen address's family, or the targets' for a bare port.
     pub family: Family,
-    #[serde(serialize_with = "listen_str")]
+    #[serde(serialize_with = "listen_str", deserialize_with = "listen_parse")]
     pub listen: Listen,
     pub targets: Vec<Target>,
     pub masquerade: bool,
@@ -50,6 +50,11 @@ pub struct Service {
 
 fn listen_str<S: serde::Serializer>(l: &Listen, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&l.to_string())
+}
+
+fn listen_parse<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Listen, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::validate::parse_listen(text.trim_start_matches("*:")).map_err(serde::de::Error::custom)
 }
 
 impl Service {
@@ -106,7 +111,7 @@ impl Service {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     pub table: String,
     pub services: Vec<Service>,
@@ -120,5 +125,51 @@ impl Plan {
         [Family::V4, Family::V6]
             .into_iter()
             .filter(|f| self.services.iter().any(|s| s.family == *f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_round_trip_through_json() {
+        let plan = Plan {
+            table: "svcnat".into(),
+            services: vec![
+                Service {
+                    name: "a".into(),
+                    proto: Proto::Udp,
+                    family: Family::V6,
+                    listen: Listen {
+                        addr: Some("fd00::1".parse().unwrap()),
+                        port: 53,
+                    },
+                    targets: vec![Target {
+                        addr: "[fd00::2]:53".parse().unwrap(),
+                        weight: 3,
+                    }],
+                    masquerade: false,
+                    localhost: false,
+                },
+                Service {
+                    name: "b".into(),
+                    proto: Proto::Tcp,
+                    family: Family::V4,
+                    listen: Listen {
+                        addr: None,
+                        port: 80,
+                    },
+                    targets: vec![Target {
+                        addr: "10.0.0.2:80".parse().unwrap(),
+                        weight: 1,
+                    }],
+                    masquerade: true,
+                    localhost: true,
+                },
+            ],
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);
     }
 }

@@ -37,6 +37,9 @@ pub struct Shown {
     pub drift: Vec<String>,
     /// Sysctls svcnat switched on in this namespace.
     pub enabled_sysctls: Vec<String>,
+    /// The generation installed and the digest of its map, as recorded on the table.
+    pub generation: Option<u64>,
+    pub digest: Option<String>,
 }
 
 fn shown(s: &Service, counters: Option<&(u64, u64)>) -> ShownService {
@@ -75,7 +78,9 @@ pub fn services(inst: &Installed) -> Shown {
             .map(|s| shown(s, inst.counters.get(&service_chain(&s.name))))
             .collect(),
         drift: crate::diff::drift(inst),
-        enabled_sysctls: inst.enabled_sysctls.clone(),
+        enabled_sysctls: inst.meta.enabled_sysctls.clone(),
+        generation: inst.meta.generation,
+        digest: inst.meta.digest.clone(),
     }
 }
 
@@ -87,6 +92,9 @@ pub fn human(shown: &Shown, where_: &str) -> String {
         shown.table,
         shown.services.len()
     );
+    if let (Some(g), Some(d)) = (shown.generation, &shown.digest) {
+        let _ = writeln!(out, "generation {g}, map {d}");
+    }
     if !shown.enabled_sysctls.is_empty() {
         let _ = writeln!(
             out,

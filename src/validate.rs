@@ -4,7 +4,7 @@
 
 use crate::error::MapError;
 use crate::map::{RawMap, RawService, Source};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ pub const DEFAULT_TABLE: &str = "svcnat";
 pub const MAX_WEIGHT: i64 = 100;
 pub const MAX_SLOTS: usize = 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,

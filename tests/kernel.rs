@@ -221,8 +221,9 @@ fn read_only_proc_sys_fails_before_sending_with_the_fix() {
     assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "0");
     // Like a container: /proc/sys mounted read-only (in a private mount namespace).
     let cmd = format!(
-        "unshare -m sh -c 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && {} apply -f rulesets/skupper-ingress.toml --add-host {ADD_HOST}'",
-        bin()
+        "unshare -m sh -c 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && {} apply -f rulesets/skupper-ingress.toml --add-host {ADD_HOST} --state-dir {}'",
+        bin(),
+        state_root().display()
     );
     let o = std::process::Command::new("ip")
         .args(["netns", "exec", &ns.name, "sh", "-c", &cmd])

@@ -5,6 +5,7 @@
 
 use super::encode::encode_rule;
 use super::expr::*;
+use super::meta::TableMeta;
 use super::netlink::{Msg, Netlink};
 use crate::error::{Error, Result};
 use crate::plan::Family;
@@ -23,8 +24,8 @@ pub struct Installed {
     pub counters: HashMap<String, (u64, u64)>,
     /// Rules svcnat did not write.
     pub unrecognized: Vec<UnknownRule>,
-    /// Sysctls svcnat switched on (recorded in the table's userdata).
-    pub enabled_sysctls: Vec<String>,
+    /// What svcnat recorded on the table (generation, digest, sysctls it switched on).
+    pub meta: TableMeta,
 }
 
 /// A rule in svcnat's table that is not one svcnat writes.
@@ -45,30 +46,10 @@ impl std::fmt::Display for UnknownRule {
     }
 }
 
-/// The sysctl keys recorded in a table's userdata TLVs.
-fn enabled_sysctls(udata: &[u8]) -> Vec<String> {
-    let mut i = 0;
-    while i + 2 <= udata.len() {
-        let (ty, len) = (udata[i], udata[i + 1] as usize);
-        let Some(value) = udata.get(i + 2..i + 2 + len) else {
-            break;
-        };
-        if ty == super::encode::UDATA_ENABLED_SYSCTLS {
-            return String::from_utf8_lossy(value)
-                .split(',')
-                .filter(|k| !k.is_empty())
-                .map(str::to_owned)
-                .collect();
-        }
-        i += 2 + len;
-    }
-    Vec::new()
-}
-
-/// Only the table: Ok(None) when absent, else the sysctls svcnat recorded on it.
-pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<Vec<String>>> {
+/// Only the table: Ok(None) when absent, else what svcnat recorded on it.
+pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
     let name = CString::new(table).expect("validated name");
-    let mut meta = Vec::new();
+    let mut meta = TableMeta::default();
     let exists = nl.dump(
         libc::NFT_MSG_GETTABLE,
         0,
@@ -86,7 +67,7 @@ pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<Vec<String>>> 
                 let p = sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, &mut len);
                 if !p.is_null() {
                     meta =
-                        enabled_sysctls(std::slice::from_raw_parts(p.cast::<u8>(), len as usize));
+                        TableMeta::decode(std::slice::from_raw_parts(p.cast::<u8>(), len as usize));
                 }
             }
             sys::nftnl_table_free(t);
@@ -123,7 +104,7 @@ struct RawElem {
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     let name = CString::new(table).expect("validated name");
     // The table itself: absent means svcnat has nothing installed here.
-    let Some(enabled) = table_meta(nl, table)? else {
+    let Some(meta) = table_meta(nl, table)? else {
         return Ok(None);
     };
 
@@ -273,7 +254,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     )?;
 
     let mut installed = lift(table, chains, &set_names, &elements, rules);
-    installed.enabled_sysctls = enabled;
+    installed.meta = meta;
     Ok(Some(installed))
 }
 
@@ -362,7 +343,7 @@ fn lift(
         },
         counters,
         unrecognized,
-        enabled_sysctls: Vec::new(),
+        meta: TableMeta::default(),
     }
 }
 

@@ -496,22 +496,6 @@ unsafe impl NlMsg for NewElems<'_> {
     }
 }
 
-/// Userdata type svcnat keeps on its table: the sysctls svcnat switched on, comma
-/// separated. A private TLV type (nft only interprets 0, the comment), so `nft list` prints
-/// the table as before.
-pub const UDATA_ENABLED_SYSCTLS: u8 = 0xf0;
-
-/// The table's userdata: TLVs of (type, length, value).
-pub fn table_udata(enabled_sysctls: &[&str]) -> Vec<u8> {
-    if enabled_sysctls.is_empty() {
-        return Vec::new();
-    }
-    let value = enabled_sysctls.join(",");
-    let mut out = vec![UDATA_ENABLED_SYSCTLS, value.len().min(255) as u8];
-    out.extend(value.as_bytes().iter().take(255));
-    out
-}
-
 /// NEWTABLE with svcnat's userdata (nftnl's `Table` cannot carry any).
 struct NewTable {
     name: CString,
@@ -597,7 +581,7 @@ impl Transaction {
     }
 
     /// Replace svcnat's table with `rs`: delete whatever is there, define it anew, carrying
-    /// `udata` (see `table_udata`).
+    /// `udata` (see `meta::TableMeta`).
     pub fn replace_table(&mut self, rs: &Ruleset, udata: Vec<u8>) {
         self.table = Some(rs.table.clone());
         self.delete_table(&rs.table);

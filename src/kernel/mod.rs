@@ -1,58 +1,42 @@
 //! Everything that touches the system: entering a namespace, sysctls, and the netlink
-//! transaction. Above this module all stages are pure.
+//! transaction. Above this module all stages are pure; `ops` composes these primitives
+//! into the commands that change the kernel.
 
 pub mod decode;
 pub mod encode;
 pub mod expr;
+pub mod meta;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
 
 use crate::error::Result;
-use crate::plan::Plan;
-use crate::ruleset::Ruleset;
 use decode::Installed;
 use netlink::Netlink;
 use netns::{NetnsGuard, NetnsSpec};
 use std::net::IpAddr;
 
-/// What an apply did.
-#[derive(Debug)]
-pub struct Applied {
-    pub messages: usize,
-    /// Sysctls switched from 0 to 1.
-    pub enabled: Vec<&'static str>,
-    /// Sysctls svcnat had switched on and switched off again.
-    pub disabled: Vec<&'static str>,
+/// Inside the target namespace: its netlink socket and its identity.
+pub struct Ctx {
+    pub nl: Netlink,
+    /// The namespace's kernel cookie (see `Netlink::netns_cookie`); 0 where unsupported.
+    pub cookie: u64,
+    /// How the user named the namespace (`--netns` or "current").
+    pub label: String,
 }
 
-/// Make the planned sysctl writes; returns (enabled, disabled) keys.
-fn write_sysctls(changes: sysctl::Changes) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-    let mut done = (Vec::new(), Vec::new());
-    for p in changes.enable {
-        done.0.push(p.sysctl.key);
-        p.commit()?;
-    }
-    for p in changes.disable {
-        done.1.push(p.sysctl.key);
-        p.commit()?;
-    }
-    Ok(done)
-}
-
-/// Run `f` inside the namespace (or here when `netns` is None), with a netlink socket
-/// opened there.
-pub fn within<T>(
-    netns: Option<&NetnsSpec>,
-    f: impl FnOnce(&mut Netlink) -> Result<T>,
-) -> Result<T> {
+/// Run `f` inside the namespace (or here when `netns` is None) with a netlink socket
+/// opened there. The original namespace is restored afterwards, also on error.
+pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
     let _guard = netns.map(NetnsGuard::enter).transpose()?;
-    let mut nl = Netlink::open()?;
-    f(&mut nl)
+    let nl = Netlink::open()?;
+    let cookie = nl.netns_cookie().unwrap_or(0);
+    let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
+    f(&mut Ctx { nl, cookie, label })
 }
 
 /// The addresses of this namespace's interfaces (to tell local targets from remote ones).
-fn local_addresses() -> Vec<IpAddr> {
+pub fn local_addresses() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|addrs| {
             addrs
@@ -67,51 +51,28 @@ fn local_addresses() -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
-/// Replace svcnat's table with the plan's ruleset, in one transaction, and switch on the
-/// sysctls it needs (and off those svcnat switched on that it no longer needs). On any
-/// error before or during the batch, nothing has changed.
-pub fn apply(netns: Option<&NetnsSpec>, plan: &Plan, rs: &Ruleset) -> Result<Applied> {
-    within(netns, |nl| {
-        let owned_before = decode::table_meta(nl, &rs.table)?.unwrap_or_default();
-        let locals = local_addresses();
-        let needed = sysctl::required(plan, &|ip| locals.contains(ip));
-        let changes = sysctl::prepare(&needed, &owned_before)?;
-        let mut tx = encode::Transaction::new();
-        tx.replace_table(rs, encode::table_udata(&changes.owned));
-        inject_fault_for_tests(&mut tx);
-        let messages = nl.commit(tx)?;
-        let (enabled, disabled) = write_sysctls(changes)?;
-        Ok(Applied {
-            messages,
-            enabled,
-            disabled,
-        })
-    })
-}
-
-/// Delete svcnat's table and switch off the sysctls svcnat had switched on. Returns None
-/// when there was no table, else the sysctls switched off.
-pub fn flush(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Vec<&'static str>>> {
-    within(netns, |nl| {
-        let Some(owned) = decode::table_meta(nl, table)? else {
-            return Ok(None);
-        };
-        let changes = sysctl::prepare(&[], &owned)?;
-        let mut tx = encode::Transaction::new();
-        tx.delete_table(table);
-        nl.commit(tx)?;
-        Ok(Some(write_sysctls(changes)?.1))
-    })
-}
-
 pub fn show(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Installed>> {
-    within(netns, |nl| decode::dump(nl, table))
+    within(netns, |ctx| decode::dump(&mut ctx.nl, table))
 }
 
-/// Debug builds only: `SVCNAT_TEST_REJECT=1` appends a rule that jumps to a chain that does
-/// not exist, so tests can watch the kernel reject a whole batch. Release builds ignore it.
-fn inject_fault_for_tests(tx: &mut encode::Transaction) {
-    if cfg!(debug_assertions) && std::env::var_os("SVCNAT_TEST_REJECT").is_some() {
+/// Debug builds only, for tests of the guarantees around a commit:
+/// - `SVCNAT_TEST_REJECT=1` appends a rule in a chain that does not exist, so the kernel
+///   rejects the whole batch;
+/// - `SVCNAT_TEST_PAUSE_MS=N` sleeps between reading the kernel and committing, so a test
+///   can change the ruleset in that window.
+///
+/// Release builds ignore both.
+pub fn test_hooks(tx: &mut encode::Transaction) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
+    if std::env::var_os("SVCNAT_TEST_REJECT").is_some() {
         tx.add_broken_rule();
+    }
+    if let Some(ms) = std::env::var("SVCNAT_TEST_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }

@@ -7,6 +7,10 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 const NLMSG_ERROR: u16 = 2;
+/// The kernel's "restart" errno (Linux: 85): a batch refused for a stale generation id.
+const ERESTART: i32 = 85;
+/// asm-generic/socket.h (Linux ≥ 5.14); not in every libc crate release.
+const SO_NETNS_COOKIE: i32 = 71;
 const NLMSG_DONE: u16 = 3;
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
@@ -25,6 +29,10 @@ pub struct Msg(Vec<u32>);
 impl Msg {
     pub fn header(&self) -> &libc::nlmsghdr {
         unsafe { &*(self.0.as_ptr().cast::<libc::nlmsghdr>()) }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        let len = self.header().nlmsg_len as usize;
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), len) }
     }
 }
 
@@ -82,12 +90,60 @@ impl Netlink {
         self.sock.as_raw_fd()
     }
 
+    /// The ruleset's generation id: it changes with every committed transaction, by anyone.
+    pub fn genid(&mut self) -> Result<u32> {
+        let mut genid = None;
+        self.dump(
+            libc::NFT_MSG_GETGEN,
+            0,
+            |_| {},
+            |m: &Msg| {
+                // NEWGEN: nfgenmsg, then attributes; NFTA_GEN_ID (1) is a big-endian u32.
+                let bytes = m.bytes();
+                let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
+                while at + 8 <= bytes.len() {
+                    let len = u16::from_ne_bytes([bytes[at], bytes[at + 1]]) as usize;
+                    let ty = u16::from_ne_bytes([bytes[at + 2], bytes[at + 3]]) & 0x3fff;
+                    if ty == 1 && len == 8 {
+                        genid = Some(u32::from_be_bytes(
+                            bytes[at + 4..at + 8].try_into().expect("4 bytes"),
+                        ));
+                    }
+                    at += len.next_multiple_of(4).max(4);
+                }
+                Ok(())
+            },
+        )?;
+        genid.ok_or_else(|| {
+            Error::Netlink("the kernel did not report the ruleset generation".into())
+        })
+    }
+
+    /// The kernel's cookie of this socket's network namespace: unique for the boot, never
+    /// reused (unlike inode numbers), so it names the namespace's state directory.
+    pub fn netns_cookie(&self) -> Option<u64> {
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                SO_NETNS_COOKIE,
+                (&mut cookie as *mut u64).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cookie)
+    }
+
     /// Send the whole transaction in one `sendmsg` (the kernel applies a batch only if it
-    /// arrives in one piece) and read every reply. The kernel processes the batch inside
+    /// arrives in one piece) and read every reply. With `genid`, the batch begins with it
+    /// (NFNL_BATCH_GENID): if anyone committed since that id was read, the kernel refuses the
+    /// whole batch with ERESTART instead of applying it on top of a changed ruleset. The kernel processes the batch inside
     /// `sendmsg`, so when it returns all replies are queued: errors for failing messages, and
     /// on kernels ≥ 6.10 acks for the batch begin and end (nftnl sets NLM_F_ACK on them
     /// there). Any error fails the call and names the object it belongs to.
-    pub fn commit(&mut self, tx: Transaction) -> Result<usize> {
+    pub fn commit(&mut self, tx: Transaction, genid: Option<u32>) -> Result<usize> {
         let objects = tx.objects;
         let batch = tx.batch.finalize();
         let seqs = batch.sequence_numbers();
@@ -98,7 +154,26 @@ impl Netlink {
         } else {
             seqs.start
         };
-        let pages: Vec<IoSlice> = batch.iter().map(IoSlice::new).collect();
+        let raw_pages: Vec<&[u8]> = batch.iter().collect();
+        // nftnl wrote a plain batch-begin message (header + nfgenmsg) at the very start;
+        // send our own begin, with the genid attribute, in its place.
+        let begin_len = std::mem::size_of::<libc::nlmsghdr>() + 4;
+        let mut begin = Vec::new();
+        let mut pages: Vec<IoSlice> = Vec::with_capacity(raw_pages.len() + 1);
+        match genid {
+            Some(id) => {
+                let first = raw_pages[0];
+                begin.extend_from_slice(&((begin_len + 8) as u32).to_ne_bytes());
+                begin.extend_from_slice(&first[4..begin_len]);
+                begin.extend_from_slice(&8u16.to_ne_bytes());
+                begin.extend_from_slice(&(libc::NFNL_BATCH_GENID as u16).to_ne_bytes());
+                begin.extend_from_slice(&id.to_be_bytes());
+                pages.push(IoSlice::new(&begin));
+                pages.push(IoSlice::new(&first[begin_len..]));
+                pages.extend(raw_pages[1..].iter().map(|p| IoSlice::new(p)));
+            }
+            None => pages.extend(raw_pages.iter().map(|p| IoSlice::new(p))),
+        }
         let total: usize = pages.iter().map(|p| p.len()).sum();
         set_buf(
             self.fd(),
@@ -159,6 +234,10 @@ impl Netlink {
                     continue;
                 }
                 let (seq, code) = nl_error(m);
+                // The begin message carries seq 0 on kernels that do not ack it.
+                if code == -ERESTART && (seq == seqs.start || seq == 0) {
+                    return Err(Error::Stale);
+                }
                 if !seqs.contains(&seq) {
                     return Err(Error::Netlink(format!(
                         "reply for sequence number {seq}, outside this batch's {seqs:?}"

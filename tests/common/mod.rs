@@ -180,7 +180,10 @@ pub fn svcnat(args: &[&str]) -> (i32, String, String) {
 
 pub fn svcnat_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut c = Command::new(bin());
-    c.args(args).current_dir(repo()).env_remove("SVCNAT_MAP");
+    c.args(args)
+        .current_dir(repo())
+        .env_remove("SVCNAT_MAP")
+        .env("SVCNAT_STATE_DIR", state_root());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -190,6 +193,12 @@ pub fn svcnat_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// Tests keep svcnat's state under cargo's target directory, never in /var/lib/svcnat.
+/// Namespaces are told apart by their kernel cookie, so tests can share the root.
+pub fn state_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("svcnat-state")
 }
 
 /// svcnat that must exit 0; returns stdout.

@@ -1,0 +1,91 @@
+//! What svcnat records on its own table (the table's userdata), so the kernel itself says
+//! what is installed, even without the state directory: the generation number, the digest
+//! of the map it came from, and the sysctls svcnat switched on.
+//!
+//! Stored as userdata TLVs (type, length, value) of private types; nft interprets only type
+//! 0 (a comment) and prints the table unchanged.
+
+const GENERATION: u8 = 0xf1;
+const DIGEST: u8 = 0xf2;
+const ENABLED_SYSCTLS: u8 = 0xf0;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableMeta {
+    pub generation: Option<u64>,
+    pub digest: Option<String>,
+    pub enabled_sysctls: Vec<String>,
+}
+
+fn put(out: &mut Vec<u8>, ty: u8, value: &str) {
+    let v = &value.as_bytes()[..value.len().min(255)];
+    out.push(ty);
+    out.push(v.len() as u8);
+    out.extend_from_slice(v);
+}
+
+impl TableMeta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(g) = self.generation {
+            put(&mut out, GENERATION, &g.to_string());
+        }
+        if let Some(d) = &self.digest {
+            put(&mut out, DIGEST, d);
+        }
+        if !self.enabled_sysctls.is_empty() {
+            put(&mut out, ENABLED_SYSCTLS, &self.enabled_sysctls.join(","));
+        }
+        out
+    }
+
+    pub fn decode(udata: &[u8]) -> TableMeta {
+        let mut meta = TableMeta::default();
+        let mut i = 0;
+        while i + 2 <= udata.len() {
+            let (ty, len) = (udata[i], udata[i + 1] as usize);
+            let Some(value) = udata.get(i + 2..i + 2 + len) else {
+                break;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match ty {
+                GENERATION => meta.generation = value.parse().ok(),
+                DIGEST => meta.digest = Some(value),
+                ENABLED_SYSCTLS => {
+                    meta.enabled_sysctls = value
+                        .split(',')
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                _ => {}
+            }
+            i += 2 + len;
+        }
+        meta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_unknown_types_skipped() {
+        let m = TableMeta {
+            generation: Some(42),
+            digest: Some("sha256:abcd".into()),
+            enabled_sysctls: vec![
+                "net.ipv4.ip_forward".into(),
+                "net.ipv4.conf.all.route_localnet".into(),
+            ],
+        };
+        let mut bytes = vec![0, 3, b'h', b'i', b'!'];
+        bytes.extend(m.encode());
+        assert_eq!(TableMeta::decode(&bytes), m);
+        assert_eq!(TableMeta::decode(&[]), TableMeta::default());
+        assert_eq!(
+            TableMeta::decode(&[GENERATION, 200, b'1']),
+            TableMeta::default()
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The commands that change the kernel, composed from `kernel` and `state`: every one
+//! takes the namespace's writer lock, reads the kernel, and commits a batch stamped with
+//! the ruleset generation it read — if anything changed in between, the kernel refuses the
+//! batch and svcnat reads again (up to MAX_ATTEMPTS times).
+
+use crate::error::{Error, Result};
+use crate::kernel::meta::TableMeta;
+use crate::kernel::netns::NetnsSpec;
+use crate::kernel::{self, Ctx, decode, encode, sysctl};
+use crate::plan::Plan;
+use crate::ruleset::lower;
+use crate::state::{self, Generation, StateDir};
+use std::path::PathBuf;
+
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// Where and how a command works.
+pub struct Target {
+    pub netns: Option<NetnsSpec>,
+    pub state_root: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Installed {
+    pub generation: u64,
+    pub messages: usize,
+    /// Sysctls switched from 0 to 1, and switched back off.
+    pub enabled: Vec<&'static str>,
+    pub disabled: Vec<&'static str>,
+    /// Batches the kernel refused because the ruleset had changed meanwhile.
+    pub retries: u32,
+}
+
+fn state_dir(t: &Target, ctx: &Ctx) -> Result<StateDir> {
+    StateDir::open(&t.state_root, ctx.cookie, &ctx.label)
+}
+
+/// Make the planned sysctl writes; returns (enabled, disabled) keys.
+fn write_sysctls(changes: sysctl::Changes) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+    let mut done = (Vec::new(), Vec::new());
+    for p in changes.enable {
+        done.0.push(p.sysctl.key);
+        p.commit()?;
+    }
+    for p in changes.disable {
+        done.1.push(p.sysctl.key);
+        p.commit()?;
+    }
+    Ok(done)
+}
+
+/// Install `plan` as generation `number` (already locked): read, build, commit against the
+/// generation id read, retry when it went stale; then the sysctl writes.
+fn install(ctx: &mut Ctx, plan: &Plan, number: u64, digest: &str) -> Result<Installed> {
+    let rs = lower(plan);
+    let locals = kernel::local_addresses();
+    let needed = sysctl::required(plan, &|ip| locals.contains(ip));
+    let mut retries = 0;
+    loop {
+        let genid = ctx.nl.genid()?;
+        let before = decode::table_meta(&mut ctx.nl, &plan.table)?.unwrap_or_default();
+        let changes = sysctl::prepare(&needed, &before.enabled_sysctls)?;
+        let meta = TableMeta {
+            generation: Some(number),
+            digest: Some(digest.to_owned()),
+            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+        };
+        let mut tx = encode::Transaction::new();
+        tx.replace_table(&rs, meta.encode());
+        kernel::test_hooks(&mut tx);
+        match ctx.nl.commit(tx, Some(genid)) {
+            Ok(messages) => {
+                let (enabled, disabled) = write_sysctls(changes)?;
+                return Ok(Installed {
+                    generation: number,
+                    messages,
+                    enabled,
+                    disabled,
+                    retries,
+                });
+            }
+            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `sha256:HEX` of a map's text.
+pub fn digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(text.as_bytes());
+    let mut out = String::from("sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// apply: install the plan as a new generation and record it.
+pub fn apply(t: &Target, plan: &Plan, digest: &str, source: &str) -> Result<Installed> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        let _lock = dir.lock()?;
+        let installed_gen =
+            decode::table_meta(&mut ctx.nl, &plan.table)?.and_then(|m| m.generation);
+        let newest = dir.generations()?.last().map(|g| g.number);
+        let number = newest.max(installed_gen).unwrap_or(0) + 1;
+        let done = install(ctx, plan, number, digest)?;
+        dir.record(&Generation {
+            number,
+            time: state::rfc3339(state::now()),
+            digest: digest.to_owned(),
+            source: source.to_owned(),
+            plan: plan.clone(),
+        })?;
+        Ok(done)
+    })
+}
+
+/// flush: delete svcnat's table and switch off the sysctls svcnat switched on. None when
+/// there was no table, else the sysctls switched off.
+pub fn flush(t: &Target, table: &str) -> Result<Option<Vec<&'static str>>> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        let _lock = dir.lock()?;
+        let mut retries = 0;
+        loop {
+            let genid = ctx.nl.genid()?;
+            let Some(meta) = decode::table_meta(&mut ctx.nl, table)? else {
+                return Ok(None);
+            };
+            let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
+            let mut tx = encode::Transaction::new();
+            tx.delete_table(table);
+            match ctx.nl.commit(tx, Some(genid)) {
+                Ok(_) => return Ok(Some(write_sysctls(changes)?.1)),
+                Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+}
+
+/// What `rollback` re-installed.
+#[derive(Debug)]
+pub struct RolledBack {
+    pub from: Option<u64>,
+    pub to: Generation,
+    pub done: Installed,
+}
+
+/// rollback: re-install a recorded generation — `to`, else the newest one older than the
+/// installed generation, else (nothing installed) the newest one.
+pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        let _lock = dir.lock()?;
+        let gens = dir.generations()?;
+        let installed = decode::table_meta(&mut ctx.nl, table)?;
+        let current = installed.as_ref().and_then(|m| m.generation);
+        let target = match (to, current) {
+            (Some(n), _) => gens.iter().find(|g| g.number == n).cloned().ok_or_else(|| {
+                Error::Usage(format!(
+                    "generation {n} is not recorded for this namespace (kept: {})\n  fix: pick one from `svcnat history`",
+                    numbers(&gens)
+                ))
+            })?,
+            (None, Some(c)) => gens.iter().rev().find(|g| g.number < c).cloned().ok_or_else(|| {
+                Error::Usage(format!(
+                    "generation {c} is installed and no older one is recorded (kept: {})\n  fix: see `svcnat history`; roll forward with --to N",
+                    numbers(&gens)
+                ))
+            })?,
+            (None, None) => gens.last().cloned().ok_or_else(|| {
+                Error::Usage("nothing is recorded for this namespace: no apply to roll back to".into())
+            })?,
+        };
+        if target.plan.table != table {
+            return Err(Error::Usage(format!(
+                "generation {} installs table {}, not {table}\n  fix: pass --table {}",
+                target.number, target.plan.table, target.plan.table
+            )));
+        }
+        let done = install(ctx, &target.plan, target.number, &target.digest)?;
+        Ok(RolledBack {
+            from: current,
+            to: target,
+            done,
+        })
+    })
+}
+
+fn numbers(gens: &[Generation]) -> String {
+    if gens.is_empty() {
+        return "none".into();
+    }
+    gens.iter()
+        .map(|g| g.number.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// history: the recorded generations and the one the kernel holds.
+pub fn history(t: &Target, table: &str) -> Result<(Vec<Generation>, Option<TableMeta>)> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        let installed = decode::table_meta(&mut ctx.nl, table)?;
+        Ok((dir.generations()?, installed))
+    })
+}
