@@ -103,11 +103,29 @@ pub enum Command {
         "Turns on net.ipv4.ip_forward (or the IPv6 one) when targets lie outside the namespace, and \
 net.ipv4.conf.all.route_localnet for localhost = true services; if /proc/sys is read-only it \
 fails before changing anything and prints the sysctl to set.\n\n",
-        "Exit codes: 0 applied, 1 kernel/namespace/sysctl error (nothing changed), 2 invalid map.\n\nExamples:\n",
-        "  svcnat apply -f map.toml\n  svcnat apply -f map.toml --netns proxy1 --add-host host.docker.internal=172.17.0.1"))]
+        "With --confirm SECONDS the new rules are installed, then svcnat waits: `svcnat confirm` (or Enter on a \
+terminal) keeps them; otherwise, or on Ctrl-C, it re-installs what was there before. Losing the terminal does \
+not stop the wait. For changing a remote host's rules without locking yourself out.\n\n",
+        "Exit codes: 0 applied (and confirmed), 1 kernel/namespace/sysctl error (nothing changed) or not confirmed \
+(rolled back), 2 invalid map.\n\nExamples:\n",
+        "  svcnat apply -f map.toml\n  svcnat apply -f map.toml --netns proxy1 --add-host host.docker.internal=172.17.0.1\n",
+        "  svcnat apply -f map.toml --confirm 60"))]
     Apply {
         #[command(flatten)]
         map: MapArgs,
+        #[command(flatten)]
+        netns: NetnsArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Commit-confirmed: roll back unless `svcnat confirm` (or Enter) comes within SECONDS
+        #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        confirm: Option<u64>,
+    },
+    /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
+    #[command(
+        after_help = "Exit codes: 0 confirmed, 1 nothing was waiting (already confirmed or rolled back).\n\nExample:\n  svcnat apply -f new.toml --confirm 60 &   # then, if you can still reach the host:\n  svcnat confirm"
+    )]
+    Confirm {
         #[command(flatten)]
         netns: NetnsArgs,
         #[command(flatten)]
@@ -326,26 +344,79 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Apply { map, netns, state } => {
+        Command::Apply {
+            map,
+            netns,
+            state,
+            confirm,
+        } => {
             let (plan, source) = plan_and_source(&map)?;
             let t = target(&netns, &state)?;
             let started = Instant::now();
-            let done = ops::apply(&t, &plan, &ops::digest(&source.text), &source.name)?;
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            let retried = match done.retries {
-                0 => String::new(),
-                n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
+            let summary = |done: &ops::Installed| {
+                let retried = match done.retries {
+                    0 => String::new(),
+                    n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
+                };
+                format!(
+                    "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, one transaction, {:.1} ms{}{}",
+                    plan.services.len(),
+                    plan.table,
+                    where_(&t.netns),
+                    done.generation,
+                    done.messages,
+                    started.elapsed().as_secs_f64() * 1e3,
+                    sysctl_note(&done.enabled, &done.disabled),
+                    retried
+                )
             };
+            let digest = ops::digest(&source.text);
+            let Some(seconds) = confirm else {
+                let done = ops::apply(&t, &plan, &digest, &source.name)?;
+                println!("{}", summary(&done));
+                return Ok(0);
+            };
+            let netns_flag = t
+                .netns
+                .as_ref()
+                .map(|n| format!(" --netns {}", n.label))
+                .unwrap_or_default();
+            let outcome = ops::apply_confirmed(
+                &t,
+                &plan,
+                &digest,
+                &source.name,
+                std::time::Duration::from_secs(seconds),
+                |done, previous| {
+                    let back = previous.map_or("nothing (the table is removed)".to_owned(), |g| {
+                        format!("generation {g}")
+                    });
+                    println!("{}", summary(done));
+                    println!(
+                        "svcnat: confirm within {seconds} s with `svcnat confirm{netns_flag}` (or press Enter here); otherwise it rolls back to {back}"
+                    );
+                },
+            )?;
+            match outcome {
+                ops::Confirmation::Confirmed => {
+                    println!("svcnat: confirmed: the new rules stay");
+                    Ok(0)
+                }
+                ops::Confirmation::RolledBack { to, why } => {
+                    let back = to.map_or("nothing: the table is removed".to_owned(), |g| {
+                        format!("generation {g}")
+                    });
+                    eprintln!("svcnat: {why}: rolled back to {back}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Confirm { netns, state } => {
+            let t = target(&netns, &state)?;
+            let generation = ops::confirm(&t)?;
             println!(
-                "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, one transaction, {:.1} ms{}{}",
-                plan.services.len(),
-                plan.table,
-                where_(&t.netns),
-                done.generation,
-                done.messages,
-                ms,
-                sysctl_note(&done.enabled, &done.disabled),
-                retried
+                "svcnat: confirmed generation {generation}{}",
+                where_(&t.netns)
             );
             Ok(0)
         }

@@ -82,6 +82,12 @@ pub enum Error {
     )]
     Stale,
 
+    /// `svcnat confirm` found no commit-confirmed apply waiting.
+    #[error(
+        "nothing is waiting for confirmation in this namespace: it was confirmed already, or it was rolled back"
+    )]
+    NothingPending,
+
     /// The state directory (generations, lock) cannot be used.
     #[error("{message}")]
     State { message: String },
@@ -118,6 +124,7 @@ impl Error {
             | Error::KernelRejected { .. }
             | Error::Stale
             | Error::State { .. }
+            | Error::NothingPending
             | Error::Netlink(_)
             | Error::Io { .. } => 1,
         }

@@ -11,6 +11,8 @@ use crate::plan::Plan;
 use crate::ruleset::lower;
 use crate::state::{self, Generation, StateDir};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 pub const MAX_ATTEMPTS: u32 = 10;
 
@@ -96,24 +98,161 @@ pub fn digest(text: &str) -> String {
     out
 }
 
+/// Install `plan` as a new generation and record it (the lock is held).
+fn apply_locked(
+    ctx: &mut Ctx,
+    dir: &StateDir,
+    plan: &Plan,
+    digest: &str,
+    source: &str,
+) -> Result<Installed> {
+    let installed_gen = decode::table_meta(&mut ctx.nl, &plan.table)?.and_then(|m| m.generation);
+    let newest = dir.generations()?.last().map(|g| g.number);
+    let number = newest.max(installed_gen).unwrap_or(0) + 1;
+    let done = install(ctx, plan, number, digest)?;
+    dir.record(&Generation {
+        number,
+        time: state::rfc3339(state::now()),
+        digest: digest.to_owned(),
+        source: source.to_owned(),
+        plan: plan.clone(),
+    })?;
+    Ok(done)
+}
+
 /// apply: install the plan as a new generation and record it.
 pub fn apply(t: &Target, plan: &Plan, digest: &str, source: &str) -> Result<Installed> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        let installed_gen =
-            decode::table_meta(&mut ctx.nl, &plan.table)?.and_then(|m| m.generation);
-        let newest = dir.generations()?.last().map(|g| g.number);
-        let number = newest.max(installed_gen).unwrap_or(0) + 1;
-        let done = install(ctx, plan, number, digest)?;
-        dir.record(&Generation {
-            number,
-            time: state::rfc3339(state::now()),
-            digest: digest.to_owned(),
-            source: source.to_owned(),
-            plan: plan.clone(),
+        apply_locked(ctx, &dir, plan, digest, source)
+    })
+}
+
+/// How a commit-confirmed apply ended.
+#[derive(Debug)]
+pub enum Confirmation {
+    Confirmed,
+    /// Not confirmed in time (or interrupted): the previous generation, or nothing, is back.
+    RolledBack {
+        to: Option<u64>,
+        why: &'static str,
+    },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static ENTER_PRESSED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// apply --confirm: install, then keep the lock and wait for `svcnat confirm` (or Enter on
+/// a terminal) until the window closes; otherwise re-install what was there before. Losing
+/// the terminal (SIGHUP) does not stop the wait — that is when a rollback matters most;
+/// SIGINT/SIGTERM roll back at once. `ready` is told once the new rules are in.
+pub fn apply_confirmed(
+    t: &Target,
+    plan: &Plan,
+    digest: &str,
+    source: &str,
+    window: Duration,
+    ready: impl FnOnce(&Installed, Option<u64>),
+) -> Result<Confirmation> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        let _lock = dir.lock()?;
+        let before = decode::table_meta(&mut ctx.nl, &plan.table)?;
+        let previous = before.as_ref().and_then(|m| m.generation);
+        let done = apply_locked(ctx, &dir, plan, digest, source)?;
+        dir.set_pending(&state::Pending {
+            generation: done.generation,
+            pid: std::process::id(),
+            deadline: state::now() + window.as_secs().max(1),
         })?;
-        Ok(done)
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            let handler = on_interrupt as *const () as libc::sighandler_t;
+            libc::signal(libc::SIGINT, handler);
+            libc::signal(libc::SIGTERM, handler);
+        }
+        if unsafe { libc::isatty(0) } == 1 {
+            std::thread::spawn(|| {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                    ENTER_PRESSED.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+        ready(&done, previous);
+        let end = Instant::now() + window;
+        let why = loop {
+            if dir.pending().is_none() {
+                return Ok(Confirmation::Confirmed); // `svcnat confirm` settled it
+            }
+            if ENTER_PRESSED.load(Ordering::SeqCst) && dir.claim_pending("confirmed")?.is_some() {
+                return Ok(Confirmation::Confirmed);
+            }
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                break "interrupted";
+            }
+            if Instant::now() >= end {
+                break "not confirmed in time";
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if dir.claim_pending("expired")?.is_none() {
+            return Ok(Confirmation::Confirmed); // confirm won the race
+        }
+        // Put back what was there: the previous generation, or no table at all.
+        match (before, previous) {
+            (Some(_), Some(n)) => {
+                let g = dir.generation(n)?.ok_or_else(|| Error::State {
+                    message: format!(
+                        "generation {n}, installed before, is no longer recorded: generation {} stays installed",
+                        done.generation
+                    ),
+                })?;
+                install(ctx, &g.plan, g.number, &g.digest)?;
+                Ok(Confirmation::RolledBack { to: Some(n), why })
+            }
+            _ => {
+                delete_table(ctx, &plan.table)?;
+                Ok(Confirmation::RolledBack { to: None, why })
+            }
+        }
+    })
+}
+
+/// Delete svcnat's table (if there) and switch off the sysctls it switched on. Returns
+/// None when there was no table, else the sysctls switched off.
+fn delete_table(ctx: &mut Ctx, table: &str) -> Result<Option<Vec<&'static str>>> {
+    let mut retries = 0;
+    loop {
+        let genid = ctx.nl.genid()?;
+        let Some(meta) = decode::table_meta(&mut ctx.nl, table)? else {
+            return Ok(None);
+        };
+        let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
+        let mut tx = encode::Transaction::new();
+        tx.delete_table(table);
+        match ctx.nl.commit(tx, Some(genid)) {
+            Ok(_) => return Ok(Some(write_sysctls(changes)?.1)),
+            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// confirm: settle a pending commit-confirmed apply so it stays. Ok(generation).
+pub fn confirm(t: &Target) -> Result<u64> {
+    kernel::within(t.netns.as_ref(), |ctx| {
+        let dir = state_dir(t, ctx)?;
+        match dir.claim_pending("confirmed")? {
+            Some(p) => Ok(p.generation),
+            None => Err(Error::NothingPending),
+        }
     })
 }
 
@@ -123,21 +262,7 @@ pub fn flush(t: &Target, table: &str) -> Result<Option<Vec<&'static str>>> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        let mut retries = 0;
-        loop {
-            let genid = ctx.nl.genid()?;
-            let Some(meta) = decode::table_meta(&mut ctx.nl, table)? else {
-                return Ok(None);
-            };
-            let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
-            let mut tx = encode::Transaction::new();
-            tx.delete_table(table);
-            match ctx.nl.commit(tx, Some(genid)) {
-                Ok(_) => return Ok(Some(write_sysctls(changes)?.1)),
-                Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        delete_table(ctx, table)
     })
 }
 

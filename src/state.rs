@@ -197,24 +197,37 @@ impl StateDir {
         Ok(())
     }
 
+    fn pending_path(&self) -> PathBuf {
+        self.path.join("pending-confirm")
+    }
+
     pub fn pending(&self) -> Option<Pending> {
-        let b = fs::read(self.path.join("pending-confirm")).ok()?;
+        let b = fs::read(self.pending_path()).ok()?;
         serde_json::from_slice(&b).ok()
     }
 
-    pub fn set_pending(&self, p: Option<&Pending>) -> Result<()> {
-        let path = self.path.join("pending-confirm");
-        match p {
-            Some(p) => write_atomic(
-                &path,
-                &serde_json::to_vec(p).expect("plain data serializes"),
-            ),
-            None => match fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io(format!("cannot remove {}", path.display()))(e))
-                }
-                _ => Ok(()),
-            },
+    pub fn set_pending(&self, p: &Pending) -> Result<()> {
+        let json = serde_json::to_vec(p).expect("plain data serializes");
+        write_atomic(&self.pending_path(), &json)
+    }
+
+    /// Settle a pending confirmation, once: `confirm` and the timeout both call this, and
+    /// the atomic rename lets exactly one of them win. Ok(Some) to the winner.
+    pub fn claim_pending(&self, outcome: &str) -> Result<Option<Pending>> {
+        let pending = self.pending();
+        let settled = self
+            .path
+            .join(format!("settled-{outcome}.{}", std::process::id()));
+        match fs::rename(self.pending_path(), &settled) {
+            Ok(()) => {
+                let _ = fs::remove_file(&settled);
+                Ok(pending)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!(
+                "cannot settle {}",
+                self.pending_path().display()
+            ))(e)),
         }
     }
 }

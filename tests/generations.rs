@@ -242,3 +242,123 @@ fn a_change_by_someone_else_between_read_and_commit_is_not_overwritten() {
     let (code, diff, _) = svcnat(&["diff", "-f", A, "--add-host", ADD_HOST, "--netns", &ns.name]);
     assert_eq!(code, 0, "{diff}");
 }
+
+/// Start `apply --confirm SECONDS` and wait until it reports the new rules are in.
+fn apply_confirm(map: &str, ns: &Netns, seconds: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin())
+        .args([
+            "apply",
+            "-f",
+            map,
+            "--add-host",
+            ADD_HOST,
+            "--netns",
+            &ns.name,
+            "--confirm",
+            seconds,
+        ])
+        .current_dir(repo())
+        .env("SVCNAT_STATE_DIR", state_root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("svcnat: confirm within") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "apply --confirm ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    (child, seen)
+}
+
+#[test]
+fn confirmed_apply_stays() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("cfm");
+    apply(A, &ns);
+    let (child, said) = apply_confirm(B, &ns, "20");
+    assert!(
+        said.contains(&format!("`svcnat confirm --netns {}`", ns.name)),
+        "{said}"
+    );
+    assert!(
+        said.contains("otherwise it rolls back to generation 1"),
+        "{said}"
+    );
+    assert!(
+        table(&ns).contains("svc-web-vip"),
+        "the new rules are in while waiting"
+    );
+    // The terminal going away (SSH dropped) must not end the wait.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = svcnat_ok(&["confirm", "--netns", &ns.name]);
+    assert!(out.contains("confirmed generation 2"), "{out}");
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(table(&ns).contains("svc-web-vip"));
+    assert_eq!(history(&ns)["installed"], 2);
+    let (code, _, err) = svcnat(&["confirm", "--netns", &ns.name]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing is waiting for confirmation"), "{err}");
+}
+
+#[test]
+fn unconfirmed_apply_rolls_back_byte_for_byte() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("nocfm");
+    apply(A, &ns);
+    let after_a = table(&ns);
+    let started = std::time::Instant::now();
+    let (child, _) = apply_confirm(B, &ns, "1");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not confirmed in time: rolled back to generation 1"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(table(&ns), after_a);
+    assert_eq!(
+        ns.exec_ok("sysctl -n net.ipv4.conf.all.route_localnet")
+            .trim(),
+        "0"
+    );
+    let (code, _, _) = svcnat(&["confirm", "--netns", &ns.name]);
+    assert_eq!(code, 1, "too late to confirm");
+
+    // With nothing installed before, rolling back removes the table.
+    let fresh = Netns::new("nocfm0");
+    let (child, said) = apply_confirm(A, &fresh, "1");
+    assert!(
+        said.contains("rolls back to nothing (the table is removed)"),
+        "{said}"
+    );
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(fresh.ruleset(), "");
+
+    // Ctrl-C (SIGINT) during the window rolls back at once.
+    let (child, _) = apply_confirm(B, &ns, "60");
+    let started = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interrupted: rolled back to generation 1")
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(table(&ns), after_a);
+}
