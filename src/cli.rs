@@ -117,6 +117,9 @@ not stop the wait. For changing a remote host's rules without locking yourself o
         netns: NetnsArgs,
         #[command(flatten)]
         state: StateArgs,
+        /// List every netlink message sent (on standard error)
+        #[arg(short, long)]
+        verbose: bool,
         /// Commit-confirmed: roll back unless `svcnat confirm` (or Enter) comes within SECONDS
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         confirm: Option<u64>,
@@ -348,18 +351,38 @@ pub fn run(cli: Cli) -> Result<i32> {
             map,
             netns,
             state,
+            verbose,
             confirm,
         } => {
             let (plan, source) = plan_and_source(&map)?;
             let t = target(&netns, &state)?;
             let started = Instant::now();
             let summary = |done: &ops::Installed| {
+                if verbose {
+                    eprintln!(
+                        "svcnat: {}: {} netlink messages (plus batch begin and end):",
+                        if done.incremental {
+                            "updated in place"
+                        } else {
+                            "replaced the table"
+                        },
+                        done.objects.len()
+                    );
+                    for o in &done.objects {
+                        eprintln!("  {o}");
+                    }
+                }
+                let how = if done.incremental {
+                    "updated in place"
+                } else {
+                    "one transaction"
+                };
                 let retried = match done.retries {
                     0 => String::new(),
                     n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
                 };
                 format!(
-                    "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, one transaction, {:.1} ms{}{}",
+                    "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, {how}, {:.1} ms{}{}",
                     plan.services.len(),
                     plan.table,
                     where_(&t.netns),

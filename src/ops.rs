@@ -6,7 +6,8 @@
 use crate::error::{Error, Result};
 use crate::kernel::meta::TableMeta;
 use crate::kernel::netns::NetnsSpec;
-use crate::kernel::{self, Ctx, decode, encode, sysctl};
+use crate::kernel::transaction::{Transaction, can_update};
+use crate::kernel::{self, Ctx, decode, sysctl};
 use crate::plan::Plan;
 use crate::ruleset::lower;
 use crate::state::{self, Generation, StateDir};
@@ -26,6 +27,10 @@ pub struct Target {
 pub struct Installed {
     pub generation: u64,
     pub messages: usize,
+    /// What each message did, in order.
+    pub objects: Vec<String>,
+    /// Updated in place (element-level) rather than replaced whole.
+    pub incremental: bool,
     /// Sysctls switched from 0 to 1, and switched back off.
     pub enabled: Vec<&'static str>,
     pub disabled: Vec<&'static str>,
@@ -59,23 +64,40 @@ fn install(ctx: &mut Ctx, plan: &Plan, number: u64, digest: &str) -> Result<Inst
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
     let mut retries = 0;
     loop {
+        // The generation id first: whatever is read after it is covered by the check.
         let genid = ctx.nl.genid()?;
-        let before = decode::table_meta(&mut ctx.nl, &plan.table)?.unwrap_or_default();
-        let changes = sysctl::prepare(&needed, &before.enabled_sysctls)?;
+        let before = decode::dump(&mut ctx.nl, &plan.table)?;
+        let owned = before
+            .as_ref()
+            .map(|b| &b.meta.enabled_sysctls[..])
+            .unwrap_or(&[]);
+        let changes = sysctl::prepare(&needed, owned)?;
         let meta = TableMeta {
             generation: Some(number),
             digest: Some(digest.to_owned()),
             enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
         };
-        let mut tx = encode::Transaction::new();
-        tx.replace_table(&rs, meta.encode());
+        let mut tx = Transaction::new();
+        let incremental = match &before {
+            Some(b) if can_update(b, &rs) => {
+                tx.update_table(b, &rs, &meta);
+                true
+            }
+            _ => {
+                tx.replace_table(&rs, &meta);
+                false
+            }
+        };
         kernel::test_hooks(&mut tx);
+        let objects = tx.objects.clone();
         match ctx.nl.commit(tx, Some(genid)) {
             Ok(messages) => {
                 let (enabled, disabled) = write_sysctls(changes)?;
                 return Ok(Installed {
                     generation: number,
                     messages,
+                    objects,
+                    incremental,
                     enabled,
                     disabled,
                     retries,
@@ -235,7 +257,7 @@ fn delete_table(ctx: &mut Ctx, table: &str) -> Result<Option<Vec<&'static str>>>
             return Ok(None);
         };
         let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
-        let mut tx = encode::Transaction::new();
+        let mut tx = Transaction::new();
         tx.delete_table(table);
         match ctx.nl.commit(tx, Some(genid)) {
             Ok(_) => return Ok(Some(write_sysctls(changes)?.1)),

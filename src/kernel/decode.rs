@@ -3,7 +3,7 @@
 //! own parsers, and recognises svcnat's statements in them. A rule that is not exactly what
 //! svcnat writes (edited by hand with `nft`) is kept aside as drift, never guessed at.
 
-use super::encode::encode_rule;
+use super::encode::{GENERATION_SET, encode_rule};
 use super::expr::*;
 use super::meta::TableMeta;
 use super::netlink::{Msg, Netlink};
@@ -26,6 +26,9 @@ pub struct Installed {
     pub unrecognized: Vec<UnknownRule>,
     /// What svcnat recorded on the table (generation, digest, sysctls it switched on).
     pub meta: TableMeta,
+    /// Whether svcnat's bookkeeping set exists (a table without it was not made by this
+    /// version of svcnat, and is replaced whole).
+    pub bookkeeping: bool,
 }
 
 /// A rule in svcnat's table that is not one svcnat writes.
@@ -44,37 +47,6 @@ impl std::fmt::Display for UnknownRule {
         }
         Ok(())
     }
-}
-
-/// Only the table: Ok(None) when absent, else what svcnat recorded on it.
-pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
-    let name = CString::new(table).expect("validated name");
-    let mut meta = TableMeta::default();
-    let exists = nl.dump(
-        libc::NFT_MSG_GETTABLE,
-        0,
-        |h| unsafe {
-            let t = sys::nftnl_table_alloc();
-            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_nlmsg_build_payload(h, t);
-            sys::nftnl_table_free(t);
-        },
-        |m: &Msg| unsafe {
-            let t = sys::nftnl_table_alloc();
-            let ok = sys::nftnl_table_nlmsg_parse(m.header(), t) >= 0;
-            if ok && sys::nftnl_table_is_set(t, sys::NFTNL_TABLE_USERDATA as u16) {
-                let mut len = 0u32;
-                let p = sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, &mut len);
-                if !p.is_null() {
-                    meta =
-                        TableMeta::decode(std::slice::from_raw_parts(p.cast::<u8>(), len as usize));
-                }
-            }
-            sys::nftnl_table_free(t);
-            if ok { Ok(()) } else { Err(parse_err("table")) }
-        },
-    )?;
-    Ok(exists.then_some(meta))
 }
 
 fn cstr(p: *const libc::c_char) -> String {
@@ -97,7 +69,94 @@ struct RawChain {
 struct RawElem {
     key: Vec<u8>,
     data: Vec<u8>,
+    udata: Vec<u8>,
     chain: Option<String>,
+}
+
+/// Only the table and svcnat's bookkeeping: Ok(None) when the table is absent, else what
+/// the element of `set generation` records (default when the set is missing).
+pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
+    let name = CString::new(table).expect("validated name");
+    let exists = nl.dump(
+        libc::NFT_MSG_GETTABLE,
+        0,
+        |h| unsafe {
+            let t = sys::nftnl_table_alloc();
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
+        },
+        |_| Ok(()),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut meta = TableMeta::default();
+    for e in set_elements(nl, &name, GENERATION_SET)?.unwrap_or_default() {
+        let mut m = TableMeta::decode(&e.udata);
+        if e.key.len() == 4 {
+            m.generation = Some(u64::from(u32::from_ne_bytes(
+                e.key[..4].try_into().expect("4 bytes"),
+            )));
+        }
+        meta = m;
+    }
+    Ok(Some(meta))
+}
+
+/// The elements of one set of the table; Ok(None) when the set does not exist.
+fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<Vec<RawElem>>> {
+    let set_c = CString::new(set).expect("kernel names have no NUL");
+    let mut elems = Vec::new();
+    let exists = nl.dump(
+        libc::NFT_MSG_GETSETELEM,
+        libc::NLM_F_DUMP,
+        |h| unsafe {
+            let s = sys::nftnl_set_alloc();
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set_c.as_ptr());
+            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
+            sys::nftnl_set_free(s);
+        },
+        |m: &Msg| unsafe {
+            let s = sys::nftnl_set_alloc();
+            if sys::nftnl_set_elems_nlmsg_parse(m.header(), s) < 0 {
+                sys::nftnl_set_free(s);
+                return Err(parse_err("set element"));
+            }
+            let it = sys::nftnl_set_elems_iter_create(s);
+            let mut e = sys::nftnl_set_elems_iter_next(it);
+            while !e.is_null() {
+                let bytes = |attr: u32| {
+                    let mut len = 0u32;
+                    let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
+                    if p.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
+                    }
+                };
+                let chain =
+                    sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16).then(|| {
+                        cstr(sys::nftnl_set_elem_get_str(
+                            e,
+                            sys::NFTNL_SET_ELEM_CHAIN as u16,
+                        ))
+                    });
+                elems.push(RawElem {
+                    key: bytes(sys::NFTNL_SET_ELEM_KEY),
+                    data: bytes(sys::NFTNL_SET_ELEM_DATA),
+                    udata: bytes(sys::NFTNL_SET_ELEM_USERDATA),
+                    chain,
+                });
+                e = sys::nftnl_set_elems_iter_next(it);
+            }
+            sys::nftnl_set_elems_iter_destroy(it);
+            sys::nftnl_set_free(s);
+            Ok(())
+        },
+    )?;
+    Ok(exists.then_some(elems))
 }
 
 /// Read svcnat's table; Ok(None) when it does not exist.
@@ -167,56 +226,10 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
 
     let mut elements: HashMap<String, Vec<RawElem>> = HashMap::new();
     for set in &set_names {
-        let set_c = CString::new(set.as_str()).expect("kernel names have no NUL");
-        let mut elems = Vec::new();
-        nl.dump(
-            libc::NFT_MSG_GETSETELEM,
-            libc::NLM_F_DUMP,
-            |h| unsafe {
-                let s = sys::nftnl_set_alloc();
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, name.as_ptr());
-                sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set_c.as_ptr());
-                sys::nftnl_set_elems_nlmsg_build_payload(h, s);
-                sys::nftnl_set_free(s);
-            },
-            |m: &Msg| unsafe {
-                let s = sys::nftnl_set_alloc();
-                if sys::nftnl_set_elems_nlmsg_parse(m.header(), s) < 0 {
-                    sys::nftnl_set_free(s);
-                    return Err(parse_err("set element"));
-                }
-                let it = sys::nftnl_set_elems_iter_create(s);
-                let mut e = sys::nftnl_set_elems_iter_next(it);
-                while !e.is_null() {
-                    let bytes = |attr: u32| {
-                        let mut len = 0u32;
-                        let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
-                        if p.is_null() {
-                            Vec::new()
-                        } else {
-                            std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
-                        }
-                    };
-                    let chain = sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16)
-                        .then(|| {
-                            cstr(sys::nftnl_set_elem_get_str(
-                                e,
-                                sys::NFTNL_SET_ELEM_CHAIN as u16,
-                            ))
-                        });
-                    elems.push(RawElem {
-                        key: bytes(sys::NFTNL_SET_ELEM_KEY),
-                        data: bytes(sys::NFTNL_SET_ELEM_DATA),
-                        chain,
-                    });
-                    e = sys::nftnl_set_elems_iter_next(it);
-                }
-                sys::nftnl_set_elems_iter_destroy(it);
-                sys::nftnl_set_free(s);
-                Ok(())
-            },
-        )?;
-        elements.insert(set.clone(), elems);
+        elements.insert(
+            set.clone(),
+            set_elements(nl, &name, set)?.unwrap_or_default(),
+        );
     }
 
     let mut rules: Vec<(String, u64, Vec<Expr>)> = Vec::new();
@@ -255,6 +268,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
 
     let mut installed = lift(table, chains, &set_names, &elements, rules);
     installed.meta = meta;
+    installed.bookkeeping = set_names.iter().any(|n| n == GENERATION_SET);
     Ok(Some(installed))
 }
 
@@ -344,6 +358,7 @@ fn lift(
         counters,
         unrecognized,
         meta: TableMeta::default(),
+        bookkeeping: false,
     }
 }
 

@@ -4,9 +4,9 @@
 
 use super::expr::*;
 use crate::plan::Family;
-use crate::ruleset::{BaseHook, MapKey, MapKind, Rule, Ruleset, Stmt};
+use crate::ruleset::{MapKey, MapKind, Rule, Stmt};
 use nftnl::nftnl_sys::{self as sys, libc};
-use nftnl::{Batch, Chain, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
+use nftnl::{MsgType, NlMsg};
 use std::cell::Cell;
 use std::ffi::{CString, c_void};
 use std::net::{IpAddr, SocketAddr};
@@ -314,6 +314,11 @@ const VMAP_UDATA: [u8; 28] = [
     0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
 ];
 const SLOTMAP_UDATA: [u8; 18] = [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
+/// Userdata nft writes for `type mark`: key byte order host.
+const HOST_ORDER_KEY_UDATA: [u8; 6] = [0, 4, 1, 0, 0, 0];
+const TYPE_MARK: u32 = 19;
+pub const GENERATION_SET: &str = "generation";
+const GENERATION_SET_ID: u32 = 99;
 
 /// An nftnl set (a map here) with its elements, owned.
 pub struct NfSet {
@@ -407,6 +412,44 @@ impl NfSet {
         s
     }
 
+    /// svcnat's bookkeeping set, `set generation { type mark }`: its one element is the
+    /// installed generation, with the map digest and owned sysctls in the element's userdata
+    /// (see `meta::TableMeta`). An element, because the kernel never updates a table's or a
+    /// set's own userdata, while an element is replaced in any transaction.
+    pub fn generation_set(table: &str) -> NfSet {
+        let s = NfSet::new(table, GENERATION_SET, GENERATION_SET_ID);
+        s.set_u32(sys::NFTNL_SET_FLAGS, 0);
+        s.set_u32(sys::NFTNL_SET_KEY_TYPE, TYPE_MARK);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, 4);
+        s.set_udata(&HOST_ORDER_KEY_UDATA);
+        s
+    }
+
+    /// Add an element carrying userdata.
+    pub fn add_elem_with_udata(&self, key: &[u8], udata: &[u8]) {
+        unsafe {
+            let Some(e) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
+                std::process::abort();
+            };
+            let e = e.as_ptr();
+            sys::nftnl_set_elem_set(
+                e,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            if !udata.is_empty() {
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_USERDATA as u16,
+                    udata.as_ptr().cast(),
+                    udata.len() as u32,
+                );
+            }
+            sys::nftnl_set_elem_add(self.raw(), e);
+        }
+    }
+
     /// Add an element: data bytes for a data map, or a chain to `goto` for a verdict map.
     pub fn add_elem(&self, key: &[u8], data: Option<&[u8]>, goto: Option<&str>) {
         unsafe {
@@ -454,7 +497,12 @@ impl Drop for NfSet {
 
 /// Build a message header without NLM_F_ACK: the kernel then answers only failures, plus one
 /// ack for the batch end; per-message acks for 100,000 objects would overflow the socket.
-unsafe fn header(buf: *mut c_void, msg: i32, flags: i32, seq: u32) -> *mut libc::nlmsghdr {
+pub(super) unsafe fn header(
+    buf: *mut c_void,
+    msg: i32,
+    flags: i32,
+    seq: u32,
+) -> *mut libc::nlmsghdr {
     unsafe {
         sys::nftnl_nlmsg_build_hdr(
             buf.cast::<c_char>(),
@@ -466,7 +514,7 @@ unsafe fn header(buf: *mut c_void, msg: i32, flags: i32, seq: u32) -> *mut libc:
     }
 }
 
-struct NewSet<'a>(&'a NfSet);
+pub(super) struct NewSet<'a>(pub(super) &'a NfSet);
 unsafe impl NlMsg for NewSet<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
         unsafe {
@@ -476,218 +524,26 @@ unsafe impl NlMsg for NewSet<'_> {
     }
 }
 
-/// One NEWSETELEM message: as many elements as fit, continuing where the last one stopped.
-struct NewElems<'a> {
-    iter: *mut sys::nftnl_set_elems_iter,
-    more: &'a Cell<bool>,
+/// One NEWSETELEM or DELSETELEM message: as many elements as fit, continuing where the
+/// last one stopped.
+pub(super) struct Elems<'a> {
+    pub(super) iter: *mut sys::nftnl_set_elems_iter,
+    pub(super) more: &'a Cell<bool>,
 }
-unsafe impl NlMsg for NewElems<'_> {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+unsafe impl NlMsg for Elems<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
         unsafe {
-            let h = header(
-                buf,
-                libc::NFT_MSG_NEWSETELEM,
-                libc::NLM_F_CREATE | libc::NLM_F_EXCL,
-                seq,
-            );
+            let h = match t {
+                MsgType::Add => header(
+                    buf,
+                    libc::NFT_MSG_NEWSETELEM,
+                    libc::NLM_F_CREATE | libc::NLM_F_EXCL,
+                    seq,
+                ),
+                MsgType::Del => header(buf, libc::NFT_MSG_DELSETELEM, 0, seq),
+            };
             self.more
                 .set(sys::nftnl_set_elems_nlmsg_build_payload_iter(h, self.iter) > 0);
         }
-    }
-}
-
-/// NEWTABLE with svcnat's userdata (nftnl's `Table` cannot carry any).
-struct NewTable {
-    name: CString,
-    udata: Vec<u8>,
-}
-unsafe impl NlMsg for NewTable {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
-        unsafe {
-            let t = sys::nftnl_table_alloc();
-            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, libc::NFPROTO_INET as u32);
-            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.name.as_ptr());
-            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, 0);
-            if !self.udata.is_empty() {
-                sys::nftnl_table_set_data(
-                    t,
-                    sys::NFTNL_TABLE_USERDATA as u16,
-                    self.udata.as_ptr().cast(),
-                    self.udata.len() as u32,
-                );
-            }
-            let h = header(buf, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, seq);
-            sys::nftnl_table_nlmsg_build_payload(h, t);
-            sys::nftnl_table_free(t);
-        }
-    }
-}
-
-/// Clears NLM_F_ACK from a message nftnl writes with it (see `header`).
-struct NoAck<'a, T: NlMsg>(&'a T);
-unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
-        unsafe {
-            self.0.write(buf, seq, t);
-            let h = buf.cast::<libc::nlmsghdr>();
-            (*h).nlmsg_flags &= !(libc::NLM_F_ACK as u16);
-        }
-    }
-}
-
-/// A batch and, for each message in it, what it creates or deletes (to name the object a
-/// kernel error refers to).
-pub struct Transaction {
-    pub batch: Batch,
-    pub objects: Vec<String>,
-    table: Option<String>,
-}
-
-impl Transaction {
-    pub fn new() -> Self {
-        Transaction {
-            batch: Batch::new(),
-            objects: Vec::new(),
-            table: None,
-        }
-    }
-
-    fn add<T: NlMsg>(&mut self, msg: &T, t: MsgType, what: String) {
-        self.batch.add(&NoAck(msg), t);
-        self.objects.push(what);
-    }
-
-    fn add_set(&mut self, set: &NfSet, what: String) {
-        self.batch.add(&NewSet(set), MsgType::Add);
-        self.objects.push(format!("add {what}"));
-        let iter = unsafe { sys::nftnl_set_elems_iter_create(set.as_ptr()) };
-        let more = Cell::new(!unsafe { sys::nftnl_set_elems_iter_cur(iter) }.is_null());
-        while more.get() {
-            self.batch
-                .add(&NewElems { iter, more: &more }, MsgType::Add);
-            self.objects.push(format!("add elements to {what}"));
-        }
-        unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
-    }
-
-    /// Remove the table if present: create it (a no-op when it exists), then delete it.
-    pub fn delete_table(&mut self, name: &str) {
-        let t = Table::new(
-            CString::new(name).expect("validated name"),
-            ProtoFamily::Inet,
-        );
-        self.add(&t, MsgType::Add, format!("table inet {name}"));
-        self.add(&t, MsgType::Del, format!("delete table inet {name}"));
-    }
-
-    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew, carrying
-    /// `udata` (see `meta::TableMeta`).
-    pub fn replace_table(&mut self, rs: &Ruleset, udata: Vec<u8>) {
-        self.table = Some(rs.table.clone());
-        self.delete_table(&rs.table);
-        let name = CString::new(rs.table.as_str()).expect("validated name");
-        let new_table = NewTable {
-            name: name.clone(),
-            udata,
-        };
-        self.add(
-            &new_table,
-            MsgType::Add,
-            format!("add table inet {}", rs.table),
-        );
-        // Chains and rules name their table through this handle; it is not sent itself.
-        let table = Table::new(name, ProtoFamily::Inet);
-
-        let names: Vec<CString> = rs
-            .chains
-            .iter()
-            .map(|c| CString::new(c.name.as_str()).expect("validated"))
-            .collect();
-        let chains: Vec<Chain> = rs
-            .chains
-            .iter()
-            .zip(&names)
-            .map(|(c, name)| {
-                let mut chain = Chain::new(name, &table);
-                if let Some(h) = c.hook {
-                    chain.set_hook(nl_hook(h), h.priority());
-                    chain.set_type(if h.is_nat() {
-                        ChainType::Nat
-                    } else {
-                        ChainType::Filter
-                    });
-                    chain.set_policy(Policy::Accept);
-                }
-                chain
-            })
-            .collect();
-        for (c, chain) in rs.chains.iter().zip(&chains) {
-            self.add(chain, MsgType::Add, format!("add chain {}", c.name));
-        }
-        for m in &rs.maps {
-            let set = NfSet::verdict_map(&rs.table, m.kind);
-            for (key, chain) in &m.elements {
-                set.add_elem(&key_bytes(key), None, Some(chain));
-            }
-            self.add_set(&set, format!("map {}", m.kind.name()));
-        }
-        let mut next_anon_id = 100u32;
-        for (c, chain) in rs.chains.iter().zip(&chains) {
-            for (i, r) in c.rules.iter().enumerate() {
-                let mut anon_sets = Vec::new();
-                let exprs = encode_rule(r, &mut |slots| {
-                    next_anon_id += 1;
-                    anon_sets.push(NfSet::slot_map(&rs.table, next_anon_id, slots));
-                    ("__map%d".to_owned(), next_anon_id)
-                });
-                for s in &anon_sets {
-                    self.add_set(s, format!("slot map of chain {} rule {}", c.name, i + 1));
-                }
-                let mut rule = nftnl::Rule::new(chain);
-                for e in &exprs {
-                    rule.add_expr(e);
-                }
-                let text: Vec<String> = r.0.iter().map(crate::render::nft::stmt_text).collect();
-                self.add(
-                    &rule,
-                    MsgType::Add,
-                    format!("add rule to chain {}: {}", c.name, text.join(" ")),
-                );
-            }
-        }
-    }
-}
-
-impl Transaction {
-    /// For tests of the all-or-nothing guarantee: a rule in a chain that does not exist,
-    /// which the kernel must refuse, taking the whole batch with it.
-    pub fn add_broken_rule(&mut self) {
-        let name = self.table.clone().unwrap_or_else(|| "svcnat".into());
-        let table = Table::new(
-            CString::new(name).expect("validated name"),
-            ProtoFamily::Inet,
-        );
-        let chain = Chain::new(c"no-such-chain", &table);
-        let rule = nftnl::Rule::new(&chain);
-        self.add(
-            &rule,
-            MsgType::Add,
-            "add rule to chain no-such-chain (injected by SVCNAT_TEST_REJECT)".into(),
-        );
-    }
-}
-
-impl Default for Transaction {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-fn nl_hook(h: BaseHook) -> Hook {
-    match h {
-        BaseHook::Prerouting => Hook::PreRouting,
-        BaseHook::Output => Hook::Out,
-        BaseHook::Postrouting => Hook::PostRouting,
-        BaseHook::Input => Hook::In,
     }
 }

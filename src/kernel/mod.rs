@@ -9,6 +9,7 @@ pub mod meta;
 pub mod netlink;
 pub mod netns;
 pub mod sysctl;
+pub mod transaction;
 
 use crate::error::Result;
 use decode::Installed;
@@ -62,7 +63,7 @@ pub fn show(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Installed>>
 ///   can change the ruleset in that window.
 ///
 /// Release builds ignore both.
-pub fn test_hooks(tx: &mut encode::Transaction) {
+pub fn test_hooks(tx: &mut transaction::Transaction) {
     if !cfg!(debug_assertions) {
         return;
     }

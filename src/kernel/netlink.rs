@@ -1,6 +1,6 @@
 //! The netlink socket: sending one batch, reading every reply to it, and dump requests.
 
-use super::encode::Transaction;
+use super::transaction::Transaction;
 use crate::error::{Error, Result};
 use nftnl::nftnl_sys::libc;
 use std::io::IoSlice;

@@ -21,6 +21,9 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
             out.push('\n');
         }
     };
+    // svcnat's bookkeeping: `apply` puts one element in it, the installed generation.
+    sep(&mut out);
+    out.push_str("\tset generation {\n\t\ttype mark\n\t}\n");
     for m in &rs.maps {
         sep(&mut out);
         let _ = writeln!(out, "\tmap {} {{", m.kind.name());

@@ -233,6 +233,26 @@ pub fn without_counters(s: &str) -> String {
     out
 }
 
+/// `apply` records the installed generation as the one element of `set generation`; a
+/// render (and so `nft -f` of it) declares the set empty. Drop that element to compare.
+pub fn without_generation(s: &str) -> String {
+    let mut out = String::new();
+    let mut in_generation = false;
+    for line in s.lines() {
+        if line.trim() == "set generation {" {
+            in_generation = true;
+        } else if line.trim() == "}" {
+            in_generation = false;
+        }
+        if in_generation && line.trim_start().starts_with("elements = { 0x") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// Wait until `addr` accepts TCP connections from inside `ns`.
 pub fn wait_port(ns: &Netns, addr: &str, timeout: Duration) {
     let start = Instant::now();

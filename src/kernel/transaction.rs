@@ -1,0 +1,324 @@
+//! One netlink batch and what each of its messages does: a whole-table replacement, an
+//! incremental update, or a delete. Every message's purpose is recorded, so a kernel error
+//! names the object it refers to and `--verbose` can list what was sent.
+
+use super::decode::Installed;
+use super::encode::{Elems, GENERATION_SET, NewSet, NfSet, encode_rule, header, key_bytes};
+use super::meta::TableMeta;
+use crate::ruleset::{BaseHook, Chain, MapKind, Ruleset};
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::{Batch, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CString, c_void};
+
+/// Clears NLM_F_ACK from a message nftnl writes with it (see `encode::header`).
+struct NoAck<'a, T: NlMsg>(&'a T);
+unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
+        unsafe {
+            self.0.write(buf, seq, t);
+            let h = buf.cast::<libc::nlmsghdr>();
+            (*h).nlmsg_flags &= !(libc::NLM_F_ACK as u16);
+        }
+    }
+}
+
+/// DELRULE for a whole chain: no handle, so the kernel removes every rule in it.
+struct FlushChain<'a>(&'a CString, &'a CString);
+unsafe impl NlMsg for FlushChain<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        unsafe {
+            let r = sys::nftnl_rule_alloc();
+            sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, libc::NFPROTO_INET as u32);
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, self.0.as_ptr());
+            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, self.1.as_ptr());
+            let h = header(buf, libc::NFT_MSG_DELRULE, 0, seq);
+            sys::nftnl_rule_nlmsg_build_payload(h, r);
+            sys::nftnl_rule_free(r);
+        }
+    }
+}
+
+fn nl_hook(h: BaseHook) -> Hook {
+    match h {
+        BaseHook::Prerouting => Hook::PreRouting,
+        BaseHook::Output => Hook::Out,
+        BaseHook::Postrouting => Hook::PostRouting,
+        BaseHook::Input => Hook::In,
+    }
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s).expect("validated names have no NUL")
+}
+
+/// Whether `desired` can be reached from what is installed by changing only map elements
+/// and service chains: same base chains, same maps, nothing svcnat does not recognise, and
+/// svcnat's bookkeeping set in place. Anything else is replaced whole.
+pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
+    let base = |rs: &Ruleset| -> Vec<Chain> {
+        rs.chains
+            .iter()
+            .filter(|c| c.hook.is_some())
+            .cloned()
+            .collect()
+    };
+    let kinds = |rs: &Ruleset| -> Vec<MapKind> { rs.maps.iter().map(|m| m.kind).collect() };
+    let others = installed
+        .ruleset
+        .chains
+        .iter()
+        .any(|c| c.hook.is_none() && !c.name.starts_with(crate::ruleset::SERVICE_CHAIN_PREFIX));
+    installed.unrecognized.is_empty()
+        && installed.bookkeeping
+        && !others
+        && base(&installed.ruleset) == base(desired)
+        && kinds(&installed.ruleset) == kinds(desired)
+}
+
+/// A batch and, for each message in it, what it does.
+pub struct Transaction {
+    pub batch: Batch,
+    pub objects: Vec<String>,
+    table: Option<String>,
+    next_anon_id: u32,
+}
+
+impl Default for Transaction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Transaction {
+    pub fn new() -> Self {
+        Transaction {
+            batch: Batch::new(),
+            objects: Vec::new(),
+            table: None,
+            next_anon_id: 100,
+        }
+    }
+
+    fn add<T: NlMsg>(&mut self, msg: &T, t: MsgType, what: String) {
+        self.batch.add(&NoAck(msg), t);
+        self.objects.push(what);
+    }
+
+    /// The elements of `set`, added (after NEWSET when `create`) or deleted, in as many
+    /// messages as they need.
+    fn elements(&mut self, set: &NfSet, t: MsgType, what: &str) {
+        let iter = unsafe { sys::nftnl_set_elems_iter_create(set.as_ptr()) };
+        let more = Cell::new(!unsafe { sys::nftnl_set_elems_iter_cur(iter) }.is_null());
+        let verb = if t == MsgType::Add { "add" } else { "delete" };
+        while more.get() {
+            self.batch.add(&Elems { iter, more: &more }, t);
+            self.objects.push(format!("{verb} elements of {what}"));
+        }
+        unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
+    }
+
+    fn add_set(&mut self, set: &NfSet, what: &str) {
+        self.batch.add(&NewSet(set), MsgType::Add);
+        self.objects.push(format!("add {what}"));
+        self.elements(set, MsgType::Add, what);
+    }
+
+    /// Remove the table if present: create it (a no-op when it exists), then delete it.
+    pub fn delete_table(&mut self, name: &str) {
+        let t = Table::new(cstring(name), ProtoFamily::Inet);
+        self.add(&t, MsgType::Add, format!("table inet {name}"));
+        self.add(&t, MsgType::Del, format!("delete table inet {name}"));
+    }
+
+    fn generation_element(&mut self, table: &str, meta: &TableMeta, t: MsgType) {
+        if let Some(g) = meta.generation {
+            let set = NfSet::generation_set(table);
+            set.add_elem_with_udata(&(g as u32).to_ne_bytes(), &meta.encode());
+            self.elements(&set, t, &format!("set {GENERATION_SET} (generation {g})"));
+        }
+    }
+
+    /// The rules of a chain, each with the slot maps it needs.
+    fn rules(&mut self, table: &str, nl_chain: &nftnl::Chain, c: &Chain) {
+        for (i, r) in c.rules.iter().enumerate() {
+            let mut anon_sets = Vec::new();
+            let mut next = self.next_anon_id;
+            let exprs = encode_rule(r, &mut |slots| {
+                next += 1;
+                anon_sets.push(NfSet::slot_map(table, next, slots));
+                ("__map%d".to_owned(), next)
+            });
+            self.next_anon_id = next;
+            for s in &anon_sets {
+                self.add_set(s, &format!("slot map of chain {} rule {}", c.name, i + 1));
+            }
+            let mut rule = nftnl::Rule::new(nl_chain);
+            for e in &exprs {
+                rule.add_expr(e);
+            }
+            let text: Vec<String> = r.0.iter().map(crate::render::nft::stmt_text).collect();
+            self.add(
+                &rule,
+                MsgType::Add,
+                format!("add rule to chain {}: {}", c.name, text.join(" ")),
+            );
+        }
+    }
+
+    fn nl_chain<'a>(table: &'a Table, name: &CString, c: &Chain) -> nftnl::Chain<'a> {
+        let mut chain = nftnl::Chain::new(name, table);
+        if let Some(h) = c.hook {
+            chain.set_hook(nl_hook(h), h.priority());
+            chain.set_type(if h.is_nat() {
+                ChainType::Nat
+            } else {
+                ChainType::Filter
+            });
+            chain.set_policy(Policy::Accept);
+        }
+        chain
+    }
+
+    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew.
+    pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta) {
+        self.table = Some(rs.table.clone());
+        self.delete_table(&rs.table);
+        let table = Table::new(cstring(&rs.table), ProtoFamily::Inet);
+        self.add(&table, MsgType::Add, format!("add table inet {}", rs.table));
+        let names: Vec<CString> = rs.chains.iter().map(|c| cstring(&c.name)).collect();
+        let chains: Vec<nftnl::Chain> = rs
+            .chains
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| Self::nl_chain(&table, n, c))
+            .collect();
+        for (c, chain) in rs.chains.iter().zip(&chains) {
+            self.add(chain, MsgType::Add, format!("add chain {}", c.name));
+        }
+        let generation = NfSet::generation_set(&rs.table);
+        if let Some(g) = meta.generation {
+            generation.add_elem_with_udata(&(g as u32).to_ne_bytes(), &meta.encode());
+        }
+        self.add_set(&generation, &format!("set {GENERATION_SET}"));
+        for m in &rs.maps {
+            let set = NfSet::verdict_map(&rs.table, m.kind);
+            for (key, chain) in &m.elements {
+                set.add_elem(&key_bytes(key), None, Some(chain));
+            }
+            self.add_set(&set, &format!("map {}", m.kind.name()));
+        }
+        for (c, chain) in rs.chains.iter().zip(&chains) {
+            self.rules(&rs.table, chain, c);
+        }
+    }
+
+    /// Turn the installed table into `rs` in place (see `can_update`): only the map
+    /// elements and service chains that differ are touched, so a change to one service of
+    /// 50,000 is a handful of messages, and connections through the others never notice.
+    pub fn update_table(&mut self, installed: &Installed, rs: &Ruleset, meta: &TableMeta) {
+        self.table = Some(rs.table.clone());
+        let tname = cstring(&rs.table);
+        let table = Table::new(tname.clone(), ProtoFamily::Inet);
+        // The bookkeeping element: out with the old generation, in with the new.
+        self.generation_element(&rs.table, &installed.meta, MsgType::Del);
+        self.generation_element(&rs.table, meta, MsgType::Add);
+
+        // Elements leaving each map, before the chains they lead to can go.
+        let mut added = Vec::new();
+        for m in &rs.maps {
+            let old = installed
+                .ruleset
+                .map(m.kind)
+                .map(|o| &o.elements[..])
+                .unwrap_or(&[]);
+            let want: HashSet<_> = m.elements.iter().collect();
+            let have: HashSet<_> = old.iter().collect();
+            let gone: Vec<_> = old.iter().filter(|e| !want.contains(e)).collect();
+            if !gone.is_empty() {
+                let set = NfSet::verdict_map(&rs.table, m.kind);
+                for (key, _) in &gone {
+                    set.add_elem(&key_bytes(key), None, None);
+                }
+                self.elements(&set, MsgType::Del, &format!("map {}", m.kind.name()));
+            }
+            let new: Vec<_> = m
+                .elements
+                .iter()
+                .filter(|e| !have.contains(e))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                added.push((m.kind, new));
+            }
+        }
+
+        // Service chains: changed ones get their rules replaced, gone ones are emptied and
+        // deleted, new ones created.
+        let old: HashMap<&str, &Chain> = installed
+            .ruleset
+            .chains
+            .iter()
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let new: HashSet<&str> = rs.chains.iter().map(|c| c.name.as_str()).collect();
+        for c in rs.chains.iter().filter(|c| c.hook.is_none()) {
+            let name = cstring(&c.name);
+            let chain = Self::nl_chain(&table, &name, c);
+            match old.get(c.name.as_str()) {
+                Some(o) if o.rules == c.rules => {}
+                Some(_) => {
+                    self.add(
+                        &FlushChain(&tname, &name),
+                        MsgType::Del,
+                        format!("flush chain {}", c.name),
+                    );
+                    self.rules(&rs.table, &chain, c);
+                }
+                None => {
+                    self.add(&chain, MsgType::Add, format!("add chain {}", c.name));
+                    self.rules(&rs.table, &chain, c);
+                }
+            }
+        }
+        for o in installed
+            .ruleset
+            .chains
+            .iter()
+            .filter(|c| c.hook.is_none() && !new.contains(c.name.as_str()))
+        {
+            let name = cstring(&o.name);
+            self.add(
+                &FlushChain(&tname, &name),
+                MsgType::Del,
+                format!("flush chain {}", o.name),
+            );
+            let chain = nftnl::Chain::new(&name, &table);
+            self.add(&chain, MsgType::Del, format!("delete chain {}", o.name));
+        }
+
+        // Elements joining each map, now that their chains exist.
+        for (kind, elements) in added {
+            let set = NfSet::verdict_map(&rs.table, kind);
+            for (key, chain) in &elements {
+                set.add_elem(&key_bytes(key), None, Some(chain));
+            }
+            self.elements(&set, MsgType::Add, &format!("map {}", kind.name()));
+        }
+    }
+
+    /// For tests of the all-or-nothing guarantee: a rule in a chain that does not exist,
+    /// which the kernel must refuse, taking the whole batch with it.
+    pub fn add_broken_rule(&mut self) {
+        let name = self.table.clone().unwrap_or_else(|| "svcnat".into());
+        let table = Table::new(cstring(&name), ProtoFamily::Inet);
+        let chain = nftnl::Chain::new(c"no-such-chain", &table);
+        let rule = nftnl::Rule::new(&chain);
+        self.add(
+            &rule,
+            MsgType::Add,
+            "add rule to chain no-such-chain (injected by SVCNAT_TEST_REJECT)".into(),
+        );
+    }
+}
