@@ -6,6 +6,7 @@ use crate::lift::{differences, lift};
 use crate::plan::{Plan, Service};
 use crate::ruleset::lower;
 use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "change", rename_all = "lowercase")]
@@ -86,9 +87,12 @@ pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
         table: desired.table.clone(),
         services: Vec::new(),
     });
+    let have_by_name: HashMap<&str, &Service> =
+        have.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let wanted: HashSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
     let mut services = Vec::new();
     for want in &desired.services {
-        match have.services.iter().find(|s| s.name == want.name) {
+        match have_by_name.get(want.name.as_str()) {
             None => services.push(ServiceChange::Add {
                 name: want.name.clone(),
                 service: want.describe(),
@@ -105,7 +109,7 @@ pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
         }
     }
     for h in &have.services {
-        if !desired.services.iter().any(|s| s.name == h.name) {
+        if !wanted.contains(h.name.as_str()) {
             services.push(ServiceChange::Remove {
                 name: h.name.clone(),
                 service: h.describe(),

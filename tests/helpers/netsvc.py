@@ -6,6 +6,8 @@
   netsvc.py get URL                 one GET, prints the body (exit 1 on failure)
   netsvc.py gets HOST PORT N        N GETs on N new connections; prints "BODY COUNT" lines
   netsvc.py echoed HOST PORT BYTES  sends BYTES random bytes, exits 0 if they come back
+  netsvc.py stream HOST PORT SECS   one connection echoing for SECS seconds; prints "ready"
+                                    once data flows, exits 0 if every byte came back intact
 
 The servers bind and listen before anything else, and never do reverse DNS (the stall of
 python's http.server in a namespace without DNS).
@@ -108,6 +110,32 @@ def main():
             print("echo mismatch: sent %d bytes, got %d back" % (size, len(got)), file=sys.stderr)
             sys.exit(1)
         print("echoed", size)
+    elif cmd == "stream":
+        host, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        import time
+        sent = received = 0
+        with socket.create_connection((host, port), 3) as c:
+            c.settimeout(2)
+            end = time.monotonic() + secs
+            i = 0
+            while time.monotonic() < end:
+                chunk = (b"%08d" % i) * 512  # 4 KiB, numbered: a gap or a replay shows up
+                c.sendall(chunk)
+                got = b""
+                while len(got) < len(chunk):
+                    part = c.recv(len(chunk) - len(got))
+                    if not part:
+                        sys.exit("stream closed after %d bytes" % received)
+                    got += part
+                if got != chunk:
+                    sys.exit("stream corrupted at chunk %d" % i)
+                sent += len(chunk)
+                received += len(got)
+                if i == 0:
+                    print("ready", flush=True)
+                i += 1
+                time.sleep(0.01)
+        print("streamed", received, flush=True)
     else:
         sys.exit("unknown command " + cmd)
 

@@ -1,0 +1,143 @@
+//! Incremental apply: a change to one service of many is a handful of messages, and
+//! connections through the other services never notice.
+
+mod common;
+use common::*;
+use std::fmt::Write as _;
+use std::io::BufRead;
+use std::time::Duration;
+
+/// A map of `n` virtual-IP services; service `changed` (if any) gets another target.
+fn big_map(n: u32, changed: Option<u32>, extra: bool) -> String {
+    let mut m = String::new();
+    for i in 0..n {
+        let (a, b) = ((i >> 8) & 255, i & 255);
+        let target = if Some(i) == changed {
+            format!("10.9.{a}.{b}:9090")
+        } else {
+            format!("10.8.{a}.{b}:8080")
+        };
+        let _ = write!(
+            m,
+            "[[service]]\nname = \"s{i}\"\nlisten = \"172.30.{a}.{b}:{}\"\ntargets = [\"{target}\"]\n",
+            80 + (i >> 16)
+        );
+    }
+    if extra {
+        m.push_str("[[service]]\nname = \"extra\"\nlisten = \"172.31.0.1:80\"\ntargets = [\"10.7.0.1:80\"]\n");
+    }
+    m
+}
+
+fn messages(out: &str) -> usize {
+    let at = out.find(" netlink messages").expect("summary line");
+    out[..at].rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn one_change_in_fifty_thousand_services_is_a_handful_of_messages() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("inc50k");
+    let n = 50_000;
+    let full = TempFile::new("50k.toml", &big_map(n, None, false));
+    let out = svcnat_ok(&["apply", "-f", full.path(), "--netns", &ns.name]);
+    assert!(out.contains("one transaction"), "{out}");
+    assert!(messages(&out) > 2 * n as usize, "{out}");
+
+    // One service's target changes: its chain is refilled, nothing else is sent.
+    let one = TempFile::new("50k-one.toml", &big_map(n, Some(31_337), false));
+    let (code, out, err) = svcnat(&["apply", "-f", one.path(), "--netns", &ns.name, "--verbose"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("updated in place"), "{out}");
+    assert_eq!(messages(&out), 4, "{out}\n{err}");
+    assert!(
+        err.contains("flush chain svc-s31337") && err.contains("dnat ip to 10.9.122.105:9090"),
+        "{err}"
+    );
+
+    // One service added, then removed again.
+    let plus = TempFile::new("50k-plus.toml", &big_map(n, Some(31_337), true));
+    let out = svcnat_ok(&["apply", "-f", plus.path(), "--netns", &ns.name]);
+    assert!(
+        out.contains("updated in place") && messages(&out) <= 5,
+        "{out}"
+    );
+    let out = svcnat_ok(&["apply", "-f", one.path(), "--netns", &ns.name]);
+    assert!(
+        out.contains("updated in place") && messages(&out) <= 5,
+        "{out}"
+    );
+
+    // And the kernel holds exactly that map.
+    let (code, diff, _) = svcnat(&["diff", "-f", one.path(), "--netns", &ns.name]);
+    assert_eq!(code, 0, "{diff}");
+}
+
+#[test]
+fn a_long_lived_stream_keeps_flowing_across_an_incremental_apply() {
+    if !require_root() {
+        return;
+    }
+    let host = Netns::new("sh");
+    let client = Netns::new("sc");
+    let proxy = Netns::new("sp");
+    host.exec_ok(
+        "ip link add br0 type bridge && ip addr add 10.96.0.1/24 dev br0 && ip link set br0 up",
+    );
+    for (ns, hif, addr) in [
+        (&client, "vc", "10.96.0.10/24"),
+        (&proxy, "vp", "10.96.0.11/24"),
+    ] {
+        host.exec_ok(&format!(
+            "ip link add {hif} type veth peer name eth0 netns {}",
+            ns.name
+        ));
+        host.exec_ok(&format!(
+            "ip link set {hif} master br0 && ip link set {hif} up"
+        ));
+        ns.exec_ok(&format!(
+            "ip addr add {addr} dev eth0 && ip link set eth0 up"
+        ));
+    }
+    let _echo = host.spawn(&["python3", &helper("netsvc.py"), "echo", "10.96.0.1", "5201"]);
+    wait_port(&host, "10.96.0.1:5201", Duration::from_secs(10));
+    let map = |other_target: &str| {
+        TempFile::new(
+            "stream.toml",
+            &format!(
+                "[[service]]\nname = \"stream\"\nlisten = \"5201\"\ntargets = [\"10.96.0.1:5201\"]\n\n\
+                 [[service]]\nname = \"other\"\nlisten = \"8080\"\ntargets = [\"{other_target}\"]\n"
+            ),
+        )
+    };
+    let before = map("10.96.0.1:8080");
+    svcnat_ok(&["apply", "-f", before.path(), "--netns", &proxy.name]);
+
+    let mut stream = client.spawn(&[
+        "python3",
+        &helper("netsvc.py"),
+        "stream",
+        "10.96.0.11",
+        "5201",
+        "3",
+    ]);
+    let mut out = std::io::BufReader::new(stream.child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // Mid-stream: the other service changes target.
+    let after = map("10.96.0.1:9090");
+    let out_apply = svcnat_ok(&["apply", "-f", after.path(), "--netns", &proxy.name]);
+    assert!(out_apply.contains("updated in place"), "{out_apply}");
+
+    let status = stream.child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(stream.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "the stream broke across the apply: {err}");
+    assert!(rest.starts_with("streamed "), "{rest}");
+}
