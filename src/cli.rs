@@ -69,6 +69,24 @@ pub struct StateArgs {
     pub state_dir: Option<PathBuf>,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BackendName {
+    /// svcnat's own nftables table, over netlink (maps: one lookup per connection)
+    Nft,
+    /// SVCNAT-* chains through iptables-restore --noflush (one rule per service)
+    Iptables,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Where svcnat's rules live
+    #[arg(long, value_enum, default_value_t = BackendName::Nft)]
+    pub backend: BackendName,
+    /// With --backend iptables: iptables (the system's choice), iptables-legacy or iptables-nft
+    #[arg(long, value_name = "CMD")]
+    pub iptables_cmd: Option<String>,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     /// nftables text for `nft -f` (replaces svcnat's table when loaded)
@@ -123,6 +141,8 @@ not stop the wait. For changing a remote host's rules without locking yourself o
         /// Commit-confirmed: roll back unless `svcnat confirm` (or Enter) comes within SECONDS
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         confirm: Option<u64>,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
     #[command(
@@ -149,6 +169,8 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Remove everything svcnat installed (its table); exit 0 also when there was nothing
     #[command(
@@ -162,6 +184,8 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
         table: String,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Re-install an earlier generation, in one transaction
     #[command(after_help = concat!(
@@ -180,6 +204,8 @@ rollback installs exactly what was installed then.\n\n",
         table: String,
         #[command(flatten)]
         state: StateArgs,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// List the recorded generations of a namespace (the last 10 applies)
     #[command(
@@ -195,6 +221,8 @@ rollback installs exactly what was installed then.\n\n",
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
     /// Show what svcnat's table holds: services, targets and counters
     #[command(
@@ -208,6 +236,8 @@ rollback installs exactly what was installed then.\n\n",
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        backend: BackendArgs,
     },
 }
 
@@ -252,11 +282,35 @@ pub fn plan(args: &MapArgs) -> Result<Plan> {
     Ok(plan_and_source(args)?.0)
 }
 
-fn target(netns: &NetnsArgs, state: &StateArgs) -> Result<ops::Target> {
+fn target(netns: &NetnsArgs, state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
+    if backend.iptables_cmd.is_some() && backend.backend != BackendName::Iptables {
+        return Err(Error::Usage(
+            "--iptables-cmd goes with --backend iptables".into(),
+        ));
+    }
     Ok(ops::Target {
         netns: netns_spec(netns)?,
         state_root: crate::state::root(state.state_dir.as_deref()),
+        backend: match backend.backend {
+            BackendName::Nft => ops::Backend::Nft,
+            BackendName::Iptables => {
+                ops::Backend::Iptables(crate::xtables::Tool::new(backend.iptables_cmd.as_deref()))
+            }
+        },
     })
+}
+
+const NO_BACKEND: BackendArgs = BackendArgs {
+    backend: BackendName::Nft,
+    iptables_cmd: None,
+};
+
+/// What the iptables backend holds in the target namespace, or None.
+fn iptables_view(t: &ops::Target, table: &str) -> Result<Option<crate::xtables::View>> {
+    let ops::Backend::Iptables(tool) = &t.backend else {
+        unreachable!("called for the iptables backend")
+    };
+    kernel::within(t.netns.as_ref(), |_| crate::xtables::view(tool, table))
 }
 
 fn sysctl_note(enabled: &[&str], disabled: &[&str]) -> String {
@@ -283,6 +337,15 @@ fn netns_spec(args: &NetnsArgs) -> Result<Option<NetnsSpec>> {
     args.netns.as_deref().map(NetnsSpec::parse).transpose()
 }
 
+/// Where svcnat's rules live, for messages: `table inet svcnat in netns X`.
+fn place(t: &ops::Target, table: &str) -> String {
+    let what = match &t.backend {
+        ops::Backend::Nft => format!("table inet {table}"),
+        ops::Backend::Iptables(tool) => format!("the SVCNAT-* chains ({})", tool.cmd),
+    };
+    format!("{what}{}", where_(&t.netns))
+}
+
 fn where_(ns: &Option<NetnsSpec>) -> String {
     ns.as_ref()
         .map(|n| format!(" in netns {}", n.label))
@@ -296,18 +359,31 @@ pub fn describe_plan(plan: &Plan) -> String {
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Diff { map, netns, json } => {
+        Command::Diff {
+            map,
+            netns,
+            json,
+            backend,
+        } => {
             let plan = plan(&map)?;
-            let ns = netns_spec(&netns)?;
-            let installed = kernel::show(ns.as_ref(), &plan.table)?;
-            let report = crate::diff::compare(&plan, installed.as_ref());
+            let t = target(&netns, &StateArgs { state_dir: None }, &backend)?;
+            let report = match t.backend {
+                ops::Backend::Nft => {
+                    let installed = kernel::show(t.netns.as_ref(), &plan.table)?;
+                    crate::diff::compare(&plan, installed.as_ref())
+                }
+                ops::Backend::Iptables(_) => {
+                    let view = iptables_view(&t, &plan.table)?;
+                    crate::diff::compare_lifted(&plan, view.map(|v| (v.plan, v.drift)))
+                }
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("plain data serializes")
                 );
             } else {
-                print!("{}", crate::diff::human(&report, &where_(&ns)));
+                print!("{}", crate::diff::human(&report, &place(&t, &plan.table)));
             }
             Ok(if report.in_sync { 0 } else { 1 })
         }
@@ -353,9 +429,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             state,
             verbose,
             confirm,
+            backend,
         } => {
             let (plan, source) = plan_and_source(&map)?;
-            let t = target(&netns, &state)?;
+            let t = target(&netns, &state, &backend)?;
+            let unit = match t.backend {
+                ops::Backend::Nft => "netlink messages",
+                ops::Backend::Iptables(_) => "iptables-restore lines",
+            };
             let started = Instant::now();
             let summary = |done: &ops::Installed| {
                 if verbose {
@@ -382,10 +463,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                     n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
                 };
                 format!(
-                    "svcnat: applied {} service(s) to table inet {}{} as generation {}: {} netlink messages, {how}, {:.1} ms{}{}",
+                    "svcnat: applied {} service(s) to {} as generation {}: {} {unit}, {how}, {:.1} ms{}{}",
                     plan.services.len(),
-                    plan.table,
-                    where_(&t.netns),
+                    place(&t, &plan.table),
                     done.generation,
                     done.messages,
                     started.elapsed().as_secs_f64() * 1e3,
@@ -435,7 +515,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Confirm { netns, state } => {
-            let t = target(&netns, &state)?;
+            let t = target(&netns, &state, &NO_BACKEND)?;
             let generation = ops::confirm(&t)?;
             println!(
                 "svcnat: confirmed generation {generation}{}",
@@ -447,8 +527,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             netns,
             table,
             state,
+            backend,
         } => {
-            let t = target(&netns, &state)?;
+            let t = target(&netns, &state, &backend)?;
             match ops::flush(&t, &table)? {
                 Some(disabled) => {
                     let off = if disabled.is_empty() {
@@ -459,14 +540,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                             disabled.join(", ")
                         )
                     };
-                    println!(
-                        "svcnat: removed table inet {table}{}{off}",
-                        where_(&t.netns)
-                    );
+                    println!("svcnat: removed {}{off}", place(&t, &table));
                 }
                 None => println!(
-                    "svcnat: nothing to flush: no table inet {table}{}",
-                    where_(&t.netns)
+                    "svcnat: nothing to flush: nothing installed in {}",
+                    place(&t, &table)
                 ),
             }
             Ok(0)
@@ -476,19 +554,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             to,
             table,
             state,
+            backend,
         } => {
-            let t = target(&netns, &state)?;
+            let t = target(&netns, &state, &backend)?;
             let r = ops::rollback(&t, &table, to)?;
             let from = r.from.map_or("nothing installed".to_owned(), |g| {
                 format!("generation {g}")
             });
             println!(
-                "svcnat: rolled back table inet {table}{} from {from} to generation {} ({}, {} service(s)): {} netlink messages, one transaction{}",
-                where_(&t.netns),
+                "svcnat: rolled back {} from {from} to generation {} ({}, {} service(s)): {} {}, one transaction{}",
+                place(&t, &table),
                 r.to.number,
                 r.to.time,
                 r.to.plan.services.len(),
                 r.done.messages,
+                match t.backend {
+                    ops::Backend::Nft => "netlink messages",
+                    ops::Backend::Iptables(_) => "iptables-restore lines",
+                },
                 sysctl_note(&r.done.enabled, &r.done.disabled)
             );
             Ok(0)
@@ -498,8 +581,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             table,
             state,
             json,
+            backend,
         } => {
-            let t = target(&netns, &state)?;
+            let t = target(&netns, &state, &backend)?;
             let (gens, installed) = ops::history(&t, &table)?;
             let current = installed.as_ref().and_then(|m| m.generation);
             if json {
@@ -510,10 +594,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 );
                 return Ok(0);
             }
-            println!(
-                "generations of table inet {table}{} (newest last):",
-                where_(&t.netns)
-            );
+            println!("generations of {} (newest last):", place(&t, &table));
             for g in &gens {
                 let mark = if Some(g.number) == current { "*" } else { " " };
                 println!(
@@ -532,34 +613,39 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Show { netns, table, json } => {
-            let ns = netns_spec(&netns)?;
-            let installed = kernel::show(ns.as_ref(), &table)?;
-            let shown = match &installed {
-                Some(i) => show::services(i),
-                None => show::Shown {
-                    table: table.clone(),
-                    services: Vec::new(),
-                    drift: Vec::new(),
-                    enabled_sysctls: Vec::new(),
-                    generation: None,
-                    digest: None,
-                },
+        Command::Show {
+            netns,
+            table,
+            json,
+            backend,
+        } => {
+            let t = target(&netns, &StateArgs { state_dir: None }, &backend)?;
+            let ns = t.netns.clone();
+            let shown = match t.backend {
+                ops::Backend::Nft => kernel::show(ns.as_ref(), &table)?.map(|i| show::services(&i)),
+                ops::Backend::Iptables(_) => iptables_view(&t, &table)?
+                    .map(|v| show::from_plan(&v.plan, &v.counters, v.drift, &v.meta)),
             };
+            let installed = shown.is_some();
+            let shown = shown.unwrap_or_else(|| show::Shown {
+                table: table.clone(),
+                services: Vec::new(),
+                drift: Vec::new(),
+                enabled_sysctls: Vec::new(),
+                generation: None,
+                digest: None,
+            });
             if json {
                 let mut v = serde_json::to_value(&shown).expect("plain data serializes");
-                v["installed"] = serde_json::Value::Bool(installed.is_some());
+                v["installed"] = serde_json::Value::Bool(installed);
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("plain data serializes")
                 );
-            } else if installed.is_none() {
-                println!(
-                    "svcnat: no table inet {table}{}: nothing installed",
-                    where_(&ns)
-                );
+            } else if !installed {
+                println!("svcnat: nothing installed in {}", place(&t, &table));
             } else {
-                print!("{}", show::human(&shown, &where_(&ns)));
+                print!("{}", show::human(&shown, &place(&t, &table)));
             }
             Ok(0)
         }

@@ -82,10 +82,23 @@ fn field_changes(want: &Service, have: &Service) -> Vec<FieldChange> {
     out
 }
 
+/// The nft backend: compare with a dump of svcnat's table.
 pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
-    let have = installed.map(|i| lift(&i.ruleset)).unwrap_or_else(|| Plan {
-        table: desired.table.clone(),
-        services: Vec::new(),
+    let lifted = installed.map(|i| (lift(&i.ruleset), drift(i)));
+    compare_lifted(desired, lifted)
+}
+
+/// Compare with what the kernel implements (`None`: nothing installed), and its drift.
+pub fn compare_lifted(desired: &Plan, installed: Option<(Plan, Vec<String>)>) -> Report {
+    let is_installed = installed.is_some();
+    let (have, drift) = installed.unwrap_or_else(|| {
+        (
+            Plan {
+                table: desired.table.clone(),
+                services: Vec::new(),
+            },
+            Vec::new(),
+        )
     });
     let have_by_name: HashMap<&str, &Service> =
         have.services.iter().map(|s| (s.name.as_str(), s)).collect();
@@ -116,19 +129,19 @@ pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
             });
         }
     }
-    let drift = installed.map(drift).unwrap_or_default();
     // An empty map and no table are in sync; so are a map and its table.
     let in_sync = services.is_empty() && drift.is_empty();
     Report {
         table: desired.table.clone(),
-        installed: installed.is_some(),
+        installed: is_installed,
         in_sync,
         services,
         drift,
     }
 }
 
-pub fn human(r: &Report, where_: &str) -> String {
+/// `place`: where the rules live, as `table inet svcnat in netns X`.
+pub fn human(r: &Report, place: &str) -> String {
     let mut out = String::new();
     for c in &r.services {
         match c {
@@ -153,14 +166,10 @@ pub fn human(r: &Report, where_: &str) -> String {
         }
     }
     if r.in_sync {
-        out.push_str(&format!(
-            "in sync: table inet {}{where_} holds the map\n",
-            r.table
-        ));
+        out.push_str(&format!("in sync: {place} holds the map\n",));
     } else if !r.installed {
         out.push_str(&format!(
-            "no table inet {}{where_}: apply would install the map\n",
-            r.table
+            "nothing installed in {place}: apply would install the map\n",
         ));
     }
     out

@@ -92,6 +92,11 @@ pub enum Error {
     #[error("{message}")]
     State { message: String },
 
+    /// iptables-restore (or -save) refused; with --noflush and one COMMIT per table, a
+    /// refused table is left as it was.
+    #[error("{tool} failed, that table is unchanged: {message}")]
+    KernelRejectedText { tool: String, message: String },
+
     /// Talking to netlink failed (socket, send, receive, unexpected reply).
     #[error("netlink: {0}")]
     Netlink(String),
@@ -125,6 +130,7 @@ impl Error {
             | Error::Stale
             | Error::State { .. }
             | Error::NothingPending
+            | Error::KernelRejectedText { .. }
             | Error::Netlink(_)
             | Error::Io { .. } => 1,
         }

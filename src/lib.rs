@@ -19,3 +19,4 @@ pub mod ruleset;
 pub mod show;
 pub mod state;
 pub mod validate;
+pub mod xtables;

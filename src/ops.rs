@@ -11,16 +11,36 @@ use crate::kernel::{self, Ctx, decode, sysctl};
 use crate::plan::Plan;
 use crate::ruleset::lower;
 use crate::state::{self, Generation, StateDir};
+use crate::xtables;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub const MAX_ATTEMPTS: u32 = 10;
 
+/// Which netfilter front end holds svcnat's rules.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// svcnat's own nftables table, over netlink.
+    Nft,
+    /// `SVCNAT-*` chains through iptables-restore (see `xtables`).
+    Iptables(xtables::Tool),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Iptables(_) => "iptables",
+        }
+    }
+}
+
 /// Where and how a command works.
 pub struct Target {
     pub netns: Option<NetnsSpec>,
     pub state_root: PathBuf,
+    pub backend: Backend,
 }
 
 #[derive(Debug)]
@@ -58,10 +78,40 @@ fn write_sysctls(changes: sysctl::Changes) -> Result<(Vec<&'static str>, Vec<&'s
 
 /// Install `plan` as generation `number` (already locked): read, build, commit against the
 /// generation id read, retry when it went stale; then the sysctl writes.
-fn install(ctx: &mut Ctx, plan: &Plan, number: u64, digest: &str) -> Result<Installed> {
-    let rs = lower(plan);
+fn install(
+    ctx: &mut Ctx,
+    backend: &Backend,
+    plan: &Plan,
+    number: u64,
+    digest: &str,
+) -> Result<Installed> {
     let locals = kernel::local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
+    if let Backend::Iptables(tool) = backend {
+        // iptables-restore cannot carry a ruleset generation id; the writer lock still
+        // serialises svcnat's own writers, and iptables' --wait lock the legacy ones.
+        let owned = current_meta(ctx, backend, &plan.table)?
+            .unwrap_or_default()
+            .enabled_sysctls;
+        let changes = sysctl::prepare(&needed, &owned)?;
+        let meta = TableMeta {
+            generation: Some(number),
+            digest: Some(digest.to_owned()),
+            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+        };
+        let lines = xtables::apply(tool, plan, &meta)?;
+        let (enabled, disabled) = write_sysctls(changes)?;
+        return Ok(Installed {
+            generation: number,
+            messages: lines,
+            objects: Vec::new(),
+            incremental: false,
+            enabled,
+            disabled,
+            retries: 0,
+        });
+    }
+    let rs = lower(plan);
     let mut retries = 0;
     loop {
         // The generation id first: whatever is read after it is covered by the check.
@@ -109,6 +159,25 @@ fn install(ctx: &mut Ctx, plan: &Plan, number: u64, digest: &str) -> Result<Inst
     }
 }
 
+/// What svcnat recorded where its rules live; None when it has nothing installed there.
+fn current_meta(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<TableMeta>> {
+    match backend {
+        Backend::Nft => decode::table_meta(&mut ctx.nl, table),
+        Backend::Iptables(tool) => {
+            for family in [crate::plan::Family::V4, crate::plan::Family::V6] {
+                let inst = xtables::read(tool, family)?;
+                if let Some(m) = xtables::parse_meta(&inst.nat) {
+                    return Ok(Some(m));
+                }
+                if !inst.nat.chains.is_empty() || !inst.filter.chains.is_empty() {
+                    return Ok(Some(TableMeta::default()));
+                }
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// `sha256:HEX` of a map's text.
 pub fn digest(text: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -123,21 +192,23 @@ pub fn digest(text: &str) -> String {
 /// Install `plan` as a new generation and record it (the lock is held).
 fn apply_locked(
     ctx: &mut Ctx,
+    backend: &Backend,
     dir: &StateDir,
     plan: &Plan,
     digest: &str,
     source: &str,
 ) -> Result<Installed> {
-    let installed_gen = decode::table_meta(&mut ctx.nl, &plan.table)?.and_then(|m| m.generation);
+    let installed_gen = current_meta(ctx, backend, &plan.table)?.and_then(|m| m.generation);
     let newest = dir.generations()?.last().map(|g| g.number);
     let number = newest.max(installed_gen).unwrap_or(0) + 1;
-    let done = install(ctx, plan, number, digest)?;
+    let done = install(ctx, backend, plan, number, digest)?;
     dir.record(&Generation {
         number,
         time: state::rfc3339(state::now()),
         digest: digest.to_owned(),
         source: source.to_owned(),
         plan: plan.clone(),
+        backend: backend.name().to_owned(),
     })?;
     Ok(done)
 }
@@ -147,7 +218,7 @@ pub fn apply(t: &Target, plan: &Plan, digest: &str, source: &str) -> Result<Inst
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        apply_locked(ctx, &dir, plan, digest, source)
+        apply_locked(ctx, &t.backend, &dir, plan, digest, source)
     })
 }
 
@@ -184,9 +255,9 @@ pub fn apply_confirmed(
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        let before = decode::table_meta(&mut ctx.nl, &plan.table)?;
+        let before = current_meta(ctx, &t.backend, &plan.table)?;
         let previous = before.as_ref().and_then(|m| m.generation);
-        let done = apply_locked(ctx, &dir, plan, digest, source)?;
+        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source)?;
         dir.set_pending(&state::Pending {
             generation: done.generation,
             pid: std::process::id(),
@@ -236,20 +307,27 @@ pub fn apply_confirmed(
                         done.generation
                     ),
                 })?;
-                install(ctx, &g.plan, g.number, &g.digest)?;
+                install(ctx, &t.backend, &g.plan, g.number, &g.digest)?;
                 Ok(Confirmation::RolledBack { to: Some(n), why })
             }
             _ => {
-                delete_table(ctx, &plan.table)?;
+                remove(ctx, &t.backend, &plan.table)?;
                 Ok(Confirmation::RolledBack { to: None, why })
             }
         }
     })
 }
 
-/// Delete svcnat's table (if there) and switch off the sysctls it switched on. Returns
-/// None when there was no table, else the sysctls switched off.
-fn delete_table(ctx: &mut Ctx, table: &str) -> Result<Option<Vec<&'static str>>> {
+/// Remove everything svcnat installed (if anything) and switch off the sysctls it switched
+/// on. Returns None when nothing was there, else the sysctls switched off.
+fn remove(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<Vec<&'static str>>> {
+    if let Backend::Iptables(tool) = backend {
+        let Some(meta) = xtables::flush(tool)? else {
+            return Ok(None);
+        };
+        let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
+        return Ok(Some(write_sysctls(changes)?.1));
+    }
     let mut retries = 0;
     loop {
         let genid = ctx.nl.genid()?;
@@ -284,7 +362,7 @@ pub fn flush(t: &Target, table: &str) -> Result<Option<Vec<&'static str>>> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        delete_table(ctx, table)
+        remove(ctx, &t.backend, table)
     })
 }
 
@@ -303,7 +381,7 @@ pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> 
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
         let gens = dir.generations()?;
-        let installed = decode::table_meta(&mut ctx.nl, table)?;
+        let installed = current_meta(ctx, &t.backend, table)?;
         let current = installed.as_ref().and_then(|m| m.generation);
         let target = match (to, current) {
             (Some(n), _) => gens.iter().find(|g| g.number == n).cloned().ok_or_else(|| {
@@ -328,7 +406,13 @@ pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> 
                 target.number, target.plan.table, target.plan.table
             )));
         }
-        let done = install(ctx, &target.plan, target.number, &target.digest)?;
+        if target.backend != t.backend.name() {
+            return Err(Error::Usage(format!(
+                "generation {} was installed with the {} backend\n  fix: pass --backend {}",
+                target.number, target.backend, target.backend
+            )));
+        }
+        let done = install(ctx, &t.backend, &target.plan, target.number, &target.digest)?;
         Ok(RolledBack {
             from: current,
             to: target,
@@ -351,7 +435,7 @@ fn numbers(gens: &[Generation]) -> String {
 pub fn history(t: &Target, table: &str) -> Result<(Vec<Generation>, Option<TableMeta>)> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
-        let installed = decode::table_meta(&mut ctx.nl, table)?;
+        let installed = current_meta(ctx, &t.backend, table)?;
         Ok((dir.generations()?, installed))
     })
 }

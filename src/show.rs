@@ -1,11 +1,13 @@
 //! What the kernel holds, per service: `lift` of a dump, with each service's counters.
 
 use crate::kernel::decode::Installed;
+use crate::kernel::meta::TableMeta;
 use crate::lift::lift;
 use crate::plan::{Family, Service};
 use crate::ruleset::service_chain;
 use crate::validate::Proto;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::fmt::Write;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -68,30 +70,42 @@ fn shown(s: &Service, counters: Option<&(u64, u64)>) -> ShownService {
     }
 }
 
-pub fn services(inst: &Installed) -> Shown {
-    let plan = lift(&inst.ruleset);
+/// What the kernel holds, from a lifted plan and each service's counters (by name).
+pub fn from_plan(
+    plan: &crate::plan::Plan,
+    counters: &HashMap<String, (u64, u64)>,
+    drift: Vec<String>,
+    meta: &TableMeta,
+) -> Shown {
     Shown {
-        table: inst.ruleset.table.clone(),
+        table: plan.table.clone(),
         services: plan
             .services
             .iter()
-            .map(|s| shown(s, inst.counters.get(&service_chain(&s.name))))
+            .map(|s| shown(s, counters.get(&s.name)))
             .collect(),
-        drift: crate::diff::drift(inst),
-        enabled_sysctls: inst.meta.enabled_sysctls.clone(),
-        generation: inst.meta.generation,
-        digest: inst.meta.digest.clone(),
+        drift,
+        enabled_sysctls: meta.enabled_sysctls.clone(),
+        generation: meta.generation,
+        digest: meta.digest.clone(),
     }
 }
 
-pub fn human(shown: &Shown, where_: &str) -> String {
+/// The nft backend: lift a dump; a service's counter is its chain's.
+pub fn services(inst: &Installed) -> Shown {
+    let plan = lift(&inst.ruleset);
+    let counters = plan
+        .services
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), *inst.counters.get(&service_chain(&s.name))?)))
+        .collect();
+    from_plan(&plan, &counters, crate::diff::drift(inst), &inst.meta)
+}
+
+/// `place`: where the rules live, as `table inet svcnat in netns X`.
+pub fn human(shown: &Shown, place: &str) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "table inet {}{where_}: {} service(s)",
-        shown.table,
-        shown.services.len()
-    );
+    let _ = writeln!(out, "{place}: {} service(s)", shown.services.len());
     if let (Some(g), Some(d)) = (shown.generation, &shown.digest) {
         let _ = writeln!(out, "generation {g}, map {d}");
     }

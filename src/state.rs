@@ -39,6 +39,13 @@ pub struct Generation {
     pub source: String,
     /// What was installed: names already resolved, so a rollback re-installs exactly it.
     pub plan: Plan,
+    /// `nft` or `iptables`: which backend installed it (rollback uses the same).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+}
+
+fn default_backend() -> String {
+    "nft".to_owned()
 }
 
 /// A commit-confirmed apply waiting for `svcnat confirm`.
@@ -257,6 +264,7 @@ mod tests {
                     table: "svcnat".into(),
                     services: vec![],
                 },
+                backend: "nft".into(),
             })
             .unwrap();
         }

@@ -1,0 +1,242 @@
+//! The iptables backend, for both flavours (legacy and nft), in throwaway namespaces.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
+const FLAVOURS: [&str; 2] = ["iptables-legacy", "iptables-nft"];
+
+fn svc(ns: &Netns, cmd: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--netns",
+        &ns.name,
+        "--backend",
+        "iptables",
+        "--iptables-cmd",
+        cmd,
+    ]);
+    svcnat(&all)
+}
+
+fn svc_ok(ns: &Netns, cmd: &str, args: &[&str]) -> String {
+    let (code, out, err) = svc(ns, cmd, args);
+    assert_eq!(code, 0, "svcnat {args:?} ({cmd}) failed: {out}{err}");
+    out
+}
+
+fn save(ns: &Netns, cmd: &str) -> String {
+    ns.exec_ok(&format!("{cmd}-save"))
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn svcnat_lines(save: &str) -> Vec<String> {
+    save.lines()
+        .filter(|l| l.contains("SVCNAT-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn apply_show_diff_rollback_flush_leave_foreign_rules_alone() {
+    if !require_root() {
+        return;
+    }
+    for cmd in FLAVOURS {
+        let ns = Netns::new("ipt");
+        // Docker's embedded-DNS DNAT and a filter rule, in this flavour.
+        ns.exec_ok(&format!(
+            "{cmd} -t nat -A OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.11:41234"
+        ));
+        ns.exec_ok(&format!("{cmd} -A INPUT -p tcp --dport 22 -j ACCEPT"));
+        let before = save(&ns, cmd);
+
+        let out = svc_ok(&ns, cmd, &["apply", "-f", "rulesets/host-ports.toml"]);
+        assert!(
+            out.contains(&format!("the SVCNAT-* chains ({cmd})"))
+                && out.contains("as generation 1"),
+            "{out}"
+        );
+        let installed = save(&ns, cmd);
+        let render = svcnat_ok(&[
+            "render",
+            "-f",
+            "rulesets/host-ports.toml",
+            "--format",
+            "iptables",
+        ]);
+        for line in render.lines().filter(|l| l.starts_with("-A ")) {
+            assert!(
+                installed.contains(line),
+                "{cmd}: {line} not installed:\n{installed}"
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&svc_ok(&ns, cmd, &["show", "--json"])).unwrap();
+        assert_eq!(v["generation"], 1, "{v}");
+        let vip = &v["services"][2];
+        assert_eq!(vip["name"], "web-vip");
+        assert_eq!(vip["listen"][0], "172.18.1.1:8083");
+        assert_eq!(vip["targets"].as_array().unwrap().len(), 2);
+        assert_eq!(v["services"][0]["localhost"], true);
+        let (code, out, _) = svc(&ns, cmd, &["diff", "-f", "rulesets/host-ports.toml"]);
+        assert_eq!(code, 0, "{cmd}: {out}");
+
+        // Another map: the localhost guard and the unneeded chains go, foreign rules stay.
+        svc_ok(
+            &ns,
+            cmd,
+            &[
+                "apply",
+                "-f",
+                "rulesets/skupper-ingress.toml",
+                "--add-host",
+                ADD_HOST,
+            ],
+        );
+        let second = save(&ns, cmd);
+        assert!(
+            !second.contains("SVCNAT-INPUT") && !second.contains("SVCNAT-S-web1"),
+            "{second}"
+        );
+        assert!(
+            second.contains("-A OUTPUT -d 127.0.0.11/32 -p udp -m udp --dport 53 -j DNAT"),
+            "{second}"
+        );
+
+        // A hand edit inside svcnat's chains is drift.
+        ns.exec_ok(&format!("{cmd} -t nat -A SVCNAT-S-my-service -j RETURN"));
+        let (code, out, _) = svc(
+            &ns,
+            cmd,
+            &[
+                "diff",
+                "-f",
+                "rulesets/skupper-ingress.toml",
+                "--add-host",
+                ADD_HOST,
+            ],
+        );
+        assert_eq!(code, 1);
+        assert!(
+            out.contains("+ nat: -A SVCNAT-S-my-service -j RETURN"),
+            "{cmd}: {out}"
+        );
+
+        // Rollback re-installs generation 1 exactly; flush removes all of svcnat's lines.
+        let out = svc_ok(&ns, cmd, &["rollback"]);
+        assert!(out.contains("from generation 2 to generation 1"), "{out}");
+        assert_eq!(svcnat_lines(&save(&ns, cmd)), svcnat_lines(&installed));
+        let out = svc_ok(&ns, cmd, &["flush"]);
+        assert!(out.contains("removed"), "{out}");
+        assert_eq!(
+            save(&ns, cmd),
+            before,
+            "{cmd}: flush must restore the tables byte for byte"
+        );
+        let out = svc_ok(&ns, cmd, &["flush"]);
+        assert!(out.contains("nothing to flush"), "{out}");
+    }
+}
+
+#[test]
+fn a_proxy_on_the_iptables_backend_carries_traffic() {
+    if !require_root() {
+        return;
+    }
+    for cmd in FLAVOURS {
+        let host = Netns::new("ih");
+        let client = Netns::new("ic");
+        let proxy = Netns::new("ip");
+        host.exec_ok(
+            "ip link add br0 type bridge && ip addr add 10.99.0.1/24 dev br0 && ip link set br0 up",
+        );
+        for (ns, hif, addr) in [
+            (&client, "vc", "10.99.0.10/24"),
+            (&proxy, "vp", "10.99.0.11/24"),
+        ] {
+            host.exec_ok(&format!(
+                "ip link add {hif} type veth peer name eth0 netns {}",
+                ns.name
+            ));
+            host.exec_ok(&format!(
+                "ip link set {hif} master br0 && ip link set {hif} up"
+            ));
+            ns.exec_ok(&format!(
+                "ip addr add {addr} dev eth0 && ip link set eth0 up"
+            ));
+        }
+        let _http = host.spawn(&[
+            "python3",
+            &helper("netsvc.py"),
+            "http",
+            "10.99.0.1",
+            "8080",
+            "via-iptables",
+        ]);
+        wait_port(&host, "10.99.0.1:8080", Duration::from_secs(10));
+        svc_ok(
+            &proxy,
+            cmd,
+            &[
+                "apply",
+                "-f",
+                "rulesets/skupper-ingress.toml",
+                "--add-host",
+                ADD_HOST,
+            ],
+        );
+        let got = client.exec_ok(&format!(
+            "python3 {} get http://10.99.0.11:8080",
+            helper("netsvc.py")
+        ));
+        assert_eq!(got.trim(), "via-iptables", "{cmd}");
+        let v: serde_json::Value =
+            serde_json::from_str(&svc_ok(&proxy, cmd, &["show", "--json"])).unwrap();
+        assert_eq!(v["services"][0]["connections"], 1, "{cmd}: {v}");
+        svc_ok(&proxy, cmd, &["flush"]);
+        let o = client.exec(&format!(
+            "python3 {} get http://10.99.0.11:8080",
+            helper("netsvc.py")
+        ));
+        assert!(!o.status.success(), "{cmd}: still forwarding after flush");
+    }
+}
+
+#[test]
+fn rollback_keeps_to_the_backend_that_installed_a_generation() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("ipmix");
+    svcnat_ok(&[
+        "apply",
+        "-f",
+        "rulesets/host-ports.toml",
+        "--netns",
+        &ns.name,
+    ]);
+    svcnat_ok(&["flush", "--netns", &ns.name]);
+    let (code, _, err) = svc(&ns, "iptables-nft", &["rollback"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("installed with the nft backend") && err.contains("--backend nft"),
+        "{err}"
+    );
+    let (code, _, err) = svcnat(&[
+        "show",
+        "--netns",
+        &ns.name,
+        "--iptables-cmd",
+        "iptables-nft",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--iptables-cmd goes with --backend iptables"),
+        "{err}"
+    );
+}
