@@ -199,7 +199,7 @@ fn apply_locked(
     source: &str,
 ) -> Result<Installed> {
     let installed_gen = current_meta(ctx, backend, &plan.table)?.and_then(|m| m.generation);
-    let newest = dir.generations()?.last().map(|g| g.number);
+    let newest = dir.numbers()?.last().copied();
     let number = newest.max(installed_gen).unwrap_or(0) + 1;
     let done = install(ctx, backend, plan, number, digest)?;
     dir.record(&Generation {
@@ -380,26 +380,32 @@ pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> 
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        let gens = dir.generations()?;
+        let kept = dir.numbers()?;
         let installed = current_meta(ctx, &t.backend, table)?;
         let current = installed.as_ref().and_then(|m| m.generation);
-        let target = match (to, current) {
-            (Some(n), _) => gens.iter().find(|g| g.number == n).cloned().ok_or_else(|| {
+        let number = match (to, current) {
+            (Some(n), _) => kept.iter().copied().find(|&k| k == n).ok_or_else(|| {
                 Error::Usage(format!(
                     "generation {n} is not recorded for this namespace (kept: {})\n  fix: pick one from `svcnat history`",
-                    numbers(&gens)
+                    numbers(&kept)
                 ))
             })?,
-            (None, Some(c)) => gens.iter().rev().find(|g| g.number < c).cloned().ok_or_else(|| {
+            (None, Some(c)) => kept.iter().rev().copied().find(|&k| k < c).ok_or_else(|| {
                 Error::Usage(format!(
                     "generation {c} is installed and no older one is recorded (kept: {})\n  fix: see `svcnat history`; roll forward with --to N",
-                    numbers(&gens)
+                    numbers(&kept)
                 ))
             })?,
-            (None, None) => gens.last().cloned().ok_or_else(|| {
+            (None, None) => kept.last().copied().ok_or_else(|| {
                 Error::Usage("nothing is recorded for this namespace: no apply to roll back to".into())
             })?,
         };
+        let target = dir.generation(number)?.ok_or_else(|| Error::State {
+            message: format!(
+                "generation {number} cannot be read from {}",
+                dir.path.display()
+            ),
+        })?;
         if target.plan.table != table {
             return Err(Error::Usage(format!(
                 "generation {} installs table {}, not {table}\n  fix: pass --table {}",
@@ -421,12 +427,12 @@ pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> 
     })
 }
 
-fn numbers(gens: &[Generation]) -> String {
-    if gens.is_empty() {
+fn numbers(kept: &[u64]) -> String {
+    if kept.is_empty() {
         return "none".into();
     }
-    gens.iter()
-        .map(|g| g.number.to_string())
+    kept.iter()
+        .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

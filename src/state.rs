@@ -168,37 +168,57 @@ impl StateDir {
         self.path.join(format!("gen-{n:06}.json"))
     }
 
+    /// The recorded generation numbers, oldest first — from file names alone: a generation
+    /// of a 50,000-service map is megabytes of JSON, not to be parsed to be counted.
+    pub fn numbers(&self) -> Result<Vec<u64>> {
+        let entries =
+            fs::read_dir(&self.path).map_err(io(format!("cannot list {}", self.path.display())))?;
+        let mut out: Vec<u64> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("gen-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// All recorded generations, oldest first. Unreadable files are skipped with a note.
     pub fn generations(&self) -> Result<Vec<Generation>> {
         let mut out = Vec::new();
-        let entries =
-            fs::read_dir(&self.path).map_err(io(format!("cannot list {}", self.path.display())))?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with("gen-") && name.ends_with(".json")) {
-                continue;
-            }
-            match fs::read(e.path()).map(|b| serde_json::from_slice::<Generation>(&b)) {
-                Ok(Ok(g)) => out.push(g),
-                _ => eprintln!("svcnat: note: skipping unreadable {}", e.path().display()),
+        for n in self.numbers()? {
+            if let Some(g) = self.generation(n)? {
+                out.push(g);
             }
         }
-        out.sort_by_key(|g| g.number);
         Ok(out)
     }
 
     pub fn generation(&self, n: u64) -> Result<Option<Generation>> {
-        Ok(self.generations()?.into_iter().find(|g| g.number == n))
+        let path = self.gen_path(n);
+        match fs::read(&path).map(|b| serde_json::from_slice::<Generation>(&b)) {
+            Ok(Ok(g)) => Ok(Some(g)),
+            Ok(Err(_)) => {
+                eprintln!("svcnat: note: skipping unreadable {}", path.display());
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(format!("cannot read {}", path.display()))(e)),
+        }
     }
 
     /// Record a generation and keep only the newest KEEP.
     pub fn record(&self, g: &Generation) -> Result<()> {
         let json = serde_json::to_vec_pretty(g).expect("plain data serializes");
         write_atomic(&self.gen_path(g.number), &json)?;
-        let all = self.generations()?;
+        let all = self.numbers()?;
         if all.len() > KEEP {
             for old in &all[..all.len() - KEEP] {
-                let _ = fs::remove_file(self.gen_path(old.number));
+                let _ = fs::remove_file(self.gen_path(*old));
             }
         }
         Ok(())
