@@ -562,7 +562,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 format!("generation {g}")
             });
             println!(
-                "svcnat: rolled back {} from {from} to generation {} ({}, {} service(s)): {} {}, one transaction{}",
+                "svcnat: rolled back {} from {from} to generation {} ({}, {} service(s)): {} {}, {}{}",
                 place(&t, &table),
                 r.to.number,
                 r.to.time,
@@ -571,6 +571,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 match t.backend {
                     ops::Backend::Nft => "netlink messages",
                     ops::Backend::Iptables(_) => "iptables-restore lines",
+                },
+                if r.done.incremental {
+                    "updated in place"
+                } else {
+                    "one transaction"
                 },
                 sysctl_note(&r.done.enabled, &r.done.disabled)
             );
