@@ -5,21 +5,8 @@ mod common;
 use common::*;
 use std::process::{Command, Stdio};
 
-const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
 const A: &str = "rulesets/skupper-ingress.toml";
 const B: &str = "rulesets/host-ports.toml";
-
-fn apply(map: &str, ns: &Netns) -> String {
-    svcnat_ok(&[
-        "apply",
-        "-f",
-        map,
-        "--add-host",
-        ADD_HOST,
-        "--netns",
-        &ns.name,
-    ])
-}
 
 fn table(ns: &Netns) -> String {
     without_counters(&ns.exec_ok("nft list table inet svcnat"))
@@ -35,9 +22,9 @@ fn rollback_reinstalls_the_previous_generation_byte_for_byte() {
         return;
     }
     let ns = Netns::new("rb");
-    assert!(apply(A, &ns).contains("as generation 1"));
+    assert!(apply_map(A, &ns).contains("as generation 1"));
     let after_a = table(&ns);
-    assert!(apply(B, &ns).contains("as generation 2"));
+    assert!(apply_map(B, &ns).contains("as generation 2"));
     let after_b = table(&ns);
 
     let out = svcnat_ok(&["rollback", "--netns", &ns.name]);
@@ -82,7 +69,7 @@ fn the_table_says_which_generation_and_map_it_holds() {
         return;
     }
     let ns = Netns::new("meta");
-    apply(B, &ns);
+    apply_map(B, &ns);
     let sha = must(&format!("sha256sum {}", repo().join(B).display()));
     let sha = sha.split_whitespace().next().unwrap();
     let v: serde_json::Value =
@@ -111,7 +98,7 @@ fn the_last_ten_generations_are_kept_as_whole_files() {
     }
     let ns = Netns::new("keep");
     for i in 0..12 {
-        apply(if i % 2 == 0 { A } else { B }, &ns);
+        apply_map(if i % 2 == 0 { A } else { B }, &ns);
     }
     let h = history(&ns);
     let numbers: Vec<u64> = h["generations"]
@@ -155,8 +142,8 @@ fn twenty_concurrent_writers_leave_exactly_one_map() {
     let ns = Netns::new("race");
     let reference_a = Netns::new("refa");
     let reference_b = Netns::new("refb");
-    apply(A, &reference_a);
-    apply(B, &reference_b);
+    apply_map(A, &reference_a);
+    apply_map(B, &reference_b);
     // Generation numbers differ from the references (1 there, 20 here); the rest must not.
     // Generation numbers differ from the references (1 there, 20 here); the rest must not.
     let (ta, tb) = (
@@ -290,7 +277,7 @@ fn confirmed_apply_stays() {
         return;
     }
     let ns = Netns::new("cfm");
-    apply(A, &ns);
+    apply_map(A, &ns);
     let (child, said) = apply_confirm(B, &ns, "20");
     assert!(
         said.contains(&format!("`svcnat confirm --netns {}`", ns.name)),
@@ -324,7 +311,7 @@ fn unconfirmed_apply_rolls_back_byte_for_byte() {
         return;
     }
     let ns = Netns::new("nocfm");
-    apply(A, &ns);
+    apply_map(A, &ns);
     let after_a = table(&ns);
     let started = std::time::Instant::now();
     let (child, _) = apply_confirm(B, &ns, "1");

@@ -83,24 +83,9 @@ fn a_long_lived_stream_keeps_flowing_across_an_incremental_apply() {
     let host = Netns::new("sh");
     let client = Netns::new("sc");
     let proxy = Netns::new("sp");
-    host.exec_ok(
-        "ip link add br0 type bridge && ip addr add 10.96.0.1/24 dev br0 && ip link set br0 up",
-    );
-    for (ns, hif, addr) in [
-        (&client, "vc", "10.96.0.10/24"),
-        (&proxy, "vp", "10.96.0.11/24"),
-    ] {
-        host.exec_ok(&format!(
-            "ip link add {hif} type veth peer name eth0 netns {}",
-            ns.name
-        ));
-        host.exec_ok(&format!(
-            "ip link set {hif} master br0 && ip link set {hif} up"
-        ));
-        ns.exec_ok(&format!(
-            "ip addr add {addr} dev eth0 && ip link set eth0 up"
-        ));
-    }
+    bridge(&host, "br0", "10.96.0.1/24");
+    wire(&host, "vc", Some("br0"), &client, "10.96.0.10/24");
+    wire(&host, "vp", Some("br0"), &proxy, "10.96.0.11/24");
     let _echo = host.spawn(&["python3", &helper("netsvc.py"), "echo", "10.96.0.1", "5201"]);
     wait_port(&host, "10.96.0.1:5201", Duration::from_secs(10));
     let map = |other_target: &str| {

@@ -4,7 +4,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
 const FLAVOURS: [&str; 2] = ["iptables-legacy", "iptables-nft"];
 
 fn svc(ns: &Netns, cmd: &str, args: &[&str]) -> (i32, String, String) {
@@ -152,24 +151,9 @@ fn a_proxy_on_the_iptables_backend_carries_traffic() {
         let host = Netns::new("ih");
         let client = Netns::new("ic");
         let proxy = Netns::new("ip");
-        host.exec_ok(
-            "ip link add br0 type bridge && ip addr add 10.99.0.1/24 dev br0 && ip link set br0 up",
-        );
-        for (ns, hif, addr) in [
-            (&client, "vc", "10.99.0.10/24"),
-            (&proxy, "vp", "10.99.0.11/24"),
-        ] {
-            host.exec_ok(&format!(
-                "ip link add {hif} type veth peer name eth0 netns {}",
-                ns.name
-            ));
-            host.exec_ok(&format!(
-                "ip link set {hif} master br0 && ip link set {hif} up"
-            ));
-            ns.exec_ok(&format!(
-                "ip addr add {addr} dev eth0 && ip link set eth0 up"
-            ));
-        }
+        bridge(&host, "br0", "10.99.0.1/24");
+        wire(&host, "vc", Some("br0"), &client, "10.99.0.10/24");
+        wire(&host, "vp", Some("br0"), &proxy, "10.99.0.11/24");
         let _http = host.spawn(&[
             "python3",
             &helper("netsvc.py"),

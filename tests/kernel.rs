@@ -4,20 +4,6 @@
 mod common;
 use common::*;
 
-const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
-
-fn apply(map: &str, ns: &Netns) -> String {
-    svcnat_ok(&[
-        "apply",
-        "-f",
-        map,
-        "--add-host",
-        ADD_HOST,
-        "--netns",
-        &ns.name,
-    ])
-}
-
 #[test]
 fn netlink_apply_equals_nft_loading_the_render() {
     if !require_root() {
@@ -28,7 +14,7 @@ fn netlink_apply_equals_nft_loading_the_render() {
     for map in bundled_maps() {
         let via_netlink = Netns::new("nl");
         let via_nft = Netns::new("nft");
-        apply(&map, &via_netlink);
+        apply_map(&map, &via_netlink);
         let text = svcnat_ok(&["render", "-f", &map, "--add-host", ADD_HOST]);
         let file = TempFile::new("render.nft", &text);
         via_nft.exec_ok(&format!("nft -f {}", file.path()));
@@ -51,7 +37,7 @@ fn apply_show_reapply_flush() {
         return;
     }
     let ns = Netns::new("cycle");
-    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(out.contains("applied 2 service(s)"), "{out}");
     assert!(out.contains("one transaction"), "{out}");
     let first = ns.ruleset();
@@ -77,7 +63,7 @@ fn apply_show_reapply_flush() {
 
     // Applying the same map again changes nothing but the recorded generation: in place,
     // two messages (the generation element out, the new one in).
-    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(
         out.contains("as generation 2: 2 netlink messages, updated in place"),
         "{out}"
@@ -88,7 +74,7 @@ fn apply_show_reapply_flush() {
     );
 
     // Another map replaces it whole: no leftovers of the first.
-    apply("rulesets/host-ports.toml", &ns);
+    apply_map("rulesets/host-ports.toml", &ns);
     let second = ns.ruleset();
     assert!(
         !second.contains("my-service") && second.contains("svc-web-vip"),
@@ -140,13 +126,13 @@ fn foreign_rules_survive_apply_and_flush_byte_for_byte() {
     ns.exec_ok("nft add rule ip other input ip saddr @blocked counter drop");
     let before = foreign_state(&ns);
 
-    apply("rulesets/host-ports.toml", &ns);
+    apply_map("rulesets/host-ports.toml", &ns);
     assert_eq!(
         foreign_state(&ns),
         before,
         "apply changed rules svcnat does not own"
     );
-    apply("rulesets/skupper-ingress.toml", &ns);
+    apply_map("rulesets/skupper-ingress.toml", &ns);
     assert_eq!(
         foreign_state(&ns),
         before,
@@ -167,7 +153,7 @@ fn a_rejected_batch_leaves_the_previous_ruleset_byte_identical() {
         return;
     }
     let ns = Netns::new("reject");
-    apply("rulesets/skupper-ingress.toml", &ns);
+    apply_map("rulesets/skupper-ingress.toml", &ns);
     let before = ns.ruleset();
     // Debug builds append a rule in a chain that does not exist: the kernel must refuse
     // the whole batch, including the delete of the table that came first in it.
@@ -205,7 +191,7 @@ fn invalid_map_changes_nothing_and_exits_2() {
         return;
     }
     let ns = Netns::new("invalid");
-    apply("rulesets/skupper-ingress.toml", &ns);
+    apply_map("rulesets/skupper-ingress.toml", &ns);
     let before = ns.ruleset();
     let bad = TempFile::new(
         "bad.toml",
@@ -277,7 +263,7 @@ fn apply_enables_forwarding_only_for_remote_targets() {
     assert!(!out.contains("enabled"), "{out}");
     assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "0");
 
-    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(out.contains("enabled net.ipv4.ip_forward"), "{out}");
     assert_eq!(ns.exec_ok("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
     assert_eq!(
@@ -286,7 +272,7 @@ fn apply_enables_forwarding_only_for_remote_targets() {
         "0"
     );
 
-    let out = apply("rulesets/host-ports.toml", &ns);
+    let out = apply_map("rulesets/host-ports.toml", &ns);
     assert!(
         out.contains("enabled net.ipv4.conf.all.route_localnet"),
         "{out}"
@@ -340,7 +326,7 @@ fn svcnat_switches_off_only_the_sysctls_it_switched_on() {
     }
     let ns = Netns::new("own");
     let read = |k: &str| ns.exec_ok(&format!("sysctl -n {k}")).trim().to_owned();
-    let out = apply("rulesets/host-ports.toml", &ns);
+    let out = apply_map("rulesets/host-ports.toml", &ns);
     assert!(
         out.contains("enabled net.ipv4.ip_forward, net.ipv4.conf.all.route_localnet"),
         "{out}"
@@ -348,7 +334,7 @@ fn svcnat_switches_off_only_the_sysctls_it_switched_on() {
 
     // No localhost services any more: the guard goes, and so must route_localnet, or the
     // namespace would accept 127.0.0.0/8 from outside with nothing to stop it.
-    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(
         out.contains("switched off net.ipv4.conf.all.route_localnet (no longer needed)"),
         "{out}"
@@ -366,7 +352,7 @@ fn svcnat_switches_off_only_the_sysctls_it_switched_on() {
 
     // What someone else switched on stays on.
     ns.exec_ok("sysctl -qw net.ipv4.ip_forward=1");
-    let out = apply("rulesets/skupper-ingress.toml", &ns);
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(!out.contains("enabled"), "{out}");
     let out = svcnat_ok(&["flush", "--netns", &ns.name]);
     assert!(!out.contains("switched off"), "{out}");
@@ -393,7 +379,7 @@ fn plan_apply_dump_round_trips_for_every_bundled_map() {
         ]);
         assert_eq!(code, 1, "{map}: nothing installed yet must differ: {out}");
         assert!(out.contains("apply would install the map"), "{out}");
-        apply(&map, &ns);
+        apply_map(&map, &ns);
         let (code, out, err) = svcnat(&[
             "diff",
             "-f",
@@ -414,7 +400,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
         return;
     }
     let ns = Netns::new("drift");
-    apply("rulesets/host-ports.toml", &ns);
+    apply_map("rulesets/host-ports.toml", &ns);
     let diff = |map: &str| {
         svcnat(&[
             "diff",
@@ -492,7 +478,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     assert_eq!(v["drift"].as_array().unwrap().len(), 2, "{v}");
 
     // apply restores exactly the map.
-    apply("rulesets/host-ports.toml", &ns);
+    apply_map("rulesets/host-ports.toml", &ns);
     let (code, out, _) = diff("rulesets/host-ports.toml");
     assert_eq!(code, 0, "{out}");
 

@@ -6,28 +6,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-/// A veth pair: `host_if` stays in `host` (enslaved to `bridge` if given), `eth0` goes to
-/// `peer` with `addr` (CIDR).
-fn wire(host: &Netns, host_if: &str, bridge: Option<&str>, peer: &Netns, addr: &str) {
-    host.exec_ok(&format!(
-        "ip link add {host_if} type veth peer name eth0 netns {}",
-        peer.name
-    ));
-    if let Some(br) = bridge {
-        host.exec_ok(&format!("ip link set {host_if} master {br}"));
-    }
-    host.exec_ok(&format!("ip link set {host_if} up"));
-    peer.exec_ok(&format!(
-        "ip addr add {addr} dev eth0 && ip link set eth0 up"
-    ));
-}
-
-fn bridge(host: &Netns, name: &str, addr: &str) {
-    host.exec_ok(&format!(
-        "ip link add {name} type bridge && ip addr add {addr} dev {name} && ip link set {name} up"
-    ));
-}
-
 fn get(from: &Netns, url: &str) -> Result<String, String> {
     let o = from.exec(&format!("python3 {} get {url}", helper("netsvc.py")));
     if o.status.success() {

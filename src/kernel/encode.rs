@@ -425,19 +425,27 @@ impl NfSet {
         s
     }
 
-    /// Add an element carrying userdata.
-    pub fn add_elem_with_udata(&self, key: &[u8], udata: &[u8]) {
+    /// A new element with `key`; the caller sets the rest and adds it to this set.
+    fn new_elem(key: &[u8]) -> *mut sys::nftnl_set_elem {
+        let Some(e) = NonNull::new(unsafe { sys::nftnl_set_elem_alloc() }) else {
+            std::process::abort();
+        };
+        let e = e.as_ptr();
         unsafe {
-            let Some(e) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
-                std::process::abort();
-            };
-            let e = e.as_ptr();
             sys::nftnl_set_elem_set(
                 e,
                 sys::NFTNL_SET_ELEM_KEY as u16,
                 key.as_ptr().cast(),
                 key.len() as u32,
-            );
+            )
+        };
+        e
+    }
+
+    /// Add an element carrying userdata.
+    pub fn add_elem_with_udata(&self, key: &[u8], udata: &[u8]) {
+        unsafe {
+            let e = Self::new_elem(key);
             if !udata.is_empty() {
                 sys::nftnl_set_elem_set(
                     e,
@@ -453,16 +461,7 @@ impl NfSet {
     /// Add an element: data bytes for a data map, or a chain to `goto` for a verdict map.
     pub fn add_elem(&self, key: &[u8], data: Option<&[u8]>, goto: Option<&str>) {
         unsafe {
-            let Some(e) = NonNull::new(sys::nftnl_set_elem_alloc()) else {
-                std::process::abort();
-            };
-            let e = e.as_ptr();
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr().cast(),
-                key.len() as u32,
-            );
+            let e = Self::new_elem(key);
             if let Some(d) = data {
                 sys::nftnl_set_elem_set(
                     e,

@@ -195,6 +195,45 @@ pub fn svcnat_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
+/// What `host.docker.internal` resolves to in tests that use the bundled skupper map.
+pub const ADD_HOST: &str = "host.docker.internal=10.99.0.1";
+
+/// `svcnat apply -f MAP --netns NS` (with ADD_HOST), which must succeed; returns stdout.
+pub fn apply_map(map: &str, ns: &Netns) -> String {
+    svcnat_ok(&[
+        "apply",
+        "-f",
+        map,
+        "--add-host",
+        ADD_HOST,
+        "--netns",
+        &ns.name,
+    ])
+}
+
+/// A bridge `name` with `addr` (CIDR) in `host`.
+pub fn bridge(host: &Netns, name: &str, addr: &str) {
+    host.exec_ok(&format!(
+        "ip link add {name} type bridge && ip addr add {addr} dev {name} && ip link set {name} up"
+    ));
+}
+
+/// A veth pair: `host_if` stays in `host` (enslaved to `bridge` if given), `eth0` goes to
+/// `peer` with `addr` (CIDR).
+pub fn wire(host: &Netns, host_if: &str, bridge: Option<&str>, peer: &Netns, addr: &str) {
+    host.exec_ok(&format!(
+        "ip link add {host_if} type veth peer name eth0 netns {}",
+        peer.name
+    ));
+    if let Some(br) = bridge {
+        host.exec_ok(&format!("ip link set {host_if} master {br}"));
+    }
+    host.exec_ok(&format!("ip link set {host_if} up"));
+    peer.exec_ok(&format!(
+        "ip addr add {addr} dev eth0 && ip link set eth0 up"
+    ));
+}
+
 /// Tests keep svcnat's state under cargo's target directory, never in /var/lib/svcnat.
 /// Namespaces are told apart by their kernel cookie, so tests can share the root.
 pub fn state_root() -> PathBuf {
