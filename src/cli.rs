@@ -144,6 +144,48 @@ not stop the wait. For changing a remote host's rules without locking yourself o
         #[command(flatten)]
         backend: BackendArgs,
     },
+    /// The proxy container's entrypoint: apply, then keep the rules in sync until SIGTERM
+    #[command(after_help = concat!(
+        "Services come from -f MAP; else from --forward [PROTO/]PORT:HOST:PORT (repeatable) or $SVCNAT_FORWARD \
+(comma-separated); else from $PORT_MAPPING (commas or spaces: the variable of the netfilter proxy image, so \
+its compose files work by changing only `image:`); else from $SVCNAT_MAP or ./svcnat.toml.\n\n",
+        "While running: SIGHUP or a change of the map file re-reads it (an invalid map keeps the running \
+rules); target names are re-resolved every --resolve-interval; with --health-check tcp, targets that refuse \
+connections leave the balancing until they accept again (all down: all kept); SIGTERM or SIGINT removes \
+everything svcnat installed and exits 0. Generations go to $SVCNAT_STATE_DIR, else /run/svcnat. Logs: one line \
+per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only CAP_NET_ADMIN.\n\n",
+        "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 the first apply failed, 2 invalid map or flags.\n\nExamples:\n",
+        "  svcnat run --forward 8080:host.docker.internal:8080 --forward 5201:host.docker.internal:5201\n",
+        "  PORT_MAPPING=\"8080:host.docker.internal:8080\" svcnat run\n",
+        "  svcnat run -f /etc/svcnat.toml --health-check tcp --health-interval 2s --metrics 0.0.0.0:9100"))]
+    Run {
+        #[command(flatten)]
+        map: MapArgs,
+        /// A forward without a map file: [PROTO/]PORT:HOST:PORT (repeatable)
+        #[arg(
+            long,
+            value_name = "SPEC",
+            env = "SVCNAT_FORWARD",
+            value_delimiter = ','
+        )]
+        forward: Vec<String>,
+        #[command(flatten)]
+        netns: NetnsArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// How often to re-resolve target host names (e.g. 30s, 5m, 500ms)
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        resolve_interval: std::time::Duration,
+        /// Check targets and balance only over the healthy ones: `tcp` (a TCP connect)
+        #[arg(long, value_name = "KIND", value_parser = ["tcp"])]
+        health_check: Option<String>,
+        /// How often to check targets
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+        health_interval: std::time::Duration,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (inside the namespace)
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<std::net::SocketAddr>,
+    },
     /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
     #[command(
         after_help = "Exit codes: 0 confirmed, 1 nothing was waiting (already confirmed or rolled back).\n\nExample:\n  svcnat apply -f new.toml --confirm 60 &   # then, if you can still reach the host:\n  svcnat confirm"
@@ -337,6 +379,29 @@ fn netns_spec(args: &NetnsArgs) -> Result<Option<NetnsSpec>> {
     args.netns.as_deref().map(NetnsSpec::parse).transpose()
 }
 
+/// `30s`, `5m`, `500ms`, `2` (seconds).
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 30s, 5m or 500ms"))?;
+    let d = match unit {
+        "" | "s" => std::time::Duration::from_secs(n),
+        "ms" => std::time::Duration::from_millis(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
 /// Where svcnat's rules live, for messages: `table inet svcnat in netns X`.
 fn place(t: &ops::Target, table: &str) -> String {
     let what = match &t.backend {
@@ -359,6 +424,64 @@ pub fn describe_plan(plan: &Plan) -> String {
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
+        Command::Run {
+            map,
+            forward,
+            netns,
+            state,
+            resolve_interval,
+            health_check,
+            health_interval,
+            metrics,
+        } => {
+            let mut overrides = std::collections::HashMap::new();
+            for h in &map.add_host {
+                let (name, ip) = parse_add_host(h).map_err(Error::Usage)?;
+                overrides.insert(name, ip);
+            }
+            let port_mapping = std::env::var("PORT_MAPPING")
+                .ok()
+                .filter(|v| !v.trim().is_empty());
+            let from = if let Some(file) = map.file {
+                crate::run::MapFrom::File(file)
+            } else if !forward.is_empty() {
+                let specs = forward
+                    .iter()
+                    .flat_map(|f| crate::forward::split(f))
+                    .collect();
+                crate::run::MapFrom::Forwards {
+                    specs,
+                    origin: "--forward".into(),
+                }
+            } else if let Some(list) = port_mapping {
+                crate::run::MapFrom::Forwards {
+                    specs: crate::forward::split(&list),
+                    origin: "$PORT_MAPPING".into(),
+                }
+            } else {
+                let path = std::env::var_os("SVCNAT_MAP")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("svcnat.toml"));
+                crate::run::MapFrom::File(path)
+            };
+            let state_root = state
+                .state_dir
+                .clone()
+                .or_else(|| std::env::var_os("SVCNAT_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/run/svcnat"));
+            crate::run::run(crate::run::Options {
+                from,
+                resolver: Resolver::new(overrides),
+                target: ops::Target {
+                    netns: netns_spec(&netns)?,
+                    state_root,
+                    backend: ops::Backend::Nft,
+                },
+                resolve_interval,
+                health: health_check.map(|_| health_interval),
+                metrics,
+            })
+        }
         Command::Diff {
             map,
             netns,

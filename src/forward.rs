@@ -1,0 +1,185 @@
+//! Maps without a file: `--forward [PROTO/]PORT:HOST:PORT` (repeatable), `$SVCNAT_FORWARD`
+//! (comma-separated) or `$PORT_MAPPING` (commas or spaces: the variable of the netfilter
+//! proxy image svcnat replaces, so its compose files work by changing only `image:`).
+//!
+//! The specs become a checked map like a file's, so they go through the same resolution.
+//! Each spec is one line of the map's source text (named `--forward`), so an error points
+//! at the spec: `--forward:2:6: service[2].targets[1]: cannot resolve host "db"`.
+
+use crate::error::MapError;
+use crate::map::Source;
+use crate::validate::{
+    CheckedMap, DEFAULT_TABLE, Listen, Proto, ServiceSpec, TargetSpec, parse_host_port,
+};
+
+/// Split a list of specs: commas or whitespace separate them.
+pub fn split(list: &str) -> Vec<String> {
+    list.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The specs as a checked map (every service masquerades, as a proxy must).
+pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapError>> {
+    let source = Source::new(origin, specs.join("\n"));
+    let mut errors = Vec::new();
+    let mut services: Vec<ServiceSpec> = Vec::new();
+    let mut offset = 0;
+    for (i, spec) in specs.iter().enumerate() {
+        let at = format!("service[{}]", i + 1);
+        let start = offset;
+        offset += spec.len() + 1;
+        let fail = |col: usize, field: &str, message: String| {
+            source.error(
+                &(start + col..start + col),
+                format!("{at}.{field}"),
+                message,
+                "write [PROTO/]PORT:HOST:PORT, e.g. 8080:host.docker.internal:8080 or udp/53:10.0.0.2:53",
+            )
+        };
+        let (proto, rest, rest_at) = match spec.split_once('/') {
+            Some(("tcp", r)) => (Proto::Tcp, r, 4),
+            Some(("udp", r)) => (Proto::Udp, r, 4),
+            Some((p, _)) => {
+                errors.push(fail(
+                    0,
+                    "protocol",
+                    format!("unknown protocol {p:?} in {spec:?}"),
+                ));
+                continue;
+            }
+            None => (Proto::Tcp, spec.as_str(), 0),
+        };
+        let Some((port, target)) = rest.split_once(':') else {
+            errors.push(fail(0, "listen", format!("{spec:?} is not PORT:HOST:PORT")));
+            continue;
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                errors.push(fail(
+                    rest_at,
+                    "listen",
+                    format!("{port:?} is not a port (1-65535)"),
+                ));
+                continue;
+            }
+        };
+        let target_at = rest_at + port.to_string().len() + 1;
+        let (host, target_port) = match parse_host_port(target) {
+            Ok(t) => t,
+            Err(why) => {
+                errors.push(fail(target_at, "targets[1]", why));
+                continue;
+            }
+        };
+        let listen = Listen { addr: None, port };
+        if let Some(other) = services
+            .iter()
+            .find(|s| s.listen == listen && s.proto == proto)
+        {
+            errors.push(fail(
+                0,
+                "listen",
+                format!("{proto}/{port} is already forwarded by {:?}", other.name),
+            ));
+            continue;
+        }
+        let span = start + target_at..start + spec.len();
+        services.push(ServiceSpec {
+            name: format!("{proto}-{port}"),
+            proto,
+            listen,
+            targets: vec![TargetSpec {
+                host,
+                port: target_port,
+                weight: 1,
+                span: span.clone(),
+                field: format!("{at}.targets[1]"),
+            }],
+            masquerade: true,
+            localhost: false,
+            listen_span: span,
+        });
+    }
+    if services.is_empty() && errors.is_empty() {
+        errors.push(source.error(
+            &(0..0),
+            "forward",
+            "no forwards given",
+            "pass -f MAP, --forward 8080:HOST:8080, or set $SVCNAT_FORWARD or $PORT_MAPPING",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(CheckedMap {
+            source,
+            table: DEFAULT_TABLE.to_owned(),
+            services,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::Host;
+
+    fn specs(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn forms() {
+        let m = checked(
+            &specs(&["8080:host.docker.internal:8080", "udp/53:10.0.0.2:5353"]),
+            "--forward",
+        )
+        .unwrap();
+        assert_eq!(m.services[0].name, "tcp-8080");
+        assert_eq!(
+            m.services[0].targets[0].host,
+            Host::Name("host.docker.internal".into())
+        );
+        assert_eq!(m.services[1].proto, Proto::Udp);
+        assert_eq!(m.services[1].targets[0].port, 5353);
+        assert!(m.services.iter().all(|s| s.masquerade));
+    }
+
+    #[test]
+    fn port_mapping_lists() {
+        assert_eq!(
+            split("8080:a:8080, 5201:a:5201  udp/53:b:53"),
+            ["8080:a:8080", "5201:a:5201", "udp/53:b:53"]
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_spec() {
+        let errs = checked(
+            &specs(&["8080:a:8080", "sctp/9:a:9", "99999:a:1", "1:a", "8080:b:1"]),
+            "--forward",
+        )
+        .unwrap_err();
+        let at: Vec<_> = errs
+            .iter()
+            .map(|e| (e.line, e.col, e.field.as_str()))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (2, 1, "service[2].protocol"),
+                (3, 1, "service[3].listen"),
+                (4, 3, "service[4].targets[1]"),
+                (5, 1, "service[5].listen"),
+            ]
+        );
+        assert!(
+            errs[3]
+                .message
+                .contains("already forwarded by \"tcp-8080\"")
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Prometheus text format for `svcnat run --metrics ADDR:PORT`.
+
+use crate::ruleset::service_chain;
+use crate::run::View;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `counters`: per service chain, the (packets, bytes) of its NAT rule.
+pub fn render(v: &View, counters: &HashMap<String, (u64, u64)>) -> String {
+    let mut out = String::new();
+    let plan = v.installed.unwrap_or(v.resolved);
+    let per_service = |metric: &str, help: &str, pick: fn((u64, u64)) -> u64| {
+        let mut text = format!("# HELP {metric} {help}\n# TYPE {metric} counter\n");
+        for s in &plan.services {
+            let c = counters
+                .get(&service_chain(&s.name))
+                .copied()
+                .unwrap_or_default();
+            let _ = writeln!(text, "{metric}{{service=\"{}\"}} {}", esc(&s.name), pick(c));
+        }
+        text
+    };
+    out.push_str(&per_service(
+        "svcnat_flows_total",
+        "Connections redirected to the service (NAT rules see each connection's first packet).",
+        |c| c.0,
+    ));
+    out.push_str(&per_service(
+        "svcnat_flow_first_octets_total",
+        "Bytes of the first packets of the connections redirected to the service.",
+        |c| c.1,
+    ));
+    let _ = writeln!(
+        out,
+        "# HELP svcnat_target_up Whether the target accepts connections (1 until a health check says otherwise).\n# TYPE svcnat_target_up gauge"
+    );
+    for s in &v.resolved.services {
+        for t in &s.targets {
+            let up = v.health.get(&t.addr).copied().unwrap_or(true);
+            let installed = plan
+                .services
+                .iter()
+                .any(|p| p.name == s.name && p.targets.iter().any(|x| x.addr == t.addr));
+            let _ = writeln!(
+                out,
+                "svcnat_target_up{{service=\"{}\",target=\"{}\"}} {}\nsvcnat_target_in_rotation{{service=\"{}\",target=\"{}\"}} {}",
+                esc(&s.name),
+                t.addr,
+                u8::from(up),
+                esc(&s.name),
+                t.addr,
+                u8::from(installed)
+            );
+        }
+    }
+    for (name, kind, help, value) in [
+        (
+            "svcnat_applies_total",
+            "counter",
+            "Successful applies since start.",
+            v.applies,
+        ),
+        (
+            "svcnat_apply_errors_total",
+            "counter",
+            "Applies the kernel refused since start.",
+            v.apply_errors,
+        ),
+        (
+            "svcnat_resolution_errors_total",
+            "counter",
+            "Failed re-resolutions of target names.",
+            v.resolution_errors,
+        ),
+        (
+            "svcnat_reload_errors_total",
+            "counter",
+            "Reloads rejected because the new map was invalid.",
+            v.reload_errors,
+        ),
+        (
+            "svcnat_last_apply_timestamp_seconds",
+            "gauge",
+            "UNIX time of the last successful apply.",
+            v.last_apply,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    out
+}

@@ -1,0 +1,472 @@
+//! `svcnat run`: the proxy container's entrypoint. Apply the map, then sleep in one thread
+//! (a few MB), waking for:
+//!
+//! - SIGTERM / SIGINT: remove what it installed and exit 0;
+//! - SIGHUP, or a change of the map file: re-read, validate, apply only what changed — an
+//!   invalid map keeps the running rules and logs the error;
+//! - the resolve interval: re-resolve target names, apply when an address moved;
+//! - the health interval (with `--health-check tcp`): targets that refuse connections leave
+//!   the balancing until they accept again; a service whose targets are all down keeps them
+//!   all (fail open);
+//! - SIGCHLD: reap children (as PID 1 of a container it inherits orphans);
+//! - a scrape of `--metrics ADDR:PORT`.
+//!
+//! Signals arrive through a signalfd and are handled in the loop, never in a handler.
+
+use crate::error::{Error, Result};
+use crate::forward;
+use crate::health;
+use crate::kernel;
+use crate::log;
+use crate::map::{self, Source};
+use crate::ops;
+use crate::plan::Plan;
+use crate::resolve::Resolver;
+use crate::validate::{self, CheckedMap};
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Where the services come from.
+pub enum MapFrom {
+    File(PathBuf),
+    Forwards { specs: Vec<String>, origin: String },
+}
+
+pub struct Options {
+    pub from: MapFrom,
+    pub resolver: Resolver,
+    pub target: ops::Target,
+    pub resolve_interval: Duration,
+    pub health: Option<Duration>,
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Stats {
+    applies: u64,
+    apply_errors: u64,
+    resolution_errors: u64,
+    reload_errors: u64,
+    last_apply: u64,
+}
+
+struct Runner {
+    opts: Options,
+    /// The last valid map and its text digest.
+    checked: CheckedMap,
+    digest: String,
+    /// Its names resolved (the last successful resolution).
+    resolved: Plan,
+    /// Target health; absent means not checked yet (treated as healthy).
+    health: HashMap<SocketAddr, bool>,
+    /// What is installed now (after health filtering).
+    installed: Option<Plan>,
+    /// Services whose targets are all down, already logged.
+    failed_open: HashSet<String>,
+    file_stamp: Option<(SystemTime, u64)>,
+    stats: Stats,
+}
+
+fn load(from: &MapFrom) -> Result<CheckedMap> {
+    match from {
+        MapFrom::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadMap {
+                path: path.clone(),
+                source,
+            })?;
+            let source = Source::new(path.display().to_string(), text);
+            let raw = map::parse(&source).map_err(|e| Error::Map(vec![e]))?;
+            validate::validate(&source, raw).map_err(Error::Map)
+        }
+        MapFrom::Forwards { specs, origin } => forward::checked(specs, origin).map_err(Error::Map),
+    }
+}
+
+fn stamp(from: &MapFrom) -> Option<(SystemTime, u64)> {
+    match from {
+        MapFrom::File(p) => std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
+        MapFrom::Forwards { .. } => None,
+    }
+}
+
+/// Block the signals the loop handles and return a signalfd that reports them.
+fn signal_fd() -> Result<OwnedFd> {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(Error::io(
+                "blocking signals",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(Error::io("signalfd", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn read_signals(fd: &OwnedFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    loop {
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n as usize != size {
+            return out;
+        }
+        out.push(info.ssi_signo as i32);
+    }
+}
+
+impl Runner {
+    /// The resolved plan minus unhealthy targets, except where that would leave none.
+    fn effective(&mut self) -> Plan {
+        let mut plan = self.resolved.clone();
+        for s in &mut plan.services {
+            let healthy: Vec<_> = s
+                .targets
+                .iter()
+                .filter(|t| self.health.get(&t.addr).copied().unwrap_or(true))
+                .cloned()
+                .collect();
+            if healthy.is_empty() {
+                if self.failed_open.insert(s.name.clone()) {
+                    log::warn(&format!(
+                        "every target of service {} is down: keeping them all (fail open)",
+                        s.name
+                    ));
+                }
+            } else {
+                self.failed_open.remove(&s.name);
+                s.targets = healthy;
+            }
+        }
+        plan
+    }
+
+    /// Install the effective plan if it differs from what is installed.
+    fn sync(&mut self, why: &str) {
+        let plan = self.effective();
+        if self.installed.as_ref() == Some(&plan) {
+            return;
+        }
+        match ops::apply(
+            &self.opts.target,
+            &plan,
+            &self.digest,
+            &self.checked.source.name,
+        ) {
+            Ok(done) => {
+                self.stats.applies += 1;
+                self.stats.last_apply = crate::state::now();
+                let how = if done.incremental {
+                    "updated in place"
+                } else {
+                    "one transaction"
+                };
+                log::info(&format!(
+                    "applied {} service(s) ({why}) as generation {}: {} netlink messages, {how}",
+                    plan.services.len(),
+                    done.generation,
+                    done.messages
+                ));
+                for s in done.enabled {
+                    log::info(&format!("enabled {s}"));
+                }
+                self.installed = Some(plan);
+            }
+            Err(e) => {
+                self.stats.apply_errors += 1;
+                log::error(&format!(
+                    "apply failed ({why}), the previous rules stay: {e}"
+                ));
+            }
+        }
+    }
+
+    fn resolve(&mut self) -> bool {
+        match self.opts.resolver.resolve(&self.checked) {
+            Ok(plan) => {
+                let moved = plan != self.resolved;
+                self.resolved = plan;
+                moved
+            }
+            Err(errors) => {
+                self.stats.resolution_errors += 1;
+                log::warn(&format!(
+                    "re-resolution failed, keeping the last addresses: {}",
+                    Error::Map(errors)
+                ));
+                false
+            }
+        }
+    }
+
+    fn reload(&mut self, why: &str) {
+        self.file_stamp = stamp(&self.opts.from);
+        let checked = match load(&self.opts.from) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.reload_errors += 1;
+                log::error(&format!(
+                    "{why}: the new map is invalid, the running rules stay:\n{e}"
+                ));
+                return;
+            }
+        };
+        match self.opts.resolver.resolve(&checked) {
+            Ok(plan) => {
+                self.digest = ops::digest(&checked.source.text);
+                self.checked = checked;
+                self.resolved = plan;
+                log::info(&format!("{why}: map re-read"));
+                self.sync(why);
+            }
+            Err(errors) => {
+                self.stats.reload_errors += 1;
+                log::error(&format!(
+                    "{why}: the new map does not resolve, the running rules stay:\n{}",
+                    Error::Map(errors)
+                ));
+            }
+        }
+    }
+
+    fn check_health(&mut self) {
+        let targets: Vec<SocketAddr> = {
+            let mut all: Vec<SocketAddr> = self
+                .resolved
+                .services
+                .iter()
+                .flat_map(|s| s.targets.iter().map(|t| t.addr))
+                .collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        let timeout = self
+            .opts
+            .health
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(2));
+        let result = match kernel::within(self.opts.target.netns.as_ref(), |_| {
+            Ok(health::check(&targets, timeout))
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error(&format!("health check failed: {e}"));
+                return;
+            }
+        };
+        for (addr, up) in &result {
+            let was = self.health.insert(*addr, *up).unwrap_or(true);
+            if was != *up {
+                log::info(&format!(
+                    "target {addr} is {}",
+                    if *up { "up again" } else { "down" }
+                ));
+            }
+        }
+        self.sync("health change");
+    }
+
+    fn metrics(&self) -> String {
+        let table = self.resolved.table.clone();
+        let counters = kernel::show(self.opts.target.netns.as_ref(), &table)
+            .ok()
+            .flatten()
+            .map(|i| i.counters)
+            .unwrap_or_default();
+        crate::metrics::render(&self.view(), &counters)
+    }
+}
+
+/// Read by `metrics`.
+pub struct View<'a> {
+    pub resolved: &'a Plan,
+    pub installed: Option<&'a Plan>,
+    pub health: &'a HashMap<SocketAddr, bool>,
+    pub applies: u64,
+    pub apply_errors: u64,
+    pub resolution_errors: u64,
+    pub reload_errors: u64,
+    pub last_apply: u64,
+}
+
+impl Runner {
+    pub fn view(&self) -> View<'_> {
+        View {
+            resolved: &self.resolved,
+            installed: self.installed.as_ref(),
+            health: &self.health,
+            applies: self.stats.applies,
+            apply_errors: self.stats.apply_errors,
+            resolution_errors: self.stats.resolution_errors,
+            reload_errors: self.stats.reload_errors,
+            last_apply: self.stats.last_apply,
+        }
+    }
+}
+
+fn serve_scrape(listener: &TcpListener, body: impl FnOnce() -> String) {
+    let Ok((mut conn, _)) = listener.accept() else {
+        return;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    let _ = conn.set_write_timeout(Some(Duration::from_millis(500)));
+    let mut buf = [0u8; 1024];
+    let n = conn.read(&mut buf).unwrap_or(0);
+    let request = String::from_utf8_lossy(&buf[..n]);
+    let response = if request.starts_with("GET /metrics ") {
+        let body = body();
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntry GET /metrics\n".to_owned()
+    };
+    let _ = conn.write_all(response.as_bytes());
+}
+
+/// Run until SIGTERM/SIGINT. Returns the process exit code.
+pub fn run(opts: Options) -> Result<i32> {
+    let signals = signal_fd()?;
+    let checked = load(&opts.from)?;
+    let resolved = opts.resolver.resolve(&checked).map_err(Error::Map)?;
+    let listener = match opts.metrics {
+        Some(addr) => {
+            // Listen inside the proxy's namespace, where the scraper reaches it.
+            let l = kernel::within(opts.target.netns.as_ref(), |_| {
+                TcpListener::bind(addr).map_err(|e| Error::io(format!("--metrics {addr}"), e))
+            })?;
+            l.set_nonblocking(true)
+                .map_err(|e| Error::io("--metrics", e))?;
+            log::info(&format!("metrics on http://{addr}/metrics"));
+            Some(l)
+        }
+        None => None,
+    };
+    let mut r = Runner {
+        digest: ops::digest(&checked.source.text),
+        file_stamp: stamp(&opts.from),
+        checked,
+        resolved,
+        health: HashMap::new(),
+        installed: None,
+        failed_open: HashSet::new(),
+        stats: Stats::default(),
+        opts,
+    };
+    r.sync("start");
+    if r.installed.is_none() {
+        return Err(Error::State {
+            message: "the first apply failed (see above): nothing was installed".into(),
+        });
+    }
+    let started = Instant::now();
+    let mut next_resolve = started + r.opts.resolve_interval;
+    let mut next_health = r.opts.health.map(|i| started + i);
+    let mut next_stat = started + Duration::from_secs(1);
+    if r.opts.health.is_some() {
+        r.check_health();
+    }
+    loop {
+        let now = Instant::now();
+        let mut deadline = next_resolve.min(next_stat);
+        if let Some(h) = next_health {
+            deadline = deadline.min(h);
+        }
+        let wait = deadline
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let mut fds = vec![libc::pollfd {
+            fd: signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(l) = &listener {
+            fds.push(libc::pollfd {
+                fd: l.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+
+        for sig in read_signals(&signals) {
+            match sig {
+                libc::SIGTERM | libc::SIGINT => {
+                    let name = if sig == libc::SIGTERM {
+                        "SIGTERM"
+                    } else {
+                        "SIGINT"
+                    };
+                    let table = r
+                        .installed
+                        .as_ref()
+                        .map_or(r.checked.table.clone(), |p| p.table.clone());
+                    return match ops::flush(&r.opts.target, &table) {
+                        Ok(_) => {
+                            log::info(&format!("{name}: removed svcnat's rules, exiting"));
+                            Ok(0)
+                        }
+                        Err(e) => {
+                            log::error(&format!("{name}: could not remove svcnat's rules: {e}"));
+                            Ok(1)
+                        }
+                    };
+                }
+                libc::SIGHUP => r.reload("SIGHUP"),
+                libc::SIGCHLD => {
+                    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+                }
+                _ => {}
+            }
+        }
+        if let Some(l) = &listener
+            && fds.get(1).is_some_and(|p| p.revents != 0)
+        {
+            serve_scrape(l, || r.metrics());
+        }
+        let now = Instant::now();
+        if now >= next_stat {
+            next_stat = now + Duration::from_secs(1);
+            if stamp(&r.opts.from) != r.file_stamp {
+                r.reload("map file changed");
+            }
+        }
+        if now >= next_resolve {
+            next_resolve = now + r.opts.resolve_interval;
+            if r.resolve() {
+                log::info("a target's address changed");
+                r.sync("re-resolution");
+            }
+        }
+        if let (Some(at), Some(every)) = (next_health, r.opts.health)
+            && now >= at
+        {
+            next_health = Some(now + every);
+            r.check_health();
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! `svcnat run`, with namespaces standing in for containers: a "host" with a bridge where
+//! the router's stand-ins listen, a proxy "container" running svcnat, a client.
+
+mod common;
+use common::*;
+use std::io::BufRead;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Lab {
+    host: Netns,
+    client: Netns,
+    proxy: Netns,
+    _servers: Vec<Proc>,
+}
+
+/// Host 10.94.0.1 (and .2) with HTTP servers answering "a" on :8080, "b" on :8081 and
+/// "c" on 10.94.0.2:8080; client .10, proxy .11.
+fn lab() -> Lab {
+    let host = Netns::new("rh");
+    let client = Netns::new("rc");
+    let proxy = Netns::new("rp");
+    bridge(&host, "br0", "10.94.0.1/24");
+    host.exec_ok("ip addr add 10.94.0.2/24 dev br0");
+    wire(&host, "vc", Some("br0"), &client, "10.94.0.10/24");
+    wire(&host, "vp", Some("br0"), &proxy, "10.94.0.11/24");
+    let netsvc = helper("netsvc.py");
+    let servers = vec![
+        host.spawn(&["python3", &netsvc, "http", "10.94.0.1", "8080", "a"]),
+        host.spawn(&["python3", &netsvc, "http", "10.94.0.1", "8081", "b"]),
+        host.spawn(&["python3", &netsvc, "http", "10.94.0.2", "8080", "c"]),
+    ];
+    for a in ["10.94.0.1:8080", "10.94.0.1:8081", "10.94.0.2:8080"] {
+        wait_port(&host, a, Duration::from_secs(10));
+    }
+    Lab {
+        host,
+        client,
+        proxy,
+        _servers: servers,
+    }
+}
+
+/// A running `svcnat run` and everything it logged so far.
+struct Running {
+    proc: Proc,
+    log: Arc<Mutex<String>>,
+}
+
+impl Running {
+    fn start(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]).args(args);
+        cmd.env("SVCNAT_STATE_DIR", state_root())
+            .env_remove("SVCNAT_FORWARD")
+            .env_remove("PORT_MAPPING");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let r = Running {
+            proc: Proc { child },
+            log,
+        };
+        r.wait_log("INFO applied", Duration::from_secs(10));
+        r
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "no {needle:?} in the log within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.proc.pid() as i32, sig) };
+    }
+}
+
+fn get(from: &Netns, url: &str) -> Option<String> {
+    let o = from.exec(&format!("python3 {} get {url}", helper("netsvc.py")));
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
+/// Poll until `get` answers `want` (the rules changed) or time runs out.
+fn eventually(from: &Netns, url: &str, want: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let got = get(from, url);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{url} answered {got:?}, not {want:?}, within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn run_serves_reloads_keeps_rules_on_a_bad_map_and_cleans_up() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let map = TempFile::new(
+        "run.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"router:8080\"]\n",
+    );
+    // As PID 1 of its own PID namespace, like a container's entrypoint.
+    let bin = bin();
+    let run = Running::start(
+        &lab.proxy,
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            bin,
+            "run",
+            "-f",
+            map.path(),
+            "--add-host",
+            "router=10.94.0.1",
+        ],
+        &[],
+    );
+    let log = run.log();
+    assert!(log.contains("INFO enabled net.ipv4.ip_forward"), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.len() > 21 && l.as_bytes()[4] == b'-' && l.contains('Z')),
+        "one timestamped line per event:\n{log}"
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("a")
+    );
+
+    // SIGHUP after a change: traffic moves.
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"router:8081\"]\n",
+    )
+    .unwrap();
+    let pid1 = std::fs::read_to_string(format!(
+        "/proc/{}/task/{}/children",
+        run.proc.pid(),
+        run.proc.pid()
+    ))
+    .unwrap();
+    let pid1: i32 = pid1.trim().parse().unwrap();
+    unsafe { libc::kill(pid1, libc::SIGHUP) };
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "b",
+        Duration::from_secs(3),
+    );
+
+    // An invalid map keeps the running rules, and says where the mistake is.
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"80800\"\ntargets = [\"router:8080\"]\n",
+    )
+    .unwrap();
+    unsafe { libc::kill(pid1, libc::SIGHUP) };
+    run.wait_log(
+        "the new map is invalid, the running rules stay",
+        Duration::from_secs(3),
+    );
+    assert!(
+        run.log().contains(&format!(
+            "{}:3:10: service[1].listen: port 80800 is out of range",
+            map.path()
+        )),
+        "{}",
+        run.log()
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("b")
+    );
+
+    // SIGTERM: everything svcnat installed is gone, exit 0, within a second.
+    let started = Instant::now();
+    unsafe { libc::kill(pid1, libc::SIGTERM) };
+    run.wait_log(
+        "SIGTERM: removed svcnat's rules, exiting",
+        Duration::from_secs(1),
+    );
+    let mut proc = run.proc;
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(lab.proxy.ruleset(), "");
+    assert!(get(&lab.client, "http://10.94.0.11:8080").is_none());
+}
+
+#[test]
+fn a_file_change_alone_reloads() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let map = TempFile::new(
+        "watch.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8080\"]\n",
+    );
+    let run = Running::start(&lab.proxy, &[bin(), "run", "-f", map.path()], &[]);
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("a")
+    );
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8081\"]\n",
+    )
+    .unwrap();
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "b",
+        Duration::from_secs(4),
+    );
+    assert!(
+        run.log().contains("map file changed: map re-read"),
+        "{}",
+        run.log()
+    );
+    run.signal(libc::SIGINT);
+}
+
+#[test]
+fn port_mapping_drop_in_with_only_net_admin() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    // The netfilter proxy image's configuration, and nothing but CAP_NET_ADMIN.
+    let run = Running::start(
+        &lab.proxy,
+        &[
+            "setpriv",
+            "--bounding-set=-all,+net_admin",
+            "--inh-caps=-all",
+            bin(),
+            "run",
+            "--add-host",
+            "host.docker.internal=10.94.0.1",
+        ],
+        &[(
+            "PORT_MAPPING",
+            "8080:host.docker.internal:8080 8081:host.docker.internal:8081",
+        )],
+    );
+    let caps = std::fs::read_to_string(format!("/proc/{}/status", run.proc.pid())).unwrap();
+    let eff = caps.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_eq!(
+        eff.split_whitespace().nth(1),
+        Some("0000000000001000"),
+        "only CAP_NET_ADMIN: {eff}"
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8081").as_deref(),
+        Some("b")
+    );
+    run.signal(libc::SIGTERM);
+    run.wait_log("removed svcnat's rules", Duration::from_secs(2));
+
+    // --forward and $SVCNAT_FORWARD take the same specs.
+    let run = Running::start(
+        &lab.proxy,
+        &[bin(), "run", "--forward", "9000:10.94.0.2:8080"],
+        &[],
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:9000").as_deref(),
+        Some("c")
+    );
+    run.signal(libc::SIGTERM);
+    run.wait_log("removed svcnat's rules", Duration::from_secs(2));
+    let (code, _, err) = svcnat(&[
+        "run",
+        "--forward",
+        "8080:nohost.invalid:8080",
+        "--netns",
+        &lab.proxy.name,
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "--forward:1:6: service[1].targets[1]: cannot resolve host \"nohost.invalid\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn target_names_are_re_resolved() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    // `ip netns exec` shows /etc/netns/NAME/hosts as /etc/hosts (rewrite it in place: the
+    // bind mount keeps the inode).
+    let dir = format!("/etc/netns/{}", lab.proxy.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let hosts = format!("{dir}/hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.94.0.1 router\n").unwrap();
+    let run = Running::start(
+        &lab.proxy,
+        &[
+            bin(),
+            "run",
+            "--forward",
+            "8080:router:8080",
+            "--resolve-interval",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("a")
+    );
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.94.0.2 router\n").unwrap();
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "c",
+        Duration::from_secs(4),
+    );
+    assert!(
+        run.log().contains("a target's address changed"),
+        "{}",
+        run.log()
+    );
+    assert!(
+        run.log().contains("updated in place"),
+        "only the changed service is touched: {}",
+        run.log()
+    );
+    run.signal(libc::SIGTERM);
+}
+
+#[test]
+fn health_checks_fail_over_and_back_and_metrics_count() {
+    if !require_root() {
+        return;
+    }
+    let mut lab = lab();
+    let map = TempFile::new(
+        "hc.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8080\", \"10.94.0.1:8081\"]\n",
+    );
+    let run = Running::start(
+        &lab.proxy,
+        &[
+            bin(),
+            "run",
+            "-f",
+            map.path(),
+            "--health-check",
+            "tcp",
+            "--health-interval",
+            "1s",
+            "--metrics",
+            "10.94.0.11:9100",
+        ],
+        &[],
+    );
+    let scrape = |lab: &Lab| {
+        lab.client
+            .exec_ok("curl -s --max-time 2 http://10.94.0.11:9100/metrics")
+    };
+    let flows = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("svcnat_flows_total{service=\"web\"} "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = flows(&scrape(&lab));
+    let counts = answers(&lab.client, "10.94.0.11", 8080, 40);
+    assert_eq!(counts.values().sum::<u32>(), 40, "{counts:?}");
+    assert!(
+        counts.contains_key("a") && counts.contains_key("b"),
+        "{counts:?}"
+    );
+    let text = scrape(&lab);
+    assert_eq!(flows(&text), before + 40, "{text}");
+    assert!(
+        text.contains("svcnat_target_up{service=\"web\",target=\"10.94.0.1:8080\"} 1"),
+        "{text}"
+    );
+
+    // Backend "a" stops: within two intervals every new connection goes to "b".
+    drop(lab._servers.remove(0));
+    std::thread::sleep(Duration::from_millis(2500));
+    let counts = answers(&lab.client, "10.94.0.11", 8080, 20);
+    assert_eq!(counts.get("b"), Some(&20), "{counts:?}\n{}", run.log());
+    assert!(
+        run.log().contains("target 10.94.0.1:8080 is down"),
+        "{}",
+        run.log()
+    );
+    assert!(
+        scrape(&lab)
+            .contains("svcnat_target_in_rotation{service=\"web\",target=\"10.94.0.1:8080\"} 0")
+    );
+
+    // It comes back: back in rotation within two intervals.
+    lab._servers.push(lab.host.spawn(&[
+        "python3",
+        &helper("netsvc.py"),
+        "http",
+        "10.94.0.1",
+        "8080",
+        "a",
+    ]));
+    wait_port(&lab.host, "10.94.0.1:8080", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(2500));
+    let counts = answers(&lab.client, "10.94.0.11", 8080, 40);
+    assert!(
+        counts.contains_key("a") && counts.contains_key("b"),
+        "{counts:?}"
+    );
+
+    // Both down: fail open, keep both, and say so.
+    lab._servers.clear();
+    run.wait_log(
+        "every target of service web is down: keeping them all (fail open)",
+        Duration::from_secs(4),
+    );
+    run.signal(libc::SIGTERM);
+}
