@@ -479,3 +479,53 @@ fn health_checks_fail_over_and_back_and_metrics_count() {
     );
     run.signal(libc::SIGTERM);
 }
+
+#[test]
+fn as_pid_1_it_reaps_orphans() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let run = Running::start(
+        &lab.proxy,
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            bin(),
+            "run",
+            "--forward",
+            "8080:10.94.0.1:8080",
+        ],
+        &[],
+    );
+    let children = |pid: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    let pid1 = children(run.proc.pid() as i32)[0];
+    // A shell in svcnat's PID namespace leaves a short sleep behind: the orphan is
+    // re-parented to PID 1, svcnat, which must reap it when it exits.
+    // (Its output goes to /dev/null, or waiting for this command would wait for it.)
+    must(&format!(
+        "nsenter --target {pid1} --pid -- sh -c 'sleep 0.3 </dev/null >/dev/null 2>&1 & exit 0'"
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        children(pid1).len(),
+        1,
+        "the orphan should be svcnat's child now"
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        children(pid1),
+        Vec::<i32>::new(),
+        "a zombie was left unreaped"
+    );
+    unsafe { libc::kill(pid1, libc::SIGTERM) };
+    run.wait_log("removed svcnat's rules", Duration::from_secs(2));
+}
