@@ -154,8 +154,8 @@ fn run_serves_reloads_keeps_rules_on_a_bad_map_and_cleans_up() {
         ],
         &[],
     );
+    run.wait_log("INFO enabled net.ipv4.ip_forward", Duration::from_secs(2));
     let log = run.log();
-    assert!(log.contains("INFO enabled net.ipv4.ip_forward"), "{log}");
     assert!(
         log.lines()
             .all(|l| l.len() > 21 && l.as_bytes()[4] == b'-' && l.contains('Z')),
@@ -380,6 +380,8 @@ fn target_names_are_re_resolved() {
         "{}",
         run.log()
     );
+    // Logged just after the commit that moved the traffic: wait for it, do not race it.
+    run.wait_log("(re-resolution) as generation 2", Duration::from_secs(2));
     assert!(
         run.log().contains("updated in place"),
         "only the changed service is touched: {}",
