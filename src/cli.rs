@@ -751,8 +751,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             let ns = t.netns.clone();
             let shown = match t.backend {
                 ops::Backend::Nft => kernel::show(ns.as_ref(), &table)?.map(|i| show::services(&i)),
-                ops::Backend::Iptables(_) => iptables_view(&t, &table)?
-                    .map(|v| show::from_plan(&v.plan, &v.counters, v.drift, &v.meta)),
+                ops::Backend::Iptables(_) => iptables_view(&t, &table)?.map(|v| {
+                    show::from_plan(&v.plan, &v.counters, &Default::default(), v.drift, &v.meta)
+                }),
             };
             let installed = shown.is_some();
             let shown = shown.unwrap_or_else(|| show::Shown {

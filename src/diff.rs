@@ -96,6 +96,7 @@ pub fn compare_lifted(desired: &Plan, installed: Option<(Plan, Vec<String>)>) ->
             Plan {
                 table: desired.table.clone(),
                 services: Vec::new(),
+                accounting: desired.accounting,
             },
             Vec::new(),
         )

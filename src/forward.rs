@@ -116,6 +116,7 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
             source,
             table: DEFAULT_TABLE.to_owned(),
             services,
+            accounting: false,
         })
     } else {
         Err(errors)

@@ -88,6 +88,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
     Plan {
         table: rs.table.clone(),
         services,
+        accounting: !rs.accounts.is_empty(),
     }
 }
 
@@ -100,6 +101,9 @@ pub enum Difference {
     ExtraElement(MapKind, MapKey, String),
     MissingChain(String),
     ExtraChain(String),
+    /// A target counted (by `settings.accounting`) on one side only.
+    MissingAccount(SocketAddr),
+    ExtraAccount(SocketAddr),
     /// The chain exists on both sides with other rules (or another hook).
     ChainRules {
         chain: String,
@@ -131,6 +135,14 @@ impl Difference {
                     key_text(*k, key)
                 )]
             }
+            Difference::MissingAccount(a) => vec![format!(
+                "- counter {} for target {a}",
+                crate::ruleset::counter_name(a)
+            )],
+            Difference::ExtraAccount(a) => vec![format!(
+                "+ counter {} for target {a}",
+                crate::ruleset::counter_name(a)
+            )],
             Difference::MissingChain(c) => vec![format!("- chain {c}")],
             Difference::ExtraChain(c) if c.starts_with(SERVICE_CHAIN_PREFIX) => {
                 vec![format!("+ chain {c} (no map element leads to it)")]
@@ -185,6 +197,21 @@ pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
         .iter()
         .map(|c| (c.name.as_str(), c))
         .collect();
+    for f in [Family::V4, Family::V6] {
+        let want = expected.accounts.iter().find(|a| a.family == f);
+        let have = actual.accounts.iter().find(|a| a.family == f);
+        let none = Vec::new();
+        let (w, h) = (
+            want.map_or(&none, |a| &a.elements),
+            have.map_or(&none, |a| &a.elements),
+        );
+        for e in w.iter().filter(|e| !h.contains(e)) {
+            out.push(Difference::MissingAccount(e.0));
+        }
+        for e in h.iter().filter(|e| !w.contains(e)) {
+            out.push(Difference::ExtraAccount(e.0));
+        }
+    }
     for e in &expected.chains {
         match have.get(e.name.as_str()) {
             None => out.push(Difference::MissingChain(e.name.clone())),

@@ -77,6 +77,7 @@ pub struct RawMap {
 pub struct RawSettings {
     pub table: Option<Spanned<String>>,
     pub masquerade: Option<bool>,
+    pub accounting: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,7 +199,7 @@ fn field_at(text: &str, offset: usize) -> String {
 fn hint_for(message: &str, field: &str) -> String {
     if message.starts_with("unknown field") {
         let keys = if field.starts_with("settings") {
-            "table, masquerade"
+            "table, masquerade, accounting"
         } else if field.starts_with("service") {
             "name, listen, protocol, targets, masquerade, localhost (a target table: address, weight)"
         } else {

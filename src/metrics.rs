@@ -9,8 +9,13 @@ fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
-/// `counters`: per service chain, the (packets, bytes) of its NAT rule.
-pub fn render(v: &View, counters: &HashMap<String, (u64, u64)>) -> String {
+/// `counters`: per service chain, the (packets, bytes) of its NAT rule; `objects`: per
+/// target counter (`ruleset::counter_name`), every packet of its connections.
+pub fn render(
+    v: &View,
+    counters: &HashMap<String, (u64, u64)>,
+    objects: &HashMap<String, (u64, u64)>,
+) -> String {
     let mut out = String::new();
     let plan = v.installed.unwrap_or(v.resolved);
     let per_service = |metric: &str, help: &str, pick: fn((u64, u64)) -> u64| {
@@ -34,28 +39,70 @@ pub fn render(v: &View, counters: &HashMap<String, (u64, u64)>) -> String {
         "Bytes of the first packets of the connections redirected to the service.",
         |c| c.1,
     ));
+    for (metric, help, pick) in [
+        (
+            "svcnat_packets_total",
+            "Packets of the connections redirected to the target, both directions.",
+            (|c: (u64, u64)| c.0) as fn((u64, u64)) -> u64,
+        ),
+        (
+            "svcnat_octets_total",
+            "Bytes of the connections redirected to the target, both directions.",
+            |c: (u64, u64)| c.1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for s in &plan.services {
+            for t in &s.targets {
+                if let Some(c) = objects.get(&crate::ruleset::counter_name(&t.addr)) {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{service=\"{}\",target=\"{}\"}} {}",
+                        esc(&s.name),
+                        t.addr,
+                        pick(*c)
+                    );
+                }
+            }
+        }
+    }
+    let targets: Vec<(&str, std::net::SocketAddr, bool, bool)> = v
+        .resolved
+        .services
+        .iter()
+        .flat_map(|s| s.targets.iter().map(move |t| (s, t)))
+        .map(|(s, t)| {
+            let up = v.health.get(&t.addr).copied().unwrap_or(true);
+            let in_rotation = plan
+                .services
+                .iter()
+                .any(|p| p.name == s.name && p.targets.iter().any(|x| x.addr == t.addr));
+            (s.name.as_str(), t.addr, up, in_rotation)
+        })
+        .collect();
     let _ = writeln!(
         out,
         "# HELP svcnat_target_up Whether the target accepts connections (1 until a health check says otherwise).\n# TYPE svcnat_target_up gauge"
     );
-    for s in &v.resolved.services {
-        for t in &s.targets {
-            let up = v.health.get(&t.addr).copied().unwrap_or(true);
-            let installed = plan
-                .services
-                .iter()
-                .any(|p| p.name == s.name && p.targets.iter().any(|x| x.addr == t.addr));
-            let _ = writeln!(
-                out,
-                "svcnat_target_up{{service=\"{}\",target=\"{}\"}} {}\nsvcnat_target_in_rotation{{service=\"{}\",target=\"{}\"}} {}",
-                esc(&s.name),
-                t.addr,
-                u8::from(up),
-                esc(&s.name),
-                t.addr,
-                u8::from(installed)
-            );
-        }
+    for (service, target, up, _) in &targets {
+        let _ = writeln!(
+            out,
+            "svcnat_target_up{{service=\"{}\",target=\"{target}\"}} {}",
+            esc(service),
+            u8::from(*up)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP svcnat_target_in_rotation Whether new connections are balanced to the target.\n# TYPE svcnat_target_in_rotation gauge"
+    );
+    for (service, target, _, in_rotation) in &targets {
+        let _ = writeln!(
+            out,
+            "svcnat_target_in_rotation{{service=\"{}\",target=\"{target}\"}} {}",
+            esc(service),
+            u8::from(*in_rotation)
+        );
     }
     for (name, kind, help, value) in [
         (

@@ -115,6 +115,10 @@ impl Service {
 pub struct Plan {
     pub table: String,
     pub services: Vec<Service>,
+    /// Count every packet of redirected connections per target (`settings.accounting`,
+    /// or `run --metrics`).
+    #[serde(default)]
+    pub accounting: bool,
 }
 
 impl Plan {
@@ -168,6 +172,7 @@ mod tests {
                     localhost: true,
                 },
             ],
+            accounting: true,
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);

@@ -55,6 +55,7 @@ impl Resolver {
             Ok(Plan {
                 table: map.table.clone(),
                 services,
+                accounting: map.accounting,
             })
         } else {
             Err(errors)

@@ -36,6 +36,8 @@ pub struct Ruleset {
     pub table: String,
     /// Named verdict maps, in creation order.
     pub maps: Vec<VerdictMap>,
+    /// Per-target packet counting (`settings.accounting`): one map per family.
+    pub accounts: Vec<AccountMap>,
     /// Base chains first, then one chain per service.
     pub chains: Vec<Chain>,
 }
@@ -94,12 +96,47 @@ pub struct VerdictMap {
     pub elements: Vec<(MapKey, String)>,
 }
 
+/// `map acct4 { type ipv4_addr . inet_service : counter }`: target → its named counter.
+/// Every packet of a connection svcnat redirected carries its target's address and port,
+/// as destination (towards the target) or source (the replies) right after DNAT, so one
+/// lookup finds the counter — no marks, nothing to allocate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountMap {
+    pub family: Family,
+    /// Target → counter name (`counter_name`), in plan order, each target once.
+    pub elements: Vec<(SocketAddr, String)>,
+}
+
+impl AccountMap {
+    pub fn name(&self) -> &'static str {
+        account_map_name(self.family)
+    }
+}
+
+pub fn account_map_name(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "acct4",
+        Family::V6 => "acct6",
+    }
+}
+
+/// A target's counter: `t4-0a000002-0050` (address and port in hex).
+pub fn counter_name(a: &SocketAddr) -> String {
+    match a.ip() {
+        IpAddr::V4(ip) => format!("t4-{:08x}-{:04x}", u32::from(ip), a.port()),
+        IpAddr::V6(ip) => format!("t6-{:032x}-{:04x}", u128::from(ip), a.port()),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BaseHook {
     Prerouting,
     Output,
     Postrouting,
     Input,
+    /// Per-target counting right after DNAT (filter chains at priority -99).
+    AccountPre,
+    AccountOut,
 }
 
 impl BaseHook {
@@ -109,10 +146,24 @@ impl BaseHook {
             BaseHook::Output => "output",
             BaseHook::Postrouting => "postrouting",
             BaseHook::Input => "input",
+            BaseHook::AccountPre => "account-pre",
+            BaseHook::AccountOut => "account-out",
+        }
+    }
+    /// The netfilter hook, as nft names it.
+    pub fn hook_name(self) -> &'static str {
+        match self {
+            BaseHook::Prerouting | BaseHook::AccountPre => "prerouting",
+            BaseHook::Output | BaseHook::AccountOut => "output",
+            BaseHook::Postrouting => "postrouting",
+            BaseHook::Input => "input",
         }
     }
     pub fn is_nat(self) -> bool {
-        !matches!(self, BaseHook::Input)
+        matches!(
+            self,
+            BaseHook::Prerouting | BaseHook::Output | BaseHook::Postrouting
+        )
     }
     /// Priorities as nft names them: dstnat -100, srcnat 100, filter 0.
     pub fn priority(self) -> i32 {
@@ -120,6 +171,7 @@ impl BaseHook {
             BaseHook::Prerouting | BaseHook::Output => -100,
             BaseHook::Postrouting => 100,
             BaseHook::Input => 0,
+            BaseHook::AccountPre | BaseHook::AccountOut => -99,
         }
     }
 }
@@ -151,6 +203,18 @@ pub enum Stmt {
     IifnameNotLo,
     /// `ct status ! dnat`: the connection was not destination-NATed.
     CtNotDnat,
+    /// `ct status dnat`: it was.
+    CtDnat,
+    /// `ct direction original` / `ct direction reply`
+    CtDirection {
+        reply: bool,
+    },
+    /// `counter name ip daddr . th dport map @acct4` (reply: `ip saddr . th sport`): count
+    /// the packet on its target's counter.
+    CountTarget {
+        family: Family,
+        reply: bool,
+    },
     /// `meta l4proto tcp`
     L4proto(Proto),
     /// `[ip daddr .] meta l4proto . th dport vmap @MAP`
@@ -254,6 +318,29 @@ pub fn lower(plan: &Plan) -> Ruleset {
         rules
     };
 
+    let mut accounts: Vec<AccountMap> = Vec::new();
+    if plan.accounting {
+        for f in [Family::V4, Family::V6] {
+            let mut elements: Vec<(SocketAddr, String)> = Vec::new();
+            for t in plan
+                .services
+                .iter()
+                .filter(|s| s.family == f)
+                .flat_map(|s| &s.targets)
+            {
+                if !elements.iter().any(|(a, _)| *a == t.addr) {
+                    elements.push((t.addr, counter_name(&t.addr)));
+                }
+            }
+            if !elements.is_empty() {
+                accounts.push(AccountMap {
+                    family: f,
+                    elements,
+                });
+            }
+        }
+    }
+
     let mut chains = Vec::new();
     if !plan.services.is_empty() {
         for hook in [BaseHook::Prerouting, BaseHook::Output] {
@@ -288,12 +375,38 @@ pub fn lower(plan: &Plan) -> Ruleset {
             ])],
         });
     }
+    if !accounts.is_empty() {
+        // Arriving packets both ways (forwarded, and replies to local clients), then what
+        // local processes send towards a target.
+        let rule = |family, reply| {
+            Rule(vec![
+                Stmt::CtDnat,
+                Stmt::CtDirection { reply },
+                Stmt::CountTarget { family, reply },
+            ])
+        };
+        let families: Vec<Family> = accounts.iter().map(|a| a.family).collect();
+        chains.push(Chain {
+            name: BaseHook::AccountPre.chain_name().to_owned(),
+            hook: Some(BaseHook::AccountPre),
+            rules: families
+                .iter()
+                .flat_map(|f| [rule(*f, false), rule(*f, true)])
+                .collect(),
+        });
+        chains.push(Chain {
+            name: BaseHook::AccountOut.chain_name().to_owned(),
+            hook: Some(BaseHook::AccountOut),
+            rules: families.iter().map(|f| rule(*f, false)).collect(),
+        });
+    }
     for s in &plan.services {
         chains.push(service_chain_of(s));
     }
     Ruleset {
         table: plan.table.clone(),
         maps,
+        accounts,
         chains,
     }
 }

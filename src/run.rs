@@ -140,6 +140,8 @@ impl Runner {
     /// The resolved plan minus unhealthy targets, except where that would leave none.
     fn effective(&mut self) -> Plan {
         let mut plan = self.resolved.clone();
+        // Metrics count every packet per target: that needs the accounting objects.
+        plan.accounting |= self.opts.metrics.is_some();
         for s in &mut plan.services {
             let healthy: Vec<_> = s
                 .targets
@@ -290,12 +292,13 @@ impl Runner {
 
     fn metrics(&self) -> String {
         let table = self.resolved.table.clone();
-        let counters = kernel::show(self.opts.target.netns.as_ref(), &table)
+        let installed = kernel::show(self.opts.target.netns.as_ref(), &table)
             .ok()
-            .flatten()
-            .map(|i| i.counters)
+            .flatten();
+        let (counters, objects) = installed
+            .map(|i| (i.counters, i.objects))
             .unwrap_or_default();
-        crate::metrics::render(&self.view(), &counters)
+        crate::metrics::render(&self.view(), &counters, &objects)
     }
 }
 

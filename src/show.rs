@@ -14,6 +14,12 @@ use std::fmt::Write;
 pub struct ShownTarget {
     pub address: String,
     pub weight: u32,
+    /// Every packet and byte of the connections redirected to it, both directions
+    /// (with `settings.accounting`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,7 +50,11 @@ pub struct Shown {
     pub digest: Option<String>,
 }
 
-fn shown(s: &Service, counters: Option<&(u64, u64)>) -> ShownService {
+fn shown(
+    s: &Service,
+    counters: Option<&(u64, u64)>,
+    objects: &HashMap<String, (u64, u64)>,
+) -> ShownService {
     let mut listen = vec![s.listen.to_string()];
     if s.localhost {
         listen.push(format!("127.0.0.1:{}", s.listen.port));
@@ -59,9 +69,14 @@ fn shown(s: &Service, counters: Option<&(u64, u64)>) -> ShownService {
         targets: s
             .targets
             .iter()
-            .map(|t| ShownTarget {
-                address: t.addr.to_string(),
-                weight: t.weight,
+            .map(|t| {
+                let acct = objects.get(&crate::ruleset::counter_name(&t.addr));
+                ShownTarget {
+                    address: t.addr.to_string(),
+                    weight: t.weight,
+                    packets: acct.map(|c| c.0),
+                    bytes: acct.map(|c| c.1),
+                }
             })
             .collect(),
         masquerade: s.masquerade,
@@ -74,6 +89,7 @@ fn shown(s: &Service, counters: Option<&(u64, u64)>) -> ShownService {
 pub fn from_plan(
     plan: &crate::plan::Plan,
     counters: &HashMap<String, (u64, u64)>,
+    objects: &HashMap<String, (u64, u64)>,
     drift: Vec<String>,
     meta: &TableMeta,
 ) -> Shown {
@@ -82,7 +98,7 @@ pub fn from_plan(
         services: plan
             .services
             .iter()
-            .map(|s| shown(s, counters.get(&s.name)))
+            .map(|s| shown(s, counters.get(&s.name), objects))
             .collect(),
         drift,
         enabled_sysctls: meta.enabled_sysctls.clone(),
@@ -99,7 +115,13 @@ pub fn services(inst: &Installed) -> Shown {
         .iter()
         .filter_map(|s| Some((s.name.clone(), *inst.counters.get(&service_chain(&s.name))?)))
         .collect();
-    from_plan(&plan, &counters, crate::diff::drift(inst), &inst.meta)
+    from_plan(
+        &plan,
+        &counters,
+        &inst.objects,
+        crate::diff::drift(inst),
+        &inst.meta,
+    )
 }
 
 /// `place`: where the rules live, as `table inet svcnat in netns X`.

@@ -283,6 +283,7 @@ mod tests {
                 plan: Plan {
                     table: "svcnat".into(),
                     services: vec![],
+                    accounting: false,
                 },
                 backend: "nft".into(),
             })

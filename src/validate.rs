@@ -112,6 +112,7 @@ pub struct CheckedMap {
     pub source: Source,
     pub table: String,
     pub services: Vec<ServiceSpec>,
+    pub accounting: bool,
 }
 
 pub fn validate(source: &Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>> {
@@ -181,6 +182,7 @@ pub fn validate(source: &Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError
             source: source.clone(),
             table,
             services,
+            accounting: settings.accounting.unwrap_or(false),
         })
     } else {
         Err(errors)

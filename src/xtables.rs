@@ -405,6 +405,7 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
         Plan {
             table: table.to_owned(),
             services,
+            accounting: false,
         },
         counters,
     )

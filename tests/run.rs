@@ -440,6 +440,15 @@ fn health_checks_fail_over_and_back_and_metrics_count() {
         text.contains("svcnat_target_up{service=\"web\",target=\"10.94.0.1:8080\"} 1"),
         "{text}"
     );
+    // Every packet of those connections, per target (run --metrics switches accounting on).
+    let sum = |metric: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{metric}{{service=\"web\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(sum("svcnat_packets_total") >= 40 * 6, "{text}");
+    assert!(sum("svcnat_octets_total") >= 40 * 400, "{text}");
 
     // Backend "a" stops: within two intervals every new connection goes to "b".
     drop(lab._servers.remove(0));

@@ -268,3 +268,73 @@ fn ipv6_port_service_and_balanced_virtual_ip() {
     svcnat_ok(&["flush", "--netns", &proxy.name]);
     assert!(get(&client, "http://[fd00:99::11]:8080").is_err());
 }
+
+#[test]
+fn accounting_counts_every_byte_per_target_and_survives_in_place_updates() {
+    if !require_root() {
+        return;
+    }
+    let host = Netns::new("ah");
+    let client = Netns::new("ac");
+    let proxy = Netns::new("ap");
+    bridge(&host, "br0", "10.93.0.1/24");
+    wire(&host, "vc", Some("br0"), &client, "10.93.0.10/24");
+    wire(&host, "vp", Some("br0"), &proxy, "10.93.0.11/24");
+    let _echo = host.spawn(&["python3", &helper("netsvc.py"), "echo", "10.93.0.1", "5201"]);
+    wait_port(&host, "10.93.0.1:5201", Duration::from_secs(10));
+    let map = |extra: bool| {
+        let more = if extra { ", \"10.93.0.1:5202\"" } else { "" };
+        TempFile::new(
+            "acct.toml",
+            &format!(
+                "[settings]\naccounting = true\n\n[[service]]\nname = \"echo\"\nlisten = \"5201\"\ntargets = [{{ address = \"10.93.0.1:5201\", weight = 100 }}{more}]\n"
+            ),
+        )
+    };
+    let one = map(false);
+    svcnat_ok(&["apply", "-f", one.path(), "--netns", &proxy.name]);
+    let o = client.exec(&format!(
+        "python3 {} echoed 10.93.0.11 5201 300000",
+        helper("netsvc.py")
+    ));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let target = |v: &serde_json::Value, addr: &str| -> (u64, u64) {
+        let t = v["services"][0]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["address"] == addr)
+            .unwrap_or_else(|| panic!("no target {addr}: {v}"))
+            .clone();
+        (t["packets"].as_u64().unwrap(), t["bytes"].as_u64().unwrap())
+    };
+    let show = || -> serde_json::Value {
+        serde_json::from_str(&svcnat_ok(&["show", "--netns", &proxy.name, "--json"])).unwrap()
+    };
+    let (packets, bytes) = target(&show(), "10.93.0.1:5201");
+    // 300 kB each way, plus headers: every packet of the connection, both directions.
+    assert!((600_000..700_000).contains(&bytes), "{bytes} bytes");
+    assert!(packets >= 20, "{packets} packets");
+
+    // A second target, in place: the first target's counter keeps its count.
+    let two = map(true);
+    let out = svcnat_ok(&[
+        "apply",
+        "-f",
+        two.path(),
+        "--netns",
+        &proxy.name,
+        "--verbose",
+    ]);
+    assert!(out.contains("updated in place"), "{out}");
+    let v = show();
+    assert_eq!(target(&v, "10.93.0.1:5201"), (packets, bytes));
+    assert_eq!(target(&v, "10.93.0.1:5202"), (0, 0));
+    let (code, diff, _) = svcnat(&["diff", "-f", two.path(), "--netns", &proxy.name]);
+    assert_eq!(code, 0, "{diff}");
+    // And back: the counter of the target that left is removed with it.
+    svcnat_ok(&["apply", "-f", one.path(), "--netns", &proxy.name]);
+    let listing = proxy.ruleset();
+    assert!(!listing.contains("t4-0a5d0001-1452"), "{listing}");
+    assert!(listing.contains("t4-0a5d0001-1451"), "{listing}");
+}

@@ -9,7 +9,9 @@ use super::meta::TableMeta;
 use super::netlink::{Msg, Netlink};
 use crate::error::{Error, Result};
 use crate::plan::Family;
-use crate::ruleset::{BaseHook, Chain, MapKey, MapKind, Rule, Ruleset, Stmt, VerdictMap};
+use crate::ruleset::{
+    AccountMap, BaseHook, Chain, MapKey, MapKind, Rule, Ruleset, Stmt, VerdictMap,
+};
 use crate::validate::Proto;
 use nftnl::nftnl_sys::{self as sys, libc};
 use std::collections::HashMap;
@@ -24,6 +26,8 @@ pub struct Installed {
     pub counters: HashMap<String, (u64, u64)>,
     /// Rules svcnat did not write.
     pub unrecognized: Vec<UnknownRule>,
+    /// Named counters: name → (packets, bytes).
+    pub objects: HashMap<String, (u64, u64)>,
     /// What svcnat recorded on the table (generation, digest, sysctls it switched on).
     pub meta: TableMeta,
     /// Whether svcnat's bookkeeping set exists (a table without it was not made by this
@@ -71,6 +75,7 @@ struct RawElem {
     data: Vec<u8>,
     udata: Vec<u8>,
     chain: Option<String>,
+    objref: Option<String>,
 }
 
 /// Only the table and svcnat's bookkeeping: Ok(None) when the table is absent, else what
@@ -143,11 +148,19 @@ fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<V
                             sys::NFTNL_SET_ELEM_CHAIN as u16,
                         ))
                     });
+                let objref =
+                    sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_OBJREF as u16).then(|| {
+                        cstr(sys::nftnl_set_elem_get_str(
+                            e,
+                            sys::NFTNL_SET_ELEM_OBJREF as u16,
+                        ))
+                    });
                 elems.push(RawElem {
                     key: bytes(sys::NFTNL_SET_ELEM_KEY),
                     data: bytes(sys::NFTNL_SET_ELEM_DATA),
                     udata: bytes(sys::NFTNL_SET_ELEM_USERDATA),
                     chain,
+                    objref,
                 });
                 e = sys::nftnl_set_elems_iter_next(it);
             }
@@ -266,7 +279,39 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
         },
     )?;
 
+    // Named counters (per-target accounting) and their values.
+    let mut objects = HashMap::new();
+    nl.dump(
+        libc::NFT_MSG_GETOBJ,
+        libc::NLM_F_DUMP,
+        |h| unsafe {
+            let o = sys::nftnl_obj_alloc();
+            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, name.as_ptr());
+            sys::nftnl_obj_nlmsg_build_payload(h, o);
+            sys::nftnl_obj_free(o);
+        },
+        |m: &Msg| unsafe {
+            let o = sys::nftnl_obj_alloc();
+            let ok = sys::nftnl_obj_nlmsg_parse(m.header(), o) >= 0;
+            if ok
+                && cstr(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)) == table
+                && sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == 1
+            {
+                objects.insert(
+                    cstr(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_NAME as u16)),
+                    (
+                        sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_PKTS as u16),
+                        sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_BYTES as u16),
+                    ),
+                );
+            }
+            sys::nftnl_obj_free(o);
+            if ok { Ok(()) } else { Err(parse_err("object")) }
+        },
+    )?;
+
     let mut installed = lift(table, chains, &set_names, &elements, rules);
+    installed.objects = objects;
     installed.meta = meta;
     installed.bookkeeping = set_names.iter().any(|n| n == GENERATION_SET);
     Ok(Some(installed))
@@ -279,6 +324,17 @@ fn lift(
     elements: &HashMap<String, Vec<RawElem>>,
     rules: Vec<(String, u64, Vec<Expr>)>,
 ) -> Installed {
+    let mut accounts = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let Some(elems) = elements.get(crate::ruleset::account_map_name(family)) else {
+            continue;
+        };
+        let elements: Vec<(SocketAddr, String)> = elems
+            .iter()
+            .filter_map(|e| Some((decode_target(&e.key)?, e.objref.clone()?)))
+            .collect();
+        accounts.push(AccountMap { family, elements });
+    }
     let mut maps = Vec::new();
     for kind in MapKind::ALL {
         if !set_names.iter().any(|n| n == kind.name()) {
@@ -353,8 +409,10 @@ fn lift(
         ruleset: Ruleset {
             table: table.to_owned(),
             maps,
+            accounts,
             chains,
         },
+        objects: HashMap::new(),
         counters,
         unrecognized,
         meta: TableMeta::default(),
@@ -363,15 +421,17 @@ fn lift(
 }
 
 fn decode_hook(num: u32, prio: i32, ty: &str) -> Option<BaseHook> {
-    let h = match num as i32 {
-        libc::NF_INET_PRE_ROUTING => BaseHook::Prerouting,
-        libc::NF_INET_LOCAL_OUT => BaseHook::Output,
-        libc::NF_INET_POST_ROUTING => BaseHook::Postrouting,
-        libc::NF_INET_LOCAL_IN => BaseHook::Input,
+    let candidates: &[BaseHook] = match num as i32 {
+        libc::NF_INET_PRE_ROUTING => &[BaseHook::Prerouting, BaseHook::AccountPre],
+        libc::NF_INET_LOCAL_OUT => &[BaseHook::Output, BaseHook::AccountOut],
+        libc::NF_INET_POST_ROUTING => &[BaseHook::Postrouting],
+        libc::NF_INET_LOCAL_IN => &[BaseHook::Input],
         _ => return None,
     };
-    let ty_ok = (ty == "nat") == h.is_nat();
-    (ty_ok && prio == h.priority()).then_some(h)
+    candidates
+        .iter()
+        .copied()
+        .find(|h| (ty == "nat") == h.is_nat() && prio == h.priority())
 }
 
 fn decode_ip(b: &[u8]) -> Option<IpAddr> {
@@ -493,8 +553,53 @@ pub fn decode_rule(
                 Some(Expr::Cmp { .. }),
                 ..,
             ) => (Stmt::IifnameNotLo, 2),
-            (Some(Expr::CtLoad { .. }), Some(Expr::Bitwise { .. }), Some(Expr::Cmp { .. }), _) => {
-                (Stmt::CtNotDnat, 3)
+            (
+                Some(Expr::CtLoad { key: CT_STATUS, .. }),
+                Some(Expr::Bitwise { .. }),
+                Some(Expr::Cmp { op, .. }),
+                _,
+            ) => (
+                if *op == CMP_EQ {
+                    Stmt::CtNotDnat
+                } else {
+                    Stmt::CtDnat
+                },
+                3,
+            ),
+            (
+                Some(Expr::CtLoad {
+                    key: CT_DIRECTION, ..
+                }),
+                Some(Expr::Cmp { data, .. }),
+                ..,
+            ) => (
+                Stmt::CtDirection {
+                    reply: data.first() == Some(&1),
+                },
+                2,
+            ),
+            (
+                Some(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    len,
+                    ..
+                }),
+                Some(Expr::Payload {
+                    base: PAYLOAD_TRANSPORT,
+                    offset,
+                    ..
+                }),
+                Some(Expr::Objref { .. }),
+                _,
+            ) => {
+                let family = if *len == 16 { Family::V6 } else { Family::V4 };
+                (
+                    Stmt::CountTarget {
+                        family,
+                        reply: *offset == 0,
+                    },
+                    3,
+                )
             }
             (
                 Some(Expr::MetaLoad {

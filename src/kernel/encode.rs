@@ -130,6 +130,57 @@ pub fn encode_rule(
                     data: vec![0; 4],
                 });
             }
+            Stmt::CtDnat => {
+                out.push(Expr::CtLoad {
+                    key: CT_STATUS,
+                    dreg: 1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
+                    xor: vec![0; 4],
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_NEQ,
+                    sreg: 1,
+                    data: vec![0; 4],
+                });
+            }
+            Stmt::CtDirection { reply } => {
+                out.push(Expr::CtLoad {
+                    key: CT_DIRECTION,
+                    dreg: 1,
+                });
+                out.push(Expr::Cmp {
+                    op: CMP_EQ,
+                    sreg: 1,
+                    data: vec![u8::from(*reply)],
+                });
+            }
+            Stmt::CountTarget { family, reply } => {
+                need(&mut out, *family);
+                let (daddr_at, len) = daddr_field(*family);
+                let offset = if *reply { daddr_at - len } else { daddr_at };
+                out.push(Expr::Payload {
+                    base: PAYLOAD_NETWORK,
+                    offset,
+                    len,
+                    dreg: 1,
+                });
+                let port_at = if *reply { 0 } else { 2 };
+                out.push(Expr::Payload {
+                    base: PAYLOAD_TRANSPORT,
+                    offset: port_at,
+                    len: 2,
+                    dreg: reg(len),
+                });
+                out.push(Expr::Objref {
+                    sreg: 1,
+                    set: crate::ruleset::account_map_name(*family).to_owned(),
+                    set_id: account_map_id(*family),
+                });
+            }
             Stmt::L4proto(p) => {
                 out.push(Expr::MetaLoad {
                     key: META_L4PROTO,
@@ -291,6 +342,13 @@ pub fn target_bytes(a: &SocketAddr) -> Vec<u8> {
     out
 }
 
+fn account_map_id(f: Family) -> u32 {
+    match f {
+        Family::V4 => 90,
+        Family::V6 => 91,
+    }
+}
+
 /// Transaction-local ids for the named maps (anonymous maps count up from 100).
 fn map_id(kind: MapKind) -> u32 {
     MapKind::ALL
@@ -317,6 +375,12 @@ const SLOTMAP_UDATA: [u8; 18] = [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0,
 /// Userdata nft writes for `type mark`: key byte order host.
 const HOST_ORDER_KEY_UDATA: [u8; 6] = [0, 4, 1, 0, 0, 0];
 const TYPE_MARK: u32 = 19;
+/// Userdata nft writes for an object map `type ADDR . inet_service : counter`.
+const ACCOUNT_UDATA: [u8; 22] = [
+    0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
+];
+const NFT_SET_OBJECT: u32 = 0x40;
+const NFT_OBJECT_COUNTER: u32 = 1;
 pub const GENERATION_SET: &str = "generation";
 const GENERATION_SET_ID: u32 = 99;
 
@@ -423,6 +487,39 @@ impl NfSet {
         s.set_u32(sys::NFTNL_SET_KEY_LEN, 4);
         s.set_udata(&HOST_ORDER_KEY_UDATA);
         s
+    }
+
+    /// An object map `ADDR . inet_service : counter` for per-target accounting.
+    pub fn account_map(table: &str, family: Family) -> NfSet {
+        let s = NfSet::new(
+            table,
+            crate::ruleset::account_map_name(family),
+            account_map_id(family),
+        );
+        let (addr_type, addr_len) = match family {
+            Family::V4 => (TYPE_IPV4, 4),
+            Family::V6 => (TYPE_IPV6, 16),
+        };
+        s.set_u32(sys::NFTNL_SET_FLAGS, NFT_SET_OBJECT);
+        s.set_u32(
+            sys::NFTNL_SET_KEY_TYPE,
+            (addr_type << 6) | TYPE_INET_SERVICE,
+        );
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, addr_len + 4);
+        s.set_u32(sys::NFTNL_SET_OBJ_TYPE, NFT_OBJECT_COUNTER);
+        s.set_udata(&ACCOUNT_UDATA);
+        s
+    }
+
+    /// Add `target → counter NAME` to an object map.
+    pub fn add_account(&self, target: &SocketAddr, counter: &str) {
+        let key = target_bytes(target);
+        let name = CString::new(counter).expect("counter names have no NUL");
+        unsafe {
+            let e = Self::new_elem(&key);
+            sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr());
+            sys::nftnl_set_elem_add(self.raw(), e);
+        }
     }
 
     /// A new element with `key`; the caller sets the rest and adds it to this set.
@@ -543,6 +640,32 @@ unsafe impl NlMsg for Elems<'_> {
             };
             self.more
                 .set(sys::nftnl_set_elems_nlmsg_build_payload_iter(h, self.iter) > 0);
+        }
+    }
+}
+
+/// NEWOBJ / DELOBJ for a named counter (svcnat's per-target accounting).
+pub(super) struct CounterObj<'a> {
+    pub(super) table: &'a str,
+    pub(super) name: &'a str,
+}
+
+unsafe impl NlMsg for CounterObj<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
+        let table = CString::new(self.table).expect("validated name");
+        let name = CString::new(self.name).expect("counter names have no NUL");
+        unsafe {
+            let o = sys::nftnl_obj_alloc();
+            sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_FAMILY as u16, libc::NFPROTO_INET as u32);
+            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, table.as_ptr());
+            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_NAME as u16, name.as_ptr());
+            sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_TYPE as u16, NFT_OBJECT_COUNTER);
+            let h = match t {
+                MsgType::Add => header(buf, libc::NFT_MSG_NEWOBJ, libc::NLM_F_CREATE, seq),
+                MsgType::Del => header(buf, libc::NFT_MSG_DELOBJ, 0, seq),
+            };
+            sys::nftnl_obj_nlmsg_build_payload(h, o);
+            sys::nftnl_obj_free(o);
         }
     }
 }

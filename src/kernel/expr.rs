@@ -18,6 +18,7 @@ pub const PAYLOAD_NETWORK: u32 = 1;
 pub const PAYLOAD_TRANSPORT: u32 = 2;
 pub const CMP_EQ: u32 = 0;
 pub const CMP_NEQ: u32 = 1;
+pub const CT_DIRECTION: u32 = 1;
 pub const CT_STATUS: u32 = 2;
 pub const CT_STATUS_DNAT: u32 = 0x20;
 pub const FIB_F_DADDR: u32 = 1 << 1;
@@ -89,6 +90,12 @@ pub enum Expr {
         dreg: u32,
         modulus: u32,
     },
+    /// `counter name KEY map @SET`: the named object the set maps the key to.
+    Objref {
+        sreg: u32,
+        set: String,
+        set_id: u32,
+    },
     Immediate {
         dreg: u32,
         data: Vec<u8>,
@@ -130,6 +137,7 @@ impl Expr {
             Expr::CtLoad { .. } => c"ct",
             Expr::Lookup { .. } => c"lookup",
             Expr::Numgen { .. } => c"numgen",
+            Expr::Objref { .. } => c"objref",
             Expr::Immediate { .. } | Expr::Verdict { .. } => c"immediate",
             Expr::Counter { .. } => c"counter",
             Expr::Masq => c"masq",
@@ -210,6 +218,16 @@ impl Expr {
                     let name = CString::new(set.as_str()).expect("set names have no NUL");
                     sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
                     set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
+                }
+                Expr::Objref { sreg, set, set_id } => {
+                    set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_SREG, *sreg);
+                    let name = CString::new(set.as_str()).expect("set names have no NUL");
+                    sys::nftnl_expr_set_str(
+                        e,
+                        sys::NFTNL_EXPR_OBJREF_SET_NAME as u16,
+                        name.as_ptr(),
+                    );
+                    set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_ID, *set_id);
                 }
                 Expr::Numgen { dreg, modulus } => {
                     set_u32(e, sys::NFTNL_EXPR_NG_DREG, *dreg);
@@ -334,6 +352,16 @@ impl Expr {
                     dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG),
                     data: bytes_of(sys::NFTNL_EXPR_IMM_DATA),
                 },
+                "objref" if is_set(sys::NFTNL_EXPR_OBJREF_SET_NAME) => Expr::Objref {
+                    sreg: u32_of(sys::NFTNL_EXPR_OBJREF_SET_SREG),
+                    set: CStr::from_ptr(sys::nftnl_expr_get_str(
+                        e,
+                        sys::NFTNL_EXPR_OBJREF_SET_NAME as u16,
+                    ))
+                    .to_string_lossy()
+                    .into_owned(),
+                    set_id: 0,
+                },
                 "counter" => Expr::Counter {
                     packets: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16),
                     bytes: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16),
@@ -366,6 +394,14 @@ impl Expr {
     pub fn same_shape(&self, other: &Expr) -> bool {
         match (self, other) {
             (Expr::Counter { .. }, Expr::Counter { .. }) => true,
+            (
+                Expr::Objref {
+                    sreg: a, set: b, ..
+                },
+                Expr::Objref {
+                    sreg: x, set: y, ..
+                },
+            ) => a == x && b == y,
             // The kernel derives the range flags from the registers given and dumps them.
             (
                 Expr::Nat {
@@ -483,6 +519,7 @@ impl std::fmt::Display for Expr {
             Expr::Numgen { dreg, modulus } => {
                 write!(f, "[ numgen reg {dreg} = random mod {modulus} ]")
             }
+            Expr::Objref { sreg, set, .. } => write!(f, "[ objref sreg {sreg} set {set} ]"),
             Expr::Immediate { dreg, data } => write!(f, "[ immediate reg {dreg} {} ]", hex(data)),
             Expr::Verdict { code } => match *code {
                 VERDICT_DROP => f.write_str("[ immediate reg 0 drop ]"),

@@ -3,7 +3,9 @@
 //! names the object it refers to and `--verbose` can list what was sent.
 
 use super::decode::Installed;
-use super::encode::{Elems, GENERATION_SET, NewSet, NfSet, encode_rule, header, key_bytes};
+use super::encode::{
+    CounterObj, Elems, GENERATION_SET, NewSet, NfSet, encode_rule, header, key_bytes,
+};
 use super::meta::TableMeta;
 use crate::ruleset::{BaseHook, Chain, MapKind, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
@@ -42,8 +44,8 @@ unsafe impl NlMsg for FlushChain<'_> {
 
 fn nl_hook(h: BaseHook) -> Hook {
     match h {
-        BaseHook::Prerouting => Hook::PreRouting,
-        BaseHook::Output => Hook::Out,
+        BaseHook::Prerouting | BaseHook::AccountPre => Hook::PreRouting,
+        BaseHook::Output | BaseHook::AccountOut => Hook::Out,
         BaseHook::Postrouting => Hook::PostRouting,
         BaseHook::Input => Hook::In,
     }
@@ -65,6 +67,9 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
             .collect()
     };
     let kinds = |rs: &Ruleset| -> Vec<MapKind> { rs.maps.iter().map(|m| m.kind).collect() };
+    let families = |rs: &Ruleset| -> Vec<crate::plan::Family> {
+        rs.accounts.iter().map(|a| a.family).collect()
+    };
     let others = installed
         .ruleset
         .chains
@@ -75,6 +80,7 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
         && !others
         && base(&installed.ruleset) == base(desired)
         && kinds(&installed.ruleset) == kinds(desired)
+        && families(&installed.ruleset) == families(desired)
 }
 
 /// A batch and, for each message in it, what it does.
@@ -197,6 +203,15 @@ impl Transaction {
         for (c, chain) in rs.chains.iter().zip(&chains) {
             self.add(chain, MsgType::Add, format!("add chain {}", c.name));
         }
+        for a in &rs.accounts {
+            for (_, name) in &a.elements {
+                let obj = CounterObj {
+                    table: &rs.table,
+                    name,
+                };
+                self.add(&obj, MsgType::Add, format!("add counter {name}"));
+            }
+        }
         let generation = NfSet::generation_set(&rs.table);
         if let Some(g) = meta.generation {
             generation.add_elem_with_udata(&(g as u32).to_ne_bytes(), &meta.encode());
@@ -208,6 +223,13 @@ impl Transaction {
                 set.add_elem(&key_bytes(key), None, Some(chain));
             }
             self.add_set(&set, &format!("map {}", m.kind.name()));
+        }
+        for a in &rs.accounts {
+            let set = NfSet::account_map(&rs.table, a.family);
+            for (target, name) in &a.elements {
+                set.add_account(target, name);
+            }
+            self.add_set(&set, &format!("map {}", a.name()));
         }
         for (c, chain) in rs.chains.iter().zip(&chains) {
             self.rules(&rs.table, chain, c);
@@ -296,6 +318,46 @@ impl Transaction {
             );
             let chain = nftnl::Chain::new(&name, &table);
             self.add(&chain, MsgType::Del, format!("delete chain {}", o.name));
+        }
+
+        // Per-target counters: elements leave their map before their counter goes; a new
+        // counter exists before an element points at it.
+        for a in &rs.accounts {
+            let old = installed
+                .ruleset
+                .accounts
+                .iter()
+                .find(|o| o.family == a.family)
+                .map(|o| &o.elements[..])
+                .unwrap_or(&[]);
+            let gone: Vec<_> = old.iter().filter(|e| !a.elements.contains(e)).collect();
+            let new: Vec<_> = a.elements.iter().filter(|e| !old.contains(e)).collect();
+            if !gone.is_empty() {
+                let set = NfSet::account_map(&rs.table, a.family);
+                for (target, name) in &gone {
+                    set.add_account(target, name);
+                }
+                self.elements(&set, MsgType::Del, &format!("map {}", a.name()));
+                for (_, name) in &gone {
+                    let obj = CounterObj {
+                        table: &rs.table,
+                        name,
+                    };
+                    self.add(&obj, MsgType::Del, format!("delete counter {name}"));
+                }
+            }
+            if !new.is_empty() {
+                let set = NfSet::account_map(&rs.table, a.family);
+                for (target, name) in &new {
+                    let obj = CounterObj {
+                        table: &rs.table,
+                        name,
+                    };
+                    self.add(&obj, MsgType::Add, format!("add counter {name}"));
+                    set.add_account(target, name);
+                }
+                self.elements(&set, MsgType::Add, &format!("map {}", a.name()));
+            }
         }
 
         // Elements joining each map, now that their chains exist.

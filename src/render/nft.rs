@@ -21,6 +21,13 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
             out.push('\n');
         }
     };
+    // Counters first: nft lists named objects before sets and chains.
+    for a in &rs.accounts {
+        for (_, name) in &a.elements {
+            sep(&mut out);
+            let _ = writeln!(out, "\tcounter {name} {{\n\t}}");
+        }
+    }
     // svcnat's bookkeeping: `apply` puts one element in it, the installed generation.
     sep(&mut out);
     out.push_str("\tset generation {\n\t\ttype mark\n\t}\n");
@@ -37,6 +44,23 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
         }
         out.push_str("\t}\n");
     }
+    for a in &rs.accounts {
+        sep(&mut out);
+        let key = match a.family {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        };
+        let _ = writeln!(
+            out,
+            "\tmap {} {{\n\t\ttype {key} . inet_service : counter",
+            a.name()
+        );
+        out.push_str("\t\telements = {\n");
+        for (t, name) in &a.elements {
+            let _ = writeln!(out, "\t\t\t{} . {} : \"{name}\",", t.ip(), t.port());
+        }
+        out.push_str("\t\t}\n\t}\n");
+    }
     for c in &rs.chains {
         sep(&mut out);
         render_chain(&mut out, c);
@@ -52,7 +76,7 @@ fn render_chain(out: &mut String, c: &Chain) {
             out,
             "\t\ttype {} hook {} priority {}; policy accept;",
             if h.is_nat() { "nat" } else { "filter" },
-            h.chain_name(),
+            h.hook_name(),
             priority_text(h)
         );
     }
@@ -69,6 +93,8 @@ fn priority_text(h: BaseHook) -> &'static str {
         BaseHook::Output => "-100",
         BaseHook::Postrouting => "srcnat",
         BaseHook::Input => "filter",
+        BaseHook::AccountPre => "dstnat + 1",
+        BaseHook::AccountOut => "-99",
     }
 }
 
@@ -119,6 +145,22 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::FibDaddrLocal => "fib daddr type local".into(),
         Stmt::IifnameNotLo => "iifname != \"lo\"".into(),
         Stmt::CtNotDnat => "ct status ! dnat".into(),
+        Stmt::CtDnat => "ct status dnat".into(),
+        Stmt::CtDirection { reply } => {
+            format!("ct direction {}", if *reply { "reply" } else { "original" })
+        }
+        Stmt::CountTarget { family, reply } => {
+            let (addr, port) = if *reply {
+                ("saddr", "sport")
+            } else {
+                ("daddr", "dport")
+            };
+            format!(
+                "counter name {} {addr} . th {port} map @{}",
+                ip_kw(*family),
+                crate::ruleset::account_map_name(*family)
+            )
+        }
         Stmt::L4proto(p) => format!("meta l4proto {}", proto_text(*p)),
         Stmt::Vmap(kind) => match kind.key_addr_family() {
             Some(f) => format!(
