@@ -5,6 +5,13 @@ use crate::run::View;
 use std::collections::HashMap;
 use std::fmt::Write;
 
+struct TargetRow<'a> {
+    service: &'a str,
+    target: std::net::SocketAddr,
+    up: bool,
+    in_rotation: bool,
+}
+
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -66,43 +73,45 @@ pub fn render(
             }
         }
     }
-    let targets: Vec<(&str, std::net::SocketAddr, bool, bool)> = v
+    let targets: Vec<TargetRow> = v
         .resolved
         .services
         .iter()
         .flat_map(|s| s.targets.iter().map(move |t| (s, t)))
-        .map(|(s, t)| {
-            let up = v.health.get(&t.addr).copied().unwrap_or(true);
-            let in_rotation = plan
+        .map(|(s, t)| TargetRow {
+            service: &s.name,
+            target: t.addr,
+            up: v.health.get(&t.addr).copied().unwrap_or(true),
+            in_rotation: plan
                 .services
                 .iter()
-                .any(|p| p.name == s.name && p.targets.iter().any(|x| x.addr == t.addr));
-            (s.name.as_str(), t.addr, up, in_rotation)
+                .any(|p| p.name == s.name && p.targets.iter().any(|x| x.addr == t.addr)),
         })
         .collect();
-    let _ = writeln!(
-        out,
-        "# HELP svcnat_target_up Whether the target accepts connections (1 until a health check says otherwise).\n# TYPE svcnat_target_up gauge"
-    );
-    for (service, target, up, _) in &targets {
-        let _ = writeln!(
-            out,
-            "svcnat_target_up{{service=\"{}\",target=\"{target}\"}} {}",
-            esc(service),
-            u8::from(*up)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP svcnat_target_in_rotation Whether new connections are balanced to the target.\n# TYPE svcnat_target_in_rotation gauge"
-    );
-    for (service, target, _, in_rotation) in &targets {
-        let _ = writeln!(
-            out,
-            "svcnat_target_in_rotation{{service=\"{}\",target=\"{target}\"}} {}",
-            esc(service),
-            u8::from(*in_rotation)
-        );
+    type Pick = fn(&TargetRow) -> bool;
+    let gauges: [(&str, &str, Pick); 2] = [
+        (
+            "svcnat_target_up",
+            "Whether the target accepts connections (1 until a health check says otherwise).",
+            |t| t.up,
+        ),
+        (
+            "svcnat_target_in_rotation",
+            "Whether new connections are balanced to the target.",
+            |t| t.in_rotation,
+        ),
+    ];
+    for (metric, help, pick) in gauges {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for t in &targets {
+            let _ = writeln!(
+                out,
+                "{metric}{{service=\"{}\",target=\"{}\"}} {}",
+                esc(t.service),
+                t.target,
+                u8::from(pick(t))
+            );
+        }
     }
     for (name, kind, help, value) in [
         (

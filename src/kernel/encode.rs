@@ -113,7 +113,9 @@ pub fn encode_rule(
                     data: name,
                 });
             }
-            Stmt::CtNotDnat => {
+            Stmt::CtNotDnat | Stmt::CtDnat => {
+                // `ct status ! dnat` / `ct status dnat`: the DNAT bit, clear or set.
+                let op = if *s == Stmt::CtDnat { CMP_NEQ } else { CMP_EQ };
                 out.push(Expr::CtLoad {
                     key: CT_STATUS,
                     dreg: 1,
@@ -125,24 +127,7 @@ pub fn encode_rule(
                     xor: vec![0; 4],
                 });
                 out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: vec![0; 4],
-                });
-            }
-            Stmt::CtDnat => {
-                out.push(Expr::CtLoad {
-                    key: CT_STATUS,
-                    dreg: 1,
-                });
-                out.push(Expr::Bitwise {
-                    sreg: 1,
-                    dreg: 1,
-                    mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                out.push(Expr::Cmp {
-                    op: CMP_NEQ,
+                    op,
                     sreg: 1,
                     data: vec![0; 4],
                 });
