@@ -6,6 +6,7 @@
 //! kernel back into a `ruleset::Ruleset`; `show` turns that into per-service reports.
 
 pub mod cli;
+pub mod commands;
 pub mod diff;
 pub mod error;
 pub mod forward;
