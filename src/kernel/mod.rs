@@ -8,6 +8,7 @@ pub mod expr;
 pub mod meta;
 pub mod netlink;
 pub mod netns;
+pub mod recognize;
 pub mod sysctl;
 pub mod transaction;
 
