@@ -4,11 +4,11 @@
 //! that is not exactly what svcnat writes (edited by hand with `nft`) is kept aside as
 //! drift, never guessed at.
 
-use super::encode::GENERATION_SET;
 use super::expr::*;
 use super::meta::TableMeta;
 use super::netlink::{Msg, Netlink};
 use super::recognize::{decode_hook, decode_key, decode_rule, decode_target};
+use super::sets::GENERATION_SET;
 use crate::error::{Error, Result};
 use crate::plan::Family;
 use crate::ruleset::{AccountMap, Chain, MapKey, MapKind, Rule, Ruleset, VerdictMap};

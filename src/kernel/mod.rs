@@ -9,6 +9,7 @@ pub mod meta;
 pub mod netlink;
 pub mod netns;
 pub mod recognize;
+pub mod sets;
 pub mod sysctl;
 pub mod transaction;
 

@@ -3,10 +3,9 @@
 //! names the object it refers to and `--verbose` can list what was sent.
 
 use super::decode::Installed;
-use super::encode::{
-    CounterObj, Elems, GENERATION_SET, NewSet, NfSet, encode_rule, header, key_bytes,
-};
+use super::encode::{encode_rule, key_bytes};
 use super::meta::TableMeta;
+use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
 use crate::ruleset::{BaseHook, Chain, MapKind, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
