@@ -279,12 +279,7 @@ rollback installs exactly what was installed then.\n\n",
 
 /// Read the map named by -f, $SVCNAT_MAP, or ./svcnat.toml.
 pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
-    let path = match file {
-        Some(p) => p.clone(),
-        None => std::env::var_os("SVCNAT_MAP")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("svcnat.toml")),
-    };
+    let path = map_path(file);
     if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -302,15 +297,31 @@ pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
     Ok(Source::new(path.display().to_string(), text))
 }
 
-/// parse → validate → resolve; also the source, whose text is digested for generations.
-pub fn plan_and_source(args: &MapArgs) -> Result<(Plan, Source)> {
+/// The map's path: -f, else $SVCNAT_MAP, else ./svcnat.toml.
+pub fn map_path(file: Option<&PathBuf>) -> PathBuf {
+    match file {
+        Some(p) => p.clone(),
+        None => std::env::var_os("SVCNAT_MAP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("svcnat.toml")),
+    }
+}
+
+/// A resolver with the `--add-host` entries.
+pub fn resolver(args: &MapArgs) -> Result<Resolver> {
     let mut overrides = std::collections::HashMap::new();
     for h in &args.add_host {
         let (name, ip) = parse_add_host(h).map_err(Error::Usage)?;
         overrides.insert(name, ip);
     }
+    Ok(Resolver::new(overrides))
+}
+
+/// parse → validate → resolve; also the source, whose text is digested for generations.
+pub fn plan_and_source(args: &MapArgs) -> Result<(Plan, Source)> {
+    let resolver = resolver(args)?;
     let source = read_map(args.file.as_ref())?;
-    let plan = plan_from_source(&source, Resolver::new(overrides))?;
+    let plan = plan_from_source(&source, resolver)?;
     Ok((plan, source))
 }
 

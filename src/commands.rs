@@ -9,10 +9,8 @@ use crate::kernel::{self, netns::NetnsSpec};
 use crate::ops;
 use crate::plan::{Family, Plan};
 use crate::render;
-use crate::resolve::{Resolver, parse_add_host};
 use crate::ruleset;
 use crate::show;
-use std::path::PathBuf;
 use std::time::Instant;
 
 fn target(netns: &NetnsArgs, state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
@@ -96,11 +94,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             health_interval,
             metrics,
         } => {
-            let mut overrides = std::collections::HashMap::new();
-            for h in &map.add_host {
-                let (name, ip) = parse_add_host(h).map_err(Error::Usage)?;
-                overrides.insert(name, ip);
-            }
+            let resolver = crate::cli::resolver(&map)?;
             let port_mapping = std::env::var("PORT_MAPPING")
                 .ok()
                 .filter(|v| !v.trim().is_empty());
@@ -121,19 +115,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                     origin: "$PORT_MAPPING".into(),
                 }
             } else {
-                let path = std::env::var_os("SVCNAT_MAP")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("svcnat.toml"));
-                crate::run::MapFrom::File(path)
+                crate::run::MapFrom::File(crate::cli::map_path(None))
             };
-            let state_root = state
-                .state_dir
-                .clone()
-                .or_else(|| std::env::var_os("SVCNAT_STATE_DIR").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("/run/svcnat"));
+            let state_root = crate::state::root_or(state.state_dir.as_deref(), "/run/svcnat");
             crate::run::run(crate::run::Options {
                 from,
-                resolver: Resolver::new(overrides),
+                resolver,
                 target: ops::Target {
                     netns: netns_spec(&netns)?,
                     state_root,

@@ -22,9 +22,14 @@ pub const KEEP: usize = 10;
 
 /// The state root: the flag, else $SVCNAT_STATE_DIR, else /var/lib/svcnat.
 pub fn root(flag: Option<&Path>) -> PathBuf {
+    root_or(flag, DEFAULT_ROOT)
+}
+
+/// The state root with another last resort (`svcnat run` keeps it in /run).
+pub fn root_or(flag: Option<&Path>, default: &str) -> PathBuf {
     flag.map(Path::to_path_buf)
         .or_else(|| std::env::var_os("SVCNAT_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 /// One apply, as recorded.
