@@ -41,7 +41,7 @@ fn iptables_view(t: &ops::Target, table: &str) -> Result<Option<crate::xtables::
     let ops::Backend::Iptables(tool) = &t.backend else {
         unreachable!("called for the iptables backend")
     };
-    kernel::within(t.netns.as_ref(), |_| crate::xtables::view(tool, table))
+    kernel::in_namespace(t.netns.as_ref(), || crate::xtables::view(tool, table))
 }
 
 fn sysctl_note(enabled: &[&str], disabled: &[&str]) -> String {

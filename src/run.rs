@@ -269,7 +269,7 @@ impl Runner {
             .health
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(2));
-        let result = match kernel::within(self.opts.target.netns.as_ref(), |_| {
+        let result = match kernel::in_namespace(self.opts.target.netns.as_ref(), || {
             Ok(health::check(&targets, timeout))
         }) {
             Ok(r) => r,
@@ -358,7 +358,7 @@ pub fn run(opts: Options) -> Result<i32> {
     let listener = match opts.metrics {
         Some(addr) => {
             // Listen inside the proxy's namespace, where the scraper reaches it.
-            let l = kernel::within(opts.target.netns.as_ref(), |_| {
+            let l = kernel::in_namespace(opts.target.netns.as_ref(), || {
                 TcpListener::bind(addr).map_err(|e| Error::io(format!("--metrics {addr}"), e))
             })?;
             l.set_nonblocking(true)

@@ -31,11 +31,19 @@ pub struct Ctx {
 /// Run `f` inside the namespace (or here when `netns` is None) with a netlink socket
 /// opened there. The original namespace is restored afterwards, also on error.
 pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
+    in_namespace(netns, || {
+        let nl = Netlink::open()?;
+        let cookie = nl.netns_cookie().unwrap_or(0);
+        let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
+        f(&mut Ctx { nl, cookie, label })
+    })
+}
+
+/// Run `f` inside the namespace (or here), without a netlink socket: for what only needs
+/// to be there (health checks, a listening socket, iptables-save).
+pub fn in_namespace<T>(netns: Option<&NetnsSpec>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let _guard = netns.map(NetnsGuard::enter).transpose()?;
-    let nl = Netlink::open()?;
-    let cookie = nl.netns_cookie().unwrap_or(0);
-    let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
-    f(&mut Ctx { nl, cookie, label })
+    f()
 }
 
 /// The addresses of this namespace's interfaces (to tell local targets from remote ones).
