@@ -81,7 +81,15 @@ struct RawElem {
 /// the element of `set generation` records (default when the set is missing).
 pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
     let name = CString::new(table).expect("validated name");
-    let exists = nl.dump(
+    if !table_exists(nl, &name)? {
+        return Ok(None);
+    }
+    let elems = set_elements(nl, &name, GENERATION_SET)?.unwrap_or_default();
+    Ok(Some(meta_from(&elems)))
+}
+
+fn table_exists(nl: &mut Netlink, name: &CString) -> Result<bool> {
+    nl.dump(
         libc::NFT_MSG_GETTABLE,
         0,
         |h| unsafe {
@@ -91,21 +99,21 @@ pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
             sys::nftnl_table_free(t);
         },
         |_| Ok(()),
-    )?;
-    if !exists {
-        return Ok(None);
-    }
+    )
+}
+
+/// What the element of `set generation` records (the key is the generation number).
+fn meta_from(generation_elements: &[RawElem]) -> TableMeta {
     let mut meta = TableMeta::default();
-    for e in set_elements(nl, &name, GENERATION_SET)?.unwrap_or_default() {
-        let mut m = TableMeta::decode(&e.udata);
+    for e in generation_elements {
+        meta = TableMeta::decode(&e.udata);
         if e.key.len() == 4 {
-            m.generation = Some(u64::from(u32::from_ne_bytes(
+            meta.generation = Some(u64::from(u32::from_ne_bytes(
                 e.key[..4].try_into().expect("4 bytes"),
             )));
         }
-        meta = m;
     }
-    Ok(Some(meta))
+    meta
 }
 
 /// The elements of one set of the table; Ok(None) when the set does not exist.
@@ -175,9 +183,9 @@ fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<V
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     let name = CString::new(table).expect("validated name");
     // The table itself: absent means svcnat has nothing installed here.
-    let Some(meta) = table_meta(nl, table)? else {
+    if !table_exists(nl, &name)? {
         return Ok(None);
-    };
+    }
 
     let mut chains = Vec::new();
     nl.dump(
@@ -311,7 +319,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
 
     let mut installed = lift(table, chains, &set_names, &elements, rules);
     installed.objects = objects;
-    installed.meta = meta;
+    installed.meta = meta_from(elements.get(GENERATION_SET).map_or(&[][..], |e| &e[..]));
     installed.bookkeeping = set_names.iter().any(|n| n == GENERATION_SET);
     Ok(Some(installed))
 }
