@@ -112,8 +112,7 @@ fn install(
         });
     }
     let rs = lower(plan);
-    let mut retries = 0;
-    loop {
+    retrying(|retries| {
         // The generation id first: whatever is read after it is covered by the check.
         let genid = ctx.nl.genid()?;
         let before = decode::dump(&mut ctx.nl, &plan.table)?;
@@ -140,23 +139,18 @@ fn install(
         };
         kernel::test_hooks(&mut tx);
         let objects = tx.objects.clone();
-        match ctx.nl.commit(tx, Some(genid)) {
-            Ok(messages) => {
-                let (enabled, disabled) = write_sysctls(changes)?;
-                return Ok(Installed {
-                    generation: number,
-                    messages,
-                    objects,
-                    incremental,
-                    enabled,
-                    disabled,
-                    retries,
-                });
-            }
-            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
-            Err(e) => return Err(e),
-        }
-    }
+        let messages = ctx.nl.commit(tx, Some(genid))?;
+        let (enabled, disabled) = write_sysctls(changes)?;
+        Ok(Installed {
+            generation: number,
+            messages,
+            objects,
+            incremental,
+            enabled,
+            disabled,
+            retries,
+        })
+    })
 }
 
 /// What svcnat recorded where its rules live; None when it has nothing installed there.
@@ -328,8 +322,7 @@ fn remove(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<Vec<&'
         let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
         return Ok(Some(write_sysctls(changes)?.1));
     }
-    let mut retries = 0;
-    loop {
+    retrying(|_| {
         let genid = ctx.nl.genid()?;
         let Some(meta) = decode::table_meta(&mut ctx.nl, table)? else {
             return Ok(None);
@@ -337,10 +330,20 @@ fn remove(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<Vec<&'
         let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
         let mut tx = Transaction::new();
         tx.delete_table(table);
-        match ctx.nl.commit(tx, Some(genid)) {
-            Ok(_) => return Ok(Some(write_sysctls(changes)?.1)),
+        ctx.nl.commit(tx, Some(genid))?;
+        Ok(Some(write_sysctls(changes)?.1))
+    })
+}
+
+/// Run `attempt` (read the generation id, read the kernel, build, commit) again while the
+/// kernel refuses its batch as stale, at most MAX_ATTEMPTS times in all; it is told how
+/// many attempts were refused before it.
+fn retrying<T>(mut attempt: impl FnMut(u32) -> Result<T>) -> Result<T> {
+    let mut retries = 0;
+    loop {
+        match attempt(retries) {
             Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
-            Err(e) => return Err(e),
+            result => return result,
         }
     }
 }
