@@ -6,9 +6,9 @@
 //! kernel's Ruleset and `lower(lift(kernel))`: that is drift.
 
 use crate::plan::{Family, Plan, Service, Target};
-use crate::ruleset::{Chain, MapKey, MapKind, Rule, Ruleset, SERVICE_CHAIN_PREFIX, Stmt};
+use crate::ruleset::{Chain, DnatElem, MapKey, MapKind, Rule, Ruleset, SERVICE_CHAIN_PREFIX, Stmt};
 use crate::validate::Listen;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 /// Group a slot list back into weighted targets (slot i repeats a target `weight` times;
@@ -27,8 +27,8 @@ fn weighted(slots: &[SocketAddr]) -> Vec<Target> {
     out
 }
 
-/// The services the kernel's table implements. A service chain without a DNAT rule, or
-/// not reachable from any map, is not a service: it will show up as drift.
+/// The services the kernel's table implements, by name. A service chain without a DNAT
+/// rule, or not reachable from any map, is not a service: it will show up as drift.
 pub fn lift(rs: &Ruleset) -> Plan {
     let mut keys: HashMap<&str, Vec<(MapKind, &MapKey)>> = HashMap::new();
     for m in &rs.maps {
@@ -85,6 +85,38 @@ pub fn lift(rs: &Ruleset) -> Plan {
             localhost,
         });
     }
+    // DNAT map elements: a service's listen key, and its loopback key with `localhost`.
+    let mut direct: Vec<Service> = Vec::new();
+    let mut loopback: Vec<&str> = Vec::new();
+    for m in &rs.dnat_maps {
+        for e in &m.elements {
+            if m.kind == MapKind::Loopback {
+                loopback.push(&e.service);
+                continue;
+            }
+            direct.push(Service {
+                name: e.service.clone(),
+                proto: e.key.proto,
+                family: m.kind.family(),
+                listen: Listen {
+                    addr: e.key.addr,
+                    port: e.key.port,
+                },
+                targets: vec![Target {
+                    addr: e.target,
+                    weight: 1,
+                }],
+                masquerade: true,
+                localhost: false,
+            });
+        }
+    }
+    for s in &mut direct {
+        s.localhost = loopback.contains(&s.name.as_str());
+    }
+    services.extend(direct);
+    // Map elements come back in the kernel's hash order: name order is the stable one.
+    services.sort_by(|a, b| a.name.cmp(&b.name));
     Plan {
         table: rs.table.clone(),
         services,
@@ -95,8 +127,11 @@ pub fn lift(rs: &Ruleset) -> Plan {
 /// One structural difference: `expected` lacks what `actual` has (Extra), or the reverse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
-    MissingMap(MapKind),
-    ExtraMap(MapKind),
+    /// A map (by name) on one side only.
+    MissingMap(&'static str),
+    ExtraMap(&'static str),
+    MissingDnat(MapKind, DnatElem),
+    ExtraDnat(MapKind, DnatElem),
     MissingElement(MapKind, MapKey, String),
     ExtraElement(MapKind, MapKey, String),
     MissingChain(String),
@@ -119,8 +154,23 @@ impl Difference {
         use crate::render::nft::{key_text, stmt_text};
         let rule = |r: &Rule| r.0.iter().map(stmt_text).collect::<Vec<_>>().join(" ");
         match self {
-            Difference::MissingMap(k) => vec![format!("- map {}", k.name())],
-            Difference::ExtraMap(k) => vec![format!("+ map {}", k.name())],
+            Difference::MissingMap(name) => vec![format!("- map {name}")],
+            Difference::ExtraMap(name) => vec![format!("+ map {name}")],
+            Difference::MissingDnat(k, e) | Difference::ExtraDnat(k, e) => {
+                let sign = if matches!(self, Difference::MissingDnat(..)) {
+                    '-'
+                } else {
+                    '+'
+                };
+                vec![format!(
+                    "{sign} element {}: {} comment \"{}\" : {} . {}",
+                    k.dnat_name(),
+                    key_text(*k, &e.key),
+                    e.service,
+                    e.target.ip(),
+                    e.target.port()
+                )]
+            }
             Difference::MissingElement(k, key, c) => {
                 vec![format!(
                     "- element {}: {} : goto {c}",
@@ -170,8 +220,8 @@ pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
     let mut out = Vec::new();
     for kind in MapKind::ALL {
         match (expected.map(kind), actual.map(kind)) {
-            (Some(_), None) => out.push(Difference::MissingMap(kind)),
-            (None, Some(_)) => out.push(Difference::ExtraMap(kind)),
+            (Some(_), None) => out.push(Difference::MissingMap(kind.name())),
+            (None, Some(_)) => out.push(Difference::ExtraMap(kind.name())),
             (Some(e), Some(a)) => {
                 let want: HashMap<&MapKey, &String> =
                     e.elements.iter().map(|(k, c)| (k, c)).collect();
@@ -186,6 +236,23 @@ pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
                     if want.get(k) != Some(&c) {
                         out.push(Difference::ExtraElement(kind, *k, c.clone()));
                     }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    for kind in MapKind::ALL {
+        match (expected.dnat_map(kind), actual.dnat_map(kind)) {
+            (Some(_), None) => out.push(Difference::MissingMap(kind.dnat_name())),
+            (None, Some(_)) => out.push(Difference::ExtraMap(kind.dnat_name())),
+            (Some(e), Some(a)) => {
+                let want: HashSet<&DnatElem> = e.elements.iter().collect();
+                let have: HashSet<&DnatElem> = a.elements.iter().collect();
+                for x in e.elements.iter().filter(|x| !have.contains(x)) {
+                    out.push(Difference::MissingDnat(kind, x.clone()));
+                }
+                for x in a.elements.iter().filter(|x| !want.contains(x)) {
+                    out.push(Difference::ExtraDnat(kind, x.clone()));
                 }
             }
             (None, None) => {}
@@ -283,7 +350,9 @@ mod tests {
     fn lift_inverts_lower() {
         for plan in bundled() {
             let rs = lower(&plan);
-            assert_eq!(lift(&rs), plan);
+            let mut by_name = plan.clone();
+            by_name.services.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(lift(&rs), by_name);
             assert!(differences(&rs, &lower(&lift(&rs))).is_empty());
         }
     }
@@ -297,19 +366,19 @@ mod tests {
         let plan = &plan;
         let expected = lower(plan);
         let mut actual = expected.clone();
-        // nft add rule … svc-web1 counter; nft delete element … lo4 { tcp . 8082 }
-        let web1 = actual
+        // nft add rule … svc-web-vip counter; nft delete element … dnat-lo4 { tcp . 8082 }
+        let vip = actual
             .chains
             .iter_mut()
-            .find(|c| c.name == "svc-web1")
+            .find(|c| c.name == "svc-web-vip")
             .unwrap();
-        web1.rules.push(Rule(vec![Stmt::Counter]));
+        vip.rules.push(Rule(vec![Stmt::Counter]));
         let lo4 = actual
-            .maps
+            .dnat_maps
             .iter_mut()
             .find(|m| m.kind == MapKind::Loopback)
             .unwrap();
-        lo4.elements.retain(|(k, _)| k.port != 8082);
+        lo4.elements.retain(|e| e.key.port != 8082);
         let lines: Vec<String> = differences(&expected, &actual)
             .iter()
             .flat_map(|d| d.lines())
@@ -317,8 +386,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "- element lo4: tcp . 8082 : goto svc-web2",
-                "+ rule in chain svc-web1: counter"
+                "- element dnat-lo4: tcp . 8082 comment \"web2\" : 172.18.0.3 . 8000",
+                "+ rule in chain svc-web-vip: counter"
             ]
         );
     }

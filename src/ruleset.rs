@@ -20,6 +20,14 @@
 //!
 //! A new connection costs one map lookup whatever the number of services (the NAT chains see
 //! only a connection's first packet); the per-service chain is constant work.
+//!
+//! The common case, one target with masquerade and no accounting, needs no chain at all: it
+//! is one element of a DNAT map, `map dnat-port4 { … : ipv4_addr . inet_service }`, looked
+//! up by one base-chain rule (`… @dnat-port4 meta mark set … dnat ip to … map @dnat-port4`).
+//! Chains are what the kernel pays for: each one is validated again at every commit that
+//! touches a rule or a `goto`, so 50,000 chains make every change cost tens of
+//! milliseconds, while 50,000 map elements are never walked. The element's comment names
+//! the service.
 
 use crate::plan::{Family, Plan, Service};
 use crate::validate::Proto;
@@ -36,6 +44,8 @@ pub struct Ruleset {
     pub table: String,
     /// Named verdict maps, in creation order.
     pub maps: Vec<VerdictMap>,
+    /// Services that are one map element each (see the module comment), in creation order.
+    pub dnat_maps: Vec<DnatMap>,
     /// Per-target packet counting (`settings.accounting`): one map per family.
     pub accounts: Vec<AccountMap>,
     /// Base chains first, then one chain per service.
@@ -73,6 +83,26 @@ impl MapKind {
     pub fn from_name(name: &str) -> Option<MapKind> {
         MapKind::ALL.into_iter().find(|k| k.name() == name)
     }
+    /// The DNAT map of the same key: `dnat-vip4`, ….
+    pub fn dnat_name(self) -> &'static str {
+        match self {
+            MapKind::Vip(Family::V4) => "dnat-vip4",
+            MapKind::Vip(Family::V6) => "dnat-vip6",
+            MapKind::Port(Family::V4) => "dnat-port4",
+            MapKind::Port(Family::V6) => "dnat-port6",
+            MapKind::Loopback => "dnat-lo4",
+        }
+    }
+    pub fn from_dnat_name(name: &str) -> Option<MapKind> {
+        MapKind::ALL.into_iter().find(|k| k.dnat_name() == name)
+    }
+    /// The family of the services the map holds (and so of their targets).
+    pub fn family(self) -> Family {
+        match self {
+            MapKind::Vip(f) | MapKind::Port(f) => f,
+            MapKind::Loopback => Family::V4,
+        }
+    }
     /// The address family of the key, when the key holds an address.
     pub fn key_addr_family(self) -> Option<Family> {
         match self {
@@ -94,6 +124,21 @@ pub struct VerdictMap {
     pub kind: MapKind,
     /// Key → `goto` chain name.
     pub elements: Vec<(MapKey, String)>,
+}
+
+/// `map dnat-vip4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }`:
+/// key → the service's one target, the element commented with the service's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatMap {
+    pub kind: MapKind,
+    pub elements: Vec<DnatElem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnatElem {
+    pub key: MapKey,
+    pub target: SocketAddr,
+    pub service: String,
 }
 
 /// `map acct4 { type ipv4_addr . inet_service : counter }`: target → its named counter.
@@ -219,6 +264,9 @@ pub enum Stmt {
     L4proto(Proto),
     /// `[ip daddr .] meta l4proto . th dport vmap @MAP`
     Vmap(MapKind),
+    /// `KEY @dnat-MAP meta mark set meta mark | 0x2000 dnat ip to KEY map @dnat-MAP`, KEY
+    /// being `[ip daddr .] meta l4proto . th dport`: the element's target, masqueraded.
+    DnatMap(MapKind),
     /// `counter`
     Counter,
     /// `meta mark set meta mark | MARK`
@@ -240,6 +288,15 @@ impl Ruleset {
     pub fn map(&self, kind: MapKind) -> Option<&VerdictMap> {
         self.maps.iter().find(|m| m.kind == kind)
     }
+    pub fn dnat_map(&self, kind: MapKind) -> Option<&DnatMap> {
+        self.dnat_maps.iter().find(|m| m.kind == kind)
+    }
+}
+
+/// Whether a service is a DNAT map element rather than a chain: one target, masqueraded,
+/// and no per-service flow counter wanted (accounting off).
+pub fn is_direct(s: &Service, accounting: bool) -> bool {
+    s.masquerade && !accounting && s.targets.len() == 1 && s.targets[0].weight == 1
 }
 
 pub fn service_chain(name: &str) -> String {
@@ -257,63 +314,81 @@ pub fn lower(plan: &Plan) -> Ruleset {
             elements: Vec::new(),
         })
         .collect();
-    let mut add = |kind: MapKind, key: MapKey, chain: &str| {
-        let m = maps
-            .iter_mut()
-            .find(|m| m.kind == kind)
-            .expect("all kinds exist");
-        m.elements.push((key, chain.to_owned()));
-    };
+    let mut dnat_maps: Vec<DnatMap> = MapKind::ALL
+        .into_iter()
+        .map(|kind| DnatMap {
+            kind,
+            elements: Vec::new(),
+        })
+        .collect();
     for s in &plan.services {
+        let direct = is_direct(s, plan.accounting);
         let chain = service_chain(&s.name);
         let key = MapKey {
             addr: s.listen.addr,
             proto: s.proto,
             port: s.listen.port,
         };
+        let mut add = |kind: MapKind, key: MapKey| {
+            let i = MapKind::ALL.iter().position(|k| *k == kind).expect("known");
+            if direct {
+                dnat_maps[i].elements.push(DnatElem {
+                    key,
+                    target: s.targets[0].addr,
+                    service: s.name.clone(),
+                });
+            } else {
+                maps[i].elements.push((key, chain.clone()));
+            }
+        };
         match s.listen.addr {
-            Some(_) => add(MapKind::Vip(s.family), key, &chain),
-            None => add(MapKind::Port(s.family), key, &chain),
+            Some(_) => add(MapKind::Vip(s.family), key),
+            None => add(MapKind::Port(s.family), key),
         }
         if s.localhost {
-            let lo = MapKey { addr: None, ..key };
-            add(MapKind::Loopback, lo, &chain);
+            add(MapKind::Loopback, MapKey { addr: None, ..key });
         }
     }
     maps.retain(|m| !m.elements.is_empty());
+    dnat_maps.retain(|m| !m.elements.is_empty());
     let has = |k: MapKind| maps.iter().any(|m| m.kind == k);
+    let has_dnat = |k: MapKind| dnat_maps.iter().any(|m| m.kind == k);
 
     // Arriving traffic (prerouting) and local processes (output) look services up the same
     // way, except that only output may reach a service through 127.0.0.1.
+    // Each kind of lookup is one rule per map: the DNAT map's, then the verdict map's.
     let lookups = |hook: BaseHook| {
         let mut rules = Vec::new();
-        for f in [Family::V4, Family::V6] {
-            if has(MapKind::Vip(f)) {
-                rules.push(Rule(vec![Stmt::Vmap(MapKind::Vip(f))]));
+        let mut both = |prefix: Vec<Stmt>, kind: MapKind| {
+            if has_dnat(kind) {
+                let mut r = prefix.clone();
+                r.push(Stmt::DnatMap(kind));
+                rules.push(Rule(r));
             }
+            if has(kind) {
+                let mut r = prefix;
+                r.push(Stmt::Vmap(kind));
+                rules.push(Rule(r));
+            }
+        };
+        for f in [Family::V4, Family::V6] {
+            both(Vec::new(), MapKind::Vip(f));
         }
-        if hook == BaseHook::Output && has(MapKind::Loopback) {
-            rules.push(Rule(vec![
-                Stmt::DaddrLoopback {
-                    family: Family::V4,
-                    negate: false,
-                },
-                Stmt::Vmap(MapKind::Loopback),
-            ]));
+        if hook == BaseHook::Output {
+            let lo = Stmt::DaddrLoopback {
+                family: Family::V4,
+                negate: false,
+            };
+            both(vec![lo], MapKind::Loopback);
         }
         for f in [Family::V4, Family::V6] {
-            if has(MapKind::Port(f)) {
-                // Loopback destinations are excluded: in prerouting they would be the
-                // CVE-2020-8558 hole, in output they belong to `localhost = true` only.
-                rules.push(Rule(vec![
-                    Stmt::DaddrLoopback {
-                        family: f,
-                        negate: true,
-                    },
-                    Stmt::FibDaddrLocal,
-                    Stmt::Vmap(MapKind::Port(f)),
-                ]));
-            }
+            // Loopback destinations are excluded: in prerouting they would be the
+            // CVE-2020-8558 hole, in output they belong to `localhost = true` only.
+            let not_lo = Stmt::DaddrLoopback {
+                family: f,
+                negate: true,
+            };
+            both(vec![not_lo, Stmt::FibDaddrLocal], MapKind::Port(f));
         }
         rules
     };
@@ -400,12 +475,17 @@ pub fn lower(plan: &Plan) -> Ruleset {
             rules: families.iter().map(|f| rule(*f, false)).collect(),
         });
     }
-    for s in &plan.services {
+    for s in plan
+        .services
+        .iter()
+        .filter(|s| !is_direct(s, plan.accounting))
+    {
         chains.push(service_chain_of(s));
     }
     Ruleset {
         table: plan.table.clone(),
         maps,
+        dnat_maps,
         accounts,
         chains,
     }

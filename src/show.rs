@@ -32,9 +32,12 @@ pub struct ShownService {
     pub localhost: bool,
     pub targets: Vec<ShownTarget>,
     pub masquerade: bool,
-    /// NAT chains see only the first packet of a connection: packets = connections.
-    pub connections: u64,
-    pub bytes: u64,
+    /// NAT chains see only the first packet of a connection: packets = connections. None
+    /// for a one-target service without accounting: a DNAT map element, with no counter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,7 +62,7 @@ fn shown(
     if s.localhost {
         listen.push(format!("127.0.0.1:{}", s.listen.port));
     }
-    let (connections, bytes) = counters.copied().unwrap_or_default();
+    let (connections, bytes) = (counters.map(|c| c.0), counters.map(|c| c.1));
     ShownService {
         name: s.name.clone(),
         protocol: s.proto,
@@ -157,8 +160,8 @@ pub fn human(shown: &Shown, place: &str) -> String {
                     s.protocol.to_string(),
                     s.listen.join(","),
                     format!("{}{flags}", targets.join(",")),
-                    s.connections.to_string(),
-                    s.bytes.to_string(),
+                    s.connections.map_or("-".into(), |c| c.to_string()),
+                    s.bytes.map_or("-".into(), |c| c.to_string()),
                 ]
             })
             .collect();
@@ -195,6 +198,12 @@ pub fn human(shown: &Shown, place: &str) -> String {
             out,
             "(counted at the NAT rule, which sees the first packet of each connection; BYTES are those packets' bytes)"
         );
+        if shown.services.iter().any(|s| s.connections.is_none()) {
+            let _ = writeln!(
+                out,
+                "(-: a one-target service is a DNAT map element, without a counter; `accounting = true` counts every service)"
+            );
+        }
     }
     for d in &shown.drift {
         let _ = writeln!(out, "drift: {d}");

@@ -144,6 +144,8 @@ fn render_needs_no_root_and_no_kernel() {
         .unwrap();
     assert!(o.status.success());
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("tcp . 80 : goto svc-a"), "{out}");
-    assert!(out.contains("dnat ip to 10.0.0.2:80"), "{out}");
+    assert!(
+        out.contains("tcp . 80 comment \"a\" : 10.0.0.2 . 80"),
+        "{out}"
+    );
 }

@@ -245,7 +245,7 @@ fn read_only_proc_sys_fails_before_sending_with_the_fix() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.contains("enabled"), "nothing needed enabling: {out}");
-    assert!(ns.ruleset().contains("svc-my-service"));
+    assert!(ns.ruleset().contains("comment \"my-service\""));
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn netns_by_name_path_and_pid() {
         "--netns",
         &by_path.path(),
     ]);
-    assert!(by_path.ruleset().contains("svc-my-service"));
+    assert!(by_path.ruleset().contains("comment \"my-service\""));
 
     let by_pid = Netns::new("pid");
     let sleeper = by_pid.spawn_inside();
@@ -440,8 +440,8 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     assert!(!out.contains("drift"), "{out}");
 
     // Hand edits with nft inside svcnat's table.
-    ns.exec_ok("nft add rule inet svcnat svc-web1 counter");
-    ns.exec_ok("nft delete element inet svcnat lo4 { tcp . 8082 }");
+    ns.exec_ok("nft add rule inet svcnat svc-web-vip counter");
+    ns.exec_ok("nft delete element inet svcnat dnat-lo4 { tcp . 8082 }");
     ns.exec_ok("nft insert rule inet svcnat prerouting tcp dport 22 accept");
     let (code, out, _) = diff("rulesets/host-ports.toml");
     assert_eq!(code, 1, "{out}");
@@ -450,7 +450,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
         "{out}"
     );
     assert!(
-        out.contains("  + rule in chain svc-web1: counter\n"),
+        out.contains("  + rule in chain svc-web-vip: counter\n"),
         "{out}"
     );
     assert!(

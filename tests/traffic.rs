@@ -76,7 +76,8 @@ fn skupper_ingress_proxies_carry_http_and_tcp_until_flushed() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    // The service counters saw the connections.
+    // One-target services are DNAT map elements: no per-service counter (the balanced VIP
+    // below has one, and counts every connection).
     let v: serde_json::Value =
         serde_json::from_str(&svcnat_ok(&["show", "--netns", &proxy2.name, "--json"])).unwrap();
     let tcp = v["services"]
@@ -85,7 +86,7 @@ fn skupper_ingress_proxies_carry_http_and_tcp_until_flushed() {
         .iter()
         .find(|s| s["name"] == "my-tcp-service")
         .unwrap();
-    assert_eq!(tcp["connections"], 1, "{v}");
+    assert!(tcp.get("connections").is_none(), "{v}");
     let v: serde_json::Value =
         serde_json::from_str(&svcnat_ok(&["show", "--netns", &proxy1.name, "--json"])).unwrap();
     let web = v["services"]
@@ -94,7 +95,7 @@ fn skupper_ingress_proxies_carry_http_and_tcp_until_flushed() {
         .iter()
         .find(|s| s["name"] == "my-service")
         .unwrap();
-    assert_eq!(web["connections"], 1, "{v}");
+    assert!(web.get("connections").is_none(), "{v}");
 
     for p in [&proxy1, &proxy2] {
         svcnat_ok(&["flush", "--netns", &p.name]);

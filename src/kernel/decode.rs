@@ -11,7 +11,9 @@ use super::recognize::{decode_hook, decode_key, decode_rule, decode_target};
 use super::sets::GENERATION_SET;
 use crate::error::{Error, Result};
 use crate::plan::Family;
-use crate::ruleset::{AccountMap, Chain, MapKey, MapKind, Rule, Ruleset, VerdictMap};
+use crate::ruleset::{
+    AccountMap, Chain, DnatElem, DnatMap, MapKey, MapKind, Rule, Ruleset, VerdictMap,
+};
 use nftnl::nftnl_sys::{self as sys, libc};
 use std::collections::HashMap;
 use std::ffi::{CStr, CString};
@@ -324,6 +326,20 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     Ok(Some(installed))
 }
 
+/// An element's comment (userdata TLV type 0, NUL-terminated), as nft writes it.
+fn comment(udata: &[u8]) -> Option<String> {
+    let mut rest = udata;
+    while let [ty, len, tail @ ..] = rest {
+        let (value, next) = tail.split_at_checked(*len as usize)?;
+        if *ty == 0 {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return String::from_utf8(text.to_vec()).ok();
+        }
+        rest = next;
+    }
+    None
+}
+
 fn lift(
     table: &str,
     raw_chains: Vec<RawChain>,
@@ -353,6 +369,27 @@ fn lift(
             .collect();
         elems.sort();
         maps.push(VerdictMap {
+            kind,
+            elements: elems,
+        });
+    }
+    let mut dnat_maps = Vec::new();
+    for kind in MapKind::ALL {
+        let Some(elems) = elements.get(kind.dnat_name()) else {
+            continue;
+        };
+        let mut elems: Vec<DnatElem> = elems
+            .iter()
+            .filter_map(|e| {
+                Some(DnatElem {
+                    key: decode_key(kind, &e.key)?,
+                    target: decode_target(&e.data)?,
+                    service: comment(&e.udata)?,
+                })
+            })
+            .collect();
+        elems.sort();
+        dnat_maps.push(DnatMap {
             kind,
             elements: elems,
         });
@@ -416,6 +453,7 @@ fn lift(
         ruleset: Ruleset {
             table: table.to_owned(),
             maps,
+            dnat_maps,
             accounts,
             chains,
         },

@@ -173,30 +173,7 @@ pub fn encode_rule(
                 });
             }
             Stmt::Vmap(kind) => {
-                let addr_len = match kind.key_addr_family() {
-                    Some(f) => {
-                        need(&mut out, f);
-                        let (offset, len) = daddr_field(f);
-                        out.push(Expr::Payload {
-                            base: PAYLOAD_NETWORK,
-                            offset,
-                            len,
-                            dreg: 1,
-                        });
-                        len
-                    }
-                    None => 0,
-                };
-                out.push(Expr::MetaLoad {
-                    key: META_L4PROTO,
-                    dreg: reg(addr_len),
-                });
-                out.push(Expr::Payload {
-                    base: PAYLOAD_TRANSPORT,
-                    offset: 2,
-                    len: 2,
-                    dreg: reg(addr_len + 4),
-                });
+                load_key(&mut out, &mut need, *kind);
                 out.push(Expr::Lookup {
                     sreg: 1,
                     dreg: Some(REG_VERDICT),
@@ -204,26 +181,36 @@ pub fn encode_rule(
                     set_id: map_id(*kind),
                 });
             }
+            Stmt::DnatMap(kind) => {
+                // Membership first, so only connections to a service get the mark; then the
+                // same key again, this time for the target's address and port.
+                let lookup = |dreg| Expr::Lookup {
+                    sreg: 1,
+                    dreg,
+                    set: kind.dnat_name().to_owned(),
+                    set_id: dnat_map_id(*kind),
+                };
+                load_key(&mut out, &mut need, *kind);
+                out.push(lookup(None));
+                out.extend(mark_set(crate::ruleset::MASQ_MARK));
+                load_key(&mut out, &mut need, *kind);
+                out.push(lookup(Some(1)));
+                let addr_len = match kind.family() {
+                    Family::V4 => 4,
+                    Family::V6 => 16,
+                };
+                out.push(Expr::Nat {
+                    family: u32::from(nfproto_of(kind.family())),
+                    reg_addr: 1,
+                    reg_proto: reg(addr_len),
+                    flags: None,
+                });
+            }
             Stmt::Counter => out.push(Expr::Counter {
                 packets: 0,
                 bytes: 0,
             }),
-            Stmt::MarkSet(m) => {
-                out.push(Expr::MetaLoad {
-                    key: META_MARK,
-                    dreg: 1,
-                });
-                out.push(Expr::Bitwise {
-                    sreg: 1,
-                    dreg: 1,
-                    mask: (!m).to_ne_bytes().to_vec(),
-                    xor: m.to_ne_bytes().to_vec(),
-                });
-                out.push(Expr::MetaSet {
-                    key: META_MARK,
-                    sreg: 1,
-                });
-            }
+            Stmt::MarkSet(m) => out.extend(mark_set(*m)),
             Stmt::MarkTest(m) => {
                 out.push(Expr::MetaLoad {
                     key: META_MARK,
@@ -284,6 +271,62 @@ pub fn encode_rule(
     out
 }
 
+/// `[ip daddr .] meta l4proto . th dport` into registers 1…, as nft lays out a
+/// concatenation: each field from a 4-byte boundary.
+fn load_key(out: &mut Vec<Expr>, need: &mut dyn FnMut(&mut Vec<Expr>, Family), kind: MapKind) {
+    let addr_len = match kind.key_addr_family() {
+        Some(f) => {
+            need(out, f);
+            let (offset, len) = daddr_field(f);
+            out.push(Expr::Payload {
+                base: PAYLOAD_NETWORK,
+                offset,
+                len,
+                dreg: 1,
+            });
+            len
+        }
+        None => 0,
+    };
+    out.push(Expr::MetaLoad {
+        key: META_L4PROTO,
+        dreg: reg(addr_len),
+    });
+    out.push(Expr::Payload {
+        base: PAYLOAD_TRANSPORT,
+        offset: 2,
+        len: 2,
+        dreg: reg(addr_len + 4),
+    });
+}
+
+/// `meta mark set meta mark | MARK`
+fn mark_set(m: u32) -> [Expr; 3] {
+    [
+        Expr::MetaLoad {
+            key: META_MARK,
+            dreg: 1,
+        },
+        Expr::Bitwise {
+            sreg: 1,
+            dreg: 1,
+            mask: (!m).to_ne_bytes().to_vec(),
+            xor: m.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            key: META_MARK,
+            sreg: 1,
+        },
+    ]
+}
+
+fn nfproto_of(f: Family) -> u8 {
+    match f {
+        Family::V4 => NFPROTO_IPV4,
+        Family::V6 => NFPROTO_IPV6,
+    }
+}
+
 fn daddr_field(f: Family) -> (u32, u32) {
     match f {
         Family::V4 => (16, 4),
@@ -327,6 +370,10 @@ pub(super) fn account_map_id(f: Family) -> u32 {
         Family::V4 => 90,
         Family::V6 => 91,
     }
+}
+
+pub(super) fn dnat_map_id(kind: MapKind) -> u32 {
+    map_id(kind) + 10
 }
 
 /// Transaction-local ids for the named maps (anonymous maps count up from 100).

@@ -61,6 +61,15 @@ pub fn decode_target(b: &[u8]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::from_be_bytes([b[n], b[n + 1]])))
 }
 
+/// A map lookup whose key took `key_exprs` expressions: a verdict map, or a DNAT map,
+/// whose statement goes on with the mark, the key again, the data lookup and the NAT.
+fn map_lookup(set: &str, key_exprs: usize) -> Option<(Stmt, usize)> {
+    if let Some(kind) = MapKind::from_dnat_name(set) {
+        return Some((Stmt::DnatMap(kind), 2 * key_exprs + 3 + 1));
+    }
+    Some((Stmt::Vmap(MapKind::from_name(set)?), key_exprs))
+}
+
 /// Recognise svcnat's statements in a rule's expressions. The result is accepted only if
 /// encoding it again gives the very same expressions.
 pub fn decode_rule(
@@ -213,7 +222,7 @@ pub fn decode_rule(
                     ..
                 }),
                 Some(Expr::Lookup { set, .. }),
-            ) => (Stmt::Vmap(MapKind::from_name(set)?), 4),
+            ) => map_lookup(set, 4)?,
             (
                 Some(Expr::MetaLoad {
                     key: META_L4PROTO, ..
@@ -224,7 +233,7 @@ pub fn decode_rule(
                 }),
                 Some(Expr::Lookup { set, .. }),
                 _,
-            ) => (Stmt::Vmap(MapKind::from_name(set)?), 3),
+            ) => map_lookup(set, 3)?,
             (Some(Expr::Counter { .. }), ..) => (Stmt::Counter, 1),
             (
                 Some(Expr::MetaLoad { key: META_MARK, .. }),

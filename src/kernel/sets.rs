@@ -3,10 +3,10 @@
 //! object maps. Flags, types and userdata are exactly nft's, so `nft list` prints them as
 //! it prints its own.
 
-use super::encode::{account_map_id, map_id, target_bytes};
+use super::encode::{account_map_id, dnat_map_id, key_bytes, map_id, target_bytes};
 use super::expr::VERDICT_GOTO;
 use crate::plan::Family;
-use crate::ruleset::MapKind;
+use crate::ruleset::{DnatElem, MapKind};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{MsgType, NlMsg};
 use std::cell::Cell;
@@ -33,6 +33,15 @@ const DATA_VERDICT: u32 = 0xffff_ff00;
 const VMAP_UDATA: [u8; 28] = [
     0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0,
 ];
+
+/// Userdata nft writes for a map `[addr .] inet_proto . inet_service : addr . inet_service`.
+const DNAT_MAP_UDATA: [u8; 38] = [
+    0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 4, 8, 0, 4, 13, 0, 0, 0, 1,
+    0, 6, 4, 0, 0, 0, 0,
+];
+
+/// Element userdata type of a comment (NFTNL_UDATA_SET_ELEM_COMMENT).
+const ELEM_COMMENT: u8 = 0;
 
 const SLOTMAP_UDATA: [u8; 18] = [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
 
@@ -102,7 +111,18 @@ impl NfSet {
     /// A named verdict map `[addr .] inet_proto . inet_service : verdict`.
     pub fn verdict_map(table: &str, kind: MapKind) -> NfSet {
         let s = NfSet::new(table, kind.name(), map_id(kind));
-        let (key_type, addr_len) = match kind.key_addr_family() {
+        let (key_type, addr_len) = Self::key_type(kind);
+        s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
+        s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, addr_len + 8);
+        s.set_u32(sys::NFTNL_SET_DATA_TYPE, DATA_VERDICT);
+        s.set_u32(sys::NFTNL_SET_DATA_LEN, 0);
+        s.set_udata(&VMAP_UDATA);
+        s
+    }
+
+    fn key_type(kind: MapKind) -> (u32, u32) {
+        match kind.key_addr_family() {
             Some(Family::V4) => (
                 (TYPE_IPV4 << 12) | (TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE,
                 4,
@@ -112,14 +132,57 @@ impl NfSet {
                 16,
             ),
             None => ((TYPE_INET_PROTO << 6) | TYPE_INET_SERVICE, 0),
+        }
+    }
+
+    /// A named DNAT map `[addr .] inet_proto . inet_service : addr . inet_service`.
+    pub fn dnat_map(table: &str, kind: MapKind) -> NfSet {
+        let s = NfSet::new(table, kind.dnat_name(), dnat_map_id(kind));
+        let (key_type, key_addr_len) = Self::key_type(kind);
+        let (addr_type, addr_len) = match kind.family() {
+            Family::V4 => (TYPE_IPV4, 4),
+            Family::V6 => (TYPE_IPV6, 16),
         };
         s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
         s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
-        s.set_u32(sys::NFTNL_SET_KEY_LEN, addr_len + 8);
-        s.set_u32(sys::NFTNL_SET_DATA_TYPE, DATA_VERDICT);
-        s.set_u32(sys::NFTNL_SET_DATA_LEN, 0);
-        s.set_udata(&VMAP_UDATA);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, key_addr_len + 8);
+        s.set_u32(
+            sys::NFTNL_SET_DATA_TYPE,
+            (addr_type << 6) | TYPE_INET_SERVICE,
+        );
+        s.set_u32(sys::NFTNL_SET_DATA_LEN, addr_len + 4);
+        s.set_udata(&DNAT_MAP_UDATA);
         s
+    }
+
+    /// Add `key → target` to a DNAT map, commented with the service's name. Without
+    /// `data`, only the key (enough to delete an element).
+    pub fn add_dnat(&self, e: &DnatElem, data: bool) {
+        let key = key_bytes(&e.key);
+        if !data {
+            return self.add_elem(&key, None, None);
+        }
+        let name = e.service.as_bytes();
+        let mut udata = vec![ELEM_COMMENT, name.len() as u8 + 1];
+        udata.extend(name);
+        udata.push(0);
+        unsafe {
+            let el = Self::new_elem(&key);
+            let d = target_bytes(&e.target);
+            sys::nftnl_set_elem_set(
+                el,
+                sys::NFTNL_SET_ELEM_DATA as u16,
+                d.as_ptr().cast(),
+                d.len() as u32,
+            );
+            sys::nftnl_set_elem_set(
+                el,
+                sys::NFTNL_SET_ELEM_USERDATA as u16,
+                udata.as_ptr().cast(),
+                udata.len() as u32,
+            );
+            sys::nftnl_set_elem_add(self.raw(), el);
+        }
     }
 
     /// An anonymous constant map `slot : addr . port` for `numgen random mod N`.

@@ -65,7 +65,12 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
             .cloned()
             .collect()
     };
-    let kinds = |rs: &Ruleset| -> Vec<MapKind> { rs.maps.iter().map(|m| m.kind).collect() };
+    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<MapKind>) {
+        (
+            rs.maps.iter().map(|m| m.kind).collect(),
+            rs.dnat_maps.iter().map(|m| m.kind).collect(),
+        )
+    };
     let families = |rs: &Ruleset| -> Vec<crate::plan::Family> {
         rs.accounts.iter().map(|a| a.family).collect()
     };
@@ -223,6 +228,13 @@ impl Transaction {
             }
             self.add_set(&set, &format!("map {}", m.kind.name()));
         }
+        for m in &rs.dnat_maps {
+            let set = NfSet::dnat_map(&rs.table, m.kind);
+            for e in &m.elements {
+                set.add_dnat(e, true);
+            }
+            self.add_set(&set, &format!("map {}", m.kind.dnat_name()));
+        }
         for a in &rs.accounts {
             let set = NfSet::account_map(&rs.table, a.family);
             for (target, name) in &a.elements {
@@ -245,6 +257,35 @@ impl Transaction {
         // The bookkeeping element: out with the old generation, in with the new.
         self.generation_element(&rs.table, &installed.meta, MsgType::Del);
         self.generation_element(&rs.table, meta, MsgType::Add);
+
+        // DNAT map elements: a changed target or name is the old element out, the new one
+        // in — in the same transaction, so no connection ever finds neither.
+        for m in &rs.dnat_maps {
+            let old = installed
+                .ruleset
+                .dnat_map(m.kind)
+                .map(|o| &o.elements[..])
+                .unwrap_or(&[]);
+            let want: HashSet<_> = m.elements.iter().collect();
+            let have: HashSet<_> = old.iter().collect();
+            let name = m.kind.dnat_name();
+            let gone: Vec<_> = old.iter().filter(|e| !want.contains(e)).collect();
+            if !gone.is_empty() {
+                let set = NfSet::dnat_map(&rs.table, m.kind);
+                for e in gone {
+                    set.add_dnat(e, false);
+                }
+                self.elements(&set, MsgType::Del, &format!("map {name}"));
+            }
+            let new: Vec<_> = m.elements.iter().filter(|e| !have.contains(e)).collect();
+            if !new.is_empty() {
+                let set = NfSet::dnat_map(&rs.table, m.kind);
+                for e in new {
+                    set.add_dnat(e, true);
+                }
+                self.elements(&set, MsgType::Add, &format!("map {name}"));
+            }
+        }
 
         // Elements leaving each map, before the chains they lead to can go.
         let mut added = Vec::new();

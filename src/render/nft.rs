@@ -44,6 +44,28 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
         }
         out.push_str("\t}\n");
     }
+    for m in &rs.dnat_maps {
+        sep(&mut out);
+        let _ = writeln!(out, "\tmap {} {{", m.kind.dnat_name());
+        let _ = writeln!(
+            out,
+            "\t\ttype {} : {}",
+            key_type(m.kind),
+            target_type(m.kind.family())
+        );
+        out.push_str("\t\telements = {\n");
+        for e in &m.elements {
+            let _ = writeln!(
+                out,
+                "\t\t\t{} comment \"{}\" : {} . {},",
+                key_text(m.kind, &e.key),
+                e.service,
+                e.target.ip(),
+                e.target.port()
+            );
+        }
+        out.push_str("\t\t}\n\t}\n");
+    }
     for a in &rs.accounts {
         sep(&mut out);
         let key = match a.family {
@@ -106,6 +128,22 @@ pub fn key_type(kind: MapKind) -> &'static str {
     }
 }
 
+/// The data type of a DNAT map: where a service's connections go.
+pub fn target_type(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4_addr . inet_service",
+        Family::V6 => "ipv6_addr . inet_service",
+    }
+}
+
+/// `ip daddr . meta l4proto . th dport` (or without the address): what a map is keyed by.
+fn key_expr(kind: MapKind) -> String {
+    match kind.key_addr_family() {
+        Some(f) => format!("{} daddr . meta l4proto . th dport", ip_kw(f)),
+        None => "meta l4proto . th dport".into(),
+    }
+}
+
 pub fn key_text(kind: MapKind, key: &MapKey) -> String {
     match (kind.key_addr_family(), key.addr) {
         (Some(_), Some(a)) => format!("{a} . {} . {}", key.proto, key.port),
@@ -162,14 +200,15 @@ pub fn stmt_text(s: &Stmt) -> String {
             )
         }
         Stmt::L4proto(p) => format!("meta l4proto {}", proto_text(*p)),
-        Stmt::Vmap(kind) => match kind.key_addr_family() {
-            Some(f) => format!(
-                "{} daddr . meta l4proto . th dport vmap @{}",
-                ip_kw(f),
-                kind.name()
-            ),
-            None => format!("meta l4proto . th dport vmap @{}", kind.name()),
-        },
+        Stmt::Vmap(kind) => format!("{} vmap @{}", key_expr(*kind), kind.name()),
+        Stmt::DnatMap(kind) => {
+            let (key, map) = (key_expr(*kind), kind.dnat_name());
+            format!(
+                "{key} @{map} {} dnat {} to {key} map @{map}",
+                stmt_text(&Stmt::MarkSet(crate::ruleset::MASQ_MARK)),
+                ip_kw(kind.family())
+            )
+        }
         Stmt::Counter => "counter".into(),
         Stmt::MarkSet(m) => format!("meta mark set meta mark | 0x{m:08x}"),
         Stmt::MarkTest(m) => format!("meta mark & 0x{m:08x} == 0x{m:08x}"),
