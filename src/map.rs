@@ -155,14 +155,131 @@ impl<'de> Deserialize<'de> for RawTarget {
 }
 
 /// Parse the map's text. A syntax or shape error is located and explained.
+///
+/// The text is parsed one section at a time, each `[[service]]` header starting a new one:
+/// toml builds a document tree before deserializing, about 3.4 kB per service, so a
+/// 50,000-service map as one document would peak near 170 MB. TOML's meaning is unchanged:
+/// a top-level `[[service]]` header only ever appends to the `service` array.
 pub fn parse(src: &Source) -> Result<RawMap, MapError> {
-    toml::from_str::<RawMap>(&src.text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().to_owned();
-        let field = field_at(&src.text, span.start);
-        let hint = hint_for(&message, &field);
-        src.error(&span, field, message, hint)
-    })
+    let starts = service_headers(&src.text);
+    let bounds = std::iter::once(0).chain(starts.iter().copied()).zip(
+        starts
+            .iter()
+            .copied()
+            .chain(std::iter::once(src.text.len())),
+    );
+    let mut map = RawMap {
+        settings: None,
+        services: Vec::with_capacity(starts.len()),
+    };
+    for (i, (start, end)) in bounds.enumerate() {
+        let part = toml::from_str::<RawMap>(&src.text[start..end]).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let span = span.start + start..span.end + start;
+            let message = e.message().trim().to_owned();
+            let field = field_at(&src.text, span.start);
+            let hint = hint_for(&message, &field);
+            src.error(&span, field, message, hint)
+        })?;
+        if let Some(s) = part.settings {
+            let span = s.span().start + start..s.span().end + start;
+            if map.settings.is_some() {
+                return Err(src.error(
+                    &span,
+                    "settings",
+                    "duplicate key `settings`",
+                    "keep one [settings] table",
+                ));
+            }
+            let mut inner = s.into_inner();
+            inner.table = inner.table.map(|t| shift(t, start));
+            map.settings = Some(Spanned::new(span, inner));
+        }
+        if i == 0 && !part.services.is_empty() && !starts.is_empty() {
+            // `service = [ … ]` and then `[[service]]`: TOML forbids extending it.
+            let at = starts[0]..starts[0] + 11;
+            return Err(src.error(
+                &at,
+                "service",
+                "`service` is already defined as an inline array",
+                "write every service as a [[service]] table",
+            ));
+        }
+        map.services
+            .extend(part.services.into_iter().map(|s| shift_service(s, start)));
+    }
+    Ok(map)
+}
+
+fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {
+    let span = s.span();
+    Spanned::new(span.start + by..span.end + by, s.into_inner())
+}
+
+fn shift_service(s: Spanned<RawService>, by: usize) -> Spanned<RawService> {
+    let span = s.span();
+    let raw = s.into_inner();
+    let targets = shift(raw.targets, by);
+    let targets = Spanned::new(
+        targets.span(),
+        targets
+            .into_inner()
+            .into_iter()
+            .map(|t| shift(t, by))
+            .collect(),
+    );
+    let raw = RawService {
+        name: shift(raw.name, by),
+        listen: shift(raw.listen, by),
+        protocol: raw.protocol.map(|p| shift(p, by)),
+        targets,
+        ..raw
+    };
+    Spanned::new(span.start + by..span.end + by, raw)
+}
+
+/// Byte offsets of the top-level `[[service]]` headers, found with toml's own lexer (so a
+/// `[[service]]` inside a string or an array value is not one). A header is a `[` that
+/// starts a line outside any value.
+fn service_headers(text: &str) -> Vec<usize> {
+    use toml_parser::lexer::TokenKind as K;
+    let mut out = Vec::new();
+    let mut depth = 0usize; // open brackets and braces inside values
+    let mut line_start = true;
+    let mut header: Option<usize> = None; // where the header on this line starts
+    for token in toml_parser::Source::new(text).lex() {
+        let at = token.span().start();
+        match token.kind() {
+            K::Newline | K::Eof => {
+                if let Some(start) = header.take() {
+                    let h: String = text[start..at]
+                        .split('#')
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .filter(|c| !c.is_whitespace())
+                        .collect();
+                    if h == "[[service]]" {
+                        out.push(start);
+                    }
+                }
+                line_start = true;
+            }
+            _ if header.is_some() => {}
+            K::Whitespace | K::Comment => {}
+            K::LeftSquareBracket if line_start && depth == 0 => header = Some(at),
+            K::LeftSquareBracket | K::LeftCurlyBracket => {
+                depth += 1;
+                line_start = false;
+            }
+            K::RightSquareBracket | K::RightCurlyBracket => {
+                depth = depth.saturating_sub(1);
+                line_start = false;
+            }
+            _ => line_start = false,
+        }
+    }
+    out
 }
 
 /// Name the field at a byte offset from the source text alone (parsing failed, so there is
@@ -275,6 +392,43 @@ mod tests {
         let s = m.services[0].get_ref();
         assert_eq!(s.listen.get_ref().0, "8080");
         assert_eq!(s.targets.get_ref()[1].get_ref().weight, Some(3));
+    }
+
+    #[test]
+    fn sections_split_only_at_top_level_service_headers() {
+        let text = "[settings]\ntable = \"t\"\n[[service]]\nname = \"a\"\nlisten = \"80\"\n\
+            targets = [\n[[\"x\"]]\n]\nnote = '''\n[[service]]\n'''\n [[ service ]] # b\n\
+            name = \"b\"\n";
+        let starts = service_headers(text);
+        assert_eq!(starts.len(), 2, "{starts:?}");
+        assert!(text[starts[0]..].starts_with("[[service]]\nname = \"a\""));
+        assert!(text[starts[1]..].starts_with("[[ service ]] # b"));
+    }
+
+    #[test]
+    fn errors_in_later_sections_keep_their_place() {
+        let mut text = String::new();
+        for i in 0..3 {
+            text +=
+                &format!("[[service]]\nname = \"s{i}\"\nlisten = \"8{i}\"\ntargets = [\"x:1\"]\n");
+        }
+        text += "[[service]]\nname = \"s3\"\nlisten = \"83\"\ntargets = [\"x:1\"]\nport = 1\n";
+        let e = err(&text);
+        assert_eq!((e.line, e.col), (17, 1));
+        assert_eq!(e.field, "service[4].port");
+        let ok = parse(&Source::new("m.toml", &text[..text.len() - 9])).unwrap();
+        assert_eq!(ok.services.len(), 4);
+        let name = &ok.services[3].get_ref().name;
+        assert_eq!(&text[name.span()], "\"s3\"");
+    }
+
+    #[test]
+    fn a_second_settings_table_is_an_error() {
+        let e = err(
+            "[settings]\n[[service]]\nname = \"a\"\nlisten = \"80\"\ntargets = [\"x:1\"]\n[settings]\n",
+        );
+        assert_eq!(e.line, 6);
+        assert!(e.message.contains("duplicate"), "{}", e.message);
     }
 
     #[test]
