@@ -35,7 +35,10 @@ pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Ctx) -> Result<T
         let nl = Netlink::open()?;
         let cookie = nl.netns_cookie().unwrap_or(0);
         let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
-        f(&mut Ctx { nl, cookie, label })
+        let mut ctx = Ctx { nl, cookie, label };
+        let out = f(&mut ctx);
+        ctx.nl.close();
+        out
     })
 }
 

@@ -15,6 +15,10 @@ const NLMSG_DONE: u16 = 3;
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
 
+/// Set by one-shot commands (all but `run`): see `Netlink::close`.
+pub static CLOSE_IN_BACKGROUND: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 pub struct Netlink {
     sock: mnl::Socket,
     portid: u32,
@@ -343,5 +347,42 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
         ),
         Errno::EBUSY => Some("another program is changing svcnat's table; try again".into()),
         _ => None,
+    }
+}
+
+impl Netlink {
+    /// Close the socket. Closing a netfilter socket after a commit waits for nf_tables'
+    /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
+    /// though the new rules are live since the commit's ack. A one-shot command about to
+    /// exit hands that wait to a short-lived child instead: the child holds the last
+    /// reference and closes it once the parent has closed its own (ordered by a pipe), with
+    /// no stdio, so nobody waits on it.
+    pub fn close(self) {
+        use std::sync::atomic::Ordering;
+        if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
+            return drop(self);
+        }
+        let Ok((read_end, write_end)) = nix::unistd::pipe() else {
+            return drop(self);
+        };
+        // Safety: the child only closes descriptors, reads a pipe and calls _exit, all
+        // async-signal-safe; svcnat's one-shot commands are single-threaded.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(write_end);
+                for fd in 0..3 {
+                    unsafe { libc::close(fd) };
+                }
+                let mut byte = [0u8; 1];
+                let _ = nix::unistd::read(&read_end, &mut byte);
+                drop(self);
+                unsafe { libc::_exit(0) };
+            }
+            _ => {
+                drop(read_end);
+                drop(self);
+                drop(write_end);
+            }
+        }
     }
 }
