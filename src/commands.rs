@@ -228,6 +228,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                     for o in &done.objects {
                         eprintln!("  {o}");
                     }
+                    if let Some([read, build, commit]) = done.timings {
+                        eprintln!(
+                            "svcnat: read the kernel's table {read:.1} ms, built the batch {build:.1} ms, commit {commit:.1} ms"
+                        );
+                    }
                 }
                 let how = if done.incremental {
                     "updated in place"

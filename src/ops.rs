@@ -56,6 +56,9 @@ pub struct Installed {
     pub disabled: Vec<&'static str>,
     /// Batches the kernel refused because the ruleset had changed meanwhile.
     pub retries: u32,
+    /// Where the time went, in ms: reading the kernel's table, building the batch, and the
+    /// commit (the batch's sendmsg until the kernel's answer: the kernel's own work).
+    pub timings: Option<[f64; 3]>,
 }
 
 fn state_dir(t: &Target, ctx: &Ctx) -> Result<StateDir> {
@@ -109,13 +112,16 @@ fn install(
             enabled,
             disabled,
             retries: 0,
+            timings: None,
         });
     }
     let rs = lower(plan);
     retrying(|retries| {
         // The generation id first: whatever is read after it is covered by the check.
+        let started = Instant::now();
         let genid = ctx.nl.genid()?;
         let before = decode::dump(&mut ctx.nl, &plan.table)?;
+        let read = started.elapsed();
         let owned = before
             .as_ref()
             .map(|b| &b.meta.enabled_sysctls[..])
@@ -139,8 +145,11 @@ fn install(
         };
         kernel::test_hooks(&mut tx);
         let objects = tx.objects.clone();
+        let built = started.elapsed();
         let messages = ctx.nl.commit(tx, Some(genid))?;
+        let committed = started.elapsed();
         let (enabled, disabled) = write_sysctls(changes)?;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         Ok(Installed {
             generation: number,
             messages,
@@ -149,6 +158,7 @@ fn install(
             enabled,
             disabled,
             retries,
+            timings: Some([ms(read), ms(built - read), ms(committed - built)]),
         })
     })
 }
