@@ -2,7 +2,7 @@
 //! name. The subcommands themselves are in `commands`.
 
 use crate::error::{Error, Result};
-use crate::map::{self, Source};
+use crate::map::Source;
 use crate::plan::Plan;
 use crate::resolve::{Resolver, parse_add_host};
 use crate::validate::{self, DEFAULT_TABLE};
@@ -321,18 +321,18 @@ pub fn resolver(args: &MapArgs) -> Result<Resolver> {
 pub fn plan_and_source(args: &MapArgs) -> Result<(Plan, Source)> {
     let resolver = resolver(args)?;
     let source = read_map(args.file.as_ref())?;
-    let plan = plan_from_source(&source, resolver)?;
-    Ok((plan, source))
+    plan_from_source(source, resolver)
 }
 
 pub fn plan(args: &MapArgs) -> Result<Plan> {
     Ok(plan_and_source(args)?.0)
 }
 
-pub fn plan_from_source(source: &Source, resolver: Resolver) -> Result<Plan> {
-    let raw = map::parse(source).map_err(|e| Error::Map(vec![e]))?;
-    let checked = validate::validate(source, raw).map_err(Error::Map)?;
-    resolver.resolve(&checked).map_err(Error::Map)
+/// The plan, and the source back (its name and digest are recorded with the generation).
+pub fn plan_from_source(source: Source, resolver: Resolver) -> Result<(Plan, Source)> {
+    let checked = validate::check(source).map_err(Error::Map)?;
+    let plan = resolver.resolve(&checked).map_err(Error::Map)?;
+    Ok((plan, checked.source))
 }
 
 /// `30s`, `5m`, `500ms`, `2` (seconds).

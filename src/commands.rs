@@ -255,8 +255,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 )
             };
             let digest = ops::digest(&source.text);
+            let source_name = source.name.clone();
+            // The text is no longer needed (megabytes for a large map).
+            drop(source);
             let Some(seconds) = confirm else {
-                let done = ops::apply(&t, &plan, &digest, &source.name)?;
+                let done = ops::apply(&t, &plan, &digest, &source_name)?;
                 println!("{}", summary(&done));
                 return Ok(0);
             };
@@ -269,7 +272,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 &t,
                 &plan,
                 &digest,
-                &source.name,
+                &source_name,
                 std::time::Duration::from_secs(seconds),
                 |done, previous| {
                     let back = previous.map_or("nothing (the table is removed)".to_owned(), |g| {

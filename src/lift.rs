@@ -339,7 +339,11 @@ mod tests {
                     p.display().to_string(),
                     std::fs::read_to_string(&p).unwrap(),
                 );
-                plans.push(plan_from_source(&src, Resolver::new(hosts.clone())).unwrap());
+                plans.push(
+                    plan_from_source(src, Resolver::new(hosts.clone()))
+                        .unwrap()
+                        .0,
+                );
             }
         }
         assert!(plans.len() >= 3);

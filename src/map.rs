@@ -161,6 +161,17 @@ impl<'de> Deserialize<'de> for RawTarget {
 /// 50,000-service map as one document would peak near 170 MB. TOML's meaning is unchanged:
 /// a top-level `[[service]]` header only ever appends to the `service` array.
 pub fn parse(src: &Source) -> Result<RawMap, MapError> {
+    let mut services = Vec::new();
+    let settings = parse_each(src, |s| services.push(s))?;
+    Ok(RawMap { settings, services })
+}
+
+/// Parse the map section by section (see `parse`), handing each service to `each` as soon
+/// as its section is parsed; the settings, wherever they were, at the end.
+pub fn parse_each(
+    src: &Source,
+    mut each: impl FnMut(Spanned<RawService>),
+) -> Result<Option<Spanned<RawSettings>>, MapError> {
     let starts = service_headers(&src.text);
     let bounds = std::iter::once(0).chain(starts.iter().copied()).zip(
         starts
@@ -168,10 +179,7 @@ pub fn parse(src: &Source) -> Result<RawMap, MapError> {
             .copied()
             .chain(std::iter::once(src.text.len())),
     );
-    let mut map = RawMap {
-        settings: None,
-        services: Vec::with_capacity(starts.len()),
-    };
+    let mut settings: Option<Spanned<RawSettings>> = None;
     for (i, (start, end)) in bounds.enumerate() {
         let part = toml::from_str::<RawMap>(&src.text[start..end]).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
@@ -183,7 +191,7 @@ pub fn parse(src: &Source) -> Result<RawMap, MapError> {
         })?;
         if let Some(s) = part.settings {
             let span = s.span().start + start..s.span().end + start;
-            if map.settings.is_some() {
+            if settings.is_some() {
                 return Err(src.error(
                     &span,
                     "settings",
@@ -193,7 +201,7 @@ pub fn parse(src: &Source) -> Result<RawMap, MapError> {
             }
             let mut inner = s.into_inner();
             inner.table = inner.table.map(|t| shift(t, start));
-            map.settings = Some(Spanned::new(span, inner));
+            settings = Some(Spanned::new(span, inner));
         }
         if i == 0 && !part.services.is_empty() && !starts.is_empty() {
             // `service = [ … ]` and then `[[service]]`: TOML forbids extending it.
@@ -205,10 +213,11 @@ pub fn parse(src: &Source) -> Result<RawMap, MapError> {
                 "write every service as a [[service]] table",
             ));
         }
-        map.services
-            .extend(part.services.into_iter().map(|s| shift_service(s, start)));
+        for s in part.services {
+            each(shift_service(s, start));
+        }
     }
-    Ok(map)
+    Ok(settings)
 }
 
 fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {

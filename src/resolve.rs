@@ -44,7 +44,7 @@ impl Resolver {
 
     pub fn resolve(&self, map: &CheckedMap) -> Result<Plan, Vec<MapError>> {
         let mut errors = Vec::new();
-        let mut services = Vec::new();
+        let mut services = Vec::with_capacity(map.services.len());
         for spec in &map.services {
             match self.resolve_service(map, spec) {
                 Ok(s) => services.push(s),
@@ -101,7 +101,7 @@ impl Resolver {
                 }
             }
         };
-        let mut targets = Vec::new();
+        let mut targets = Vec::with_capacity(candidates.len());
         for (t, ips) in candidates {
             match ips.iter().find(|ip| Family::of(ip) == family) {
                 Some(ip) => targets.push(Target {
@@ -159,7 +159,8 @@ mod tests {
 
     fn plan(text: &str, hosts: &[(&str, &str)]) -> Result<Plan, Vec<MapError>> {
         let src = Source::new("m.toml", text);
-        let checked = validate(&src, parse(&src).unwrap()).unwrap();
+        let raw = parse(&src).unwrap();
+        let checked = validate(src, raw).unwrap();
         let overrides = hosts
             .iter()
             .map(|(n, i)| (n.to_string(), i.parse().unwrap()))

@@ -351,6 +351,9 @@ pub fn lower(plan: &Plan) -> Ruleset {
     }
     maps.retain(|m| !m.elements.is_empty());
     dnat_maps.retain(|m| !m.elements.is_empty());
+    for m in &mut dnat_maps {
+        m.elements.shrink_to_fit();
+    }
     let has = |k: MapKind| maps.iter().any(|m| m.kind == k);
     let has_dnat = |k: MapKind| dnat_maps.iter().any(|m| m.kind == k);
 

@@ -18,7 +18,7 @@ use crate::forward;
 use crate::health;
 use crate::kernel;
 use crate::log;
-use crate::map::{self, Source};
+use crate::map::Source;
 use crate::ops;
 use crate::plan::Plan;
 use crate::resolve::Resolver;
@@ -79,8 +79,7 @@ fn load(from: &MapFrom) -> Result<CheckedMap> {
                 source,
             })?;
             let source = Source::new(path.display().to_string(), text);
-            let raw = map::parse(&source).map_err(|e| Error::Map(vec![e]))?;
-            validate::validate(&source, raw).map_err(Error::Map)
+            validate::check(source).map_err(Error::Map)
         }
         MapFrom::Forwards { specs, origin } => forward::checked(specs, origin).map_err(Error::Map),
     }

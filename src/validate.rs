@@ -115,77 +115,163 @@ pub struct CheckedMap {
     pub accounting: bool,
 }
 
-pub fn validate(source: &Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>> {
-    let mut errors = Vec::new();
-    let settings = raw.settings.map(|s| s.into_inner()).unwrap_or_default();
-    let table = match settings.table {
-        None => DEFAULT_TABLE.to_owned(),
-        Some(t) => {
-            if !is_table_name(t.get_ref()) {
-                errors.push(source.error(
-                    &t.span(),
-                    "settings.table",
-                    format!("{:?} is not a valid table name", t.get_ref()),
-                    "use 1 to 32 characters: a letter first, then letters, digits, '_' or '-'",
-                ));
-            }
-            t.into_inner()
-        }
-    };
-    let default_masquerade = settings.masquerade.unwrap_or(true);
+/// Takes the source: the checked map keeps it, to locate resolution errors later.
+pub fn validate(source: Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>> {
+    let mut checker = Checker::new(&source, raw.services.len());
+    for s in raw.services {
+        checker.service(s.into_inner());
+    }
+    let (table, services, accounting) = checker.finish(raw.settings)?;
+    Ok(CheckedMap {
+        source,
+        table,
+        services,
+        accounting,
+    })
+}
 
-    let mut services = Vec::new();
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut listens: HashMap<(Listen, Proto), (String, usize)> = HashMap::new();
-    for (i, raw_service) in raw.services.into_iter().enumerate() {
-        let at = format!("service[{}]", i + 1);
-        let Some(svc) = check_service(
+/// Parse and check the map in one pass: each service is checked as soon as its section is
+/// parsed, so the raw services of a large map are never all held at once.
+pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
+    let mut checker = Checker::new(&source, 0);
+    let settings = crate::map::parse_each(&source, |s| checker.service(s.into_inner()))
+        .map_err(|e| vec![e])?;
+    let (table, services, accounting) = checker.finish(settings)?;
+    Ok(CheckedMap {
+        source,
+        table,
+        services,
+        accounting,
+    })
+}
+
+/// Checks services one at a time; settings (which may come anywhere in the file) last.
+struct Checker<'s> {
+    source: &'s Source,
+    errors: Vec<MapError>,
+    services: Vec<ServiceSpec>,
+    /// Per checked service: whether it sets `masquerade` itself (else settings decide).
+    explicit_masquerade: Vec<bool>,
+    seen: usize,
+    // Duplicate names and listen keys, found by hash → index into `services` (a few bytes
+    // per service; maps of cloned names cost ~8 MB at 50,000 services). A hash shared by
+    // two different keys is checked against the service itself, and falls back to a scan.
+    hasher: std::hash::RandomState,
+    names: HashMap<u64, u32>,
+    listens: HashMap<u64, u32>,
+}
+
+impl<'s> Checker<'s> {
+    fn new(source: &'s Source, services: usize) -> Self {
+        Checker {
             source,
-            &at,
-            raw_service.into_inner(),
-            default_masquerade,
-            &mut errors,
-        ) else {
-            continue;
+            errors: Vec::new(),
+            services: Vec::with_capacity(services),
+            explicit_masquerade: Vec::with_capacity(services),
+            seen: 0,
+            hasher: std::hash::RandomState::new(),
+            names: HashMap::with_capacity(services),
+            listens: HashMap::with_capacity(services),
+        }
+    }
+
+    /// The index of an earlier service with this hash for which `same` holds.
+    fn find(
+        &self,
+        index: &HashMap<u64, u32>,
+        hash: u64,
+        same: &dyn Fn(&ServiceSpec) -> bool,
+    ) -> Option<usize> {
+        match index.get(&hash) {
+            Some(&i) if same(&self.services[i as usize]) => Some(i as usize),
+            Some(_) => self.services.iter().position(same),
+            None => None,
+        }
+    }
+
+    fn service(&mut self, raw: RawService) {
+        use std::hash::BuildHasher;
+        self.seen += 1;
+        let at = format!("service[{}]", self.seen);
+        let explicit = raw.masquerade.is_some();
+        let Some(svc) = check_service(self.source, &at, raw, true, &mut self.errors) else {
+            return;
         };
-        let (line, _) = source.line_col(svc.listen_span.start);
-        if let Some(first) = names.get(&svc.name) {
-            errors.push(source.error(
+        let source = self.source;
+        let line_of = |s: &ServiceSpec| source.line_col(s.listen_span.start).0;
+        let name_hash = self.hasher.hash_one(&svc.name);
+        if let Some(first) = self.find(&self.names, name_hash, &|s| s.name == svc.name) {
+            let e = source.error(
                 &svc.listen_span,
                 format!("{at}.name"),
                 format!(
-                    "service name {:?} is already used by the service at line {first}",
-                    svc.name
+                    "service name {:?} is already used by the service at line {}",
+                    svc.name,
+                    line_of(&self.services[first])
                 ),
                 "give every service a unique name",
-            ));
+            );
+            self.errors.push(e);
         }
-        names.entry(svc.name.clone()).or_insert(line);
         let key = (svc.listen, svc.proto);
-        if let Some((other, other_line)) = listens.get(&key) {
-            errors.push(source.error(
+        let listen_hash = self.hasher.hash_one(key);
+        let same_listen = |s: &ServiceSpec| (s.listen, s.proto) == key;
+        if let Some(other) = self.find(&self.listens, listen_hash, &same_listen) {
+            let other = &self.services[other];
+            let e = source.error(
                 &svc.listen_span,
                 format!("{at}.listen"),
                 format!(
-                    "{}/{} is already taken by service {other:?} (line {other_line})",
-                    svc.listen, svc.proto
+                    "{}/{} is already taken by service {:?} (line {})",
+                    svc.listen,
+                    svc.proto,
+                    other.name,
+                    line_of(other)
                 ),
                 "each listen address, port and protocol belongs to one service: change the port, or merge the targets into one service",
-            ));
-        } else {
-            listens.insert(key, (svc.name.clone(), line));
+            );
+            self.errors.push(e);
         }
-        services.push(svc);
+        let index = self.services.len() as u32;
+        self.names.entry(name_hash).or_insert(index);
+        self.listens.entry(listen_hash).or_insert(index);
+        self.services.push(svc);
+        self.explicit_masquerade.push(explicit);
     }
-    if errors.is_empty() {
-        Ok(CheckedMap {
-            source: source.clone(),
-            table,
-            services,
-            accounting: settings.accounting.unwrap_or(false),
-        })
-    } else {
-        Err(errors)
+
+    /// Apply the settings; the table name, services and accounting, or every error found.
+    fn finish(
+        mut self,
+        settings: Option<toml::Spanned<crate::map::RawSettings>>,
+    ) -> Result<(String, Vec<ServiceSpec>, bool), Vec<MapError>> {
+        let settings = settings.map(|s| s.into_inner()).unwrap_or_default();
+        let table = match settings.table {
+            None => DEFAULT_TABLE.to_owned(),
+            Some(t) => {
+                if !is_table_name(t.get_ref()) {
+                    self.errors.push(self.source.error(
+                        &t.span(),
+                        "settings.table",
+                        format!("{:?} is not a valid table name", t.get_ref()),
+                        "use 1 to 32 characters: a letter first, then letters, digits, '_' or '-'",
+                    ));
+                }
+                t.into_inner()
+            }
+        };
+        if settings.masquerade == Some(false) {
+            for (svc, explicit) in self.services.iter_mut().zip(&self.explicit_masquerade) {
+                if !explicit {
+                    svc.masquerade = false;
+                }
+            }
+        }
+        if !self.errors.is_empty() {
+            // Settings are checked last but written first: report in file order.
+            self.errors.sort_by_key(|e| (e.line, e.col));
+            return Err(self.errors);
+        }
+        Ok((table, self.services, settings.accounting.unwrap_or(false)))
     }
 }
 
@@ -246,7 +332,7 @@ fn check_service(
         ));
     }
 
-    let mut targets = Vec::new();
+    let mut targets = Vec::with_capacity(raw.targets.get_ref().len());
     if raw.targets.get_ref().is_empty() {
         errors.push(src.error(
             &raw.targets.span(),
@@ -422,7 +508,8 @@ mod tests {
 
     fn check(text: &str) -> Result<CheckedMap, Vec<MapError>> {
         let src = Source::new("m.toml", text);
-        validate(&src, parse(&src).unwrap())
+        let raw = parse(&src).unwrap();
+        validate(src, raw)
     }
 
     #[test]
@@ -488,6 +575,15 @@ mod tests {
     }
 
     #[test]
+    fn settings_after_the_services_still_apply_to_them() {
+        let text = "[[service]]\nname=\"a\"\nlisten=\"1\"\ntargets=[\"x:1\"]\n[[service]]\nname=\"b\"\nlisten=\"2\"\nmasquerade=true\ntargets=[\"x:1\"]\n[settings]\nmasquerade=false\ntable=\"t2\"\n";
+        let m = super::check(Source::new("m.toml", text)).unwrap();
+        assert_eq!(m.table, "t2");
+        assert!(!m.services[0].masquerade);
+        assert!(m.services[1].masquerade);
+    }
+
+    #[test]
     fn all_errors_are_reported() {
         let errs = check(
             "[settings]\ntable=\"1bad\"\n[[service]]\nname=\"Bad Name\"\nlisten=\"99999\"\nprotocol=\"sctp\"\ntargets=[{address=\"x:1\", weight=0}]\n[[service]]\nname=\"ok\"\nlisten=\"1\"\ntargets=[]\n",
@@ -499,8 +595,8 @@ mod tests {
             [
                 "settings.table",
                 "service[1].name",
-                "service[1].protocol",
                 "service[1].listen",
+                "service[1].protocol",
                 "service[1].targets[1].weight",
                 "service[2].targets"
             ]

@@ -129,6 +129,26 @@ impl Transaction {
         unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
     }
 
+    /// `items` into a set's elements, `CHUNK` at a time: libnftnl holds ~300 bytes per
+    /// element until it is serialised, 15 MB for 50,000 at once.
+    fn elements_chunked<T>(
+        &mut self,
+        items: &[T],
+        set: impl Fn() -> NfSet,
+        fill: impl Fn(&NfSet, &T),
+        t: MsgType,
+        what: &str,
+    ) {
+        const CHUNK: usize = 2048;
+        for chunk in items.chunks(CHUNK) {
+            let s = set();
+            for x in chunk {
+                fill(&s, x);
+            }
+            self.elements(&s, t, what);
+        }
+    }
+
     fn add_set(&mut self, set: &NfSet, what: &str) {
         self.batch.add(&NewSet(set), MsgType::Add);
         self.objects.push(format!("add {what}"));
@@ -221,29 +241,49 @@ impl Transaction {
             generation.add_elem_with_udata(&(g as u32).to_ne_bytes(), &meta.encode());
         }
         self.add_set(&generation, &format!("set {GENERATION_SET}"));
+        // The named maps empty, then the rules, then the elements: a rule that looks a map
+        // up binds it, and binding walks every element already in it.
         for m in &rs.maps {
             let set = NfSet::verdict_map(&rs.table, m.kind);
-            for (key, chain) in &m.elements {
-                set.add_elem(&key_bytes(key), None, Some(chain));
-            }
             self.add_set(&set, &format!("map {}", m.kind.name()));
         }
         for m in &rs.dnat_maps {
             let set = NfSet::dnat_map(&rs.table, m.kind);
-            for e in &m.elements {
-                set.add_dnat(e, true);
-            }
             self.add_set(&set, &format!("map {}", m.kind.dnat_name()));
         }
         for a in &rs.accounts {
             let set = NfSet::account_map(&rs.table, a.family);
-            for (target, name) in &a.elements {
-                set.add_account(target, name);
-            }
             self.add_set(&set, &format!("map {}", a.name()));
         }
         for (c, chain) in rs.chains.iter().zip(&chains) {
             self.rules(&rs.table, chain, c);
+        }
+        for m in &rs.maps {
+            self.elements_chunked(
+                &m.elements,
+                || NfSet::verdict_map(&rs.table, m.kind),
+                |set, (key, chain)| set.add_elem(&key_bytes(key), None, Some(chain)),
+                MsgType::Add,
+                &format!("map {}", m.kind.name()),
+            );
+        }
+        for m in &rs.dnat_maps {
+            self.elements_chunked(
+                &m.elements,
+                || NfSet::dnat_map(&rs.table, m.kind),
+                |set, e| set.add_dnat(e, true),
+                MsgType::Add,
+                &format!("map {}", m.kind.dnat_name()),
+            );
+        }
+        for a in &rs.accounts {
+            self.elements_chunked(
+                &a.elements,
+                || NfSet::account_map(&rs.table, a.family),
+                |set, (target, name)| set.add_account(target, name),
+                MsgType::Add,
+                &format!("map {}", a.name()),
+            );
         }
     }
 
