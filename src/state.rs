@@ -32,9 +32,9 @@ pub fn root_or(flag: Option<&Path>, default: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(default))
 }
 
-/// One apply, as recorded.
+/// One apply, as recorded. `P` is `&Plan` when recording (no copy of a large plan).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Generation {
+pub struct Generation<P = Plan> {
     pub number: u64,
     /// UTC, RFC 3339.
     pub time: String,
@@ -43,7 +43,7 @@ pub struct Generation {
     /// The map as the user named it.
     pub source: String,
     /// What was installed: names already resolved, so a rollback re-installs exactly it.
-    pub plan: Plan,
+    pub plan: P,
     /// `nft` or `iptables`: which backend installed it (rollback uses the same).
     #[serde(default = "default_backend")]
     pub backend: String,
@@ -115,20 +115,56 @@ pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path.parent().expect("state files live in a directory");
-    // Unique per process: writers that race before taking the lock (the `netns` label) must
-    // not share a temporary file.
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let f = File::create(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-    write(&mut w)
-        .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
-        .and_then(|f| f.sync_all())
-        .map_err(io(format!("cannot write {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io(format!("cannot rename {} into place", tmp.display())))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(format!("cannot sync {}", dir.display())))
+    PendingFile::write(path, write)?.publish()
+}
+
+/// A file written and synced under a temporary name, not yet in place: `publish` renames
+/// it to its path, dropping it removes it.
+pub struct PendingFile {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl PendingFile {
+    pub fn write(
+        path: &Path,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<PendingFile> {
+        // Unique per process: writers that race before taking the lock (the `netns` label)
+        // must not share a temporary file.
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let pending = PendingFile {
+            tmp,
+            path: path.to_owned(),
+        };
+        let f = File::create(&pending.tmp)
+            .map_err(io(format!("cannot write {}", pending.tmp.display())))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        write(&mut w)
+            .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|f| f.sync_all())
+            .map_err(io(format!("cannot write {}", pending.tmp.display())))?;
+        Ok(pending)
+    }
+
+    pub fn publish(self) -> Result<()> {
+        let dir = self.path.parent().expect("state files live in a directory");
+        fs::rename(&self.tmp, &self.path).map_err(io(format!(
+            "cannot rename {} into place",
+            self.tmp.display()
+        )))?;
+        let synced = File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(format!("cannot sync {}", dir.display())));
+        std::mem::forget(self);
+        synced
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
 }
 
 impl StateDir {
@@ -227,12 +263,23 @@ impl StateDir {
     }
 
     /// Record a generation and keep only the newest KEEP.
-    pub fn record(&self, g: &Generation) -> Result<()> {
+    pub fn record<P: Serialize>(&self, g: &Generation<P>) -> Result<()> {
+        self.prepare(g)?.publish()?;
+        self.prune()
+    }
+
+    /// Write a generation's file without putting it in place yet (see `PendingFile`), e.g.
+    /// while the kernel commits it.
+    pub fn prepare<P: Serialize>(&self, g: &Generation<P>) -> Result<PendingFile> {
         // Compact and streamed: a 50,000-service generation is 8 MB of JSON (15 MB
         // pretty-printed), not to be held in memory beside the plan it describes.
-        write_atomic_with(&self.gen_path(g.number), |w| {
+        PendingFile::write(&self.gen_path(g.number), |w| {
             serde_json::to_writer(w, g).map_err(std::io::Error::other)
-        })?;
+        })
+    }
+
+    /// Keep only the newest KEEP generations.
+    pub fn prune(&self) -> Result<()> {
         let all = self.numbers()?;
         if all.len() > KEEP {
             for old in &all[..all.len() - KEEP] {

@@ -155,6 +155,7 @@ fn a_rejected_batch_leaves_the_previous_ruleset_byte_identical() {
     let ns = Netns::new("reject");
     apply_map("rulesets/skupper-ingress.toml", &ns);
     let before = ns.ruleset();
+    let history = svcnat_ok(&["history", "--netns", &ns.name]);
     // Debug builds append a rule in a chain that does not exist: the kernel must refuse
     // the whole batch, including the delete of the table that came first in it.
     let (code, out, err) = svcnat_env(
@@ -177,6 +178,8 @@ fn a_rejected_batch_leaves_the_previous_ruleset_byte_identical() {
         "{err}"
     );
     assert_eq!(ns.ruleset(), before);
+    // The generation written while the kernel committed was never put in place.
+    assert_eq!(svcnat_ok(&["history", "--netns", &ns.name]), history);
     // route_localnet was needed by host-ports but must not have been switched on.
     assert_eq!(
         ns.exec_ok("cat /proc/sys/net/ipv4/conf/all/route_localnet")
