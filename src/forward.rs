@@ -96,7 +96,10 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
                 port: target_port,
                 weight: 1,
                 span: span.clone(),
-                field: format!("{at}.targets[1]"),
+                field: crate::validate::TargetAt {
+                    service: i + 1,
+                    target: 1,
+                },
             }],
             masquerade: true,
             localhost: false,

@@ -5,6 +5,7 @@
 use crate::error::MapError;
 use crate::plan::{Family, Plan, Service, Target};
 use crate::validate::{CheckedMap, Host, ServiceSpec, TargetSpec};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
@@ -70,15 +71,17 @@ impl Resolver {
         let src = &map.source;
         let mut errors = Vec::new();
         // Every target's candidate addresses, or the error for it.
-        let mut candidates: Vec<(&TargetSpec, Vec<IpAddr>)> = Vec::new();
+        // (An address is its own one candidate: borrowed, not allocated.)
+        let mut candidates: Vec<(&TargetSpec, Cow<[IpAddr]>)> =
+            Vec::with_capacity(spec.targets.len());
         for t in &spec.targets {
             match &t.host {
-                Host::Ip(ip) => candidates.push((t, vec![*ip])),
+                Host::Ip(ip) => candidates.push((t, Cow::Borrowed(std::slice::from_ref(ip)))),
                 Host::Name(name) => match self.lookup(name) {
-                    Ok(ips) => candidates.push((t, ips)),
+                    Ok(ips) => candidates.push((t, Cow::Owned(ips))),
                     Err(why) => errors.push(src.error(
                         &t.span,
-                        t.field.clone(),
+                        t.field.to_string(),
                         format!("cannot resolve host {name:?}: {why}"),
                         format!("add it to /etc/hosts, pass --add-host {name}=IP, or write the IP address"),
                     )),
@@ -110,7 +113,7 @@ impl Resolver {
                 }),
                 None => errors.push(src.error(
                     &t.span,
-                    t.field.clone(),
+                    t.field.to_string(),
                     format!(
                         "{} has no {} address (got {}), but service {:?} is {}",
                         t.host,

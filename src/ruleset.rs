@@ -132,6 +132,16 @@ pub struct VerdictMap {
 pub struct DnatMap {
     pub kind: MapKind,
     pub elements: Vec<DnatElem>,
+    /// The kernel's `size`: a hash table sized for it up front is never grown element by
+    /// element (growing it was a fifth of a 50,000-service commit). See `dnat_map_size`.
+    pub size: u32,
+}
+
+/// Room for twice the elements, at least 1024: an in-place update never fills the map
+/// (the size changes, and the table is replaced whole, only when the count crosses a power
+/// of two).
+pub fn dnat_map_size(elements: usize) -> u32 {
+    (2 * elements).next_power_of_two().max(1024) as u32
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -319,6 +329,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
         .map(|kind| DnatMap {
             kind,
             elements: Vec::new(),
+            size: 0,
         })
         .collect();
     for s in &plan.services {
@@ -353,6 +364,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
     dnat_maps.retain(|m| !m.elements.is_empty());
     for m in &mut dnat_maps {
         m.elements.shrink_to_fit();
+        m.size = dnat_map_size(m.elements.len());
     }
     let has = |k: MapKind| maps.iter().any(|m| m.kind == k);
     let has_dnat = |k: MapKind| dnat_maps.iter().any(|m| m.kind == k);

@@ -226,6 +226,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     )?;
 
     let mut set_names = Vec::new();
+    let mut set_sizes: HashMap<String, u32> = HashMap::new();
     nl.dump(
         libc::NFT_MSG_GETSET,
         libc::NLM_F_DUMP,
@@ -239,7 +240,12 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
             let s = sys::nftnl_set_alloc();
             let ok = sys::nftnl_set_nlmsg_parse(m.header(), s) >= 0;
             if ok {
-                set_names.push(cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)));
+                let name = cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16));
+                if sys::nftnl_set_is_set(s, sys::NFTNL_SET_DESC_SIZE as u16) {
+                    let size = sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DESC_SIZE as u16);
+                    set_sizes.insert(name.clone(), size);
+                }
+                set_names.push(name);
             }
             sys::nftnl_set_free(s);
             if ok { Ok(()) } else { Err(parse_err("set")) }
@@ -320,6 +326,9 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     )?;
 
     let mut installed = lift(table, chains, &set_names, &elements, rules);
+    for m in &mut installed.ruleset.dnat_maps {
+        m.size = set_sizes.get(m.kind.dnat_name()).copied().unwrap_or(0);
+    }
     installed.objects = objects;
     installed.meta = meta_from(elements.get(GENERATION_SET).map_or(&[][..], |e| &e[..]));
     installed.bookkeeping = set_names.iter().any(|n| n == GENERATION_SET);
@@ -392,6 +401,7 @@ fn lift(
         dnat_maps.push(DnatMap {
             kind,
             elements: elems,
+            size: 0, // filled in from the set's description
         });
     }
     let slots = |set: &str| -> Option<Vec<SocketAddr>> {

@@ -136,7 +136,7 @@ impl NfSet {
     }
 
     /// A named DNAT map `[addr .] inet_proto . inet_service : addr . inet_service`.
-    pub fn dnat_map(table: &str, kind: MapKind) -> NfSet {
+    pub fn dnat_map(table: &str, kind: MapKind, size: u32) -> NfSet {
         let s = NfSet::new(table, kind.dnat_name(), dnat_map_id(kind));
         let (key_type, key_addr_len) = Self::key_type(kind);
         let (addr_type, addr_len) = match kind.family() {
@@ -151,6 +151,7 @@ impl NfSet {
             (addr_type << 6) | TYPE_INET_SERVICE,
         );
         s.set_u32(sys::NFTNL_SET_DATA_LEN, addr_len + 4);
+        s.set_u32(sys::NFTNL_SET_DESC_SIZE, size);
         s.set_udata(&DNAT_MAP_UDATA);
         s
     }

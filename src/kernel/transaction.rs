@@ -65,10 +65,10 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
             .cloned()
             .collect()
     };
-    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<MapKind>) {
+    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<(MapKind, u32)>) {
         (
             rs.maps.iter().map(|m| m.kind).collect(),
-            rs.dnat_maps.iter().map(|m| m.kind).collect(),
+            rs.dnat_maps.iter().map(|m| (m.kind, m.size)).collect(),
         )
     };
     let families = |rs: &Ruleset| -> Vec<crate::plan::Family> {
@@ -248,7 +248,7 @@ impl Transaction {
             self.add_set(&set, &format!("map {}", m.kind.name()));
         }
         for m in &rs.dnat_maps {
-            let set = NfSet::dnat_map(&rs.table, m.kind);
+            let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
             self.add_set(&set, &format!("map {}", m.kind.dnat_name()));
         }
         for a in &rs.accounts {
@@ -270,7 +270,7 @@ impl Transaction {
         for m in &rs.dnat_maps {
             self.elements_chunked(
                 &m.elements,
-                || NfSet::dnat_map(&rs.table, m.kind),
+                || NfSet::dnat_map(&rs.table, m.kind, m.size),
                 |set, e| set.add_dnat(e, true),
                 MsgType::Add,
                 &format!("map {}", m.kind.dnat_name()),
@@ -311,7 +311,7 @@ impl Transaction {
             let name = m.kind.dnat_name();
             let gone: Vec<_> = old.iter().filter(|e| !want.contains(e)).collect();
             if !gone.is_empty() {
-                let set = NfSet::dnat_map(&rs.table, m.kind);
+                let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
                 for e in gone {
                     set.add_dnat(e, false);
                 }
@@ -319,7 +319,7 @@ impl Transaction {
             }
             let new: Vec<_> = m.elements.iter().filter(|e| !have.contains(e)).collect();
             if !new.is_empty() {
-                let set = NfSet::dnat_map(&rs.table, m.kind);
+                let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
                 for e in new {
                     set.add_dnat(e, true);
                 }

@@ -53,6 +53,7 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
             key_type(m.kind),
             target_type(m.kind.family())
         );
+        let _ = writeln!(out, "\t\tsize {}", m.size);
         out.push_str("\t\telements = {\n");
         for e in &m.elements {
             let _ = writeln!(
