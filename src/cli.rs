@@ -104,11 +104,14 @@ pub enum Command {
     },
     /// Validate and resolve a map, print what it would install; changes nothing
     #[command(
-        after_help = "Exit codes: 0 valid, 2 invalid (every mistake is listed with file:line:col)."
+        after_help = "Exit codes: 0 valid, 2 invalid (every mistake is listed with file:line:col).\n\nExamples:\n  svcnat check -f map.toml\n  svcnat check -f big.toml --quiet    # only the summary line"
     )]
     Check {
         #[command(flatten)]
         map: MapArgs,
+        /// Print only the summary line, not every service
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Replace svcnat's table with the map's rules, in one netlink transaction
     #[command(after_help = concat!(

@@ -189,9 +189,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             print!("{text}");
             Ok(0)
         }
-        Command::Check { map } => {
+        Command::Check { map, quiet } => {
             let plan = plan(&map)?;
-            print!("{}", describe_plan(&plan));
+            if !quiet {
+                print!("{}", describe_plan(&plan));
+            }
             println!(
                 "ok: {} service(s), table inet {}",
                 plan.services.len(),

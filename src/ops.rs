@@ -215,7 +215,13 @@ fn apply_locked(
     };
     // The generation's file is written while the kernel commits (8 MB of JSON at 50,000
     // services, ~25 ms: a second core does it), and put in place only once the commit
-    // succeeded; a refused commit leaves no file behind.
+    // succeeded; a refused commit leaves no file behind. A small plan is written after
+    // the commit: a thread's malloc arena would stay resident in `svcnat run` for nothing.
+    if plan.services.len() < 1000 {
+        let done = install(ctx, backend, plan, number, digest)?;
+        dir.record(&generation)?;
+        return Ok(done);
+    }
     let (done, file) = std::thread::scope(|s| {
         let file = s.spawn(|| dir.prepare(&generation));
         let done = install(ctx, backend, plan, number, digest);

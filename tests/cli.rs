@@ -40,6 +40,8 @@ fn check_summarises_a_valid_map() {
         "{out}"
     );
     assert!(out.contains("ok: 3 service(s), table inet svcnat"), "{out}");
+    let quiet = svcnat_ok(&["check", "-q", "-f", "rulesets/host-ports.toml"]);
+    assert_eq!(quiet, "ok: 3 service(s), table inet svcnat\n");
 }
 
 #[test]

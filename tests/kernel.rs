@@ -178,7 +178,24 @@ fn a_rejected_batch_leaves_the_previous_ruleset_byte_identical() {
         "{err}"
     );
     assert_eq!(ns.ruleset(), before);
-    // The generation written while the kernel committed was never put in place.
+    assert_eq!(svcnat_ok(&["history", "--netns", &ns.name]), history);
+    // A large map's generation is written while the kernel commits: a refused commit
+    // must not put it in place either.
+    let mut big = String::new();
+    for i in 0..1500 {
+        big += &format!(
+            "[[service]]\nname = \"s{i}\"\nlisten = \"172.30.{}.{}:80\"\ntargets = [\"10.8.0.2:80\"]\n",
+            i / 256,
+            i % 256
+        );
+    }
+    let big = TempFile::new("reject-big.toml", &big);
+    let (code, _, err) = svcnat_env(
+        &["apply", "-f", big.path(), "--netns", &ns.name],
+        &[("SVCNAT_TEST_REJECT", "1")],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(ns.ruleset(), before);
     assert_eq!(svcnat_ok(&["history", "--netns", &ns.name]), history);
     // route_localnet was needed by host-ports but must not have been switched on.
     assert_eq!(
