@@ -356,7 +356,8 @@ impl Netlink {
     /// though the new rules are live since the commit's ack. A one-shot command about to
     /// exit hands that wait to a short-lived child instead: the child holds the last
     /// reference and closes it once the parent has closed its own (ordered by a pipe), with
-    /// no stdio, so nobody waits on it.
+    /// no stdio, so nobody waits on it. (The cleanup still happens: a commit within those
+    /// milliseconds, by anyone, waits for it, as it would have waited for this process.)
     pub fn close(self) {
         use std::sync::atomic::Ordering;
         if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
@@ -365,8 +366,9 @@ impl Netlink {
         let Ok((read_end, write_end)) = nix::unistd::pipe() else {
             return drop(self);
         };
-        // Safety: the child only closes descriptors, reads a pipe and calls _exit, all
-        // async-signal-safe; svcnat's one-shot commands are single-threaded.
+        // Safety: the child only closes descriptors, reads a pipe, frees its buffer and
+        // calls _exit; the one-shot commands have no thread left by now (the generation
+        // writer is joined before the socket is closed).
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(write_end);
