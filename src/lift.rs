@@ -89,7 +89,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
     let mut direct: Vec<Service> = Vec::new();
     let mut loopback: Vec<&str> = Vec::new();
     for m in &rs.dnat_maps {
-        for e in &m.elements {
+        for e in m.elements.iter().filter(|e| !e.service.is_empty()) {
             if m.kind == MapKind::Loopback {
                 loopback.push(&e.service);
                 continue;
@@ -162,11 +162,14 @@ impl Difference {
                 } else {
                     '+'
                 };
+                let comment = match e.service.as_str() {
+                    "" => String::new(),
+                    name => format!(" comment \"{name}\""),
+                };
                 vec![format!(
-                    "{sign} element {}: {} comment \"{}\" : {} . {}",
+                    "{sign} element {}: {}{comment} : {} . {}",
                     k.dnat_name(),
                     key_text(*k, &e.key),
-                    e.service,
                     e.target.ip(),
                     e.target.port()
                 )]

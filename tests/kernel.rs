@@ -462,6 +462,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     // Hand edits with nft inside svcnat's table.
     ns.exec_ok("nft add rule inet svcnat svc-web-vip counter");
     ns.exec_ok("nft delete element inet svcnat dnat-lo4 { tcp . 8082 }");
+    ns.exec_ok("nft add element inet svcnat dnat-port4 { udp . 9999 : 10.0.0.9 . 9999 }");
     ns.exec_ok("nft insert rule inet svcnat prerouting tcp dport 22 accept");
     let (code, out, _) = diff("rulesets/host-ports.toml");
     assert_eq!(code, 1, "{out}");
@@ -472,6 +473,10 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     assert!(
         out.contains("  + rule in chain svc-web-vip: counter\n"),
         "{out}"
+    );
+    assert!(
+        out.contains("  + element dnat-port4: udp . 9999 : 10.0.0.9 . 9999\n"),
+        "an element without a service name is drift: {out}"
     );
     assert!(
         out.contains("~ service web2: localhost false -> true"),
@@ -495,7 +500,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     )
     .unwrap();
     assert_eq!(v["in_sync"], false);
-    assert_eq!(v["drift"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(v["drift"].as_array().unwrap().len(), 3, "{v}");
 
     // apply restores exactly the map.
     apply_map("rulesets/host-ports.toml", &ns);

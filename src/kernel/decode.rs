@@ -393,7 +393,8 @@ fn lift(
                 Some(DnatElem {
                     key: decode_key(kind, &e.key)?,
                     target: decode_target(&e.data)?,
-                    service: comment(&e.udata)?,
+                    // Without a comment (added by hand) it is no service, but kept: drift.
+                    service: comment(&e.udata).unwrap_or_default(),
                 })
             })
             .collect();
