@@ -59,6 +59,44 @@ pub struct Installed {
     /// Where the time went, in ms: reading the kernel's table, building the batch, and the
     /// commit (the batch's sendmsg until the kernel's answer: the kernel's own work).
     pub timings: Option<[f64; 3]>,
+    /// What was committed (nft backend), for the next apply of a long-lived process.
+    pub known: Option<Known>,
+    /// Whether the installed table was read back from the kernel (not `Known`).
+    pub read_back: bool,
+}
+
+/// What this process committed to its table, and the ruleset generation id the kernel moved
+/// to with that commit. While the kernel's id is still that, nobody has committed anything
+/// in the namespace since, so the table is exactly this and is not read back: reading
+/// 50,000 elements back costs ~60 ms (`svcnat run` keeps this between reloads). The id is
+/// the one the batch was stamped with plus one: a commit by anyone else after ours moves
+/// it further, and the table is read back as usual.
+#[derive(Debug, Clone)]
+pub struct Known {
+    genid: u32,
+    ruleset: crate::ruleset::Ruleset,
+    meta: TableMeta,
+}
+
+impl Known {
+    fn installed(self) -> decode::Installed {
+        decode::Installed {
+            ruleset: self.ruleset,
+            counters: Default::default(),
+            unrecognized: Vec::new(),
+            objects: Default::default(),
+            meta: self.meta,
+            bookkeeping: true,
+        }
+    }
+}
+
+/// The generation id after one commit from `genid` (the kernel skips 0).
+fn next_genid(genid: u32) -> u32 {
+    match genid.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
 }
 
 fn state_dir(t: &Target, ctx: &Ctx) -> Result<StateDir> {
@@ -87,6 +125,7 @@ fn install(
     plan: &Plan,
     number: u64,
     digest: &str,
+    mut known: Option<Known>,
 ) -> Result<Installed> {
     let locals = kernel::local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
@@ -113,14 +152,21 @@ fn install(
             disabled,
             retries: 0,
             timings: None,
+            known: None,
+            read_back: true,
         });
     }
     let rs = lower(plan);
-    retrying(|retries| {
+    let (mut done, genid, meta) = retrying(|retries| {
         // The generation id first: whatever is read after it is covered by the check.
         let started = Instant::now();
         let genid = ctx.nl.genid()?;
-        let before = decode::dump(&mut ctx.nl, &plan.table)?;
+        let (before, read_back) = match known.take() {
+            Some(k) if k.genid == genid && k.ruleset.table == plan.table => {
+                (Some(k.installed()), false)
+            }
+            _ => (decode::dump(&mut ctx.nl, &plan.table)?, true),
+        };
         let read = started.elapsed();
         let owned = before
             .as_ref()
@@ -150,7 +196,7 @@ fn install(
         let committed = started.elapsed();
         let (enabled, disabled) = write_sysctls(changes)?;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        Ok(Installed {
+        let done = Installed {
             generation: number,
             messages,
             objects,
@@ -159,8 +205,17 @@ fn install(
             disabled,
             retries,
             timings: Some([ms(read), ms(built - read), ms(committed - built)]),
-        })
-    })
+            known: None,
+            read_back,
+        };
+        Ok((done, genid, meta))
+    })?;
+    done.known = Some(Known {
+        genid: next_genid(genid),
+        ruleset: rs,
+        meta,
+    });
+    Ok(done)
 }
 
 /// What svcnat recorded where its rules live; None when it has nothing installed there.
@@ -201,6 +256,7 @@ fn apply_locked(
     plan: &Plan,
     digest: &str,
     source: &str,
+    known: Option<Known>,
 ) -> Result<Installed> {
     let installed_gen = current_meta(ctx, backend, &plan.table)?.and_then(|m| m.generation);
     let newest = dir.numbers()?.last().copied();
@@ -218,13 +274,13 @@ fn apply_locked(
     // succeeded; a refused commit leaves no file behind. A small plan is written after
     // the commit: a thread's malloc arena would stay resident in `svcnat run` for nothing.
     if plan.services.len() < 1000 {
-        let done = install(ctx, backend, plan, number, digest)?;
+        let done = install(ctx, backend, plan, number, digest, known)?;
         dir.record(&generation)?;
         return Ok(done);
     }
     let (done, file) = std::thread::scope(|s| {
         let file = s.spawn(|| dir.prepare(&generation));
-        let done = install(ctx, backend, plan, number, digest);
+        let done = install(ctx, backend, plan, number, digest, known);
         (done, file.join())
     });
     let done = done?;
@@ -238,10 +294,21 @@ fn apply_locked(
 
 /// apply: install the plan as a new generation and record it.
 pub fn apply(t: &Target, plan: &Plan, digest: &str, source: &str) -> Result<Installed> {
+    apply_known(t, plan, digest, source, None)
+}
+
+/// apply, with what this process committed last (see `Known`).
+pub fn apply_known(
+    t: &Target,
+    plan: &Plan,
+    digest: &str,
+    source: &str,
+    known: Option<Known>,
+) -> Result<Installed> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        apply_locked(ctx, &t.backend, &dir, plan, digest, source)
+        apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)
     })
 }
 
@@ -280,7 +347,7 @@ pub fn apply_confirmed(
         let _lock = dir.lock()?;
         let before = current_meta(ctx, &t.backend, &plan.table)?;
         let previous = before.as_ref().and_then(|m| m.generation);
-        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source)?;
+        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, None)?;
         dir.set_pending(&state::Pending {
             generation: done.generation,
             pid: std::process::id(),
@@ -330,7 +397,7 @@ pub fn apply_confirmed(
                         done.generation
                     ),
                 })?;
-                install(ctx, &t.backend, &g.plan, g.number, &g.digest)?;
+                install(ctx, &t.backend, &g.plan, g.number, &g.digest, None)?;
                 Ok(Confirmation::RolledBack { to: Some(n), why })
             }
             _ => {
@@ -450,7 +517,14 @@ pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> 
                 target.number, target.backend, target.backend
             )));
         }
-        let done = install(ctx, &t.backend, &target.plan, target.number, &target.digest)?;
+        let done = install(
+            ctx,
+            &t.backend,
+            &target.plan,
+            target.number,
+            &target.digest,
+            None,
+        )?;
         Ok(RolledBack {
             from: current,
             to: target,

@@ -65,6 +65,9 @@ struct Runner {
     health: HashMap<SocketAddr, bool>,
     /// What is installed now (after health filtering).
     installed: Option<Plan>,
+    /// What this process committed last, so the next apply need not read the table back
+    /// while nobody else has committed (see `ops::Known`).
+    known: Option<ops::Known>,
     /// Services whose targets are all down, already logged.
     failed_open: HashSet<String>,
     file_stamp: Option<(SystemTime, u64)>,
@@ -169,19 +172,23 @@ impl Runner {
         if self.installed.as_ref() == Some(&plan) {
             return;
         }
-        match ops::apply(
+        match ops::apply_known(
             &self.opts.target,
             &plan,
             &self.digest,
             &self.checked.source.name,
+            self.known.take(),
         ) {
-            Ok(done) => {
+            Ok(mut done) => {
+                self.known = done.known.take();
                 self.stats.applies += 1;
                 self.stats.last_apply = crate::state::now();
-                let how = if done.incremental {
-                    "updated in place"
-                } else {
-                    "one transaction"
+                let how = match (done.incremental, done.read_back) {
+                    (true, true) => "updated in place",
+                    (true, false) => {
+                        "updated in place, table not read back (unchanged since the last apply)"
+                    }
+                    (false, _) => "one transaction",
                 };
                 log::info(&format!(
                     "applied {} service(s) ({why}) as generation {}: {} netlink messages, {how}",
@@ -374,6 +381,7 @@ pub fn run(opts: Options) -> Result<i32> {
         resolved,
         health: HashMap::new(),
         installed: None,
+        known: None,
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,

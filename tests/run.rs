@@ -264,6 +264,53 @@ fn a_file_change_alone_reloads() {
     run.signal(libc::SIGINT);
 }
 
+/// A reload trusts what the process committed last only while nobody else has committed
+/// since (the kernel's ruleset generation id): then the table is not read back; after a
+/// hand edit it is, and the edit is undone.
+#[test]
+fn reloads_read_the_table_back_only_after_someone_else_committed() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let service = |port: u16| {
+        format!(
+            "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:{port}\"]\n"
+        )
+    };
+    let map = TempFile::new("known.toml", &service(8080));
+    let run = Running::start(&lab.proxy, &[bin(), "run", "-f", map.path()], &[]);
+    run.wait_log("applied 1 service(s)", Duration::from_secs(2));
+    let pid = run.proc.pid() as i32;
+
+    std::fs::write(&map.0, service(8081)).unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "b",
+        Duration::from_secs(3),
+    );
+    run.wait_log("table not read back", Duration::from_secs(2));
+
+    // A commit by someone else, in svcnat's own table: the next reload must see it.
+    lab.proxy
+        .exec_ok("nft insert rule inet svcnat prerouting tcp dport 8080 counter accept");
+    std::fs::write(&map.0, service(8080)).unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "a",
+        Duration::from_secs(3),
+    );
+    let log = run.log();
+    assert_eq!(log.matches("table not read back").count(), 1, "{log}");
+    let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
+    assert_eq!(code, 0, "the hand edit is gone: {diff}");
+    run.signal(libc::SIGINT);
+}
+
 #[test]
 fn port_mapping_drop_in_with_only_net_admin() {
     if !require_root() {
