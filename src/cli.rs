@@ -118,6 +118,9 @@ pub enum Command {
         "Turns on net.ipv4.ip_forward (or the IPv6 one) when targets lie outside the namespace, and \
 net.ipv4.conf.all.route_localnet for localhost = true services; if /proc/sys is read-only it \
 fails before changing anything and prints the sysctl to set.\n\n",
+        "When the map differs from the last one applied only in a few [[service]] sections of one-target \
+services, and nothing else has changed the namespace's ruleset since, only those sections are read and sent \
+(-v says so): changing one service of 50,000 takes a few milliseconds. Anything else is a full apply.\n\n",
         "With --confirm SECONDS the new rules are installed, then svcnat waits: `svcnat confirm` (or Enter on a \
 terminal) keeps them; otherwise, or on Ctrl-C, it re-installs what was there before. Losing the terminal does \
 not stop the wait. For changing a remote host's rules without locking yourself out.\n\n",
@@ -298,6 +301,40 @@ pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
         source,
     })?;
     Ok(Source::new(path.display().to_string(), text))
+}
+
+/// The map's text, as `read_map` names it, mapped rather than read when it is a regular
+/// file: reading 4 MB into a fresh buffer costs ~2 ms of page faults, a mapping of the page
+/// cache ~0.3 ms — most of what changing one service of 50,000 may take (`quick`).
+pub struct MapText {
+    pub name: String,
+    mapped: Option<memmap2::Mmap>,
+}
+
+impl MapText {
+    /// None when it cannot be mapped (standard input, a pipe, an empty file): `read_map`.
+    pub fn map(file: Option<&PathBuf>) -> Option<MapText> {
+        let path = map_path(file);
+        if path.as_os_str() == "-" {
+            return None;
+        }
+        let f = std::fs::File::open(&path).ok()?;
+        if !f.metadata().ok()?.is_file() {
+            return None;
+        }
+        // Safety: the text is only read; a writer changing the file meanwhile changes what
+        // is read, and `quick` parses only a copy it checks against the hashes it compared.
+        let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok()?;
+        Some(MapText {
+            name: path.display().to_string(),
+            mapped: Some(mapped),
+        })
+    }
+
+    /// The text; None when it is not UTF-8 (`read_map` says so).
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(self.mapped.as_deref()?).ok()
+    }
 }
 
 /// The map's path: -f, else $SVCNAT_MAP, else ./svcnat.toml.

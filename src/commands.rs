@@ -1,16 +1,17 @@
 //! The subcommands: each wires the stages together for one command and returns its exit
 //! code; errors go back to main, which prints them and maps them to exit codes.
 
-use crate::cli::{
-    BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, plan, plan_and_source,
-};
+use crate::cli::{BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, plan};
 use crate::error::{Error, Result};
 use crate::kernel::{self, netns::NetnsSpec};
 use crate::ops;
 use crate::plan::{Family, Plan};
+use crate::quick;
 use crate::render;
 use crate::ruleset;
+use crate::sections::Sections;
 use crate::show;
+use crate::validate;
 use std::time::Instant;
 
 fn target(netns: &NetnsArgs, state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
@@ -209,14 +210,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             confirm,
             backend,
         } => {
-            let (plan, source) = plan_and_source(&map)?;
-            let t = target(&netns, &state, &backend)?;
-            let unit = match t.backend {
-                ops::Backend::Nft => "netlink messages",
-                ops::Backend::Iptables(_) => "iptables-restore lines",
-            };
+            let resolver = crate::cli::resolver(&map)?;
+            let mapped = crate::cli::MapText::map(map.file.as_ref());
+            // A map error is reported before a target error: the full path below says which.
+            let t_or_error = target(&netns, &state, &backend);
             let started = Instant::now();
-            let summary = |done: &ops::Installed| {
+            let summary = |t: &ops::Target, done: &ops::Installed, services: usize, table: &str| {
+                let unit = match t.backend {
+                    ops::Backend::Nft => "netlink messages",
+                    ops::Backend::Iptables(_) => "iptables-restore lines",
+                };
                 if verbose {
                     eprintln!(
                         "svcnat: {}: {} netlink messages (plus batch begin and end):",
@@ -232,7 +235,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                     }
                     if let Some([read, build, commit]) = done.timings {
                         eprintln!(
-                            "svcnat: read the kernel's table {read:.1} ms, built the batch {build:.1} ms, commit {commit:.1} ms"
+                            "svcnat: read the kernel's table {read:.1} ms, built the batch {build:.1} ms, commit {commit:.1} ms{}",
+                            if done.read_back {
+                                ""
+                            } else {
+                                " (only the changed sections of the map were read: the kernel still held the last apply)"
+                            }
                         );
                     }
                 }
@@ -247,8 +255,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 };
                 format!(
                     "svcnat: applied {} service(s) to {} as generation {}: {} {unit}, {how}, {:.1} ms{}{}",
-                    plan.services.len(),
-                    place(&t, &plan.table),
+                    services,
+                    place(t, table),
                     done.generation,
                     done.messages,
                     started.elapsed().as_secs_f64() * 1e3,
@@ -256,13 +264,32 @@ pub fn run(cli: Cli) -> Result<i32> {
                     retried
                 )
             };
+            // Only the sections changed since the last apply, when that is all it takes.
+            let text = mapped
+                .as_ref()
+                .and_then(|m| Some((m.name.as_str(), m.text()?)));
+            if let (None, Some((name, text)), Ok(t)) = (confirm, text, &t_or_error) {
+                if let Some(q) = quick::apply(t, name, text, &resolver)? {
+                    println!("{}", summary(t, &q.installed, q.services, &q.table));
+                    return Ok(0);
+                }
+            }
+            drop(mapped);
+            let source = crate::cli::read_map(map.file.as_ref())?;
+            let sections = Sections::of(&source.text);
+            let checked = validate::check(source).map_err(Error::Map)?;
+            // Host names are resolved anew at every full apply: no index for such maps.
+            let sections = sections.filter(|_| !checked.uses_names());
+            let plan = resolver.resolve(&checked).map_err(Error::Map)?;
+            let source = checked.source;
+            let t = t_or_error?;
             let digest = ops::digest(&source.text);
             let source_name = source.name.clone();
             // The text is no longer needed (megabytes for a large map).
             drop(source);
             let Some(seconds) = confirm else {
-                let done = ops::apply(&t, &plan, &digest, &source_name)?;
-                println!("{}", summary(&done));
+                let done = ops::apply(&t, &plan, &digest, &source_name, sections.as_ref())?;
+                println!("{}", summary(&t, &done, plan.services.len(), &plan.table));
                 return Ok(0);
             };
             let netns_flag = t
@@ -280,7 +307,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     let back = previous.map_or("nothing (the table is removed)".to_owned(), |g| {
                         format!("generation {g}")
                     });
-                    println!("{}", summary(done));
+                    println!("{}", summary(&t, done, plan.services.len(), &plan.table));
                     println!(
                         "svcnat: confirm within {seconds} s with `svcnat confirm{netns_flag}` (or press Enter here); otherwise it rolls back to {back}"
                     );

@@ -4,12 +4,14 @@
 //! batch and svcnat reads again (up to MAX_ATTEMPTS times).
 
 use crate::error::{Error, Result};
+use crate::index::{Head, Index, Record, Tally};
 use crate::kernel::meta::TableMeta;
 use crate::kernel::netns::NetnsSpec;
 use crate::kernel::transaction::{Transaction, can_update};
 use crate::kernel::{self, Ctx, decode, sysctl};
 use crate::plan::Plan;
 use crate::ruleset::lower;
+use crate::sections::Sections;
 use crate::state::{self, Generation, StateDir};
 use crate::xtables;
 use std::path::PathBuf;
@@ -92,7 +94,7 @@ impl Known {
 }
 
 /// The generation id after one commit from `genid` (the kernel skips 0).
-fn next_genid(genid: u32) -> u32 {
+pub fn next_genid(genid: u32) -> u32 {
     match genid.wrapping_add(1) {
         0 => 1,
         g => g,
@@ -237,15 +239,56 @@ fn current_meta(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<
     }
 }
 
-/// `sha256:HEX` of a map's text.
+/// `xxh128:HEX` of a map's text, as `xxh128sum` prints it. It names which map a generation
+/// came from (nothing trusts it for more): XXH3-128 digests a 4 MB map in ~0.15 ms where
+/// SHA-256 took ~2.4, half of what changing one service of 50,000 may cost.
 pub fn digest(text: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(text.as_bytes());
-    let mut out = String::from("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
+    format!(
+        "xxh128:{:032x}",
+        xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+    )
+}
+
+/// The index of what `done` installed, one record per section of the map; none (and any old
+/// one removed) when the map's sections are not one service each.
+fn write_index(
+    dir: &StateDir,
+    plan: &Plan,
+    digest: &str,
+    sections: Option<&Sections>,
+    done: &Installed,
+) {
+    let sections = sections.filter(|s| s.count() == plan.services.len());
+    let (Some(sections), Some(known)) = (sections, &done.known) else {
+        Index::remove(&dir.path);
+        return;
+    };
+    let locals = kernel::local_addresses();
+    let local = |ip: &std::net::IpAddr| locals.contains(ip);
+    let mut tally = Tally::default();
+    let records = plan
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Record::of(s, sections.section(i), plan.accounting, &local))
+        .inspect(|r| tally.add(r))
+        .collect();
+    let index = Index {
+        head: Head {
+            genid: known.genid,
+            generation: done.generation,
+            digest: digest.to_owned(),
+            table: plan.table.clone(),
+            chain: 0,
+            prefix: sections.prefix,
+            prefix_len: sections.first() as u64,
+            tally,
+        },
+        records,
+    };
+    if index.write(&dir.path).is_err() {
+        Index::remove(&dir.path);
     }
-    out
 }
 
 /// Install `plan` as a new generation and record it (the lock is held).
@@ -292,9 +335,16 @@ fn apply_locked(
     Ok(done)
 }
 
-/// apply: install the plan as a new generation and record it.
-pub fn apply(t: &Target, plan: &Plan, digest: &str, source: &str) -> Result<Installed> {
-    apply_known(t, plan, digest, source, None)
+/// apply: install the plan as a new generation and record it; index the map's `sections`
+/// (see `index`).
+pub fn apply(
+    t: &Target,
+    plan: &Plan,
+    digest: &str,
+    source: &str,
+    sections: Option<&Sections>,
+) -> Result<Installed> {
+    apply_known(t, plan, digest, source, None, sections)
 }
 
 /// apply, with what this process committed last (see `Known`).
@@ -304,11 +354,14 @@ pub fn apply_known(
     digest: &str,
     source: &str,
     known: Option<Known>,
+    sections: Option<&Sections>,
 ) -> Result<Installed> {
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)
+        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)?;
+        write_index(&dir, plan, digest, sections, &done);
+        Ok(done)
     })
 }
 
@@ -348,6 +401,7 @@ pub fn apply_confirmed(
         let before = current_meta(ctx, &t.backend, &plan.table)?;
         let previous = before.as_ref().and_then(|m| m.generation);
         let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, None)?;
+        Index::remove(&dir.path);
         dir.set_pending(&state::Pending {
             generation: done.generation,
             pid: std::process::id(),

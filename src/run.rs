@@ -178,6 +178,7 @@ impl Runner {
             &self.digest,
             &self.checked.source.name,
             self.known.take(),
+            None,
         ) {
             Ok(mut done) => {
                 self.known = done.known.take();

@@ -139,6 +139,16 @@ pub struct CheckedMap {
     pub accounting: bool,
 }
 
+impl CheckedMap {
+    /// Whether any target is a host name (resolved anew at every full apply).
+    pub fn uses_names(&self) -> bool {
+        self.services
+            .iter()
+            .flat_map(|s| &s.targets)
+            .any(|t| matches!(t.host, Host::Name(_)))
+    }
+}
+
 /// Takes the source: the checked map keeps it, to locate resolution errors later.
 pub fn validate(source: Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>> {
     let mut checker = Checker::new(&source, raw.services.len());

@@ -70,12 +70,12 @@ fn the_table_says_which_generation_and_map_it_holds() {
     }
     let ns = Netns::new("meta");
     apply_map(B, &ns);
-    let sha = must(&format!("sha256sum {}", repo().join(B).display()));
-    let sha = sha.split_whitespace().next().unwrap();
+    let sum = must(&format!("xxh128sum {}", repo().join(B).display()));
+    let sum = sum.split_whitespace().next().unwrap();
     let v: serde_json::Value =
         serde_json::from_str(&svcnat_ok(&["show", "--netns", &ns.name, "--json"])).unwrap();
     assert_eq!(v["generation"], 1);
-    assert_eq!(v["digest"], format!("sha256:{sha}"));
+    assert_eq!(v["digest"], format!("xxh128:{sum}"));
     // Recorded on the table itself: a fresh state directory still sees it.
     let elsewhere = std::env::temp_dir().join(format!("svcnat-empty-state-{}", std::process::id()));
     let out = must(&format!(
@@ -85,7 +85,7 @@ fn the_table_says_which_generation_and_map_it_holds() {
         ns.name
     ));
     assert!(
-        out.contains(&format!("generation 1, map sha256:{sha}")),
+        out.contains(&format!("generation 1, map xxh128:{sum}")),
         "{out}"
     );
     let _ = std::fs::remove_dir_all(&elsewhere);

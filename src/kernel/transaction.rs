@@ -6,7 +6,7 @@ use super::decode::Installed;
 use super::encode::{encode_rule, key_bytes};
 use super::meta::TableMeta;
 use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
-use crate::ruleset::{BaseHook, Chain, MapKind, Ruleset};
+use crate::ruleset::{BaseHook, Chain, DnatElem, MapKey, MapKind, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
 use std::cell::Cell;
@@ -447,6 +447,41 @@ impl Transaction {
                 set.add_elem(&key_bytes(key), None, Some(chain));
             }
             self.elements(&set, MsgType::Add, &format!("map {}", kind.name()));
+        }
+    }
+
+    /// The change of a few one-target services, as `quick` finds it without reading the
+    /// table: their old elements out (by key), the new ones in, and the generation element
+    /// swapped; the maps themselves stay as they are.
+    pub fn replace_dnat_elements(
+        &mut self,
+        table: &str,
+        metas: (&TableMeta, &TableMeta),
+        gone: &[(MapKind, MapKey)],
+        new: &[(MapKind, DnatElem)],
+        size: impl Fn(MapKind) -> u32,
+    ) {
+        self.table = Some(table.to_owned());
+        self.generation_element(table, metas.0, MsgType::Del);
+        self.generation_element(table, metas.1, MsgType::Add);
+        for kind in MapKind::ALL {
+            let name = kind.dnat_name();
+            let keys: Vec<_> = gone.iter().filter(|(k, _)| *k == kind).collect();
+            if !keys.is_empty() {
+                let set = NfSet::dnat_map(table, kind, size(kind));
+                for (_, key) in keys {
+                    set.add_elem(&key_bytes(key), None, None);
+                }
+                self.elements(&set, MsgType::Del, &format!("map {name}"));
+            }
+            let elems: Vec<_> = new.iter().filter(|(k, _)| *k == kind).collect();
+            if !elems.is_empty() {
+                let set = NfSet::dnat_map(table, kind, size(kind));
+                for (_, e) in elems {
+                    set.add_dnat(e, true);
+                }
+                self.elements(&set, MsgType::Add, &format!("map {name}"));
+            }
         }
     }
 
