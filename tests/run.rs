@@ -273,9 +273,11 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
         return;
     }
     let lab = lab();
+    // A weighted target is a service chain, which the incremental reload by changed
+    // sections (`quick`) leaves to the full apply: the one this test is about.
     let service = |port: u16| {
         format!(
-            "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:{port}\"]\n"
+            "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [{{ address = \"10.94.0.1:{port}\", weight = 2 }}]\n"
         )
     };
     let map = TempFile::new("known.toml", &service(8080));
@@ -308,6 +310,82 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
     assert_eq!(log.matches("table not read back").count(), 1, "{log}");
     let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
     assert_eq!(code, 0, "the hand edit is gone: {diff}");
+    run.signal(libc::SIGINT);
+}
+
+#[test]
+fn a_reload_sends_only_the_changed_sections() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    // 500 services; the one under test is in the middle.
+    let map_with = |port: u16| {
+        let mut m = String::new();
+        for i in 0..500 {
+            let target = if i == 250 {
+                format!("10.94.0.1:{port}")
+            } else {
+                "10.94.0.2:8080".to_owned()
+            };
+            let listen = if i == 250 {
+                "8080".to_owned()
+            } else {
+                format!("172.29.{}.{}:80", i / 256, i % 256)
+            };
+            m.push_str(&format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = \"{listen}\"\ntargets = [\"{target}\"]\n"
+            ));
+        }
+        m
+    };
+    let map = TempFile::new("quick-run.toml", &map_with(8080));
+    let run = Running::start(&lab.proxy, &[bin(), "run", "-f", map.path()], &[]);
+    run.wait_log("applied 500 service(s)", Duration::from_secs(5));
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "a",
+        Duration::from_secs(3),
+    );
+    let pid = run.proc.pid() as i32;
+
+    for (port, answer) in [(8081, "b"), (8080, "a")] {
+        std::fs::write(&map.0, map_with(port)).unwrap();
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        eventually(
+            &lab.client,
+            "http://10.94.0.11:8080",
+            answer,
+            Duration::from_secs(3),
+        );
+    }
+    let log = run.log();
+    assert_eq!(
+        log.matches("only the changed sections read").count(),
+        2,
+        "{log}"
+    );
+    let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
+    assert_eq!(code, 0, "{diff}");
+
+    // An invalid change keeps the running rules, as a full reload would.
+    std::fs::write(
+        &map.0,
+        map_with(8081).replace("name = \"s300\"", "name = \"s10\""),
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    run.wait_log(
+        "already used by the service at line",
+        Duration::from_secs(3),
+    );
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "a",
+        Duration::from_secs(3),
+    );
     run.signal(libc::SIGINT);
 }
 
