@@ -84,10 +84,7 @@ pub fn describe_plan(plan: &Plan) -> String {
 
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
-    if !matches!(cli.command, Command::Run { .. }) {
-        crate::kernel::netlink::CLOSE_IN_BACKGROUND
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+    crate::kernel::netlink::CLOSE_IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Run {
             map,

@@ -15,7 +15,7 @@ const NLMSG_DONE: u16 = 3;
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
 
-/// Set by one-shot commands (all but `run`): see `Netlink::close`.
+/// Set by every command (see `Netlink::close`); tests of the library leave it off.
 pub static CLOSE_IN_BACKGROUND: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -353,11 +353,12 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
 impl Netlink {
     /// Close the socket. Closing a netfilter socket after a commit waits for nf_tables'
     /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
-    /// though the new rules are live since the commit's ack. A one-shot command about to
-    /// exit hands that wait to a short-lived child instead: the child holds the last
-    /// reference and closes it once the parent has closed its own (ordered by a pipe), with
-    /// no stdio, so nobody waits on it. (The cleanup still happens: a commit within those
-    /// milliseconds, by anyone, waits for it, as it would have waited for this process.)
+    /// though the new rules are live since the commit's ack. svcnat hands that wait to a
+    /// short-lived child instead: the child holds the last reference and closes it once the
+    /// parent has closed its own (ordered by a pipe), with no stdio, so nobody waits on it —
+    /// a one-shot command exits, `svcnat run` logs the reload and reaps the child on its
+    /// SIGCHLD. (The cleanup still happens: a commit within those milliseconds, by anyone,
+    /// waits for it, as it would have waited for this process.)
     pub fn close(self) {
         use std::sync::atomic::Ordering;
         if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
@@ -367,8 +368,8 @@ impl Netlink {
             return drop(self);
         };
         // Safety: the child only closes descriptors, reads a pipe, frees its buffer and
-        // calls _exit; the one-shot commands have no thread left by now (the generation
-        // writer is joined before the socket is closed).
+        // calls _exit; svcnat has no other thread by now (the generation writer and the
+        // digest are joined before the socket is closed; `run` has one thread).
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(write_end);
