@@ -460,8 +460,10 @@ impl Index {
 
     /// Put the index in place (temporary file and rename; no fsync: see the module comment).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let bytes = self.encode();
-        write_parts(dir, &[&bytes])
+        let header = self.head.encode(self.records.len());
+        let records = self.records.raw();
+        let sum = checksum(&[&header, records]).to_le_bytes();
+        write_parts(dir, &[&header, records, &sum])
     }
 
     /// This index with records `at..at + removed` replaced by `new`, under `head`, written

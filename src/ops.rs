@@ -4,7 +4,7 @@
 //! batch and svcnat reads again (up to MAX_ATTEMPTS times).
 
 use crate::error::{Error, Result};
-use crate::index::{Head, Index, Record, Tally};
+use crate::index::{Head, Index, Record, Records, Tally};
 use crate::kernel::meta::TableMeta;
 use crate::kernel::netns::NetnsSpec;
 use crate::kernel::transaction::{Transaction, can_update};
@@ -249,21 +249,14 @@ pub fn digest(text: &str) -> String {
     )
 }
 
-/// The index of what `done` installed, one record per section of the map; none (and any old
-/// one removed) when the map's sections are not one service each.
-fn write_index(
-    dir: &StateDir,
+/// The index records of `plan`, one per section of its map; None when the map's sections
+/// are not one service each.
+fn index_records(
     plan: &Plan,
-    digest: &str,
     sections: Option<&Sections>,
-    done: &Installed,
-) {
-    let sections = sections.filter(|s| s.count() == plan.services.len());
-    let (Some(sections), Some(known)) = (sections, &done.known) else {
-        Index::remove(&dir.path);
-        return;
-    };
-    let locals = kernel::local_addresses();
+    locals: &[std::net::IpAddr],
+) -> Option<(Records, Tally)> {
+    let sections = sections.filter(|s| s.count() == plan.services.len())?;
     let local = |ip: &std::net::IpAddr| locals.contains(ip);
     let mut tally = Tally::default();
     let records = plan
@@ -273,6 +266,24 @@ fn write_index(
         .map(|(i, s)| Record::of(s, sections.section(i), plan.accounting, &local))
         .inspect(|r| tally.add(r))
         .collect();
+    Some((records, tally))
+}
+
+/// The index of what `done` installed (see `index`); none, and any old one removed, without
+/// records or when nothing is known of the commit (the iptables backend).
+fn write_index(
+    dir: &StateDir,
+    plan: &Plan,
+    digest: &str,
+    sections: Option<&Sections>,
+    records: Option<(Records, Tally)>,
+    done: &Installed,
+) {
+    let (Some(sections), Some((records, tally)), Some(known)) = (sections, records, &done.known)
+    else {
+        Index::remove(&dir.path);
+        return;
+    };
     let index = Index {
         head: Head {
             genid: known.genid,
@@ -359,8 +370,23 @@ pub fn apply_known(
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)?;
-        write_index(&dir, plan, digest, sections, &done);
+        // The index records (~3 ms at 50,000 services) are built while the kernel commits.
+        let locals = kernel::local_addresses();
+        let records = || index_records(plan, sections, &locals);
+        let (done, records) = if plan.services.len() < 1000 {
+            let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)?;
+            (done, records())
+        } else {
+            std::thread::scope(|s| {
+                let records = s.spawn(records);
+                let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known);
+                match records.join() {
+                    Ok(r) => done.map(|d| (d, r)),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            })?
+        };
+        write_index(&dir, plan, digest, sections, records, &done);
         Ok(done)
     })
 }

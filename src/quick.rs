@@ -63,11 +63,11 @@ pub fn apply(t: &Target, name: &str, text: &str, resolver: &Resolver) -> Result<
             let Ok(_lock) = dir.lock() else {
                 return Ok(None);
             };
-            let Some(index) = Index::read(&dir.path) else {
-                return Ok(None);
-            };
             // What the kernel holds must be what the index describes: nobody committed since.
             let Ok(genid) = ctx.nl.genid() else {
+                return Ok(None);
+            };
+            let Some(index) = Index::read(&dir.path) else {
                 return Ok(None);
             };
             if genid != index.head.genid {

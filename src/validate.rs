@@ -140,6 +140,11 @@ pub struct CheckedMap {
 }
 
 impl CheckedMap {
+    /// The source alone, the rest dropped.
+    pub fn into_source(self) -> Source {
+        self.source
+    }
+
     /// Whether any target is a host name (resolved anew at every full apply).
     pub fn uses_names(&self) -> bool {
         self.services
