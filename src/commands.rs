@@ -84,7 +84,12 @@ pub fn describe_plan(plan: &Plan) -> String {
 
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
-    crate::kernel::netlink::CLOSE_IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
+    use crate::kernel::netlink::{CLOSE, CLOSE_IN_CHILD, CLOSE_IN_THREAD};
+    let close = match cli.command {
+        Command::Run { .. } => CLOSE_IN_THREAD,
+        _ => CLOSE_IN_CHILD,
+    };
+    CLOSE.store(close, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Run {
             map,
@@ -272,14 +277,19 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
             }
             // The full way. The map's sections (for the index: ~2 ms at 50,000 services) are
-            // cut from the mapping on the other core while this one reads and checks the map;
-            // they count only if the digests say both saw the same text.
+            // cut from the mapping — a large one on the other core while this one reads and
+            // checks the map; they count only if the digests say both saw the same text.
+            let large = text.is_some_and(|(_, t)| t.len() > 1 << 20);
+            let cut = move || {
+                let m = mapped?;
+                let text = m.text()?;
+                Some((Sections::of(text)?, ops::digest(text)))
+            };
             let (plan, source, digest, sections) = std::thread::scope(|scope| {
-                let cutting = scope.spawn(move || {
-                    let m = mapped?;
-                    let text = m.text()?;
-                    Some((Sections::of(text)?, ops::digest(text)))
-                });
+                let cutting = match large {
+                    true => Ok(scope.spawn(cut)),
+                    false => Err(cut()),
+                };
                 let source = crate::cli::read_map(map.file.as_ref())?;
                 let checked = validate::check(source).map_err(Error::Map)?;
                 let plan = resolver.resolve(&checked).map_err(Error::Map)?;
@@ -287,10 +297,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 // The checked services go now (10 MB at 50,000): only the text is kept.
                 let source = checked.into_source();
                 let digest = ops::digest(&source.text);
-                let sections = match cutting.join() {
-                    Ok(cut) => cut.and_then(|(s, d)| (d == digest).then_some(s)),
-                    Err(panic) => std::panic::resume_unwind(panic),
+                let cut = match cutting {
+                    Ok(thread) => thread
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    Err(cut) => cut,
                 };
+                let sections = cut.and_then(|(s, d)| (d == digest).then_some(s));
                 // Host names are resolved anew at every full apply: no index for such maps.
                 Ok::<_, Error>((plan, source, digest, sections.filter(|_| !names)))
             })?;

@@ -2,6 +2,7 @@
 
 use super::transaction::Transaction;
 use crate::error::{Error, Result};
+use crate::log;
 use nftnl::nftnl_sys::libc;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -15,9 +16,15 @@ const NLMSG_DONE: u16 = 3;
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
 
-/// Set by every command (see `Netlink::close`); tests of the library leave it off.
-pub static CLOSE_IN_BACKGROUND: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+/// How `Netlink::close` closes (`CLOSE_*`), set once by the command; tests of the library
+/// leave it at `CLOSE_NOW`.
+pub static CLOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(CLOSE_NOW);
+/// Close here, and wait.
+pub const CLOSE_NOW: u8 = 0;
+/// Hand the socket to a child process: a one-shot command exits without waiting.
+pub const CLOSE_IN_CHILD: u8 = 1;
+/// Hand it to a thread: `svcnat run` goes on (a fork of its tens of MB costs ~1 ms).
+pub const CLOSE_IN_THREAD: u8 = 2;
 
 pub struct Netlink {
     sock: mnl::Socket,
@@ -25,6 +32,8 @@ pub struct Netlink {
     seq: u32,
     /// u32 words: the receive buffer must be aligned for `nlmsghdr`.
     buf: Vec<u32>,
+    /// Whether a batch was sent: only then does closing wait (see `close`).
+    committed: bool,
 }
 
 /// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
@@ -87,6 +96,7 @@ impl Netlink {
             portid,
             seq: 1,
             buf: vec![0; RECV_BUF / 4],
+            committed: false,
         })
     }
 
@@ -148,6 +158,7 @@ impl Netlink {
     /// on kernels ≥ 6.10 acks for the batch begin and end (nftnl sets NLM_F_ACK on them
     /// there). Any error fails the call and names the object it belongs to.
     pub fn commit(&mut self, tx: Transaction, genid: Option<u32>) -> Result<usize> {
+        self.committed = true;
         let objects = tx.objects;
         let batch = tx.batch.finalize();
         let seqs = batch.sequence_numbers();
@@ -351,25 +362,44 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
 }
 
 impl Netlink {
-    /// Close the socket. Closing a netfilter socket after a commit waits for nf_tables'
+    /// Close the socket. Closing a netfilter socket after a commit (only then) waits for nf_tables'
     /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
-    /// though the new rules are live since the commit's ack. svcnat hands that wait to a
-    /// short-lived child instead: the child holds the last reference and closes it once the
-    /// parent has closed its own (ordered by a pipe), with no stdio, so nobody waits on it —
-    /// a one-shot command exits, `svcnat run` logs the reload and reaps the child on its
-    /// SIGCHLD. (The cleanup still happens: a commit within those milliseconds, by anyone,
-    /// waits for it, as it would have waited for this process.)
+    /// though the new rules are live since the commit's ack. A one-shot command hands that
+    /// wait to a short-lived child: the child holds the last reference and closes it once
+    /// the parent has closed its own (ordered by a pipe), with no stdio, so nobody waits on
+    /// it (a thread would not do: the process's exit would wait for it). `svcnat run` hands
+    /// it to a thread, which allocates nothing. (The cleanup still happens: a commit within
+    /// those milliseconds, by anyone, waits for it, as it would have waited for this
+    /// process.)
     pub fn close(self) {
         use std::sync::atomic::Ordering;
-        if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
+        if !self.committed {
             return drop(self);
+        }
+        match CLOSE.load(Ordering::Relaxed) {
+            CLOSE_IN_CHILD => {}
+            CLOSE_IN_THREAD => {
+                // A duplicate descriptor keeps the socket open past this close; the thread's
+                // close of it is the last one, and waits there.
+                // Safety: the socket's descriptor is open for as long as `self` lives.
+                let last =
+                    nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) });
+                drop(self);
+                if let Ok(fd) = last
+                    && let Err(e) = std::thread::Builder::new().spawn(move || drop(fd))
+                {
+                    log::debug(&format!("closing the netlink socket in a thread: {e}"));
+                }
+                return;
+            }
+            _ => return drop(self),
         }
         let Ok((read_end, write_end)) = nix::unistd::pipe() else {
             return drop(self);
         };
         // Safety: the child only closes descriptors, reads a pipe, frees its buffer and
-        // calls _exit; svcnat has no other thread by now (the generation writer and the
-        // digest are joined before the socket is closed; `run` has one thread).
+        // calls _exit; a one-shot command has no other thread by now (the generation
+        // writer, the index records and the digest are joined before the socket closes).
         match unsafe { nix::unistd::fork() } {
             Ok(nix::unistd::ForkResult::Child) => {
                 drop(write_end);
