@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::plan::{Plan, Service};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -247,9 +247,10 @@ impl StateDir {
                 ));
             }
         }
-        let _ = f.set_len(0);
-        let _ = f.rewind();
-        let _ = write!(f, "{}", std::process::id());
+        // The holder's pid, over the last one's without truncating (truncating the file
+        // costs ~0.5 ms of ext4 journalling on every apply): padded to one length.
+        use std::os::unix::fs::FileExt;
+        let _ = f.write_all_at(format!("{:<10}\n", std::process::id()).as_bytes(), 0);
         Ok(Lock { _file: f })
     }
 
@@ -463,7 +464,7 @@ mod tests {
         assert_eq!(leftovers.count(), 0);
         let _lock = dir.lock().unwrap();
         assert_eq!(
-            fs::read_to_string(dir.path.join("lock")).unwrap(),
+            fs::read_to_string(dir.path.join("lock")).unwrap().trim(),
             std::process::id().to_string()
         );
         fs::remove_dir_all(&root).unwrap();
