@@ -271,7 +271,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .as_ref()
                 .and_then(|m| Some((m.name.as_str(), m.text()?)));
             if let (None, Some((name, text)), Ok(t)) = (confirm, text, &t_or_error) {
-                if let Some(q) = quick::apply(t, name, text, &resolver)? {
+                if let Some(q) = quick::apply(t, name, text, &resolver, None)? {
                     println!("{}", summary(t, &q.installed, q.services, &q.table));
                     return Ok(0);
                 }

@@ -47,8 +47,16 @@ pub struct Applied {
 
 /// Apply the map `text` (named `name`) incrementally if it can be (see the module comment);
 /// None: do a full apply. The text may be a mapping of the file, changing under us: what is
-/// parsed is copied first and checked against the hashes compared with the index.
-pub fn apply(t: &Target, name: &str, text: &str, resolver: &Resolver) -> Result<Option<Applied>> {
+/// parsed is copied first and checked against the hashes compared with the index. With
+/// `installed`, only on top of that generation (a caller that keeps the plan it installed
+/// must not splice a change into it made against somebody else's apply).
+pub fn apply(
+    t: &Target,
+    name: &str,
+    text: &str,
+    resolver: &Resolver,
+    installed: Option<u64>,
+) -> Result<Option<Applied>> {
     if !matches!(t.backend, Backend::Nft) {
         return Ok(None);
     }
@@ -84,7 +92,9 @@ pub fn apply(t: &Target, name: &str, text: &str, resolver: &Resolver) -> Result<
             let Ok(numbers) = dir.numbers() else {
                 return Ok(None);
             };
-            if numbers.last() != Some(&index.head.generation) {
+            if numbers.last() != Some(&index.head.generation)
+                || installed.is_some_and(|g| g != index.head.generation)
+            {
                 return Ok(None);
             }
             let Some(change) = Change::find(&index, name, text, resolver) else {

@@ -75,9 +75,9 @@ struct Runner {
     file_stamp: Option<(SystemTime, u64)>,
     /// The map file's sections, for the index a full apply writes (see `index`).
     sections: Option<Sections>,
-    /// Whether the last apply installed `resolved` as it is: then a reload may change only
-    /// the sections that changed (`quick`).
-    synced: bool,
+    /// The generation of the last apply, when it installed `resolved` as it is: then a
+    /// reload on top of that generation may change only the sections that changed (`quick`).
+    synced: Option<u64>,
     stats: Stats,
 }
 
@@ -201,7 +201,7 @@ impl Runner {
         ) {
             Ok(mut done) => {
                 self.known = done.known.take();
-                self.synced = self.as_written();
+                self.synced = self.as_written().then_some(done.generation);
                 self.stats.applies += 1;
                 self.stats.last_apply = crate::state::now();
                 let how = match (done.incremental, done.read_back) {
@@ -223,7 +223,7 @@ impl Runner {
                 self.installed = Some(plan);
             }
             Err(e) => {
-                self.synced = false;
+                self.synced = None;
                 self.stats.apply_errors += 1;
                 log::error(&format!(
                     "apply failed ({why}), the previous rules stay: {e}"
@@ -238,21 +238,28 @@ impl Runner {
         let MapFrom::File(path) = &self.opts.from else {
             return false;
         };
-        if !self.synced || !self.as_written() {
+        let Some(last) = self.synced.filter(|_| self.as_written()) else {
             return false;
-        }
+        };
         let Some(mapped) = crate::cli::MapText::map(Some(path)) else {
             return false;
         };
         let Some(text) = mapped.text() else {
             return false;
         };
-        let q = match quick::apply(&self.opts.target, &mapped.name, text, &self.opts.resolver) {
+        let q = match quick::apply(
+            &self.opts.target,
+            &mapped.name,
+            text,
+            &self.opts.resolver,
+            Some(last),
+        ) {
             Ok(Some(q)) => q,
             Ok(None) => return false,
             Err(e) => {
                 // Committed, but not recorded: the full reload reads the table back.
                 self.known = None;
+                self.synced = None;
                 log::error(&format!("{why}: recording the change failed: {e}"));
                 return false;
             }
@@ -269,6 +276,7 @@ impl Runner {
         // is not kept (names, the only thing located later, are not in such a map).
         self.checked.source = Source::new(mapped.name.clone(), String::new());
         self.digest = q.digest;
+        self.synced = Some(q.installed.generation);
         self.known = None;
         self.sections = None;
         self.stats.applies += 1;
@@ -461,7 +469,7 @@ pub fn run(opts: Options) -> Result<i32> {
         installed: None,
         known: None,
         sections,
-        synced: false,
+        synced: None,
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,

@@ -311,3 +311,31 @@ fn changes_it_does_not_cover_go_the_full_way() {
     assert!(!apply_quick(&late2, &ns));
     assert_installed(&late2, &ns);
 }
+
+#[test]
+fn ipv6_udp_and_port_services_change_by_section_too() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("quick6");
+    let mixed = |port: u16| {
+        let mut m = plain(100);
+        m.push_str(&format!(
+            "[[service]]\nname = \"v6\"\nlisten = \"[fd00::10]:53\"\nprotocol = \"udp\"\ntargets = [\"[fd00::1]:{port}\"]\n\
+             [[service]]\nname = \"ports\"\nlisten = \"8080\"\ntargets = [\"10.9.0.1:{port}\"]\n"
+        ));
+        m
+    };
+    let first = TempFile::new("q6-first.toml", &mixed(5353));
+    assert!(!apply_quick(&first, &ns));
+    let second = TempFile::new("q6-second.toml", &mixed(5354));
+    assert!(apply_quick(&second, &ns));
+    assert_installed(&second, &ns);
+    let v6 = ns.exec_ok("nft list map inet svcnat dnat-vip6");
+    assert!(
+        v6.contains("fd00::10 . udp . 53") && v6.contains("fd00::1 . 5354"),
+        "{v6}"
+    );
+    let ports = ns.exec_ok("nft list map inet svcnat dnat-port4");
+    assert!(ports.contains("10.9.0.1 . 5354"), "{ports}");
+}

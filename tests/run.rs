@@ -369,6 +369,30 @@ fn a_reload_sends_only_the_changed_sections() {
     let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
     assert_eq!(code, 0, "{diff}");
 
+    // Somebody else's apply in the namespace: the next reload must not splice its change
+    // into a plan the kernel no longer holds; it goes the full way and restores the map.
+    let other = TempFile::new(
+        "quick-other.toml",
+        &map_with(8081).replace("name = \"s7\"", "name = \"other\""),
+    );
+    svcnat_ok(&["apply", "-f", other.path(), "--netns", &lab.proxy.name]);
+    std::fs::write(&map.0, map_with(8081)).unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let reloads = |log: &str| log.matches("(SIGHUP) as generation").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reloads(&run.log()) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = run.log();
+    assert_eq!(reloads(&log), 3, "{log}");
+    assert_eq!(
+        log.matches("only the changed sections read").count(),
+        2,
+        "{log}"
+    );
+    let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
+    assert_eq!(code, 0, "{diff}");
+
     // An invalid change keeps the running rules, as a full reload would.
     std::fs::write(
         &map.0,
@@ -383,7 +407,7 @@ fn a_reload_sends_only_the_changed_sections() {
     eventually(
         &lab.client,
         "http://10.94.0.11:8080",
-        "a",
+        "b",
         Duration::from_secs(3),
     );
     run.signal(libc::SIGINT);
