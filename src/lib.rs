@@ -24,6 +24,7 @@ pub mod render;
 pub mod resolve;
 pub mod ruleset;
 pub mod run;
+pub mod scan;
 pub mod sections;
 pub mod show;
 pub mod state;

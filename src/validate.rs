@@ -172,7 +172,9 @@ pub fn validate(source: Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>
 /// Parse and check the map in one pass: each service is checked as soon as its section is
 /// parsed, so the raw services of a large map are never all held at once.
 pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
-    let mut checker = Checker::new(&source, 0);
+    // Sized for a section of ~80 bytes each: growing the duplicate indexes as services
+    // come was a twentieth of a 50,000-service check.
+    let mut checker = Checker::new(&source, (source.text.len() / 80).min(1 << 22));
     let settings = crate::map::parse_each(&source, |s| checker.service(s.into_inner()))
         .map_err(|e| vec![e])?;
     let (table, services, accounting) = checker.finish(settings)?;
@@ -195,9 +197,48 @@ struct Checker<'s> {
     // Duplicate names and listen keys, found by hash → index into `services` (a few bytes
     // per service; maps of cloned names cost ~8 MB at 50,000 services). A hash shared by
     // two different keys is checked against the service itself, and falls back to a scan.
-    hasher: std::hash::RandomState,
-    names: HashMap<u64, u32>,
-    listens: HashMap<u64, u32>,
+    seed: u64,
+    names: HashMap<u64, u32, Prehashed>,
+    listens: HashMap<u64, u32, Prehashed>,
+}
+
+/// The maps' keys are hashes already (XXH3, seeded per process): they are used as they are.
+type Prehashed = std::hash::BuildHasherDefault<PrehashedKey>;
+
+#[derive(Default)]
+struct PrehashedKey(u64);
+
+impl std::hash::Hasher for PrehashedKey {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A listen address, port and protocol as bytes, for hashing.
+fn listen_bytes(listen: &Listen, proto: Proto) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    match listen.addr {
+        None => {}
+        Some(IpAddr::V4(a)) => {
+            b[0] = 4;
+            b[1..5].copy_from_slice(&a.octets());
+        }
+        Some(IpAddr::V6(a)) => {
+            b[0] = 6;
+            b[1..17].copy_from_slice(&a.octets());
+        }
+    }
+    b[17..19].copy_from_slice(&listen.port.to_le_bytes());
+    b[19] = proto.number();
+    b
 }
 
 impl<'s> Checker<'s> {
@@ -208,16 +249,19 @@ impl<'s> Checker<'s> {
             services: Vec::with_capacity(services),
             explicit_masquerade: Vec::with_capacity(services),
             seen: 0,
-            hasher: std::hash::RandomState::new(),
-            names: HashMap::with_capacity(services),
-            listens: HashMap::with_capacity(services),
+            seed: {
+                use std::hash::BuildHasher;
+                std::hash::RandomState::new().hash_one(0u8)
+            },
+            names: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
+            listens: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
         }
     }
 
     /// The index of an earlier service with this hash for which `same` holds.
     fn find(
         &self,
-        index: &HashMap<u64, u32>,
+        index: &HashMap<u64, u32, Prehashed>,
         hash: u64,
         same: &dyn Fn(&ServiceSpec) -> bool,
     ) -> Option<usize> {
@@ -229,7 +273,7 @@ impl<'s> Checker<'s> {
     }
 
     fn service(&mut self, raw: RawService) {
-        use std::hash::BuildHasher;
+        use xxhash_rust::xxh3::xxh3_64_with_seed;
         self.seen += 1;
         let at = ServiceAt(self.seen);
         let explicit = raw.masquerade.is_some();
@@ -238,7 +282,7 @@ impl<'s> Checker<'s> {
         };
         let source = self.source;
         let line_of = |s: &ServiceSpec| source.line_col(s.listen_span.start).0;
-        let name_hash = self.hasher.hash_one(&svc.name);
+        let name_hash = xxh3_64_with_seed(svc.name.as_bytes(), self.seed);
         if let Some(first) = self.find(&self.names, name_hash, &|s| s.name == svc.name) {
             let e = source.error(
                 &svc.listen_span,
@@ -253,7 +297,7 @@ impl<'s> Checker<'s> {
             self.errors.push(e);
         }
         let key = (svc.listen, svc.proto);
-        let listen_hash = self.hasher.hash_one(key);
+        let listen_hash = xxh3_64_with_seed(&listen_bytes(&svc.listen, svc.proto), self.seed);
         let same_listen = |s: &ServiceSpec| (s.listen, s.proto) == key;
         if let Some(other) = self.find(&self.listens, listen_hash, &same_listen) {
             let other = &self.services[other];
