@@ -46,7 +46,7 @@ pub fn services(part: &str) -> Option<Vec<Spanned<RawService>>> {
             }
             current = Some(Draft::new(at..at + HEADER.len()));
         } else {
-            current.as_mut()?.line(b, at, line_end)?;
+            current.as_mut()?.line(part, at, line_end)?;
         }
         at = end + 1;
     }
@@ -78,8 +78,9 @@ impl Draft {
         }
     }
 
-    /// One line of the section (`from..to` in `b`, without its line end).
-    fn line(&mut self, b: &[u8], from: usize, to: usize) -> Option<()> {
+    /// One line of the section (`from..to` in `text`, without its line end).
+    fn line(&mut self, text: &str, from: usize, to: usize) -> Option<()> {
+        let b = text.as_bytes();
         let mut at = skip_ws(b, from, to);
         if at == to || b[at] == b'#' {
             return rest_of_line(b, at, to);
@@ -93,7 +94,7 @@ impl Draft {
         at = skip_ws(b, at + 1, to);
         let end = match key {
             b"name" | b"protocol" => {
-                let (value, end) = string(b, at, to)?;
+                let (value, end) = string(text, at, to)?;
                 let slot = if key == b"name" {
                     &mut self.name
                 } else {
@@ -104,14 +105,14 @@ impl Draft {
             }
             b"listen" => {
                 let (value, end) = match b[at] {
-                    b'"' => string(b, at, to)?,
+                    b'"' => string(text, at, to)?,
                     _ => integer(b, at, to)?,
                 };
                 set(&mut self.listen, Spanned::new(at..end, ListenText(value)))?;
                 end
             }
             b"targets" => {
-                let (items, end) = array(b, at, to)?;
+                let (items, end) = array(text, at, to)?;
                 set(&mut self.targets, Spanned::new(at..end, items))?;
                 end
             }
@@ -179,7 +180,8 @@ fn rest_of_line(b: &[u8], at: usize, to: usize) -> Option<()> {
 }
 
 /// A basic string without escapes at `at`: its value and where it ends (after the quote).
-fn string(b: &[u8], at: usize, to: usize) -> Option<(String, usize)> {
+fn string(text: &str, at: usize, to: usize) -> Option<(String, usize)> {
+    let b = text.as_bytes();
     if b.get(at) != Some(&b'"') {
         return None;
     }
@@ -191,9 +193,8 @@ fn string(b: &[u8], at: usize, to: usize) -> Option<(String, usize)> {
     {
         return None;
     }
-    // Valid UTF-8: a slice of a str between two ASCII quotes.
-    let value = std::str::from_utf8(body).ok()?.to_owned();
-    Some((value, at + len + 2))
+    // Between two ASCII quotes: whole characters.
+    Some((text[at + 1..at + 1 + len].to_owned(), at + len + 2))
 }
 
 /// A plain decimal integer (no sign, underscores or leading zero), as its text.
@@ -227,7 +228,8 @@ fn boolean(b: &[u8], at: usize, to: usize) -> Option<(bool, usize)> {
 }
 
 /// `[ "a", "b" ]` on one line (a trailing comma allowed): the items and where it ends.
-fn array(b: &[u8], at: usize, to: usize) -> Option<(Vec<Spanned<RawTarget>>, usize)> {
+fn array(text: &str, at: usize, to: usize) -> Option<(Vec<Spanned<RawTarget>>, usize)> {
+    let b = text.as_bytes();
     if b.get(at) != Some(&b'[') {
         return None;
     }
@@ -237,7 +239,7 @@ fn array(b: &[u8], at: usize, to: usize) -> Option<(Vec<Spanned<RawTarget>>, usi
         match b.get(at) {
             Some(b']') if at < to => return Some((items, at + 1)),
             Some(b'"') if at < to => {
-                let (address, end) = string(b, at, to)?;
+                let (address, end) = string(text, at, to)?;
                 let target = RawTarget {
                     address,
                     weight: None,
