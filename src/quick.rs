@@ -138,7 +138,7 @@ pub fn apply(
 
             // Committed: from here on, failures are real.
             let services = change.plan.services.len();
-            dir.record_splice(&Splice {
+            let record = dir.record_splice(&Splice {
                 number,
                 time: state::rfc3339(state::now()),
                 digest: digest.clone(),
@@ -149,6 +149,7 @@ pub fn apply(
                 remove: change.removed,
                 insert: &change.plan.services[..],
             })?;
+            ctx.nl.sync_on_close(record);
             let total = index.records.len() - change.removed + services;
             let head = Head {
                 genid: ops::next_genid(genid),

@@ -341,17 +341,19 @@ impl StateDir {
         }
     }
 
-    /// Record a splice generation (see `Splice`) and prune. Written in place and synced,
-    /// without the rename and directory sync of a whole one (they were half its cost): a
-    /// crash that tears it loses only this generation's record, which is then skipped as
-    /// unreadable — and the rules it describes do not outlive a crash anyway.
-    pub fn record_splice(&self, s: &Splice<&[Service]>) -> Result<()> {
+    /// Record a splice generation (see `Splice`) and prune. Written in place, without the
+    /// rename and directory sync of a whole one; the file is returned for the caller to
+    /// sync, which it leaves to whoever closes its netlink socket a moment later
+    /// (`Netlink::sync_on_close`): a crash before that loses only this generation's record
+    /// (skipped as unreadable) — and the rules it describes do not outlive a crash anyway.
+    pub fn record_splice(&self, s: &Splice<&[Service]>) -> Result<File> {
         let path = self.splice_path(s.number);
         let json = serde_json::to_vec(s).expect("plain data serializes");
-        File::create(&path)
-            .and_then(|mut f| f.write_all(&json).and_then(|_| f.sync_data()))
+        let file = File::create(&path)
+            .and_then(|mut f| f.write_all(&json).map(|_| f))
             .map_err(io(format!("cannot write {}", path.display())))?;
-        self.prune()
+        self.prune()?;
+        Ok(file)
     }
 
     /// Record a generation and keep only the newest KEEP.

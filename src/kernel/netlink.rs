@@ -34,6 +34,8 @@ pub struct Netlink {
     buf: Vec<u32>,
     /// Whether a batch was sent: only then does closing wait (see `close`).
     committed: bool,
+    /// Files to sync before the socket closes, wherever that happens (`sync_on_close`).
+    to_sync: Vec<std::fs::File>,
 }
 
 /// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
@@ -97,6 +99,7 @@ impl Netlink {
             seq: 1,
             buf: vec![0; RECV_BUF / 4],
             committed: false,
+            to_sync: Vec::new(),
         })
     }
 
@@ -362,6 +365,18 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
 }
 
 impl Netlink {
+    /// Sync `file` (data) before this socket closes: where the close's wait goes (a child
+    /// or a thread, see `close`), the sync goes too, off the command's path.
+    pub fn sync_on_close(&mut self, file: std::fs::File) {
+        self.to_sync.push(file);
+    }
+
+    fn sync_files(&mut self) {
+        for f in self.to_sync.drain(..) {
+            let _ = f.sync_data();
+        }
+    }
+
     /// Close the socket. Closing a netfilter socket after a commit (only then) waits for nf_tables'
     /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
     /// though the new rules are live since the commit's ack. A one-shot command hands that
@@ -371,9 +386,10 @@ impl Netlink {
     /// it to a thread, which allocates nothing. (The cleanup still happens: a commit within
     /// those milliseconds, by anyone, waits for it, as it would have waited for this
     /// process.)
-    pub fn close(self) {
+    pub fn close(mut self) {
         use std::sync::atomic::Ordering;
         if !self.committed {
+            self.sync_files();
             return drop(self);
         }
         match CLOSE.load(Ordering::Relaxed) {
@@ -395,6 +411,7 @@ impl Netlink {
             _ => return drop(self),
         }
         let Ok((read_end, write_end)) = nix::unistd::pipe() else {
+            self.sync_files();
             return drop(self);
         };
         // Safety: the child only closes descriptors, reads a pipe, frees its buffer and
@@ -408,11 +425,20 @@ impl Netlink {
                 }
                 let mut byte = [0u8; 1];
                 let _ = nix::unistd::read(&read_end, &mut byte);
+                self.sync_files();
                 drop(self);
                 unsafe { libc::_exit(0) };
             }
-            _ => {
+            Ok(_) => {
                 drop(read_end);
+                // The child syncs the files; this process's copies just close.
+                self.to_sync.clear();
+                drop(self);
+                drop(write_end);
+            }
+            Err(_) => {
+                drop(read_end);
+                self.sync_files();
                 drop(self);
                 drop(write_end);
             }
