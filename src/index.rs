@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"SVCNATIX";
 const VERSION: u32 = 1;
 const RECORD: usize = 44;
+/// A map this large (1 MB, ~12,000 services) is compared from both ends at once.
+const PARALLEL_FROM: usize = 1 << 20;
 
 pub mod flag {
     /// A DNAT map element (`ruleset::is_direct`), not a chain.
@@ -504,6 +506,35 @@ impl Index {
         let _ = std::fs::remove_file(Index::path(dir));
     }
 
+    /// From the start: how many recorded sections `text` still has where they were, and
+    /// where the first that differs begins.
+    fn walk_front(&self, text: &[u8], head_len: usize) -> (usize, usize) {
+        let (mut at, mut start) = (0, head_len);
+        while at < self.records.len() {
+            let (h, len) = self.records.section(at);
+            match text.get(start..start + len) {
+                Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
+                _ => break,
+            }
+        }
+        (at, start)
+    }
+
+    /// From the end, not before byte `floor` nor record `first`: how many recorded sections
+    /// end `text`, and where they begin.
+    fn walk_back(&self, text: &[u8], floor: usize, first: usize) -> (usize, usize) {
+        let n = self.records.len();
+        let (mut tail, mut end) = (0, text.len());
+        while tail < n - first {
+            let (h, len) = self.records.section(n - 1 - tail);
+            match end.checked_sub(len).filter(|&s| s >= floor) {
+                Some(s) if hash(&text[s..end]) == h => (end, tail) = (s, tail + 1),
+                _ => break,
+            }
+        }
+        (tail, end)
+    }
+
     /// Where `text` differs from the map this index was written for, found by hashing each
     /// recorded section where it was — from the start, then from the end — rather than by
     /// searching for headers (which costs twice as much at 50,000 services). None when the
@@ -514,21 +545,30 @@ impl Index {
             return None;
         }
         let n = self.records.len();
-        let (mut start, mut at) = (head_len, 0);
-        while at < n {
-            let (h, len) = self.records.section(at);
-            match text.get(start..start + len) {
-                Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
-                _ => break,
-            }
+        // Both ends at once on a large map: each walk stops at the change, so on two cores
+        // a change in the middle costs half the hashing. Walks that overlap (identical
+        // sections around the change) are done again one after the other.
+        let walks = if text.len() >= PARALLEL_FROM {
+            std::thread::scope(|s| {
+                let back = s.spawn(|| self.walk_back(text, head_len, 0));
+                let front = self.walk_front(text, head_len);
+                (
+                    front,
+                    back.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                )
+            })
+        } else {
+            let front = self.walk_front(text, head_len);
+            (front, self.walk_back(text, front.1, front.0))
+        };
+        let ((mut at, mut start), (mut tail, mut end)) = walks;
+        if at == n && start == text.len() {
+            // The same map: nothing between.
+            (tail, end) = (0, start);
         }
-        let (mut end, mut tail) = (text.len(), 0);
-        while tail < n - at {
-            let (h, len) = self.records.section(n - 1 - tail);
-            match end.checked_sub(len).filter(|&s| s >= start) {
-                Some(s) if hash(&text[s..end]) == h => (end, tail) = (s, tail + 1),
-                _ => break,
-            }
+        if at + tail > n || start > end {
+            (at, start) = self.walk_front(text, head_len);
+            (tail, end) = self.walk_back(text, start, at);
         }
         // Whatever lies between must be whole sections, starting a line with a header and
         // ending one before the sections that follow.
@@ -734,5 +774,48 @@ mod tests {
         assert_eq!((t.remote, t.localhost), ([1, 0], 1));
         t.sub(&direct).unwrap();
         assert_eq!(t.sub(&direct), None);
+    }
+
+    #[test]
+    fn a_large_map_is_compared_from_both_ends_alike() {
+        let svc = |n: u32, port: u32| {
+            format!(
+                "[[service]]\nname = \"s{n}\"\nlisten = \"10.1.{}.{}:{port}\"\ntargets = [\"10.0.0.1:80\"]\n",
+                n / 256,
+                n % 256
+            )
+        };
+        let text = |ports: &dyn Fn(u32) -> Option<u32>| {
+            let mut t = String::from("# big\n");
+            for n in 0..20_000 {
+                if let Some(p) = ports(n) {
+                    t.push_str(&svc(n, p));
+                }
+            }
+            t
+        };
+        let original = text(&|_| Some(80));
+        assert!(original.len() >= PARALLEL_FROM);
+        let ix = indexed(&original);
+        let diff = |t: &str| {
+            ix.diff(t.as_bytes())
+                .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
+        };
+        assert_eq!(diff(&original), Some((20_000, 0, 0)));
+        assert_eq!(
+            diff(&text(&|n| Some(if n == 12_345 { 81 } else { 80 }))),
+            Some((12_345, 1, 1))
+        );
+        assert_eq!(diff(&text(&|n| (n != 7).then_some(80))), Some((7, 1, 0)));
+        assert_eq!(
+            diff(&text(&|n| Some(if n == 19_999 { 81 } else { 80 }))),
+            Some((19_999, 1, 1))
+        );
+        assert_eq!(
+            diff(&text(&|n| Some(if n == 0 { 81 } else { 80 }))),
+            Some((0, 1, 1))
+        );
+        let appended = original.clone() + &svc(20_000, 80);
+        assert_eq!(diff(&appended), Some((20_000, 0, 1)));
     }
 }
