@@ -150,7 +150,7 @@ not stop the wait. For changing a remote host's rules without locking yourself o
 (comma-separated); else from $PORT_MAPPING (commas or spaces: the variable of the netfilter proxy image, so \
 its compose files work by changing only `image:`); else from $SVCNAT_MAP or ./svcnat.toml.\n\n",
         "While running: SIGHUP or a change of the map file re-reads it (an invalid map keeps the running \
-rules); target names are re-resolved every --resolve-interval; with --health-check tcp, targets that refuse \
+rules; when only a few sections of one-target services changed, only those are read and sent); target names are re-resolved every --resolve-interval; with --health-check tcp, targets that refuse \
 connections leave the balancing until they accept again (all down: all kept); SIGTERM or SIGINT removes \
 everything svcnat installed and exits 0. Generations go to $SVCNAT_STATE_DIR, else /run/svcnat. Logs: one line \
 per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only CAP_NET_ADMIN.\n\n",
