@@ -324,22 +324,29 @@ fn apply_locked(
         backend: backend.name().to_owned(),
     };
     // The generation's file is written while the kernel commits (8 MB of JSON at 50,000
-    // services, ~25 ms: a second core does it), and put in place only once the commit
-    // succeeded; a refused commit leaves no file behind. A small plan is written after
-    // the commit: a thread's malloc arena would stay resident in `svcnat run` for nothing.
+    // services, ~30 ms: a second core does it), and put in place only once the commit
+    // succeeded; a refused commit leaves no file behind. Its sync (5-30 ms here) goes to
+    // whoever closes the netlink socket after the commit (`Netlink::sync_on_close`): a
+    // crash before that may lose this record, as it loses the rules it describes. A small
+    // plan is written after the commit: a thread's malloc arena would stay resident in
+    // `svcnat run` for nothing.
     if plan.services.len() < 1000 {
         let done = install(ctx, backend, plan, number, digest, known)?;
         dir.record(&generation)?;
         return Ok(done);
     }
     let (done, file) = std::thread::scope(|s| {
-        let file = s.spawn(|| dir.prepare(&generation));
+        let file = s.spawn(|| dir.prepare_unsynced(&generation));
         let done = install(ctx, backend, plan, number, digest, known);
         (done, file.join())
     });
     let done = done?;
     match file {
-        Ok(pending) => pending?.publish()?,
+        Ok(pending) => {
+            for handle in pending?.publish_unsynced()? {
+                ctx.nl.sync_on_close(handle);
+            }
+        }
         Err(panic) => std::panic::resume_unwind(panic),
     }
     dir.prune()?;

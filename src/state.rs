@@ -157,10 +157,12 @@ pub fn write_atomic_with(
 }
 
 /// A file written and synced under a temporary name, not yet in place: `publish` renames
-/// it to its path, dropping it removes it.
+/// it to its path, dropping it removes it. (`write_unsynced`: written only, for a caller
+/// that syncs it later, see `publish_unsynced`.)
 pub struct PendingFile {
     tmp: PathBuf,
     path: PathBuf,
+    unsynced: Option<File>,
 }
 
 impl PendingFile {
@@ -168,24 +170,65 @@ impl PendingFile {
         path: &Path,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<PendingFile> {
+        Self::write_as(path, write, true)
+    }
+
+    pub fn write_unsynced(
+        path: &Path,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<PendingFile> {
+        Self::write_as(path, write, false)
+    }
+
+    fn write_as(
+        path: &Path,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+        sync: bool,
+    ) -> Result<PendingFile> {
         // Unique per process: writers that race before taking the lock (the `netns` label)
         // must not share a temporary file.
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let pending = PendingFile {
+        let mut pending = PendingFile {
             tmp,
             path: path.to_owned(),
+            unsynced: None,
         };
         let f = File::create(&pending.tmp)
             .map_err(io(format!("cannot write {}", pending.tmp.display())))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
-        write(&mut w)
+        let f = write(&mut w)
             .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
-            .and_then(|f| f.sync_all())
+            .and_then(|f| {
+                if sync {
+                    f.sync_all().map(|_| None)
+                } else {
+                    Ok(Some(f))
+                }
+            })
             .map_err(io(format!("cannot write {}", pending.tmp.display())))?;
+        pending.unsynced = f;
         Ok(pending)
     }
 
-    pub fn publish(self) -> Result<()> {
+    /// Put a file written by `write_unsynced` in place; returns the file and its directory,
+    /// to be synced by the caller (until then a crash may lose the file, not tear another).
+    pub fn publish_unsynced(mut self) -> Result<Vec<File>> {
+        let dir = self.path.parent().expect("state files live in a directory");
+        fs::rename(&self.tmp, &self.path).map_err(io(format!(
+            "cannot rename {} into place",
+            self.tmp.display()
+        )))?;
+        let mut handles: Vec<File> = self.unsynced.take().into_iter().collect();
+        handles.extend(File::open(dir).ok());
+        std::mem::forget(self);
+        Ok(handles)
+    }
+
+    pub fn publish(mut self) -> Result<()> {
+        if let Some(f) = self.unsynced.take() {
+            f.sync_all()
+                .map_err(io(format!("cannot write {}", self.tmp.display())))?;
+        }
         let dir = self.path.parent().expect("state files live in a directory");
         fs::rename(&self.tmp, &self.path).map_err(io(format!(
             "cannot rename {} into place",
@@ -368,6 +411,13 @@ impl StateDir {
         // Compact and streamed: a 50,000-service generation is 8 MB of JSON (15 MB
         // pretty-printed), not to be held in memory beside the plan it describes.
         PendingFile::write(&self.gen_path(g.number), |w| {
+            serde_json::to_writer(w, g).map_err(std::io::Error::other)
+        })
+    }
+
+    /// `prepare`, leaving the sync to the caller (`PendingFile::publish_unsynced`).
+    pub fn prepare_unsynced<P: Serialize>(&self, g: &Generation<P>) -> Result<PendingFile> {
+        PendingFile::write_unsynced(&self.gen_path(g.number), |w| {
             serde_json::to_writer(w, g).map_err(std::io::Error::other)
         })
     }

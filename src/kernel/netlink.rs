@@ -365,7 +365,7 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
 }
 
 impl Netlink {
-    /// Sync `file` (data) before this socket closes: where the close's wait goes (a child
+    /// Sync `file` (or a directory) before this socket closes: where the close's wait goes (a child
     /// or a thread, see `close`), the sync goes too, off the command's path.
     pub fn sync_on_close(&mut self, file: std::fs::File) {
         self.to_sync.push(file);
@@ -373,7 +373,7 @@ impl Netlink {
 
     fn sync_files(&mut self) {
         for f in self.to_sync.drain(..) {
-            let _ = f.sync_data();
+            let _ = f.sync_all();
         }
     }
 
