@@ -273,15 +273,8 @@ fn shift_service(s: Spanned<RawService>, by: usize) -> Spanned<RawService> {
 /// is not a value), so splitting there still ends in an error. A plain search does it (a
 /// tenth of the parse time at 50,000 services); otherwise toml's own lexer decides.
 fn service_headers(text: &str) -> Vec<usize> {
-    let b = text.as_bytes();
-    let found = |pat: &[u8]| memchr::memmem::find(b, pat).is_some();
-    if !found(b"'''") && !found(b"\"\"\"") {
-        let mut out: Vec<usize> = Vec::with_capacity(b.len() / 80);
-        if b.starts_with(b"[[service]]") {
-            out.push(0);
-        }
-        out.extend(memchr::memmem::find_iter(b, b"\n[[service]]").map(|i| i + 1));
-        return out;
+    if !crate::sections::multiline(text.as_bytes()) {
+        return crate::sections::headers(text.as_bytes());
     }
     service_headers_lexed(text)
 }

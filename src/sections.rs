@@ -26,11 +26,7 @@ impl Sections {
     /// is one service per section is `fits`' question.
     pub fn cut(text: &str) -> Sections {
         let b = text.as_bytes();
-        let mut starts = Vec::with_capacity(b.len() / 64);
-        if b.starts_with(b"[[service]]") {
-            starts.push(0);
-        }
-        starts.extend(memchr::memmem::find_iter(b, b"\n[[service]]").map(|at| at + 1));
+        let starts = headers(b);
         let hashes = starts
             .iter()
             .enumerate()
@@ -103,7 +99,19 @@ impl Sections {
     }
 }
 
-fn multiline(b: &[u8]) -> bool {
+/// Where the lines that start with `[[service]]` start. Only a header outside multi-line
+/// strings (see `multiline`) is certain to be one.
+pub fn headers(b: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(b.len() / 64);
+    if b.starts_with(b"[[service]]") {
+        starts.push(0);
+    }
+    starts.extend(memchr::memmem::find_iter(b, b"\n[[service]]").map(|at| at + 1));
+    starts
+}
+
+/// Whether the text has a multi-line string (`'''` or `"""`) anywhere.
+pub fn multiline(b: &[u8]) -> bool {
     memchr::memmem::find(b, b"'''").is_some() || memchr::memmem::find(b, b"\"\"\"").is_some()
 }
 
