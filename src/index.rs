@@ -61,7 +61,7 @@ impl Record {
         if is_direct(s, accounting) {
             flags |= flag::DIRECT;
         }
-        if s.non_loopback_targets().any(|t| !local(&t.addr.ip())) {
+        if s.reaches_out(local) {
             flags |= flag::REMOTE;
         }
         if s.localhost {

@@ -187,6 +187,12 @@ impl Service {
     pub fn non_loopback_targets(&self) -> impl Iterator<Item = &Target> {
         self.targets.iter().filter(|t| !t.addr.ip().is_loopback())
     }
+
+    /// Whether some target lies outside this namespace (`local`: its own addresses), so
+    /// reaching it needs forwarding.
+    pub fn reaches_out(&self, local: &dyn Fn(&IpAddr) -> bool) -> bool {
+        self.non_loopback_targets().any(|t| !local(&t.addr.ip()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

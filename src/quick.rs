@@ -21,7 +21,7 @@ use crate::resolve::Resolver;
 use crate::ruleset::{DnatElem, MapKind, dnat_map_size};
 use crate::sections::Sections;
 use crate::state::{self, Splice, StateDir};
-use crate::validate::{self, Host};
+use crate::validate;
 use std::time::Instant;
 
 /// At most this many sections changed (old and new together); more is a full apply's job.
@@ -248,12 +248,7 @@ impl Change {
         {
             return None;
         }
-        let by_name = checked
-            .services
-            .iter()
-            .flat_map(|s| &s.targets)
-            .any(|t| matches!(t.host, Host::Name(_)));
-        if by_name {
+        if checked.uses_names() {
             return None;
         }
         let plan = resolver.resolve(&checked).ok()?;
@@ -320,17 +315,7 @@ impl Change {
     }
 
     fn sysctls_needed(&self) -> Vec<&'static sysctl::Sysctl> {
-        let mut out = Vec::new();
         let t = &self.after;
-        if t.remote[0] > 0 {
-            out.push(&sysctl::IP_FORWARD);
-        }
-        if t.remote[1] > 0 {
-            out.push(&sysctl::IP6_FORWARD);
-        }
-        if t.localhost > 0 {
-            out.push(&sysctl::ROUTE_LOCALNET);
-        }
-        out
+        sysctl::needed([t.remote[0] > 0, t.remote[1] > 0], t.localhost > 0)
     }
 }

@@ -38,19 +38,27 @@ pub const ROUTE_LOCALNET: Sysctl = Sysctl {
 /// The sysctls that must read 1 for this plan. `local` says whether an address belongs
 /// to this namespace (such targets need no forwarding).
 pub fn required(plan: &Plan, local: &dyn Fn(&std::net::IpAddr) -> bool) -> Vec<&'static Sysctl> {
-    let mut out = Vec::new();
-    for (family, sysctl) in [(Family::V4, &IP_FORWARD), (Family::V6, &IP6_FORWARD)] {
-        let remote = plan
-            .services
+    let remote = |family| {
+        plan.services
             .iter()
-            .filter(|s| s.family == family)
-            .flat_map(|s| s.non_loopback_targets())
-            .any(|t| !local(&t.addr.ip()));
-        if remote {
+            .any(|s| s.family == family && s.reaches_out(local))
+    };
+    needed(
+        [remote(Family::V4), remote(Family::V6)],
+        plan.uses_localhost(),
+    )
+}
+
+/// The sysctls that must read 1 when some IPv4 / IPv6 service reaches out of the
+/// namespace (`remote`), and when some service answers on 127.0.0.1 (`localhost`).
+pub fn needed(remote: [bool; 2], localhost: bool) -> Vec<&'static Sysctl> {
+    let mut out = Vec::new();
+    for (yes, sysctl) in remote.into_iter().zip([&IP_FORWARD, &IP6_FORWARD]) {
+        if yes {
             out.push(sysctl);
         }
     }
-    if plan.uses_localhost() {
+    if localhost {
         out.push(&ROUTE_LOCALNET);
     }
     out
