@@ -99,14 +99,6 @@ impl Record {
         self.flags & f != 0
     }
 
-    /// Whether two services claim the same listen address, port and protocol.
-    pub fn same_listen(&self, o: &Record) -> bool {
-        self.port == o.port
-            && self.proto == o.proto
-            && self.flags & (flag::ADDR | flag::V6) == o.flags & (flag::ADDR | flag::V6)
-            && self.addr == o.addr
-    }
-
     pub fn map_kind(&self) -> MapKind {
         MapKind::ALL[self.kind as usize]
     }
@@ -404,7 +396,9 @@ impl Index {
         dir.join("index")
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    /// The file's bytes in one buffer (tests; `write` writes the parts as they are).
+    #[cfg(test)]
+    fn encode(&self) -> Vec<u8> {
         let mut out = self.head.encode(self.records.len());
         out.extend_from_slice(self.records.raw());
         let sum = checksum(&[&out]);
@@ -447,7 +441,8 @@ impl Index {
         })
     }
 
-    pub fn decode_bytes(bytes: Vec<u8>) -> Option<Index> {
+    #[cfg(test)]
+    fn decode_bytes(bytes: Vec<u8>) -> Option<Index> {
         Index::decode(Bytes::Owned(bytes))
     }
 
