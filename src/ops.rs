@@ -377,8 +377,12 @@ pub fn apply_known(
     kernel::within(t.netns.as_ref(), |ctx| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
-        // The index records (~3 ms at 50,000 services) are built while the kernel commits.
-        let locals = kernel::local_addresses();
+        // The index records (~3 ms at 50,000 services) are built while the kernel commits;
+        // without sections there are none, nor addresses to ask the kernel for.
+        let locals = match sections {
+            Some(_) => kernel::local_addresses(),
+            None => Vec::new(),
+        };
         let records = || index_records(plan, sections, &locals);
         let (done, records) = if plan.services.len() < 1000 {
             let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)?;
