@@ -8,7 +8,10 @@
 //! (how the namespace was named, for people) and `pending-confirm`. ROOT is `--state-dir`,
 //! else `$SVCNAT_STATE_DIR`, else /var/lib/svcnat. Every file is written atomically
 //! (temporary file, fsync, rename, fsync of the directory): a crash leaves the old file or
-//! the new one, never a torn one.
+//! the new one, never a torn one. Two kinds are synced a moment later, by whoever closes
+//! the netlink socket after the commit they record (`Netlink::sync_on_close`): a large
+//! generation and a splice; a crash before that may lose that record (it reads as
+//! unreadable and is skipped), as it loses the rules the record describes.
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Service};
@@ -213,12 +216,9 @@ impl PendingFile {
     /// Put a file written by `write_unsynced` in place; returns the file and its directory,
     /// to be synced by the caller (until then a crash may lose the file, not tear another).
     pub fn publish_unsynced(mut self) -> Result<Vec<File>> {
-        let dir = self.path.parent().expect("state files live in a directory");
-        fs::rename(&self.tmp, &self.path).map_err(io(format!(
-            "cannot rename {} into place",
-            self.tmp.display()
-        )))?;
-        let mut handles: Vec<File> = self.unsynced.take().into_iter().collect();
+        let file = self.unsynced.take();
+        let dir = self.rename_into_place()?;
+        let mut handles: Vec<File> = file.into_iter().collect();
         handles.extend(File::open(dir).ok());
         std::mem::forget(self);
         Ok(handles)
@@ -229,16 +229,21 @@ impl PendingFile {
             f.sync_all()
                 .map_err(io(format!("cannot write {}", self.tmp.display())))?;
         }
-        let dir = self.path.parent().expect("state files live in a directory");
-        fs::rename(&self.tmp, &self.path).map_err(io(format!(
-            "cannot rename {} into place",
-            self.tmp.display()
-        )))?;
+        let dir = self.rename_into_place()?;
         let synced = File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(format!("cannot sync {}", dir.display())));
         std::mem::forget(self);
         synced
+    }
+
+    /// Rename the temporary file to its path; the directory it is in.
+    fn rename_into_place(&self) -> Result<&Path> {
+        fs::rename(&self.tmp, &self.path).map_err(io(format!(
+            "cannot rename {} into place",
+            self.tmp.display()
+        )))?;
+        Ok(self.path.parent().expect("state files live in a directory"))
     }
 }
 
@@ -328,13 +333,9 @@ impl StateDir {
         let mut out: Vec<Generation> = Vec::new();
         for n in self.numbers()? {
             // A splice onto the generation just read needs no second read of its base.
-            let g = match self.read_splice(n)? {
-                Some(s) if out.last().is_some_and(|b| b.number == s.base) => {
-                    let base = out.last().expect("checked").clone();
-                    s.onto(base)
-                }
-                Some(_) => self.generation(n)?,
-                None => self.generation(n)?,
+            let g = match (self.read_splice(n)?, out.last()) {
+                (Some(s), Some(base)) if base.number == s.base => s.onto(base.clone()),
+                _ => self.generation(n)?,
             };
             out.extend(g);
         }
