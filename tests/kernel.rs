@@ -511,3 +511,73 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     let (code, _, err) = diff(bad.path());
     assert_eq!(code, 2, "{err}");
 }
+
+/// Processes whose network namespace is `ns`'s.
+fn processes_in(ns: &Netns) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(format!("/run/netns/{}", ns.name))
+        .unwrap()
+        .ino();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(net) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        if net.ino() == target {
+            let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            found.push(format!("{pid}: {}", cmd.replace('\0', " ")));
+        }
+    }
+    found
+}
+
+/// A one-shot apply leaves closing its netlink socket (an ~8 ms wait after a commit) to a
+/// closer process that shares its memory (`kernel::closer`). The caller's pipes reach end
+/// of file when apply exits (the closer holds none of them), the closer ends by itself,
+/// and the next apply, started at once, commits.
+#[test]
+fn a_one_shot_apply_leaves_no_process_and_no_pipe_behind() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("closer");
+    for round in 0..5 {
+        let port = 8080 + round;
+        let map = TempFile::new(
+            "closer",
+            &format!(
+                "[[service]]\nname = \"web\"\nlisten = \"172.30.0.1:80\"\ntargets = [\"10.8.0.1:{port}\"]\n"
+            ),
+        );
+        let started = std::time::Instant::now();
+        // output() reads stdout and stderr to end of file: it returns only when every
+        // process holding them has closed them.
+        let (code, out, err) = svcnat(&["apply", "-f", map.path(), "--netns", &ns.name]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "apply's output took {:?}",
+            started.elapsed()
+        );
+        let ruleset = ns.ruleset();
+        assert!(ruleset.contains(&format!("10.8.0.1 . {port}")), "{ruleset}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let left = processes_in(&ns);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes still in the namespace 3 s after the last apply: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name]);
+    assert_eq!(code, 0, "the generations were recorded: {err}");
+}

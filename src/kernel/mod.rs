@@ -2,6 +2,7 @@
 //! transaction. Above this module all stages are pure; `ops` composes these primitives
 //! into the commands that change the kernel.
 
+pub mod closer;
 pub mod decode;
 pub mod encode;
 pub mod expr;

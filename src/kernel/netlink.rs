@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::log;
 use nftnl::nftnl_sys::libc;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 
 const NLMSG_ERROR: u16 = 2;
 /// The kernel's "restart" errno (Linux: 85): a batch refused for a stale generation id.
@@ -380,12 +380,10 @@ impl Netlink {
     /// Close the socket. Closing a netfilter socket after a commit (only then) waits for nf_tables'
     /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
     /// though the new rules are live since the commit's ack. A one-shot command hands that
-    /// wait to a short-lived child: the child holds the last reference and closes it once
-    /// the parent has closed its own (ordered by a pipe), with no stdio, so nobody waits on
-    /// it (a thread would not do: the process's exit would wait for it). `svcnat run` hands
-    /// it to a thread, which allocates nothing. (The cleanup still happens: a commit within
-    /// those milliseconds, by anyone, waits for it, as it would have waited for this
-    /// process.)
+    /// wait to a closer process (`closer`; a thread would not do: the process's exit would
+    /// wait for it). `svcnat run` hands it to a thread, which allocates nothing. (The
+    /// cleanup still happens: a commit within those milliseconds, by anyone, waits for it,
+    /// as it would have waited for this process.)
     pub fn close(mut self) {
         use std::sync::atomic::Ordering;
         if !self.committed {
@@ -393,54 +391,56 @@ impl Netlink {
             return drop(self);
         }
         match CLOSE.load(Ordering::Relaxed) {
-            CLOSE_IN_CHILD => {}
+            CLOSE_IN_CHILD => {
+                let files = std::mem::take(&mut self.to_sync);
+                match super::closer::hand_over(&self.sock, files) {
+                    Ok(release) => {
+                        // This process's copy first, so that the closer's is the last one.
+                        drop(self);
+                        drop(release);
+                    }
+                    Err(files) => {
+                        self.to_sync = files;
+                        self.sync_files();
+                        drop(self);
+                    }
+                }
+            }
             CLOSE_IN_THREAD => {
                 // A duplicate descriptor keeps the socket open past this close; the thread's
-                // close of it is the last one, and waits there.
+                // close of it is the last one, and waits there, after syncing the files.
                 // Safety: the socket's descriptor is open for as long as `self` lives.
                 let last =
                     nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) });
+                // Raw descriptors, so that the thread frees nothing: a free() there would
+                // give it a malloc arena of its own, resident for the rest of `svcnat run`.
+                let (mut fds, mut n) = ([-1; 4], 0);
+                for f in std::mem::take(&mut self.to_sync) {
+                    match fds.get_mut(n) {
+                        Some(slot) if last.is_ok() => (*slot, n) = (f.into_raw_fd(), n + 1),
+                        _ => drop(f.sync_all()),
+                    }
+                }
                 drop(self);
-                if let Ok(fd) = last
-                    && let Err(e) = std::thread::Builder::new().spawn(move || drop(fd))
-                {
+                let Ok(last) = last else { return };
+                let thread = std::thread::Builder::new().spawn(move || {
+                    for &fd in &fds[..n] {
+                        // Safety: handed over above, owned by this thread alone.
+                        drop(unsafe { std::fs::File::from_raw_fd(fd) }.sync_all());
+                    }
+                    drop(last);
+                });
+                if let Err(e) = thread {
                     log::debug(&format!("closing the netlink socket in a thread: {e}"));
+                    for &fd in &fds[..n] {
+                        // Safety: the thread that was to own them never started.
+                        drop(unsafe { std::fs::File::from_raw_fd(fd) }.sync_all());
+                    }
                 }
-                return;
             }
-            _ => return drop(self),
-        }
-        let Ok((read_end, write_end)) = nix::unistd::pipe() else {
-            self.sync_files();
-            return drop(self);
-        };
-        // Safety: the child only closes descriptors, reads a pipe, frees its buffer and
-        // calls _exit; a one-shot command has no other thread by now (the generation
-        // writer, the index records and the digest are joined before the socket closes).
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => {
-                drop(write_end);
-                for fd in 0..3 {
-                    unsafe { libc::close(fd) };
-                }
-                let mut byte = [0u8; 1];
-                let _ = nix::unistd::read(&read_end, &mut byte);
+            _ => {
                 self.sync_files();
                 drop(self);
-                unsafe { libc::_exit(0) };
-            }
-            Ok(_) => {
-                drop(read_end);
-                // The child syncs the files; this process's copies just close.
-                self.to_sync.clear();
-                drop(self);
-                drop(write_end);
-            }
-            Err(_) => {
-                drop(read_end);
-                self.sync_files();
-                drop(self);
-                drop(write_end);
             }
         }
     }
