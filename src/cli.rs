@@ -324,7 +324,7 @@ impl MapText {
         }
         // Safety: the text is only read; a writer changing the file meanwhile changes what
         // is read, and `quick` parses only a copy it checks against the hashes it compared.
-        let mapped = unsafe { memmap2::MmapOptions::new().populate().map(&f) }.ok()?;
+        let mapped = unsafe { memmap2::MmapOptions::new().map(&f) }.ok()?;
         Some(MapText {
             name: path.display().to_string(),
             mapped: Some(mapped),
@@ -333,7 +333,13 @@ impl MapText {
 
     /// The text; None when it is not UTF-8 (`read_map` says so).
     pub fn text(&self) -> Option<&str> {
-        std::str::from_utf8(self.mapped.as_deref()?).ok()
+        std::str::from_utf8(self.bytes()?).ok()
+    }
+
+    /// The bytes, not yet known to be UTF-8 (checking all 4 MB of a 50,000-service map
+    /// costs ~0.2 ms; `quick` checks the part it reads).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.mapped.as_deref()
     }
 }
 

@@ -53,7 +53,7 @@ pub struct Applied {
 pub fn apply(
     t: &Target,
     name: &str,
-    text: &str,
+    text: &[u8],
     resolver: &Resolver,
     installed: Option<u64>,
 ) -> Result<Option<Applied>> {
@@ -213,7 +213,7 @@ struct Change {
 }
 
 impl Change {
-    fn find(index: &Index, name: &str, text: &str, resolver: &Resolver) -> Option<Change> {
+    fn find(index: &Index, name: &str, text: &[u8], resolver: &Resolver) -> Option<Change> {
         if index.head.chain >= MAX_CHAIN {
             return None;
         }
@@ -221,16 +221,18 @@ impl Change {
             at,
             removed,
             region,
-        } = index.diff(text.as_bytes())?;
+        } = index.diff(text)?;
         let old = &index.records;
 
         // The changed sections, after the unchanged prefix (settings), as a map of their own:
         // a copy (the text may be changing under us), cut and checked again, whose hashes
-        // are the ones recorded.
+        // are the ones recorded. Only this copy needs to be UTF-8: the rest of the text is
+        // what the index was written for, which was.
         let first = usize::try_from(index.head.prefix_len).ok()?;
-        let mut part = String::with_capacity(first + region.len());
-        part.push_str(text.get(..first)?);
-        part.push_str(text.get(region)?);
+        let mut part = Vec::with_capacity(first + region.len());
+        part.extend_from_slice(text.get(..first)?);
+        part.extend_from_slice(text.get(region)?);
+        let part = String::from_utf8(part).ok()?;
         let cut = Sections::cut(&part);
         let added = cut.count();
         if removed + added > MAX_CHANGED

@@ -247,7 +247,7 @@ impl Runner {
         let Some(mapped) = crate::cli::MapText::map(Some(path)) else {
             return false;
         };
-        let Some(text) = mapped.text() else {
+        let Some(text) = mapped.bytes() else {
             return false;
         };
         let q = match quick::apply(
