@@ -346,7 +346,9 @@ fn apply_locked(
         }
         Err(panic) => std::panic::resume_unwind(panic),
     }
-    dir.prune()?;
+    for removed in dir.prune()? {
+        ctx.nl.close_later(removed);
+    }
     Ok(done)
 }
 

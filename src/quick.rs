@@ -150,6 +150,9 @@ pub fn apply(
                 insert: &change.plan.services[..],
             })?;
             ctx.nl.sync_on_close(record);
+            for removed in dir.prune()? {
+                ctx.nl.close_later(removed);
+            }
             let total = index.records.len() - change.removed + services;
             let head = Head {
                 genid: ops::next_genid(genid),

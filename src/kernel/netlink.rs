@@ -34,8 +34,9 @@ pub struct Netlink {
     buf: Vec<u32>,
     /// Whether a batch was sent: only then does closing wait (see `close`).
     committed: bool,
-    /// Files to sync before the socket closes, wherever that happens (`sync_on_close`).
-    to_sync: Vec<std::fs::File>,
+    /// Files to close (true: sync first) before the socket closes, wherever that happens
+    /// (`sync_on_close`, `close_later`).
+    deferred: Vec<(std::fs::File, bool)>,
 }
 
 /// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
@@ -99,7 +100,7 @@ impl Netlink {
             seq: 1,
             buf: vec![0; RECV_BUF / 4],
             committed: false,
-            to_sync: Vec::new(),
+            deferred: Vec::new(),
         })
     }
 
@@ -368,12 +369,20 @@ impl Netlink {
     /// Sync `file` (or a directory) before this socket closes: where the close's wait goes (a child
     /// or a thread, see `close`), the sync goes too, off the command's path.
     pub fn sync_on_close(&mut self, file: std::fs::File) {
-        self.to_sync.push(file);
+        self.deferred.push((file, true));
     }
 
-    fn sync_files(&mut self) {
-        for f in self.to_sync.drain(..) {
-            let _ = f.sync_all();
+    /// Close `file` where the socket closes: for a removed file whose last close frees its
+    /// blocks (`StateDir::prune`).
+    pub fn close_later(&mut self, file: std::fs::File) {
+        self.deferred.push((file, false));
+    }
+
+    fn close_files(&mut self) {
+        for (f, sync) in self.deferred.drain(..) {
+            if sync {
+                let _ = f.sync_all();
+            }
         }
     }
 
@@ -387,12 +396,12 @@ impl Netlink {
     pub fn close(mut self) {
         use std::sync::atomic::Ordering;
         if !self.committed {
-            self.sync_files();
+            self.close_files();
             return drop(self);
         }
         match CLOSE.load(Ordering::Relaxed) {
             CLOSE_IN_CHILD => {
-                let files = std::mem::take(&mut self.to_sync);
+                let files = std::mem::take(&mut self.deferred);
                 match super::closer::hand_over(&self.sock, files) {
                     Ok(release) => {
                         // This process's copy first, so that the closer's is the last one.
@@ -400,8 +409,8 @@ impl Netlink {
                         drop(release);
                     }
                     Err(files) => {
-                        self.to_sync = files;
-                        self.sync_files();
+                        self.deferred = files;
+                        self.close_files();
                         drop(self);
                     }
                 }
@@ -414,32 +423,35 @@ impl Netlink {
                     nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) });
                 // Raw descriptors, so that the thread frees nothing: a free() there would
                 // give it a malloc arena of its own, resident for the rest of `svcnat run`.
-                let (mut fds, mut n) = ([-1; 4], 0);
-                for f in std::mem::take(&mut self.to_sync) {
+                let (mut fds, mut n) = ([(-1, false); 8], 0);
+                for (f, sync) in std::mem::take(&mut self.deferred) {
                     match fds.get_mut(n) {
-                        Some(slot) if last.is_ok() => (*slot, n) = (f.into_raw_fd(), n + 1),
-                        _ => drop(f.sync_all()),
+                        Some(slot) if last.is_ok() => (*slot, n) = ((f.into_raw_fd(), sync), n + 1),
+                        _ => drop(sync.then(|| f.sync_all())),
                     }
                 }
                 drop(self);
                 let Ok(last) = last else { return };
-                let thread = std::thread::Builder::new().spawn(move || {
-                    for &fd in &fds[..n] {
-                        // Safety: handed over above, owned by this thread alone.
-                        drop(unsafe { std::fs::File::from_raw_fd(fd) }.sync_all());
+                let close = move |fds: &[(i32, bool)]| {
+                    for &(fd, sync) in fds {
+                        // Safety: handed over above, owned by whoever calls this alone.
+                        let f = unsafe { std::fs::File::from_raw_fd(fd) };
+                        if sync {
+                            drop(f.sync_all());
+                        }
                     }
+                };
+                let thread = std::thread::Builder::new().spawn(move || {
+                    close(&fds[..n]);
                     drop(last);
                 });
                 if let Err(e) = thread {
                     log::debug(&format!("closing the netlink socket in a thread: {e}"));
-                    for &fd in &fds[..n] {
-                        // Safety: the thread that was to own them never started.
-                        drop(unsafe { std::fs::File::from_raw_fd(fd) }.sync_all());
-                    }
+                    close(&fds[..n]);
                 }
             }
             _ => {
-                self.sync_files();
+                self.close_files();
                 drop(self);
             }
         }
