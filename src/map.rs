@@ -176,18 +176,36 @@ pub fn parse(src: &Source) -> Result<RawMap, MapError> {
 /// as its section is parsed; the settings, wherever they were, at the end.
 pub fn parse_each(
     src: &Source,
+    each: impl FnMut(Spanned<RawService>),
+) -> Result<Option<Spanned<RawSettings>>, MapError> {
+    let headers = service_headers(&src.text);
+    parse_part(src, &headers, 0..src.text.len(), each)
+}
+
+/// Where the map's `[[service]]` headers start (see `parse_part`).
+pub fn headers(src: &Source) -> Vec<usize> {
+    service_headers(&src.text)
+}
+
+/// `parse_each` for the part `range` of the map: from its start (0, or one of `headers`,
+/// the map's) to its end (a header, or the end of the text).
+pub fn parse_part(
+    src: &Source,
+    headers: &[usize],
+    range: Range<usize>,
     mut each: impl FnMut(Spanned<RawService>),
 ) -> Result<Option<Spanned<RawSettings>>, MapError> {
-    let starts: Vec<usize> = service_headers(&src.text)
-        .into_iter()
+    let (lo, hi) = (range.start, range.end);
+    let first = headers.partition_point(|&h| h < lo);
+    let last = headers.partition_point(|&h| h < hi);
+    let starts: Vec<usize> = headers[first..last]
+        .iter()
+        .copied()
         .step_by(SECTION_SERVICES)
         .collect();
-    let bounds = std::iter::once(0).chain(starts.iter().copied()).zip(
-        starts
-            .iter()
-            .copied()
-            .chain(std::iter::once(src.text.len())),
-    );
+    let bounds = std::iter::once(lo)
+        .chain(starts.iter().copied())
+        .zip(starts.iter().copied().chain(std::iter::once(hi)));
     let mut settings: Option<Spanned<RawSettings>> = None;
     for (i, (start, end)) in bounds.enumerate() {
         // Plain service sections are read directly; anything else by the toml crate.
