@@ -334,7 +334,9 @@ pub fn lower(plan: &Plan) -> Ruleset {
         .collect();
     for s in &plan.services {
         let direct = is_direct(s, plan.accounting);
-        let chain = service_chain(&s.name);
+        // Only a service with a chain of its own has a chain name (formatting one for each
+        // of 50,000 direct services was a fifth of this function).
+        let chain = (!direct).then(|| service_chain(&s.name));
         let key = MapKey {
             addr: s.listen.addr,
             proto: s.proto,
@@ -348,7 +350,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
                     target: s.targets[0].addr,
                     service: s.name.clone(),
                 });
-            } else {
+            } else if let Some(chain) = &chain {
                 maps[i].elements.push((key, chain.clone()));
             }
         };
