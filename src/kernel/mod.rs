@@ -4,6 +4,7 @@
 
 pub mod closer;
 pub mod decode;
+mod elems;
 pub mod encode;
 pub mod expr;
 pub mod meta;

@@ -3,6 +3,7 @@
 //! names the object it refers to and `--verbose` can list what was sent.
 
 use super::decode::Installed;
+use super::elems::DnatElems;
 use super::encode::{encode_rule, key_bytes};
 use super::meta::TableMeta;
 use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
@@ -87,6 +88,10 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
         && families(&installed.ruleset) == families(desired)
 }
 
+/// Elements per group of messages: libnftnl's objects for more at once would hold ~300
+/// bytes each until serialised (15 MB for 50,000).
+const CHUNK: usize = 2048;
+
 /// A batch and, for each message in it, what it does.
 pub struct Transaction {
     pub batch: Batch,
@@ -129,6 +134,33 @@ impl Transaction {
         unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
     }
 
+    /// DNAT map elements, written directly (see `elems`): the messages `elements_chunked`
+    /// would send for them through libnftnl, byte for byte.
+    fn dnat_elements(
+        &mut self,
+        table: &str,
+        kind: MapKind,
+        elems: &[DnatElem],
+        t: MsgType,
+        what: &str,
+    ) {
+        let verb = if t == MsgType::Add { "add" } else { "delete" };
+        for chunk in elems.chunks(CHUNK) {
+            let next = Cell::new(0);
+            let msg = DnatElems {
+                table,
+                kind,
+                elems: chunk,
+                data: t == MsgType::Add,
+                next: &next,
+            };
+            while msg.more() {
+                self.batch.add(&msg, t);
+                self.objects.push(format!("{verb} elements of {what}"));
+            }
+        }
+    }
+
     /// `items` into a set's elements, `CHUNK` at a time: libnftnl holds ~300 bytes per
     /// element until it is serialised, 15 MB for 50,000 at once.
     fn elements_chunked<T>(
@@ -139,7 +171,6 @@ impl Transaction {
         t: MsgType,
         what: &str,
     ) {
-        const CHUNK: usize = 2048;
         for chunk in items.chunks(CHUNK) {
             let s = set();
             for x in chunk {
@@ -268,13 +299,8 @@ impl Transaction {
             );
         }
         for m in &rs.dnat_maps {
-            self.elements_chunked(
-                &m.elements,
-                || NfSet::dnat_map(&rs.table, m.kind, m.size),
-                |set, e| set.add_dnat(e, true),
-                MsgType::Add,
-                &format!("map {}", m.kind.dnat_name()),
-            );
+            let what = format!("map {}", m.kind.dnat_name());
+            self.dnat_elements(&rs.table, m.kind, &m.elements, MsgType::Add, &what);
         }
         for a in &rs.accounts {
             self.elements_chunked(
@@ -497,5 +523,103 @@ impl Transaction {
             MsgType::Add,
             "add rule to chain no-such-chain (injected by SVCNAT_TEST_REJECT)".into(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Family;
+    use crate::validate::Proto;
+    use std::net::{IpAddr, SocketAddr};
+
+    fn elems(kind: MapKind, n: usize) -> Vec<DnatElem> {
+        (0..n)
+            .map(|i| {
+                let (a, b) = ((i >> 8) as u8, i as u8);
+                let addr: Option<IpAddr> = match kind {
+                    MapKind::Vip(Family::V4) => Some([172, 30, a, b].into()),
+                    MapKind::Vip(Family::V6) => Some(format!("fd00::{a:x}:{b:x}").parse().unwrap()),
+                    _ => None,
+                };
+                let target: IpAddr = match kind.family() {
+                    Family::V4 => [10, 8, a, b].into(),
+                    Family::V6 => format!("fd01::{a:x}:{b:x}").parse().unwrap(),
+                };
+                DnatElem {
+                    key: MapKey {
+                        addr,
+                        proto: if i % 3 == 0 { Proto::Udp } else { Proto::Tcp },
+                        port: 1 + i as u16,
+                    },
+                    target: SocketAddr::new(target, 8000 + (i % 1000) as u16),
+                    // Names of every length a service may have.
+                    service: format!("s{i}-{}", "x".repeat(i % 60)),
+                }
+            })
+            .collect()
+    }
+
+    fn bytes(tx: Transaction) -> (Vec<u8>, Vec<String>) {
+        let objects = tx.objects;
+        let batch = tx.batch.finalize();
+        let mut out: Vec<u8> = batch.iter().flatten().copied().collect();
+        let mut at = 0;
+        while at + 20 <= out.len() {
+            let len = u32::from_ne_bytes(out[at..at + 4].try_into().unwrap()) as usize;
+            zero_padding(&mut out[at + 20..at + len]);
+            at += len.next_multiple_of(4);
+        }
+        (out, objects)
+    }
+
+    /// libmnl 1.0.4 leaves attribute padding as the buffer had it: compare without it.
+    fn zero_padding(attrs: &mut [u8]) {
+        let mut at = 0;
+        while at + 4 <= attrs.len() {
+            let len = u16::from_ne_bytes([attrs[at], attrs[at + 1]]) as usize;
+            let ty = u16::from_ne_bytes([attrs[at + 2], attrs[at + 3]]);
+            let end = (at + len.next_multiple_of(4)).min(attrs.len());
+            if ty & (1 << 15) != 0 {
+                zero_padding(&mut attrs[at + 4..at + len]);
+            }
+            attrs[at + len..end].fill(0);
+            at = end.max(at + 4);
+        }
+    }
+
+    /// The elements written directly are the bytes libnftnl writes for them, message for
+    /// message, to add (key, target, comment) and to delete (key), in every kind of map.
+    #[test]
+    fn dnat_elements_are_libnftnl_s_bytes() {
+        for kind in MapKind::ALL {
+            for n in [0, 1, 1000, 5000] {
+                let elems = elems(kind, n);
+                for t in [MsgType::Add, MsgType::Del] {
+                    let mut old = Transaction::new();
+                    old.elements_chunked(
+                        &elems,
+                        || NfSet::dnat_map("svcnat", kind, 65536),
+                        |set, e| set.add_dnat(e, t == MsgType::Add),
+                        t,
+                        "map m",
+                    );
+                    let mut new = Transaction::new();
+                    new.dnat_elements("svcnat", kind, &elems, t, "map m");
+                    let (old, new) = (bytes(old), bytes(new));
+                    assert_eq!(old.1, new.1, "{kind:?} {n} {t:?}: messages");
+                    if let Some(at) = old.0.iter().zip(&new.0).position(|(a, b)| a != b) {
+                        panic!(
+                            "{kind:?} {n} {t:?}: bytes differ at {at} of {}/{}: {:?} vs {:?}",
+                            old.0.len(),
+                            new.0.len(),
+                            &old.0[at.saturating_sub(8)..at + 16],
+                            &new.0[at.saturating_sub(8)..at + 16]
+                        );
+                    }
+                    assert_eq!(old.0.len(), new.0.len(), "{kind:?} {n} {t:?}: lengths");
+                }
+            }
+        }
     }
 }
