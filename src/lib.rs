@@ -30,3 +30,10 @@ pub mod show;
 pub mod state;
 pub mod validate;
 pub mod xtables;
+
+/// Cores this process may run on (1 when unknown): large maps are split in two when
+/// there are two. Asked once (it reads the cgroup's CPU quota).
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}

@@ -149,7 +149,7 @@ fn seed() -> u64 {
 /// with the same words.
 fn check_halves(source: &Source) -> Option<Checked> {
     let len = source.text.len();
-    if len < HALVES_FROM || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    if len < HALVES_FROM || crate::cores() < 2 {
         return None;
     }
     let headers = crate::map::headers(source);
