@@ -162,9 +162,12 @@ fn check_halves(source: &Source) -> Option<Checked> {
     }
     let seed = seed();
     let half = |range: Range<usize>| {
+        // The first half's list of services takes the second's in the end: sized for both.
         let mut checker = Checker::new(source, capacity(range.len()), seed);
         if range.start > 0 {
             checker.seen = before;
+        } else {
+            checker.services.reserve_exact(capacity(len) - capacity(range.len()));
         }
         let settings =
             crate::map::parse_part(source, &headers, range, |s| checker.service(s.into_inner()));
