@@ -455,14 +455,6 @@ impl Index {
         Index::decode(Bytes::Mapped(map))
     }
 
-    /// Put the index in place (temporary file and rename; no fsync: see the module comment).
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
-        let header = self.head.encode(self.records.len());
-        let records = self.records.raw();
-        let sum = checksum(&[&header, records]).to_le_bytes();
-        write_parts(dir, &[&header, records, &sum])
-    }
-
     /// This index with records `at..at + removed` replaced by `new`, under `head`, written
     /// to `dir` without building it in memory: in place when the layout stays the same (a
     /// few hundred bytes instead of 2 MB at 50,000 services; a crash half-way leaves a file
@@ -495,6 +487,29 @@ impl Index {
         f.write_all_at(&header, 0)?;
         f.write_all_at(&middle, (header.len() + before.len()) as u64)?;
         f.write_all_at(&sum, (header.len() + raw.len()) as u64)
+    }
+
+    /// Start writing the index of an apply before its commit: the records now (2 MB at
+    /// 50,000 services, ~2 ms, while the kernel commits), into a temporary file; the head,
+    /// which holds the generation id after the commit, and the checksum when `finish`ed.
+    /// `head` is the head to be, but for its genid.
+    pub fn prepare(dir: &Path, head: &Head, records: Records) -> std::io::Result<PendingIndex> {
+        use std::os::unix::fs::FileExt;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = Index::path(dir);
+        let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+        let header_len = head.encode(records.len()).len();
+        let pending = PendingIndex {
+            file: std::fs::File::create(&tmp)?,
+            tmp,
+            header_len,
+            records,
+        };
+        pending
+            .file
+            .write_all_at(pending.records.raw(), header_len as u64)?;
+        Ok(pending)
     }
 
     pub fn remove(dir: &Path) {
@@ -583,6 +598,42 @@ impl Index {
     }
 }
 
+/// An index file whose records are written (`Index::prepare`); removed unless finished.
+pub struct PendingIndex {
+    file: std::fs::File,
+    tmp: PathBuf,
+    header_len: usize,
+    records: Records,
+}
+
+impl PendingIndex {
+    /// Write `head` and the checksum, and put the file in place. Returns the index it
+    /// replaced, open: its last close frees its blocks (~2 ms for 2 MB), which the caller
+    /// may leave to the netlink socket's closer (`Netlink::close_later`).
+    pub fn finish(self, dir: &Path, head: &Head) -> std::io::Result<Option<std::fs::File>> {
+        use std::os::unix::fs::FileExt;
+        let header = head.encode(self.records.len());
+        if header.len() != self.header_len {
+            return Err(std::io::Error::other("the index head changed its length"));
+        }
+        let raw = self.records.raw();
+        let sum = checksum(&[&header, raw]).to_le_bytes();
+        self.file.write_all_at(&header, 0)?;
+        self.file
+            .write_all_at(&sum, (self.header_len + raw.len()) as u64)?;
+        let replaced = std::fs::File::open(Index::path(dir)).ok();
+        std::fs::rename(&self.tmp, Index::path(dir))?;
+        Ok(replaced)
+    }
+}
+
+impl Drop for PendingIndex {
+    fn drop(&mut self) {
+        // Gone once renamed; otherwise never to be used.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
 /// The sections `at..at + removed` of the indexed map are now the text `region`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diff {
@@ -668,11 +719,24 @@ mod tests {
     fn splices_are_written_in_place_or_anew_and_read_back_the_same() {
         let dir = std::env::temp_dir().join(format!("svcnat-index-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let ix = Index {
-            head: head(3),
-            records: (1..=5).map(record).collect(),
+        // Written as a full apply writes it: records first, then the head after the commit.
+        let records = || (1..=5).map(record).collect::<Records>();
+        let blank = Head {
+            genid: 0,
+            generation: 0,
+            ..head(3)
         };
-        ix.write(&dir).unwrap();
+        let pending = Index::prepare(&dir, &blank, records()).unwrap();
+        // One not finished (a refused commit) leaves nothing behind, nor touches the index.
+        drop(Index::prepare(&dir, &blank, records()).unwrap());
+        assert!(Index::read(&dir).is_none());
+        assert!(
+            pending.finish(&dir, &head(3)).unwrap().is_none(),
+            "none replaced"
+        );
+        assert_eq!(Index::read(&dir).expect("sound").head, head(3));
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "{files:?}");
         let cases: [(usize, usize, Vec<Record>); 3] = [
             (2, 1, vec![record(9)]),            // same count: in place
             (1, 2, vec![]),                     // fewer
