@@ -167,7 +167,9 @@ fn check_halves(source: &Source) -> Option<Checked> {
         if range.start > 0 {
             checker.seen = before;
         } else {
-            checker.services.reserve_exact(capacity(len) - capacity(range.len()));
+            checker
+                .services
+                .reserve_exact(capacity(len) - capacity(range.len()));
         }
         let settings =
             crate::map::parse_part(source, &headers, range, |s| checker.service(s.into_inner()));
