@@ -295,10 +295,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                 };
                 let source = crate::cli::read_map(map.file.as_ref())?;
                 let checked = validate::check(source).map_err(Error::Map)?;
-                let plan = resolver.resolve(&checked).map_err(Error::Map)?;
                 let names = checked.uses_names();
-                // The checked services go now (10 MB at 50,000): only the text is kept.
-                let source = checked.into_source();
+                // The checked services go as they are resolved (10 MB at 50,000): only the
+                // text is kept.
+                let (plan, source) = resolver.resolve_into(checked).map_err(Error::Map)?;
                 let digest = ops::digest(&source.text);
                 let cut = match cutting {
                     Ok(thread) => thread

@@ -3,6 +3,7 @@
 //! /etc/hosts (where containers find `host.docker.internal`) before DNS.
 
 use crate::error::MapError;
+use crate::map::Source;
 use crate::plan::{Family, Plan, Service, Target};
 use crate::validate::{CheckedMap, Host, ServiceSpec, TargetSpec};
 use std::borrow::Cow;
@@ -47,8 +48,11 @@ impl Resolver {
         let mut errors = Vec::new();
         let mut services = Vec::with_capacity(map.services.len());
         for spec in &map.services {
-            match self.resolve_service(map, spec) {
-                Ok(s) => services.push(s),
+            match self.resolve_service(&map.source, spec) {
+                Ok(s) => services.push(Service {
+                    name: spec.name.clone(),
+                    ..s
+                }),
                 Err(e) => errors.extend(e),
             }
         }
@@ -63,12 +67,77 @@ impl Resolver {
         }
     }
 
-    fn resolve_service(
-        &self,
-        map: &CheckedMap,
-        spec: &ServiceSpec,
-    ) -> Result<Service, Vec<MapError>> {
-        let src = &map.source;
+    /// `resolve`, taking the checked map apart: each service's name moves into the plan
+    /// rather than being copied, and the rest is freed as it goes (50,000 names copied,
+    /// then 50,000 freed, were ~2 ms of a 50,000-service apply). The map's source is kept.
+    pub fn resolve_into(&self, map: CheckedMap) -> Result<(Plan, Source), Vec<MapError>> {
+        let CheckedMap {
+            source,
+            table,
+            services: specs,
+            accounting,
+        } = map;
+        let mut errors = Vec::new();
+        let mut services = Vec::with_capacity(specs.len());
+        for spec in specs {
+            match self.resolve_service(&source, &spec) {
+                Ok(s) => services.push(Service {
+                    name: spec.name,
+                    ..s
+                }),
+                Err(e) => errors.extend(e),
+            }
+        }
+        match errors.is_empty() {
+            true => Ok((
+                Plan {
+                    table,
+                    services,
+                    accounting,
+                },
+                source,
+            )),
+            false => Err(errors),
+        }
+    }
+
+    /// One service's plan, but for its name (left empty: the caller moves or copies it,
+    /// see `resolve_into`).
+    fn resolve_service(&self, src: &Source, spec: &ServiceSpec) -> Result<Service, Vec<MapError>> {
+        // Addresses only (the common case): nothing to look up, nothing to collect first.
+        if spec.targets.iter().all(|t| matches!(t.host, Host::Ip(_))) {
+            let family = match spec.listen.addr {
+                Some(a) => Family::of(&a),
+                None => match &spec.targets[0].host {
+                    Host::Ip(ip) => Family::of(ip),
+                    Host::Name(_) => unreachable!("addresses only"),
+                },
+            };
+            let mut targets = Vec::with_capacity(spec.targets.len());
+            for t in &spec.targets {
+                match t.host {
+                    Host::Ip(ip) if Family::of(&ip) == family => targets.push(Target {
+                        addr: SocketAddr::new(ip, t.port),
+                        weight: t.weight,
+                    }),
+                    // A family mismatch: the general way below says so.
+                    _ => return self.resolve_general(src, spec),
+                }
+            }
+            return Ok(Service {
+                name: String::new(),
+                proto: spec.proto,
+                family,
+                listen: spec.listen,
+                targets,
+                masquerade: spec.masquerade,
+                localhost: spec.localhost,
+            });
+        }
+        self.resolve_general(src, spec)
+    }
+
+    fn resolve_general(&self, src: &Source, spec: &ServiceSpec) -> Result<Service, Vec<MapError>> {
         let mut errors = Vec::new();
         // Every target's candidate addresses, or the error for it.
         // (An address is its own one candidate: borrowed, not allocated.)
@@ -130,7 +199,7 @@ impl Resolver {
             return Err(errors);
         }
         Ok(Service {
-            name: spec.name.clone(),
+            name: String::new(),
             proto: spec.proto,
             family,
             listen: spec.listen,
@@ -168,7 +237,38 @@ mod tests {
             .iter()
             .map(|(n, i)| (n.to_string(), i.parse().unwrap()))
             .collect();
-        Resolver::new(overrides).resolve(&checked)
+        both(&Resolver::new(overrides), checked)
+    }
+
+    /// `resolve` and `resolve_into`, which must agree: plan, or errors.
+    fn both(r: &Resolver, checked: CheckedMap) -> Result<Plan, Vec<MapError>> {
+        let text = |r: &Result<Plan, Vec<MapError>>| format!("{r:?}");
+        let borrowed = r.resolve(&checked);
+        let source = format!("{:?}", checked.source);
+        let owned = r.resolve_into(checked).map(|(plan, s)| {
+            assert_eq!(format!("{s:?}"), source, "the source comes back");
+            plan
+        });
+        assert_eq!(text(&borrowed), text(&owned));
+        borrowed
+    }
+
+    #[test]
+    fn the_bundled_maps_resolve_the_same_either_way() {
+        for path in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/rulesets")).unwrap() {
+            let path = path.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let src = Source::new("m.toml", std::fs::read_to_string(&path).unwrap());
+            let raw = parse(&src).unwrap();
+            let checked = validate(src, raw).unwrap();
+            let hosts = [(
+                "host.docker.internal".to_owned(),
+                "10.99.0.1".parse().unwrap(),
+            )];
+            both(&Resolver::new(hosts.into_iter().collect()), checked).unwrap();
+        }
     }
 
     #[test]
