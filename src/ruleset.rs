@@ -340,7 +340,11 @@ pub fn lower(plan: &Plan) -> Ruleset {
     };
     let index_of = |kind: MapKind| MapKind::ALL.iter().position(|k| *k == kind).expect("known");
     let mut direct_count = [0usize; MapKind::ALL.len()];
-    for s in plan.services.iter().filter(|s| is_direct(s, plan.accounting)) {
+    for s in plan
+        .services
+        .iter()
+        .filter(|s| is_direct(s, plan.accounting))
+    {
         direct_count[index_of(kind_of(s))] += 1;
         if s.localhost {
             direct_count[index_of(MapKind::Loopback)] += 1;

@@ -11,7 +11,7 @@
 //! crate reads the part instead, with its own answer and errors. Values and spans are
 //! those `toml` gives for the same text (tests compare the two).
 
-use crate::map::{ListenText, RawService, RawTarget};
+use crate::map::{ListenText, RawService, RawTarget, Short};
 use std::ops::Range;
 use toml::Spanned;
 
@@ -100,12 +100,12 @@ impl Draft {
                 } else {
                     &mut self.protocol
                 };
-                set(slot, Spanned::new(at..end, value))?;
+                set(slot, Spanned::new(at..end, value.to_owned()))?;
                 end
             }
             b"listen" => {
                 let (value, end) = match b[at] {
-                    b'"' => string(text, at, to)?,
+                    b'"' => string(text, at, to).map(|(v, end)| (Short::new(v), end))?,
                     _ => integer(b, at, to)?,
                 };
                 set(&mut self.listen, Spanned::new(at..end, ListenText(value)))?;
@@ -180,7 +180,7 @@ fn rest_of_line(b: &[u8], at: usize, to: usize) -> Option<()> {
 }
 
 /// A basic string without escapes at `at`: its value and where it ends (after the quote).
-fn string(text: &str, at: usize, to: usize) -> Option<(String, usize)> {
+fn string(text: &str, at: usize, to: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
     if b.get(at) != Some(&b'"') {
         return None;
@@ -194,11 +194,11 @@ fn string(text: &str, at: usize, to: usize) -> Option<(String, usize)> {
         return None;
     }
     // Between two ASCII quotes: whole characters.
-    Some((text[at + 1..at + 1 + len].to_owned(), at + len + 2))
+    Some((&text[at + 1..at + 1 + len], at + len + 2))
 }
 
 /// A plain decimal integer (no sign, underscores or leading zero), as its text.
-fn integer(b: &[u8], at: usize, to: usize) -> Option<(String, usize)> {
+fn integer(b: &[u8], at: usize, to: usize) -> Option<(Short, usize)> {
     let len = b[at..to].iter().take_while(|c| c.is_ascii_digit()).count();
     if len == 0 || len > 18 || (len > 1 && b[at] == b'0') {
         return None;
@@ -208,7 +208,7 @@ fn integer(b: &[u8], at: usize, to: usize) -> Option<(String, usize)> {
         return None;
     }
     let value: i64 = std::str::from_utf8(&b[at..end]).ok()?.parse().ok()?;
-    Some((value.to_string(), end))
+    Some((Short::new(&value.to_string()), end))
 }
 
 fn boolean(b: &[u8], at: usize, to: usize) -> Option<(bool, usize)> {
@@ -241,7 +241,7 @@ fn array(text: &str, at: usize, to: usize) -> Option<(Vec<Spanned<RawTarget>>, u
             Some(b'"') if at < to => {
                 let (address, end) = string(text, at, to)?;
                 let target = RawTarget {
-                    address,
+                    address: Short::new(address),
                     weight: None,
                 };
                 items.push(Spanned::new(at..end, target));
