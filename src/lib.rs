@@ -26,6 +26,7 @@ pub mod ruleset;
 pub mod run;
 pub mod scan;
 pub mod sections;
+pub mod short;
 pub mod show;
 pub mod state;
 pub mod validate;

@@ -95,7 +95,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
                 continue;
             }
             direct.push(Service {
-                name: e.service.clone(),
+                name: e.service.to_string(),
                 proto: e.key.proto,
                 family: m.kind.family(),
                 listen: Listen {

@@ -5,6 +5,7 @@
 //! point at the exact line and column.
 
 use crate::error::MapError;
+pub use crate::short::Short;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use std::fmt;
@@ -91,65 +92,6 @@ pub struct RawService {
     pub targets: Spanned<Vec<Spanned<RawTarget>>>,
     pub masquerade: Option<bool>,
     pub localhost: Option<bool>,
-}
-
-/// A short value as written — a listen address, a target — held inline up to
-/// `Short::INLINE` bytes, which an IPv4 address and port always fit: reading 50,000
-/// services then allocates none of them (a String each was two allocations and two frees
-/// per service, ~5% of a 50,000-service check). Longer ones (IPv6, host names) are a String.
-#[derive(Clone)]
-pub enum Short {
-    Inline { len: u8, bytes: [u8; Short::INLINE] },
-    Heap(String),
-}
-
-impl Short {
-    pub const INLINE: usize = 30;
-
-    pub fn new(s: &str) -> Short {
-        match s.len() {
-            n if n <= Short::INLINE => {
-                let mut bytes = [0; Short::INLINE];
-                bytes[..n].copy_from_slice(s.as_bytes());
-                Short::Inline {
-                    len: n as u8,
-                    bytes,
-                }
-            }
-            _ => Short::Heap(s.to_owned()),
-        }
-    }
-}
-
-impl std::ops::Deref for Short {
-    type Target = str;
-    fn deref(&self) -> &str {
-        match self {
-            // Safety: the bytes are a whole &str's, copied in `new`.
-            Short::Inline { len, bytes } => unsafe {
-                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
-            },
-            Short::Heap(s) => s,
-        }
-    }
-}
-
-impl fmt::Debug for Short {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl PartialEq<&str> for Short {
-    fn eq(&self, other: &&str) -> bool {
-        &**self == *other
-    }
-}
-
-impl fmt::Display for Short {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        fmt::Display::fmt(&**self, f)
-    }
 }
 
 /// `listen` as written: `"8080"`, `8080`, `"10.0.0.1:80"` or `"[fd00::1]:80"`.
@@ -455,28 +397,6 @@ fn hint_for(message: &str, field: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn short_values_read_back_as_written_inline_or_not() {
-        for text in [
-            "",
-            "8080",
-            "172.30.195.80:80",
-            &"x".repeat(Short::INLINE),
-            &"y".repeat(Short::INLINE + 1),
-            "[fd00:1234:5678:9abc:def0:1234:5678:9abc]:65535",
-            "hôte-é.example:80",
-        ] {
-            let short = Short::new(text);
-            assert_eq!(&*short, text);
-            assert_eq!(
-                matches!(short, Short::Inline { .. }),
-                text.len() <= Short::INLINE,
-                "{text}"
-            );
-            assert_eq!(format!("{short:?}"), format!("{text:?}"));
-        }
-    }
 
     fn err(text: &str) -> MapError {
         parse(&Source::new("m.toml", text)).unwrap_err()

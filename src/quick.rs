@@ -302,7 +302,7 @@ impl Change {
                 let elem = DnatElem {
                     key,
                     target: s.targets[0].addr,
-                    service: s.name.clone(),
+                    service: crate::short::Short::new(&s.name),
                 };
                 (r.map_kind(), elem)
             })

@@ -148,7 +148,7 @@ pub fn dnat_map_size(elements: usize) -> u32 {
 pub struct DnatElem {
     pub key: MapKey,
     pub target: SocketAddr,
-    pub service: String,
+    pub service: crate::short::Short,
 }
 
 /// `map acct4 { type ipv4_addr . inet_service : counter }`: target → its named counter.
@@ -369,7 +369,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
                 dnat_maps[i].elements.push(DnatElem {
                     key,
                     target: s.targets[0].addr,
-                    service: s.name.clone(),
+                    service: crate::short::Short::new(&s.name),
                 });
             } else if let Some(chain) = &chain {
                 maps[i].elements.push((key, chain.clone()));

@@ -394,7 +394,7 @@ fn lift(
                     key: decode_key(kind, &e.key)?,
                     target: decode_target(&e.data)?,
                     // Without a comment (added by hand) it is no service, but kept: drift.
-                    service: comment(&e.udata).unwrap_or_default(),
+                    service: crate::short::Short::new(&comment(&e.udata).unwrap_or_default()),
                 })
             })
             .collect();

@@ -554,7 +554,7 @@ mod tests {
                     },
                     target: SocketAddr::new(target, 8000 + (i % 1000) as u16),
                     // Names of every length a service may have.
-                    service: format!("s{i}-{}", "x".repeat(i % 60)),
+                    service: crate::short::Short::new(&format!("s{i}-{}", "x".repeat(i % 60))),
                 }
             })
             .collect()
