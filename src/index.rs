@@ -247,6 +247,21 @@ impl Records {
             })
             .collect();
         let raw = self.raw();
+        // Services that keep the name and listen key of one they replace (a new target)
+        // clash with none of the rest: the index was written for a map whose names and
+        // keys were unique. Then the walk over every record is not needed.
+        let replaced = &raw[skip.start * RECORD..skip.end * RECORD];
+        let same = |c: &[u8], (n, listen, family): &(u64, Vec<u8>, u8)| {
+            u64::from_le_bytes(c[8..16].try_into().expect("8 bytes")) == *n
+                && c[LISTEN] == listen[..]
+                && c[36] & FAMILY == *family
+        };
+        if wanted
+            .iter()
+            .all(|w| replaced.chunks_exact(RECORD).any(|c| same(c, w)))
+        {
+            return false;
+        }
         let kept = [&raw[..skip.start * RECORD], &raw[skip.end * RECORD..]];
         kept.iter()
             .flat_map(|part| part.chunks_exact(RECORD))
@@ -713,6 +728,33 @@ mod tests {
         assert_eq!(ix.records.get(1), record(2));
         let key = ix.records.get(0).key().expect("tcp");
         assert_eq!(key.addr, Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_clash_is_a_name_or_listen_key_of_a_record_kept() {
+        let records: Records = (1..=5).map(record).collect();
+        let moved = |r: Record, addr_of: u8| Record {
+            addr: record(addr_of).addr,
+            ..r
+        };
+        // A new target for record 3: its name and key stay; nothing clashes.
+        assert!(!records.clash(
+            2..3,
+            &[Record {
+                section: 99,
+                ..record(3)
+            }]
+        ));
+        // Records 2 and 3 swap places: still each other's names and keys.
+        assert!(!records.clash(1..3, &[record(3), record(2)]));
+        // Record 3's name with record 4's listen address: a clash with a kept record.
+        assert!(records.clash(2..3, &[moved(record(3), 4)]));
+        // Record 5's name (kept) on a new address: a clash.
+        assert!(records.clash(2..3, &[moved(record(5), 30)]));
+        // A new service of its own: no clash.
+        assert!(!records.clash(5..5, &[record(40)]));
+        // Record 1 again while it is kept: a clash.
+        assert!(records.clash(2..3, &[record(1)]));
     }
 
     #[test]
