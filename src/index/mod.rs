@@ -9,198 +9,16 @@
 //! and svcnat's table meta are still what the apply that wrote it left behind. Anything
 //! else — a torn file, another commit in the namespace, a reboot — means a full apply.
 
-use crate::plan::{Family, Service};
-use crate::ruleset::{MapKey, MapKind, is_direct};
-use crate::sections::hash;
-use crate::validate::Proto;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+
+mod diff;
+mod record;
+pub use diff::Diff;
+pub use record::{Record, Tally, flag, kind_index};
 
 const MAGIC: &[u8; 8] = b"SVCNATIX";
 const VERSION: u32 = 1;
 const RECORD: usize = 44;
-/// A map this large (1 MB, ~12,000 services) is compared from both ends at once.
-const PARALLEL_FROM: usize = 1 << 20;
-
-pub mod flag {
-    /// A DNAT map element (`ruleset::is_direct`), not a chain.
-    pub const DIRECT: u8 = 1;
-    /// Has a target outside the namespace (so needs forwarding).
-    pub const REMOTE: u8 = 2;
-    pub const LOCALHOST: u8 = 4;
-    /// The listen key has an address; `V6`: an IPv6 one.
-    pub const ADDR: u8 = 16;
-    pub const V6: u8 = 32;
-}
-
-/// One service: its section's hash, and what identifies it in the map and the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Record {
-    pub section: u64,
-    /// Hash of the name: equal hashes are treated as a possible duplicate.
-    pub name: u64,
-    pub addr: [u8; 16],
-    pub port: u16,
-    pub proto: u8,
-    /// Index in `MapKind::ALL` of the map its listen key is in.
-    pub kind: u8,
-    pub flags: u8,
-    /// The section's length in bytes: the next apply finds it again by hashing that many
-    /// bytes where it was, instead of searching the text for headers.
-    pub len: u32,
-}
-
-impl Record {
-    pub fn of(
-        s: &Service,
-        (section, len): (u64, usize),
-        accounting: bool,
-        local: &dyn Fn(&IpAddr) -> bool,
-    ) -> Record {
-        let mut flags = 0;
-        if is_direct(s, accounting) {
-            flags |= flag::DIRECT;
-        }
-        if s.reaches_out(local) {
-            flags |= flag::REMOTE;
-        }
-        if s.localhost {
-            flags |= flag::LOCALHOST;
-        }
-        let mut addr = [0u8; 16];
-        match s.listen.addr {
-            Some(IpAddr::V4(a)) => {
-                flags |= flag::ADDR;
-                addr[..4].copy_from_slice(&a.octets());
-            }
-            Some(IpAddr::V6(a)) => {
-                flags |= flag::ADDR | flag::V6;
-                addr = a.octets();
-            }
-            None => {}
-        }
-        let kind = match s.listen.addr {
-            Some(_) => MapKind::Vip(s.family),
-            None => MapKind::Port(s.family),
-        };
-        Record {
-            section,
-            name: hash(s.name.as_bytes()),
-            addr,
-            port: s.listen.port,
-            proto: s.proto.number(),
-            kind: kind_index(kind),
-            flags,
-            len: len as u32,
-        }
-    }
-
-    pub fn has(&self, f: u8) -> bool {
-        self.flags & f != 0
-    }
-
-    pub fn map_kind(&self) -> MapKind {
-        MapKind::ALL[self.kind as usize]
-    }
-
-    pub fn family(&self) -> Family {
-        self.map_kind().family()
-    }
-
-    /// The key of its map element.
-    pub fn key(&self) -> Option<MapKey> {
-        let addr = if !self.has(flag::ADDR) {
-            None
-        } else if self.has(flag::V6) {
-            Some(IpAddr::V6(Ipv6Addr::from(self.addr)))
-        } else {
-            let [a, b, c, d, ..] = self.addr;
-            Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
-        };
-        Some(MapKey {
-            addr,
-            proto: Proto::from_number(self.proto)?,
-            port: self.port,
-        })
-    }
-
-    fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.section.to_le_bytes());
-        out.extend_from_slice(&self.name.to_le_bytes());
-        out.extend_from_slice(&self.addr);
-        out.extend_from_slice(&self.port.to_le_bytes());
-        out.extend_from_slice(&[self.proto, self.kind, self.flags, 0, 0, 0]);
-        out.extend_from_slice(&self.len.to_le_bytes());
-    }
-
-    fn get(b: &[u8]) -> Record {
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
-        Record {
-            section: u64_at(0),
-            name: u64_at(8),
-            addr: b[16..32].try_into().expect("16 bytes"),
-            port: u16::from_le_bytes([b[32], b[33]]),
-            proto: b[34],
-            kind: b[35],
-            flags: b[36],
-            len: u32::from_le_bytes(b[40..44].try_into().expect("4 bytes")),
-        }
-    }
-}
-
-/// What the whole map adds up to, kept in the header so that a change need not walk every
-/// record: elements per DNAT map (`MapKind::ALL` order), services with a target elsewhere
-/// per family, and `localhost` services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Tally {
-    pub direct: [u32; 5],
-    pub remote: [u32; 2],
-    pub localhost: u32,
-}
-
-impl Tally {
-    pub fn add(&mut self, r: &Record) {
-        for (n, yes) in self.parts(r) {
-            *n += u32::from(yes);
-        }
-    }
-
-    /// None when `r` was not counted (an index that does not add up).
-    pub fn sub(&mut self, r: &Record) -> Option<()> {
-        for (n, yes) in self.parts(r) {
-            *n = n.checked_sub(u32::from(yes))?;
-        }
-        Some(())
-    }
-
-    fn parts<'a>(&'a mut self, r: &Record) -> [(&'a mut u32, bool); 4] {
-        let direct = r.has(flag::DIRECT);
-        let [vip4, vip6, port4, port6, lo4] = &mut self.direct;
-        let map = match r.kind {
-            0 => vip4,
-            1 => vip6,
-            2 => port4,
-            _ => port6,
-        };
-        let [r4, r6] = &mut self.remote;
-        let remote = if r.family() == Family::V4 { r4 } else { r6 };
-        let localhost = r.has(flag::LOCALHOST);
-        // A direct `localhost` service is an element of `lo4` too.
-        [
-            (map, direct),
-            (remote, r.has(flag::REMOTE)),
-            (&mut self.localhost, localhost),
-            (lo4, direct && localhost),
-        ]
-    }
-}
-
-pub fn kind_index(kind: MapKind) -> u8 {
-    MapKind::ALL
-        .iter()
-        .position(|k| *k == kind)
-        .expect("a known kind") as u8
-}
 
 /// Bytes read from a file: mapped (the index of a large map is megabytes, and a fresh
 /// buffer's page faults cost more than the read), or owned.
@@ -530,87 +348,6 @@ impl Index {
     pub fn remove(dir: &Path) {
         let _ = std::fs::remove_file(Index::path(dir));
     }
-
-    /// From the start: how many recorded sections `text` still has where they were, and
-    /// where the first that differs begins.
-    fn walk_front(&self, text: &[u8], head_len: usize) -> (usize, usize) {
-        let (mut at, mut start) = (0, head_len);
-        while at < self.records.len() {
-            let (h, len) = self.records.section(at);
-            match text.get(start..start + len) {
-                Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
-                _ => break,
-            }
-        }
-        (at, start)
-    }
-
-    /// From the end, not before byte `floor` nor record `first`: how many recorded sections
-    /// end `text`, and where they begin.
-    fn walk_back(&self, text: &[u8], floor: usize, first: usize) -> (usize, usize) {
-        let n = self.records.len();
-        let (mut tail, mut end) = (0, text.len());
-        while tail < n - first {
-            let (h, len) = self.records.section(n - 1 - tail);
-            match end.checked_sub(len).filter(|&s| s >= floor) {
-                Some(s) if hash(&text[s..end]) == h => (end, tail) = (s, tail + 1),
-                _ => break,
-            }
-        }
-        (tail, end)
-    }
-
-    /// Where `text` differs from the map this index was written for, found by hashing each
-    /// recorded section where it was — from the start, then from the end — rather than by
-    /// searching for headers (which costs twice as much at 50,000 services). None when the
-    /// prefix changed or the text between cannot be whole sections.
-    pub fn diff(&self, text: &[u8]) -> Option<Diff> {
-        let head_len = usize::try_from(self.head.prefix_len).ok()?;
-        if hash(text.get(..head_len)?) != self.head.prefix {
-            return None;
-        }
-        let n = self.records.len();
-        // Both ends at once on a large map: each walk stops at the change, so on two cores
-        // a change in the middle costs half the hashing. Walks that overlap (identical
-        // sections around the change) are done again one after the other.
-        let walks = if text.len() >= PARALLEL_FROM {
-            std::thread::scope(|s| {
-                let back = s.spawn(|| self.walk_back(text, head_len, 0));
-                let front = self.walk_front(text, head_len);
-                (
-                    front,
-                    back.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                )
-            })
-        } else {
-            let front = self.walk_front(text, head_len);
-            (front, self.walk_back(text, front.1, front.0))
-        };
-        let ((mut at, mut start), (mut tail, mut end)) = walks;
-        if at == n && start == text.len() {
-            // The same map: nothing between.
-            (tail, end) = (0, start);
-        }
-        if at + tail > n || start > end {
-            (at, start) = self.walk_front(text, head_len);
-            (tail, end) = self.walk_back(text, start, at);
-        }
-        // Whatever lies between must be whole sections, starting a line with a header and
-        // ending one before the sections that follow.
-        let region = &text[start..end];
-        if !region.is_empty() {
-            let line_start = start == 0 || text[start - 1] == b'\n';
-            let line_end = tail == 0 || region.ends_with(b"\n");
-            if !(line_start && line_end && region.starts_with(b"[[service]]")) {
-                return None;
-            }
-        }
-        Some(Diff {
-            at,
-            removed: n - at - tail,
-            region: start..end,
-        })
-    }
 }
 
 /// An index file whose records are written (`Index::prepare`); removed unless finished.
@@ -649,14 +386,6 @@ impl Drop for PendingIndex {
     }
 }
 
-/// The sections `at..at + removed` of the indexed map are now the text `region`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diff {
-    pub at: usize,
-    pub removed: usize,
-    pub region: std::ops::Range<usize>,
-}
-
 /// A new index file from `parts`, put in place by rename.
 fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
@@ -676,11 +405,10 @@ fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::sections::Sections;
 
-    fn record(i: u8) -> Record {
+    pub(super) fn record(i: u8) -> Record {
         Record {
             section: u64::from(i),
             name: 100 + u64::from(i),
@@ -693,7 +421,7 @@ mod tests {
         }
     }
 
-    fn head(generation: u64) -> Head {
+    pub(super) fn head(generation: u64) -> Head {
         Head {
             genid: 7,
             generation,
@@ -798,68 +526,6 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// An index of `text` as a full apply writes it (records with their sections only).
-    fn indexed(text: &str) -> Index {
-        let s = Sections::of(text).expect("cuttable");
-        let records = (0..s.count()).map(|i| {
-            let (section, len) = s.section(i);
-            Record {
-                section,
-                len: len as u32,
-                ..record(0)
-            }
-        });
-        let mut h = head(1);
-        (h.prefix, h.prefix_len) = (s.prefix, s.first() as u64);
-        Index {
-            head: h,
-            records: records.collect(),
-        }
-    }
-
-    #[test]
-    fn diff_finds_the_changed_sections_between_the_same_ends() {
-        let svc = |n: u32, port: u32| {
-            format!(
-                "[[service]]\nname = \"s{n}\"\nlisten = \"{port}\"\ntargets = [\"10.0.0.1:80\"]\n"
-            )
-        };
-        let text = |ports: &[u32]| {
-            let mut t = String::from("[settings]\ntable = \"t\"\n\n");
-            for (n, p) in ports.iter().enumerate() {
-                t.push_str(&svc(n as u32, *p));
-            }
-            t
-        };
-        let ix = indexed(&text(&[80, 81, 82, 83, 84]));
-        let diff = |ports: &[u32]| {
-            let t = text(ports);
-            ix.diff(t.as_bytes())
-                .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
-        };
-        assert_eq!(diff(&[80, 81, 82, 83, 84]), Some((5, 0, 0)));
-        assert_eq!(diff(&[80, 81, 99, 83, 84]), Some((2, 1, 1)));
-        assert_eq!(diff(&[99, 81, 82, 83, 84]), Some((0, 1, 1)));
-        assert_eq!(diff(&[80, 81, 82, 83, 99]), Some((4, 1, 1)));
-        assert_eq!(diff(&[80, 81, 82, 83, 84, 85]), Some((5, 0, 1)));
-        assert_eq!(diff(&[80, 81, 83, 84]), Some((2, 3, 2)));
-        // (names follow positions: dropping one renames the ones after it)
-        assert_eq!(diff(&[80, 99, 82, 98, 84]), Some((1, 3, 3)));
-
-        // The prefix changed: no diff.
-        let t = text(&[80, 81, 82, 83, 84]).replace("table = \"t\"", "table = \"u\"");
-        assert_eq!(ix.diff(t.as_bytes()), None);
-        // Text that is not whole sections between the unchanged ones: no diff.
-        let t = text(&[80, 81, 82, 83, 84]).replace(
-            "[[service]]\nname = \"s2\"",
-            "x = 1\n[[service]]\nname = \"s2\"",
-        );
-        assert_eq!(ix.diff(t.as_bytes()), None);
-        let t = text(&[80, 81, 82, 83, 84])
-            .replace("\n[[service]]\nname = \"s3\"", "[[service]]\nname = \"s3\"");
-        assert_eq!(ix.diff(t.as_bytes()), None);
-    }
-
     #[test]
     fn tallies_add_up_and_refuse_what_was_not_counted() {
         let mut t = Tally::default();
@@ -875,48 +541,5 @@ mod tests {
         assert_eq!((t.remote, t.localhost), ([1, 0], 1));
         t.sub(&direct).unwrap();
         assert_eq!(t.sub(&direct), None);
-    }
-
-    #[test]
-    fn a_large_map_is_compared_from_both_ends_alike() {
-        let svc = |n: u32, port: u32| {
-            format!(
-                "[[service]]\nname = \"s{n}\"\nlisten = \"10.1.{}.{}:{port}\"\ntargets = [\"10.0.0.1:80\"]\n",
-                n / 256,
-                n % 256
-            )
-        };
-        let text = |ports: &dyn Fn(u32) -> Option<u32>| {
-            let mut t = String::from("# big\n");
-            for n in 0..20_000 {
-                if let Some(p) = ports(n) {
-                    t.push_str(&svc(n, p));
-                }
-            }
-            t
-        };
-        let original = text(&|_| Some(80));
-        assert!(original.len() >= PARALLEL_FROM);
-        let ix = indexed(&original);
-        let diff = |t: &str| {
-            ix.diff(t.as_bytes())
-                .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
-        };
-        assert_eq!(diff(&original), Some((20_000, 0, 0)));
-        assert_eq!(
-            diff(&text(&|n| Some(if n == 12_345 { 81 } else { 80 }))),
-            Some((12_345, 1, 1))
-        );
-        assert_eq!(diff(&text(&|n| (n != 7).then_some(80))), Some((7, 1, 0)));
-        assert_eq!(
-            diff(&text(&|n| Some(if n == 19_999 { 81 } else { 80 }))),
-            Some((19_999, 1, 1))
-        );
-        assert_eq!(
-            diff(&text(&|n| Some(if n == 0 { 81 } else { 80 }))),
-            Some((0, 1, 1))
-        );
-        let appended = original.clone() + &svc(20_000, 80);
-        assert_eq!(diff(&appended), Some((20_000, 0, 1)));
     }
 }
