@@ -290,8 +290,10 @@ fn prepare_index(
     locals: &[std::net::IpAddr],
 ) -> Option<(PendingIndex, Head)> {
     let (records, tally) = index_records(plan, sections, locals)?;
-    let head = index_head(plan, digest, sections?, tally);
-    Some((Index::prepare(&dir.path, &head, records).ok()?, head))
+    let sections = sections?;
+    let head = index_head(plan, digest, sections, tally);
+    let pending = Index::prepare(&dir.path, &head, records, &sections.groups).ok()?;
+    Some((pending, head))
 }
 
 /// The index of what `done` installed (see `index`); none, and any old one removed, without

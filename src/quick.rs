@@ -166,7 +166,15 @@ pub fn apply(
             };
             let (at, removed) = (change.at, change.removed);
             if index
-                .write_splice(&dir.path, &head, at, removed, &change.records)
+                .write_splice(
+                    &dir.path,
+                    &head,
+                    at,
+                    removed,
+                    &change.records,
+                    text,
+                    change.start,
+                )
                 .is_err()
             {
                 Index::remove(&dir.path);
@@ -201,8 +209,10 @@ pub fn apply(
 
 /// The sections that changed, checked against the rest of the map through the index.
 struct Change {
-    /// Where the changed sections start, and how many of the old ones they replace.
+    /// Where the changed sections start (record, and byte of the map), and how many of the
+    /// old ones they replace.
     at: usize,
+    start: usize,
     removed: usize,
     /// The new sections' services (a plan of them alone), as checked, and their records.
     plan: crate::plan::Plan,
@@ -225,6 +235,7 @@ impl Change {
             removed,
             region,
         } = index.diff(text)?;
+        let region_start = region.start;
         let old = &index.records;
 
         // The changed sections, after the unchanged prefix (settings), as a map of their own:
@@ -309,6 +320,7 @@ impl Change {
             .collect();
         Some(Change {
             at,
+            start: region_start,
             removed,
             plan,
             specs: checked.services,

@@ -8,6 +8,11 @@ pub fn hash(bytes: &[u8]) -> u64 {
     xxh3_64(bytes)
 }
 
+/// Sections per group. The index records each group's hash and length too, so that a walk
+/// over an unchanged stretch of the map hashes 64 sections at once: one ~5 kB run instead
+/// of 64 short ones, about three times faster per byte.
+pub const GROUP: usize = 64;
+
 /// A map's text cut at its `[[service]]` headers: the prefix (settings, comments) and one
 /// section per service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +23,8 @@ pub struct Sections {
     pub starts: Vec<usize>,
     /// Hash of each section's text.
     pub hashes: Vec<u64>,
+    /// Hash and length of each run of GROUP sections (the last may be shorter).
+    pub groups: Vec<(u64, u64)>,
     pub len: usize,
 }
 
@@ -33,12 +40,20 @@ impl Sections {
             .map(|(i, &s)| hash(&b[s..starts.get(i + 1).copied().unwrap_or(b.len())]))
             .collect();
         let first = starts.first().copied().unwrap_or(b.len());
-        Sections {
+        let mut s = Sections {
             prefix: hash(&b[..first]),
             starts,
             hashes,
+            groups: Vec::new(),
             len: b.len(),
-        }
+        };
+        s.groups = (0..s.count().div_ceil(GROUP))
+            .map(|g| {
+                let span = s.span(g * GROUP, ((g + 1) * GROUP).min(s.count()));
+                (hash(&b[span.clone()]), span.len() as u64)
+            })
+            .collect();
+        s
     }
 
     /// `cut`, when it is certain to be one service per section (see `fits`); the prefix

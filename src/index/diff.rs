@@ -2,7 +2,7 @@
 //! hashed where it was, from the start and from the end, and what lies between.
 
 use super::Index;
-use crate::sections::hash;
+use crate::sections::{GROUP, hash};
 
 /// A map this large (1 MB, ~12,000 services) is compared from both ends at once.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -17,9 +17,20 @@ pub struct Diff {
 
 impl Index {
     /// From the start: how many recorded sections `text` still has where they were, and
-    /// where the first that differs begins.
+    /// where the first that differs begins. A group at a time while groups match, then a
+    /// section at a time.
     fn walk_front(&self, text: &[u8], head_len: usize) -> (usize, usize) {
+        let n = self.records.len();
         let (mut at, mut start) = (0, head_len);
+        for &(h, len) in &self.groups {
+            let len = len as usize;
+            match text.get(start..start + len) {
+                Some(s) if hash(s) == h => {
+                    (start, at) = (start + len, (at + GROUP).min(n));
+                }
+                _ => break,
+            }
+        }
         while at < self.records.len() {
             let (h, len) = self.records.section(at);
             match text.get(start..start + len) {
@@ -35,6 +46,16 @@ impl Index {
     fn walk_back(&self, text: &[u8], floor: usize, first: usize) -> (usize, usize) {
         let n = self.records.len();
         let (mut tail, mut end) = (0, text.len());
+        // Whole groups from the last (which may be short), not below `first` nor `floor`.
+        for (g, &(h, len)) in self.groups.iter().enumerate().rev() {
+            if g * GROUP < first {
+                break;
+            }
+            match end.checked_sub(len as usize).filter(|&s| s >= floor) {
+                Some(s) if hash(&text[s..end]) == h => (end, tail) = (s, n - g * GROUP),
+                _ => break,
+            }
+        }
         while tail < n - first {
             let (h, len) = self.records.section(n - 1 - tail);
             match end.checked_sub(len).filter(|&s| s >= floor) {
@@ -121,7 +142,115 @@ mod tests {
         Index {
             head: h,
             records: records.collect(),
+            groups: s.groups,
         }
+    }
+
+    /// A map of `n` services; `edit` may change or drop any one's section.
+    fn map(n: u32, edit: &dyn Fn(u32, String) -> Option<String>) -> String {
+        let mut t = String::from("# splices\n");
+        for i in 0..n {
+            let section = format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = \"10.1.{}.{}:80\"\ntargets = [\"10.0.0.1:80\"]\n",
+                i / 256,
+                i % 256
+            );
+            if let Some(s) = edit(i, section) {
+                t.push_str(&s);
+            }
+        }
+        t
+    }
+
+    /// A change spliced into the index file is the index of the changed map, groups and
+    /// all, as a full apply would have written it: in place when the number of services
+    /// stays, anew when it changes, at the edges of groups and inside them.
+    #[test]
+    fn a_spliced_index_is_the_index_of_the_changed_map() {
+        let dir = std::env::temp_dir().join(format!("svcnat-splice-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = 3 * GROUP as u32 + 10;
+        let retarget = |at: u32| {
+            move |i: u32, s: String| {
+                Some(if i == at {
+                    s.replace(":80\"]", ":81\"]")
+                } else {
+                    s
+                })
+            }
+        };
+        type Edit<'a> = Box<dyn Fn(u32, String) -> Option<String> + 'a>;
+        let edits: Vec<Edit> = vec![
+            Box::new(retarget(0)),
+            Box::new(retarget(63)),
+            Box::new(retarget(64)),
+            Box::new(retarget(130)),
+            Box::new(retarget(n - 1)),
+            Box::new(|i, s| (i != 70).then_some(s)),
+            Box::new(|i, s| {
+                Some(if i == 5 {
+                    s.clone() + &s.replace("s5\"", "s5b\"").replace(":80\"", ":90\"")
+                } else {
+                    s
+                })
+            }),
+            Box::new(|i, s| (i != n - 1).then_some(s)),
+        ];
+        for edit in edits {
+            let before = map(n, &|_, s| Some(s));
+            let after = map(n, &*edit);
+            let old = indexed(&before);
+            let encode = |ix: &Index| {
+                let bytes = ix.encode();
+                std::fs::write(Index::path(&dir), bytes).unwrap();
+            };
+            encode(&old);
+            let old = Index::read(&dir).unwrap();
+            let d = old.diff(after.as_bytes()).expect("a diff");
+            let fresh = indexed(&after);
+            let added = fresh.records.len() - (old.records.len() - d.removed);
+            let new: Vec<Record> = (d.at..d.at + added).map(|i| fresh.records.get(i)).collect();
+            old.write_splice(
+                &dir,
+                &fresh.head,
+                d.at,
+                d.removed,
+                &new,
+                after.as_bytes(),
+                d.region.start,
+            )
+            .unwrap();
+            drop(old);
+            let back = Index::read(&dir).expect("sound after the splice");
+            assert_eq!(back.records, fresh.records);
+            assert_eq!(back.groups, fresh.groups);
+            // And the next diff of the same map finds nothing changed.
+            let same = back.diff(after.as_bytes()).unwrap();
+            assert_eq!(
+                (same.at, same.removed, same.region.len()),
+                (back.records.len(), 0, 0)
+            );
+        }
+        // A map that no longer holds what the records say: no splice, the caller drops it.
+        let before = map(n, &|_, s| Some(s));
+        encode_file(&dir, &indexed(&before));
+        let old = Index::read(&dir).unwrap();
+        let fresh = indexed(&before);
+        // (the file changed at service 100 since it was compared: the record says otherwise)
+        let other = map(n, &retarget(100));
+        let at = Sections::of(&other).unwrap().starts[100];
+        let stale = [fresh.records.get(100)];
+        let spliced = old.write_splice(&dir, &fresh.head, 100, 1, &stale, other.as_bytes(), at);
+        assert!(spliced.is_err());
+        // (the same, as it was compared: fine)
+        let at = Sections::of(&before).unwrap().starts[100];
+        old.write_splice(&dir, &fresh.head, 100, 1, &stale, before.as_bytes(), at)
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn encode_file(dir: &std::path::Path, ix: &Index) {
+        std::fs::write(Index::path(dir), ix.encode()).unwrap();
     }
 
     #[test]
