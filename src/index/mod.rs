@@ -427,6 +427,7 @@ impl Index {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = Index::path(dir);
         let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+        remove_stale(dir);
         let header_len = head.encode(records.len()).len();
         if groups.len() != records.len().div_ceil(GROUP) {
             return Err(std::io::Error::other("groups that do not fit the records"));
@@ -487,6 +488,24 @@ impl Drop for PendingIndex {
     fn drop(&mut self) {
         // Gone once renamed; otherwise never to be used.
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Temporary index files another process left behind (it ended between writing one and
+/// putting it in place). The caller holds the namespace's lock, so nobody else is writing
+/// one now.
+fn remove_stale(dir: &Path) {
+    let ours = format!("index.tmp.{}", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let mine = name == ours || name.starts_with(&format!("{ours}."));
+        if name.starts_with("index.tmp.") && !mine {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -614,6 +633,11 @@ pub(super) mod tests {
             pending.finish(&dir, &head(3)).unwrap().is_none(),
             "none replaced"
         );
+        // Left behind by a process that ended half-way: gone at the next prepare.
+        let stale = dir.join("index.tmp.1.0");
+        std::fs::write(&stale, b"half").unwrap();
+        drop(Index::prepare(&dir, &blank, records(), &groups).unwrap());
+        assert!(!stale.exists());
         let back = Index::read(&dir).expect("sound");
         assert_eq!(
             (back.head, back.records, back.groups),
