@@ -306,9 +306,16 @@ pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
 /// The map's text, as `read_map` names it, mapped rather than read when it is a regular
 /// file: reading 4 MB into a fresh buffer costs ~2 ms of page faults, a mapping of the page
 /// cache ~0.3 ms — most of what changing one service of 50,000 may take (`quick`).
+///
+/// A mapped file cut short under the mapping ends the process with SIGBUS at the next
+/// read past the new end. So the file is mapped only under a read lease: whoever opens it
+/// to write or truncates it meanwhile waits until this is dropped (the lease is released
+/// with the file), never longer than the kernel's lease-break time.
 pub struct MapText {
     pub name: String,
+    // Dropped in this order: the mapping, then the file and its lease.
     mapped: Option<memmap2::Mmap>,
+    _leased: std::fs::File,
 }
 
 impl MapText {
@@ -319,15 +326,16 @@ impl MapText {
             return None;
         }
         let f = std::fs::File::open(&path).ok()?;
-        if !f.metadata().ok()?.is_file() {
+        if !f.metadata().ok()?.is_file() || !read_lease(&f) {
             return None;
         }
-        // Safety: the text is only read; a writer changing the file meanwhile changes what
-        // is read, and `quick` parses only a copy it checks against the hashes it compared.
+        // Safety: the text is only read, and the lease keeps it from being cut short (see
+        // above); `quick` parses only a copy it checks against the hashes it compared.
         let mapped = unsafe { memmap2::MmapOptions::new().map(&f) }.ok()?;
         Some(MapText {
             name: path.display().to_string(),
             mapped: Some(mapped),
+            _leased: f,
         })
     }
 
@@ -340,6 +348,19 @@ impl MapText {
     /// costs ~0.2 ms; `quick` checks the part it reads).
     pub fn bytes(&self) -> Option<&[u8]> {
         self.mapped.as_deref()
+    }
+}
+
+/// Take a read lease on `f` (fcntl F_SETLEASE). False where none can be had: the file is
+/// open for writing somewhere, the filesystem has no leases, or this user neither owns the
+/// file nor has CAP_LEASE; then the map is read instead of mapped. A lease's break is
+/// announced with SIGIO, whose default action ends the process: svcnat ignores it (it uses
+/// no signal-driven I/O), and releases the lease when done with the mapping.
+fn read_lease(f: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    unsafe {
+        libc::signal(libc::SIGIO, libc::SIG_IGN);
+        libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_RDLCK) == 0
     }
 }
 
@@ -402,4 +423,55 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// While the map is mapped, a rewrite in place waits: `truncate` does not return until
+    /// the mapping (and its lease) is dropped, so the mapped bytes never go away under it.
+    #[test]
+    fn a_mapped_map_is_not_cut_short_under_the_mapping() {
+        let path = std::env::temp_dir().join(format!("svcnat-lease-test-{}", std::process::id()));
+        std::fs::write(&path, "[[service]]\nname = \"a\"\n".repeat(1000)).unwrap();
+        let mapped = MapText::map(Some(&path)).expect("a regular file of our own: leased");
+        let len = mapped.bytes().unwrap().len();
+        // (`: > file` opens with O_TRUNC and waits; GNU truncate opens non-blocking and
+        // gives up at once)
+        let mut truncate = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(": > '{}'", path.display()))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            truncate.try_wait().unwrap().is_none(),
+            "truncate waits for the lease"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, len);
+        // Every mapped byte is still readable.
+        assert_eq!(
+            mapped
+                .bytes()
+                .unwrap()
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            2000
+        );
+        let released = std::time::Instant::now();
+        drop(mapped);
+        assert!(truncate.wait().unwrap().success());
+        assert!(released.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // A file open for writing elsewhere gets no lease: it is not mapped.
+        let writer = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(MapText::map(Some(&path)).is_none());
+        drop(writer);
+        std::fs::remove_file(&path).unwrap();
+    }
 }
