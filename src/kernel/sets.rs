@@ -3,10 +3,10 @@
 //! object maps. Flags, types and userdata are exactly nft's, so `nft list` prints them as
 //! it prints its own.
 
-use super::encode::{account_map_id, dnat_map_id, key_bytes, map_id, target_bytes};
+use super::encode::{account_map_id, dnat_map_id, map_id, target_bytes};
 use super::expr::VERDICT_GOTO;
 use crate::plan::Family;
-use crate::ruleset::{DnatElem, MapKind};
+use crate::ruleset::MapKind;
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{MsgType, NlMsg};
 use std::cell::Cell;
@@ -39,9 +39,6 @@ const DNAT_MAP_UDATA: [u8; 38] = [
     0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 4, 8, 0, 4, 13, 0, 0, 0, 1,
     0, 6, 4, 0, 0, 0, 0,
 ];
-
-/// Element userdata type of a comment (NFTNL_UDATA_SET_ELEM_COMMENT).
-const ELEM_COMMENT: u8 = 0;
 
 const SLOTMAP_UDATA: [u8; 18] = [0, 4, 1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 6, 4, 0, 0, 0, 0];
 
@@ -157,14 +154,16 @@ impl NfSet {
     }
 
     /// Add `key → target` to a DNAT map, commented with the service's name. Without
-    /// `data`, only the key (enough to delete an element).
-    pub fn add_dnat(&self, e: &DnatElem, data: bool) {
-        let key = key_bytes(&e.key);
+    /// `data`, only the key (enough to delete an element). svcnat writes DNAT elements
+    /// itself (`elems`); this is libnftnl's way, which the tests compare it with.
+    #[cfg(test)]
+    pub fn add_dnat(&self, e: &crate::ruleset::DnatElem, data: bool) {
+        let key = super::encode::key_bytes(&e.key);
         if !data {
             return self.add_elem(&key, None, None);
         }
         let name = e.service.as_bytes();
-        let mut udata = vec![ELEM_COMMENT, name.len() as u8 + 1];
+        let mut udata = vec![super::elems::ELEM_COMMENT, name.len() as u8 + 1];
         udata.extend(name);
         udata.push(0);
         unsafe {

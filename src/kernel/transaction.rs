@@ -134,8 +134,9 @@ impl Transaction {
         unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
     }
 
-    /// DNAT map elements, written directly (see `elems`): the messages `elements_chunked`
-    /// would send for them through libnftnl, byte for byte.
+    /// DNAT map elements, written directly (see `elems`), `chunk` at a time: the messages
+    /// libnftnl would send for them as sets of `chunk` elements (`elements_chunked`, or
+    /// `elements` of one set for `usize::MAX`), byte for byte.
     fn dnat_elements(
         &mut self,
         table: &str,
@@ -143,9 +144,10 @@ impl Transaction {
         elems: &[DnatElem],
         t: MsgType,
         what: &str,
+        chunk: usize,
     ) {
         let verb = if t == MsgType::Add { "add" } else { "delete" };
-        for chunk in elems.chunks(CHUNK) {
+        for chunk in elems.chunks(chunk) {
             let next = Cell::new(0);
             let msg = DnatElems {
                 table,
@@ -300,7 +302,7 @@ impl Transaction {
         }
         for m in &rs.dnat_maps {
             let what = format!("map {}", m.kind.dnat_name());
-            self.dnat_elements(&rs.table, m.kind, &m.elements, MsgType::Add, &what);
+            self.dnat_elements(&rs.table, m.kind, &m.elements, MsgType::Add, &what, CHUNK);
         }
         for a in &rs.accounts {
             self.elements_chunked(
@@ -334,23 +336,14 @@ impl Transaction {
                 .unwrap_or(&[]);
             let want: HashSet<_> = m.elements.iter().collect();
             let have: HashSet<_> = old.iter().collect();
-            let name = m.kind.dnat_name();
-            let gone: Vec<_> = old.iter().filter(|e| !want.contains(e)).collect();
-            if !gone.is_empty() {
-                let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
-                for e in gone {
-                    set.add_dnat(e, false);
-                }
-                self.elements(&set, MsgType::Del, &format!("map {name}"));
-            }
-            let new: Vec<_> = m.elements.iter().filter(|e| !have.contains(e)).collect();
-            if !new.is_empty() {
-                let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
-                for e in new {
-                    set.add_dnat(e, true);
-                }
-                self.elements(&set, MsgType::Add, &format!("map {name}"));
-            }
+            let what = format!("map {}", m.kind.dnat_name());
+            let gone: Vec<DnatElem> = old.iter().filter(|e| !want.contains(e)).cloned().collect();
+            self.dnat_elements(&rs.table, m.kind, &gone, MsgType::Del, &what, usize::MAX);
+            let new: Vec<DnatElem> = (m.elements.iter())
+                .filter(|e| !have.contains(e))
+                .cloned()
+                .collect();
+            self.dnat_elements(&rs.table, m.kind, &new, MsgType::Add, &what, usize::MAX);
         }
 
         // Elements leaving each map, before the chains they lead to can go.
@@ -500,14 +493,12 @@ impl Transaction {
                 }
                 self.elements(&set, MsgType::Del, &format!("map {name}"));
             }
-            let elems: Vec<_> = new.iter().filter(|(k, _)| *k == kind).collect();
-            if !elems.is_empty() {
-                let set = NfSet::dnat_map(table, kind, size(kind));
-                for (_, e) in elems {
-                    set.add_dnat(e, true);
-                }
-                self.elements(&set, MsgType::Add, &format!("map {name}"));
-            }
+            let elems: Vec<DnatElem> = (new.iter())
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let what = format!("map {name}");
+            self.dnat_elements(table, kind, &elems, MsgType::Add, &what, usize::MAX);
         }
     }
 
@@ -595,17 +586,23 @@ mod tests {
         for kind in MapKind::ALL {
             for n in [0, 1, 1000, 5000] {
                 let elems = elems(kind, n);
-                for t in [MsgType::Add, MsgType::Del] {
+                for (t, chunk) in [MsgType::Add, MsgType::Del]
+                    .into_iter()
+                    .flat_map(|t| [(t, CHUNK), (t, usize::MAX)])
+                {
                     let mut old = Transaction::new();
-                    old.elements_chunked(
-                        &elems,
-                        || NfSet::dnat_map("svcnat", kind, 65536),
-                        |set, e| set.add_dnat(e, t == MsgType::Add),
-                        t,
-                        "map m",
-                    );
+                    let set = || NfSet::dnat_map("svcnat", kind, 65536);
+                    let fill = |set: &NfSet, e: &DnatElem| set.add_dnat(e, t == MsgType::Add);
+                    if chunk == CHUNK {
+                        old.elements_chunked(&elems, set, fill, t, "map m");
+                    } else {
+                        // One set of them all, as an update sends them.
+                        let all = set();
+                        elems.iter().for_each(|e| fill(&all, e));
+                        old.elements(&all, t, "map m");
+                    }
                     let mut new = Transaction::new();
-                    new.dnat_elements("svcnat", kind, &elems, t, "map m");
+                    new.dnat_elements("svcnat", kind, &elems, t, "map m", chunk);
                     let (old, new) = (bytes(old), bytes(new));
                     assert_eq!(old.1, new.1, "{kind:?} {n} {t:?}: messages");
                     if let Some(at) = old.0.iter().zip(&new.0).position(|(a, b)| a != b) {
