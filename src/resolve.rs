@@ -124,15 +124,7 @@ impl Resolver {
                     _ => return self.resolve_general(src, spec),
                 }
             }
-            return Ok(Service {
-                name: String::new(),
-                proto: spec.proto,
-                family,
-                listen: spec.listen,
-                targets,
-                masquerade: spec.masquerade,
-                localhost: spec.localhost,
-            });
+            return Ok(planned(spec, family, targets));
         }
         self.resolve_general(src, spec)
     }
@@ -198,15 +190,21 @@ impl Resolver {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Service {
-            name: String::new(),
-            proto: spec.proto,
-            family,
-            listen: spec.listen,
-            targets,
-            masquerade: spec.masquerade,
-            localhost: spec.localhost,
-        })
+        Ok(planned(spec, family, targets))
+    }
+}
+
+/// `spec` planned with `family` and resolved `targets`, but for its name (see
+/// `Resolver::resolve_service`).
+fn planned(spec: &ServiceSpec, family: Family, targets: Vec<Target>) -> Service {
+    Service {
+        name: String::new(),
+        proto: spec.proto,
+        family,
+        listen: spec.listen,
+        targets,
+        masquerade: spec.masquerade,
+        localhost: spec.localhost,
     }
 }
 
