@@ -165,19 +165,11 @@ pub fn apply(
                 tally: change.after,
             };
             let (at, removed) = (change.at, change.removed);
-            if index
-                .write_splice(
-                    &dir.path,
-                    &head,
-                    at,
-                    removed,
-                    &change.records,
-                    text,
-                    change.start,
-                )
-                .is_err()
-            {
-                Index::remove(&dir.path);
+            let records = &change.records;
+            match index.write_splice(&dir.path, &head, at, removed, records, text, change.start) {
+                // A replaced index file's blocks are freed where the socket closes.
+                Ok(replaced) => replaced.into_iter().for_each(|f| ctx.nl.close_later(f)),
+                Err(_) => Index::remove(&dir.path),
             }
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             Ok(Some(Applied {

@@ -321,7 +321,8 @@ impl Index {
     /// few hundred bytes instead of 2 MB at 50,000 services; a crash half-way leaves a file
     /// whose checksum fails, so a full apply), else as a new file. `text` is the map now,
     /// in which record `at` starts at byte `start`: the groups around the change are hashed
-    /// from it again (all that follow it, when the number of records changed).
+    /// from it again (all that follow it, when the number of records changed). A new file
+    /// returns the index it replaced, open (see `put_in_place`).
     #[allow(clippy::too_many_arguments)]
     pub fn write_splice(
         &self,
@@ -332,7 +333,7 @@ impl Index {
         new: &[Record],
         text: &[u8],
         start: usize,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<std::fs::File>> {
         use std::os::unix::fs::FileExt;
         let raw = self.records.raw();
         let count = self.records.len() - removed + new.len();
@@ -362,7 +363,8 @@ impl Index {
             &groups_raw[changed.start * 16..changed.end * 16],
             (groups_at + changed.start * 16) as u64,
         )?;
-        f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)
+        f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)?;
+        Ok(None)
     }
 
     /// The groups after the splice (see `write_splice`), and which of them changed. Each
@@ -423,10 +425,7 @@ impl Index {
         groups: &[(u64, u64)],
     ) -> std::io::Result<PendingIndex> {
         use std::os::unix::fs::FileExt;
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = Index::path(dir);
-        let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+        let tmp = tmp_path(dir);
         remove_stale(dir);
         let header_len = head.encode(records.len()).len();
         if groups.len() != records.len().div_ceil(GROUP) {
@@ -463,8 +462,7 @@ pub struct PendingIndex {
 
 impl PendingIndex {
     /// Write `head` and the checksum, and put the file in place. Returns the index it
-    /// replaced, open: its last close frees its blocks (~2 ms for 2 MB), which the caller
-    /// may leave to the netlink socket's closer (`Netlink::close_later`).
+    /// replaced, open (see `put_in_place`).
     pub fn finish(self, dir: &Path, head: &Head) -> std::io::Result<Option<std::fs::File>> {
         use std::os::unix::fs::FileExt;
         let header = head.encode(self.records.len());
@@ -478,9 +476,7 @@ impl PendingIndex {
             &sum,
             (self.header_len + raw.len() + self.groups.len()) as u64,
         )?;
-        let replaced = std::fs::File::open(Index::path(dir)).ok();
-        std::fs::rename(&self.tmp, Index::path(dir))?;
-        Ok(replaced)
+        put_in_place(&self.tmp, dir)
     }
 }
 
@@ -509,17 +505,32 @@ fn remove_stale(dir: &Path) {
     }
 }
 
-/// A new index file from `parts`, put in place by rename.
-fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+/// A temporary index file's path, this process's own (see `remove_stale`).
+fn tmp_path(dir: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Index::path(dir).with_extension(format!("tmp.{}.{n}", std::process::id()))
+}
+
+/// Rename `tmp` over the index. Returns the index it replaced, open: its last close frees
+/// its blocks (~2 ms for 2 MB), which the caller may leave to the netlink socket's closer
+/// (`Netlink::close_later`).
+fn put_in_place(tmp: &Path, dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let replaced = std::fs::File::open(Index::path(dir)).ok();
+    std::fs::rename(tmp, Index::path(dir))?;
+    Ok(replaced)
+}
+
+/// A new index file from `parts`, put in place by rename (see `put_in_place`).
+fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<Option<std::fs::File>> {
     use std::io::Write;
-    let path = Index::path(dir);
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let tmp = tmp_path(dir);
     let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         for p in parts {
             f.write_all(p)?;
         }
-        std::fs::rename(&tmp, &path)
+        put_in_place(&tmp, dir)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
