@@ -1,7 +1,7 @@
 //! A large map checked in two halves, one per core: each half parsed and checked on its
 //! own, then the second half's names and listen keys looked up in the first's.
 
-use super::{Checked, Checker, ServiceSpec, capacity, listen_bytes, seed};
+use super::{Checked, Checker, capacity, seed};
 use crate::map::Source;
 use std::ops::Range;
 
@@ -63,22 +63,8 @@ impl Checker<'_> {
     /// None when one of them has the name or listen key of one of these: the one-pass
     /// check reports that, in order.
     fn absorb(&mut self, later: Checker) -> Option<()> {
-        use xxhash_rust::xxh3::xxh3_64_with_seed;
         for svc in &later.services {
-            let name_hash = xxh3_64_with_seed(svc.name.as_bytes(), self.seed);
-            if self
-                .find(&self.names, name_hash, &|s| s.name == svc.name)
-                .is_some()
-            {
-                return None;
-            }
-            let key = (svc.listen, svc.proto);
-            let listen_hash = xxh3_64_with_seed(&listen_bytes(&svc.listen, svc.proto), self.seed);
-            let same_listen = |s: &ServiceSpec| (s.listen, s.proto) == key;
-            if self
-                .find(&self.listens, listen_hash, &same_listen)
-                .is_some()
-            {
+            if self.same_name(svc).1.is_some() || self.same_listen(svc).1.is_some() {
                 return None;
             }
         }

@@ -222,8 +222,25 @@ impl<'s> Checker<'s> {
         }
     }
 
+    /// `svc`'s name hash, and the earlier service with the same name.
+    fn same_name(&self, svc: &ServiceSpec) -> (u64, Option<usize>) {
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(svc.name.as_bytes(), self.seed);
+        (hash, self.find(&self.names, hash, &|s| s.name == svc.name))
+    }
+
+    /// `svc`'s listen key hash, and the earlier service with the same listen address, port
+    /// and protocol.
+    fn same_listen(&self, svc: &ServiceSpec) -> (u64, Option<usize>) {
+        let bytes = listen_bytes(&svc.listen, svc.proto);
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed);
+        let key = (svc.listen, svc.proto);
+        (
+            hash,
+            self.find(&self.listens, hash, &|s| (s.listen, s.proto) == key),
+        )
+    }
+
     fn service(&mut self, raw: RawService) {
-        use xxhash_rust::xxh3::xxh3_64_with_seed;
         self.seen += 1;
         let at = ServiceAt(self.seen);
         let explicit = raw.masquerade.is_some();
@@ -232,8 +249,8 @@ impl<'s> Checker<'s> {
         };
         let source = self.source;
         let line_of = |s: &ServiceSpec| source.line_col(s.listen_span.start).0;
-        let name_hash = xxh3_64_with_seed(svc.name.as_bytes(), self.seed);
-        if let Some(first) = self.find(&self.names, name_hash, &|s| s.name == svc.name) {
+        let (name_hash, first) = self.same_name(&svc);
+        if let Some(first) = first {
             let e = source.error(
                 &svc.listen_span,
                 format!("{at}.name"),
@@ -246,10 +263,8 @@ impl<'s> Checker<'s> {
             );
             self.errors.push(e);
         }
-        let key = (svc.listen, svc.proto);
-        let listen_hash = xxh3_64_with_seed(&listen_bytes(&svc.listen, svc.proto), self.seed);
-        let same_listen = |s: &ServiceSpec| (s.listen, s.proto) == key;
-        if let Some(other) = self.find(&self.listens, listen_hash, &same_listen) {
+        let (listen_hash, other) = self.same_listen(&svc);
+        if let Some(other) = other {
             let other = &self.services[other];
             let e = source.error(
                 &svc.listen_span,
