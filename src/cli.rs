@@ -286,21 +286,47 @@ rollback installs exactly what was installed then.\n\n",
 /// Read the map named by -f, $SVCNAT_MAP, or ./svcnat.toml.
 pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
     let path = map_path(file);
-    if path.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| Error::ReadMap {
-                path: path.clone(),
-                source,
-            })?;
-        return Ok(Source::new("-", text));
-    }
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::ReadMap {
+    let read_error = |source| Error::ReadMap {
         path: path.clone(),
         source,
+    };
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(read_error)?;
+        return utf8_source("-".to_owned(), bytes);
+    }
+    read_map_file(&path)
+}
+
+/// The map in the file at `path`.
+pub fn read_map_file(path: &std::path::Path) -> Result<Source> {
+    let bytes = std::fs::read(path).map_err(|source| Error::ReadMap {
+        path: path.to_owned(),
+        source,
     })?;
-    Ok(Source::new(path.display().to_string(), text))
+    utf8_source(path.display().to_string(), bytes)
+}
+
+/// The map as text; else where its first byte that is not UTF-8 is.
+fn utf8_source(name: String, bytes: Vec<u8>) -> Result<Source> {
+    let e = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(Source::new(name, text)),
+        Err(e) => e,
+    };
+    let at = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let before = String::from_utf8_lossy(&bytes[..at]);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Err(Error::Map(vec![crate::error::MapError {
+        file: name,
+        line: before.matches('\n').count() + 1,
+        col: before[line_start..].chars().count() + 1,
+        field: "text".to_owned(),
+        message: format!("byte 0x{:02x} is not UTF-8", bytes[at]),
+        hint: "save the map as UTF-8, the only encoding TOML allows".to_owned(),
+    }]))
 }
 
 /// The map's text, as `read_map` names it, mapped rather than read when it is a regular
@@ -348,6 +374,43 @@ impl MapText {
     /// costs ~0.2 ms; `quick` checks the part it reads).
     pub fn bytes(&self) -> Option<&[u8]> {
         self.mapped.as_deref()
+    }
+}
+
+/// A mapped map known to be UTF-8, shared by the `Source` that is checked and the thread
+/// that cuts the same text into sections (`Text::Shared`).
+pub struct MappedText {
+    map: MapText,
+    len: usize,
+}
+
+impl MappedText {
+    /// None when the map is not UTF-8 (`read_map` says where).
+    pub fn new(map: MapText) -> Option<MappedText> {
+        let len = map.text()?.len();
+        Some(MappedText { map, len })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.map.name
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AsRef<str> for MappedText {
+    fn as_ref(&self) -> &str {
+        let bytes = self.map.bytes().unwrap_or_default();
+        debug_assert_eq!(bytes.len(), self.len);
+        // Safety: checked to be UTF-8 in `new`; the lease keeps the file from changing
+        // while it is mapped (see `MapText`).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
 
@@ -428,6 +491,20 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_that_is_not_utf8_is_located() {
+        let Err(Error::Map(errors)) =
+            utf8_source("m.toml".into(), b"# ok\nname = \"a\xe9b\"\n".to_vec())
+        else {
+            panic!("not UTF-8 is a map error");
+        };
+        assert_eq!(
+            errors[0].to_string(),
+            "m.toml:2:10: text: byte 0xe9 is not UTF-8\n  fix: save the map as UTF-8, the only encoding TOML allows"
+        );
+        assert!(utf8_source("m.toml".into(), "é\n".into()).is_ok());
+    }
 
     /// While the map is mapped, a rewrite in place waits: `truncate` does not return until
     /// the mapping (and its lease) is dropped, so the mapped bytes never go away under it.

@@ -4,6 +4,7 @@
 use crate::cli::{BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, plan};
 use crate::error::{Error, Result};
 use crate::kernel::{self, netns::NetnsSpec};
+use crate::map::{Source, Text};
 use crate::ops;
 use crate::plan::{Family, Plan};
 use crate::quick;
@@ -279,13 +280,17 @@ pub fn run(cli: Cli) -> Result<i32> {
                     return Ok(0);
                 }
             }
-            // The full way. The map's sections (for the index: ~2 ms at 50,000 services) are
-            // cut from the mapping — a large one on the other core while this one reads and
-            // checks the map; they count only if the digests say both saw the same text.
-            let large = text.is_some_and(|(_, t)| t.len() > 1 << 20);
+            // The full way. The map is checked in place when it is mapped (reading 4 MB
+            // costs ~3 ms). Its sections (for the index: ~2 ms at 50,000 services) are cut
+            // from the same text — a large map's on the other core while this one checks it.
+            let shared = mapped
+                .and_then(crate::cli::MappedText::new)
+                .map(std::sync::Arc::new);
+            let large = shared.as_ref().is_some_and(|t| t.len() > 1 << 20);
+            let text = shared.clone();
             let cut = move || {
-                let m = mapped?;
-                let text = m.text()?;
+                let text = text?;
+                let text: &str = (*text).as_ref();
                 Some((Sections::of(text)?, ops::digest(text)))
             };
             let (plan, source, digest, sections) = std::thread::scope(|scope| {
@@ -293,28 +298,35 @@ pub fn run(cli: Cli) -> Result<i32> {
                     true => Ok(scope.spawn(cut)),
                     false => Err(cut()),
                 };
-                let source = crate::cli::read_map(map.file.as_ref())?;
+                let source = match shared {
+                    Some(text) => Source::of(text.name().to_owned(), Text::Shared(text)),
+                    None => crate::cli::read_map(map.file.as_ref())?,
+                };
                 let checked = validate::check(source).map_err(Error::Map)?;
                 let names = checked.uses_names();
                 // The checked services go as they are resolved (10 MB at 50,000): only the
                 // text is kept.
                 let (plan, source) = resolver.resolve_into(checked).map_err(Error::Map)?;
-                let digest = ops::digest(&source.text);
                 let cut = match cutting {
                     Ok(thread) => thread
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p)),
                     Err(cut) => cut,
                 };
-                let sections = cut.and_then(|(s, d)| (d == digest).then_some(s));
+                // The sections were cut from the very text checked: its digest is theirs.
+                let (digest, sections) = match cut {
+                    Some((sections, digest)) => (digest, Some(sections)),
+                    None => (ops::digest(&source.text), None),
+                };
                 // Host names are resolved anew at every full apply: no index for such maps.
                 Ok::<_, Error>((plan, source, digest, sections.filter(|_| !names)))
             })?;
             let t = t_or_error?;
             let source_name = source.name.clone();
-            // The text is no longer needed (megabytes for a large map).
-            drop(source);
             let Some(seconds) = confirm else {
+                // The text, and with a mapped map its lease, go with the process: unmapping
+                // 4 MB here would cost ~0.25 ms; the exit leaves it to the closer.
+                std::mem::forget(source);
                 let done = ops::apply(&t, &plan, &digest, &source_name, sections.as_ref())?;
                 println!("{}", summary(&t, &done, plan.services.len(), &plan.table));
                 // The process ends here: freeing a large plan and the ruleset the commit
@@ -323,6 +335,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 std::mem::forget((plan, done, sections));
                 return Ok(0);
             };
+            drop(source);
             let netns_flag = t
                 .netns
                 .as_ref()

@@ -87,12 +87,8 @@ struct Runner {
 fn load(from: &MapFrom) -> Result<(CheckedMap, Option<Sections>)> {
     match from {
         MapFrom::File(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadMap {
-                path: path.clone(),
-                source,
-            })?;
-            let sections = Sections::of(&text);
-            let source = Source::new(path.display().to_string(), text);
+            let source = crate::cli::read_map_file(path)?;
+            let sections = Sections::of(&source.text);
             let checked = validate::check(source).map_err(Error::Map)?;
             Ok((checked, sections))
         }

@@ -127,16 +127,20 @@ mod tests {
             big(|_, s| s),
             // Settings after the services (in the second half), and per-service overrides.
             {
-                let mut s = big(|i, s| {
+                let s = big(|i, s| {
                     if i % 1000 == 7 {
                         s.replace("targets", "masquerade = true\ntargets")
                     } else {
                         s
                     }
                 });
-                s.text
-                    .push_str("[settings]\ntable = \"halves\"\nmasquerade = false\n");
-                s
+                Source::new(
+                    "big.toml",
+                    format!(
+                        "{}[settings]\ntable = \"halves\"\nmasquerade = false\n",
+                        &*s.text
+                    ),
+                )
             },
         ] {
             let halves = summary(&check_halves(&source).expect("a sound map goes by halves"));
@@ -187,12 +191,14 @@ mod tests {
             // Settings in both halves.
             (
                 {
-                    let mut s = big(|_, s| s);
-                    s.text = format!(
-                        "[settings]\ntable = \"a\"\n{}[settings]\ntable = \"b\"\n",
-                        s.text
-                    );
-                    s
+                    let s = big(|_, s| s);
+                    Source::new(
+                        "big.toml",
+                        format!(
+                            "[settings]\ntable = \"a\"\n{}[settings]\ntable = \"b\"\n",
+                            &*s.text
+                        ),
+                    )
                 },
                 "duplicate key `settings`",
             ),
