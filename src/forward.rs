@@ -91,7 +91,7 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
             name: format!("{proto}-{port}"),
             proto,
             listen,
-            targets: vec![TargetSpec {
+            targets: smallvec::smallvec![TargetSpec {
                 host,
                 port: target_port,
                 weight: 1,

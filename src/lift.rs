@@ -80,7 +80,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
             proto,
             family: Family::of(&targets[0].addr.ip()),
             listen,
-            targets,
+            targets: targets.into(),
             masquerade,
             localhost,
         });
@@ -102,7 +102,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
                     addr: e.key.addr,
                     port: e.key.port,
                 },
-                targets: vec![Target {
+                targets: smallvec::smallvec![Target {
                     addr: e.target,
                     weight: 1,
                 }],

@@ -4,7 +4,7 @@
 
 use crate::error::MapError;
 use crate::map::Source;
-use crate::plan::{Family, Plan, Service, Target};
+use crate::plan::{Family, Plan, Service, Target, Targets};
 use crate::validate::{CheckedMap, Host, ServiceSpec, TargetSpec};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -113,7 +113,7 @@ impl Resolver {
                     Host::Name(_) => unreachable!("addresses only"),
                 },
             };
-            let mut targets = Vec::with_capacity(spec.targets.len());
+            let mut targets = Targets::with_capacity(spec.targets.len());
             for t in &spec.targets {
                 match t.host {
                     Host::Ip(ip) if Family::of(&ip) == family => targets.push(Target {
@@ -165,7 +165,7 @@ impl Resolver {
                 }
             }
         };
-        let mut targets = Vec::with_capacity(candidates.len());
+        let mut targets = Targets::with_capacity(candidates.len());
         for (t, ips) in candidates {
             match ips.iter().find(|ip| Family::of(ip) == family) {
                 Some(ip) => targets.push(Target {
@@ -196,7 +196,7 @@ impl Resolver {
 
 /// `spec` planned with `family` and resolved `targets`, but for its name (see
 /// `Resolver::resolve_service`).
-fn planned(spec: &ServiceSpec, family: Family, targets: Vec<Target>) -> Service {
+fn planned(spec: &ServiceSpec, family: Family, targets: Targets) -> Service {
     Service {
         name: String::new(),
         proto: spec.proto,

@@ -170,7 +170,7 @@ impl Runner {
                 }
             } else {
                 self.failed_open.remove(&s.name);
-                s.targets = healthy;
+                s.targets = healthy.into();
             }
         }
         plan

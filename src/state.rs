@@ -543,7 +543,7 @@ mod tests {
                 addr: None,
                 port: 1000 + n,
             },
-            targets: vec![crate::plan::Target {
+            targets: smallvec::smallvec![crate::plan::Target {
                 addr: format!("10.0.0.1:{n}").parse().unwrap(),
                 weight: 1,
             }],

@@ -53,12 +53,15 @@ impl fmt::Display for TargetAt {
     }
 }
 
+/// Inline when there is one, as `plan::Targets`.
+pub type TargetSpecs = smallvec::SmallVec<[TargetSpec; 1]>;
+
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
     pub name: String,
     pub proto: Proto,
     pub listen: Listen,
-    pub targets: Vec<TargetSpec>,
+    pub targets: TargetSpecs,
     pub masquerade: bool,
     pub localhost: bool,
     pub listen_span: Range<usize>,
@@ -381,7 +384,7 @@ fn check_service(
         ));
     }
 
-    let mut targets = Vec::with_capacity(raw.targets.get_ref().len());
+    let mut targets = TargetSpecs::with_capacity(raw.targets.get_ref().len());
     if raw.targets.get_ref().is_empty() {
         errors.push(src.error(
             &raw.targets.span(),
