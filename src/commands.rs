@@ -282,7 +282,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             // The full way. The map is checked in place when it is mapped (reading 4 MB
             // costs ~3 ms). Its sections (for the index: ~2 ms at 50,000 services) are cut
-            // from the same text — a large map's on the other core while this one checks it.
+            // from the same text — a large map's on the other core while this one resolves.
             let shared = mapped
                 .and_then(crate::cli::MappedText::new)
                 .map(std::sync::Arc::new);
@@ -294,15 +294,17 @@ pub fn run(cli: Cli) -> Result<i32> {
                 Some((Sections::of(text)?, ops::digest(text)))
             };
             let (plan, source, digest, sections) = std::thread::scope(|scope| {
-                let cutting = match large {
-                    true => Ok(scope.spawn(cut)),
-                    false => Err(cut()),
-                };
                 let source = match shared {
                     Some(text) => Source::of(text.name().to_owned(), Text::Shared(text)),
                     None => crate::cli::read_map(map.file.as_ref())?,
                 };
                 let checked = validate::check(source).map_err(Error::Map)?;
+                // Cut while this core resolves: during the check, the other core checks
+                // the map's second half.
+                let cutting = match large {
+                    true => Ok(scope.spawn(cut)),
+                    false => Err(cut()),
+                };
                 let names = checked.uses_names();
                 // The checked services go as they are resolved (10 MB at 50,000): only the
                 // text is kept.
