@@ -1,7 +1,7 @@
 //! A large map checked in two halves, one per core: each half parsed and checked on its
-//! own, then the second half's names and listen keys looked up in the first's.
+//! own, then the names and listen keys of both compared.
 
-use super::{Checked, Checker, capacity, seed};
+use super::{Checked, Checker, Duplicates, capacity, seed};
 use crate::map::Source;
 use std::ops::Range;
 
@@ -9,11 +9,11 @@ use std::ops::Range;
 const HALVES_FROM: usize = 1 << 20;
 
 /// A large map checked as two halves, split at a `[[service]]` header, one per core; then
-/// the second half's names and listen keys against the first's (~1 ms at 50,000 services,
-/// where one pass takes ~30). Only for a map without mistakes: at the first sign of one
-/// — any error in a half, settings in both, a name or listen key shared across them — None,
-/// and the caller checks the whole map in one pass, which reports every error in file order
-/// with the same words.
+/// the sorted hashes of both halves' names and listen keys merged (~0.1 ms at 50,000
+/// services, where one pass takes ~30). Only for a map without mistakes: at the first sign
+/// of one — any error in a half, settings in both, a name or listen key hash seen twice —
+/// None, and the caller checks the whole map in one pass, which reports every error in
+/// file order with the same words.
 pub(super) fn check_halves(source: &Source) -> Option<Checked> {
     let len = source.text.len();
     if len < HALVES_FROM || crate::cores() < 2 {
@@ -30,7 +30,7 @@ pub(super) fn check_halves(source: &Source) -> Option<Checked> {
     let seed = seed();
     let half = |range: Range<usize>| {
         // The first half's list of services takes the second's in the end: sized for both.
-        let mut checker = Checker::new(source, capacity(range.len()), seed);
+        let mut checker = Checker::collecting(source, capacity(range.len()), seed);
         if range.start > 0 {
             checker.seen = before;
         } else {
@@ -40,6 +40,10 @@ pub(super) fn check_halves(source: &Source) -> Option<Checked> {
         }
         let settings =
             crate::map::parse_part(source, &headers, range, |s| checker.service(s.into_inner()));
+        if let Duplicates::Collected { names, listens } = &mut checker.duplicates {
+            names.sort_unstable();
+            listens.sort_unstable();
+        }
         (checker, settings)
     };
     let (first, second) = std::thread::scope(|s| {
@@ -54,26 +58,50 @@ pub(super) fn check_halves(source: &Source) -> Option<Checked> {
     if !checker.errors.is_empty() || !later.errors.is_empty() || checker.seen != before {
         return None;
     }
-    checker.absorb(later)?;
+    match (&checker.duplicates, &later.duplicates) {
+        (
+            Duplicates::Collected { names, listens },
+            Duplicates::Collected {
+                names: later_names,
+                listens: later_listens,
+            },
+        ) if all_distinct(names, later_names) && all_distinct(listens, later_listens) => {}
+        _ => return None,
+    }
+    checker.seen = later.seen;
+    checker.services.extend(later.services);
+    checker
+        .explicit_masquerade
+        .extend(later.explicit_masquerade);
     checker.finish(settings).ok()
 }
 
-impl Checker<'_> {
-    /// The services `later` checked on their own (same source and seed), after this one's.
-    /// None when one of them has the name or listen key of one of these: the one-pass
-    /// check reports that, in order.
-    fn absorb(&mut self, later: Checker) -> Option<()> {
-        for svc in &later.services {
-            if self.same_name(svc).1.is_some() || self.same_listen(svc).1.is_some() {
-                return None;
+/// Whether no value is in `a` and `b` together more than once (both sorted).
+fn all_distinct(a: &[u64], b: &[u64]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    let mut last = None;
+    while i < a.len() || j < b.len() {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(&x), Some(&y)) if x <= y => {
+                i += 1;
+                x
             }
+            (Some(&x), None) => {
+                i += 1;
+                x
+            }
+            (_, Some(&y)) => {
+                j += 1;
+                y
+            }
+            (None, None) => unreachable!("one of them has more"),
+        };
+        if last == Some(next) {
+            return false;
         }
-        // Nothing is checked against the indexes after this: they stay as they are.
-        self.seen = later.seen;
-        self.services.extend(later.services);
-        self.explicit_masquerade.extend(later.explicit_masquerade);
-        Some(())
+        last = Some(next);
     }
+    true
 }
 
 #[cfg(test)]
@@ -119,6 +147,20 @@ mod tests {
             ));
         }
         out
+    }
+
+    #[test]
+    fn distinct_across_two_sorted_lists() {
+        assert!(all_distinct(&[], &[]));
+        assert!(all_distinct(&[1, 5, 9], &[2, 6]));
+        assert!(all_distinct(&[], &[2, 6, 7]));
+        assert!(!all_distinct(&[1, 5, 9], &[5]), "in both");
+        assert!(!all_distinct(&[1, 1], &[2]), "twice in the first");
+        assert!(!all_distinct(&[0], &[2, 3, 3]), "twice in the second");
+        assert!(
+            !all_distinct(&[u64::MAX], &[u64::MAX]),
+            "at the end of both"
+        );
     }
 
     #[test]
@@ -176,6 +218,28 @@ mod tests {
                     }
                 }),
                 "10.0.0.5:80/tcp is already taken by service \"svc-5\"",
+            ),
+            // A name twice within the first half.
+            (
+                big(|i, s| {
+                    if i == 100 {
+                        s.replace("svc-100", "svc-3")
+                    } else {
+                        s
+                    }
+                }),
+                "service name \"svc-3\" is already used by the service at line",
+            ),
+            // A listen key twice within the second half.
+            (
+                big(|i, s| {
+                    if i == 14_500 {
+                        s.replace("10.0.56.164:80", "10.0.56.64:80")
+                    } else {
+                        s
+                    }
+                }),
+                "10.0.56.64:80/tcp is already taken by service \"svc-14400\"",
             ),
             // A mistake within the second half.
             (

@@ -150,12 +150,24 @@ struct Checker<'s> {
     /// Per checked service: whether it sets `masquerade` itself (else settings decide).
     explicit_masquerade: Vec<bool>,
     seen: usize,
-    // Duplicate names and listen keys, found by hash → index into `services` (a few bytes
-    // per service; maps of cloned names cost ~8 MB at 50,000 services). A hash shared by
-    // two different keys is checked against the service itself, and falls back to a scan.
+    /// Seeds the hashes of names and listen keys (XXH3), new in each process.
     seed: u64,
-    names: HashMap<u64, u32, Prehashed>,
-    listens: HashMap<u64, u32, Prehashed>,
+    duplicates: Duplicates,
+}
+
+/// How a checker finds a name or a listen key used twice.
+enum Duplicates {
+    /// As each service comes, by hash → index into `services` (a few bytes per service;
+    /// maps of cloned names cost ~8 MB at 50,000 services). A hash shared by two different
+    /// keys is checked against the service itself, and falls back to a scan.
+    Indexed {
+        names: HashMap<u64, u32, Prehashed>,
+        listens: HashMap<u64, u32, Prehashed>,
+    },
+    /// Only collected, then sorted: a half of a large map (`halves`), where any hash seen
+    /// twice, in either half, sends the map to the indexed check, which says where. Two
+    /// sorted lists of 25,000 hashes cost a tenth of the hash maps' random accesses.
+    Collected { names: Vec<u64>, listens: Vec<u64> },
 }
 
 /// The maps' keys are hashes already (XXH3, seeded per process): they are used as they are.
@@ -175,6 +187,20 @@ impl std::hash::Hasher for PrehashedKey {
     }
     fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+/// The index of an earlier service with this hash for which `same` holds.
+fn find(
+    services: &[ServiceSpec],
+    index: &HashMap<u64, u32, Prehashed>,
+    hash: u64,
+    same: impl Fn(&ServiceSpec) -> bool,
+) -> Option<usize> {
+    match index.get(&hash) {
+        Some(&i) if same(&services[i as usize]) => Some(i as usize),
+        Some(_) => services.iter().position(same),
+        None => None,
     }
 }
 
@@ -206,41 +232,30 @@ impl<'s> Checker<'s> {
             explicit_masquerade: Vec::with_capacity(services),
             seen: 0,
             seed,
-            names: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
-            listens: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
+            duplicates: Duplicates::Indexed {
+                names: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
+                listens: HashMap::with_capacity_and_hasher(services, Prehashed::default()),
+            },
         }
     }
 
-    /// The index of an earlier service with this hash for which `same` holds.
-    fn find(
-        &self,
-        index: &HashMap<u64, u32, Prehashed>,
-        hash: u64,
-        same: &dyn Fn(&ServiceSpec) -> bool,
-    ) -> Option<usize> {
-        match index.get(&hash) {
-            Some(&i) if same(&self.services[i as usize]) => Some(i as usize),
-            Some(_) => self.services.iter().position(same),
-            None => None,
+    /// A checker that only collects the hashes of names and listen keys (see `Duplicates`).
+    fn collecting(source: &'s Source, services: usize, seed: u64) -> Self {
+        Checker {
+            duplicates: Duplicates::Collected {
+                names: Vec::with_capacity(services),
+                listens: Vec::with_capacity(services),
+            },
+            ..Checker::new(source, 0, seed)
         }
     }
 
-    /// `svc`'s name hash, and the earlier service with the same name.
-    fn same_name(&self, svc: &ServiceSpec) -> (u64, Option<usize>) {
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(svc.name.as_bytes(), self.seed);
-        (hash, self.find(&self.names, hash, &|s| s.name == svc.name))
+    fn name_hash(&self, svc: &ServiceSpec) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(svc.name.as_bytes(), self.seed)
     }
 
-    /// `svc`'s listen key hash, and the earlier service with the same listen address, port
-    /// and protocol.
-    fn same_listen(&self, svc: &ServiceSpec) -> (u64, Option<usize>) {
-        let bytes = listen_bytes(&svc.listen, svc.proto);
-        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed);
-        let key = (svc.listen, svc.proto);
-        (
-            hash,
-            self.find(&self.listens, hash, &|s| (s.listen, s.proto) == key),
-        )
+    fn listen_hash(&self, svc: &ServiceSpec) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(&listen_bytes(&svc.listen, svc.proto), self.seed)
     }
 
     fn service(&mut self, raw: RawService) {
@@ -250,10 +265,20 @@ impl<'s> Checker<'s> {
         let Some(svc) = check_service(self.source, at, raw, true, &mut self.errors) else {
             return;
         };
+        let (name_hash, listen_hash) = (self.name_hash(&svc), self.listen_hash(&svc));
+        let (names, listens) = match &mut self.duplicates {
+            Duplicates::Collected { names, listens } => {
+                names.push(name_hash);
+                listens.push(listen_hash);
+                self.services.push(svc);
+                self.explicit_masquerade.push(explicit);
+                return;
+            }
+            Duplicates::Indexed { names, listens } => (names, listens),
+        };
         let source = self.source;
         let line_of = |s: &ServiceSpec| source.line_col(s.listen_span.start).0;
-        let (name_hash, first) = self.same_name(&svc);
-        if let Some(first) = first {
+        if let Some(first) = find(&self.services, names, name_hash, |s| s.name == svc.name) {
             let e = source.error(
                 &svc.listen_span,
                 format!("{at}.name"),
@@ -266,8 +291,10 @@ impl<'s> Checker<'s> {
             );
             self.errors.push(e);
         }
-        let (listen_hash, other) = self.same_listen(&svc);
-        if let Some(other) = other {
+        let key = (svc.listen, svc.proto);
+        if let Some(other) = find(&self.services, listens, listen_hash, |s| {
+            (s.listen, s.proto) == key
+        }) {
             let other = &self.services[other];
             let e = source.error(
                 &svc.listen_span,
@@ -284,8 +311,8 @@ impl<'s> Checker<'s> {
             self.errors.push(e);
         }
         let index = self.services.len() as u32;
-        self.names.entry(name_hash).or_insert(index);
-        self.listens.entry(listen_hash).or_insert(index);
+        names.entry(name_hash).or_insert(index);
+        listens.entry(listen_hash).or_insert(index);
         self.services.push(svc);
         self.explicit_masquerade.push(explicit);
     }
