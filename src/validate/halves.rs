@@ -1,9 +1,11 @@
 //! A large map checked in two halves, one per core: each half parsed and checked on its
 //! own, then the names and listen keys of both compared.
 
-use super::{Checked, Checker, Duplicates, capacity, seed};
-use crate::map::Source;
+use super::{Checked, Checker, Duplicates, ServiceSpec, seed};
+use crate::map::{RawSettings, Source};
+use std::mem::MaybeUninit;
 use std::ops::Range;
+use toml::Spanned;
 
 /// Maps from this size on are checked in two halves, one per core (see `check_halves`).
 const HALVES_FROM: usize = 1 << 20;
@@ -28,52 +30,148 @@ pub(super) fn check_halves(source: &Source) -> Option<Checked> {
         return None;
     }
     let seed = seed();
-    let half = |range: Range<usize>| {
-        // The first half's list of services takes the second's in the end: sized for both.
-        let mut checker = Checker::collecting(source, capacity(range.len()), seed);
-        if range.start > 0 {
-            checker.seen = before;
-        } else {
-            checker
-                .services
-                .reserve_exact(capacity(len) - capacity(range.len()));
-        }
-        let settings =
-            crate::map::parse_part(source, &headers, range, |s| checker.service(s.into_inner()));
-        if let Duplicates::Collected { names, listens } = &mut checker.duplicates {
-            names.sort_unstable();
-            listens.sort_unstable();
-        }
-        (checker, settings)
-    };
+    let count = headers.len();
+    let mut all: Vec<ServiceSpec> = Vec::with_capacity(count);
+    let (first_slots, second_slots) = all.spare_capacity_mut().split_at_mut(before);
     let (first, second) = std::thread::scope(|s| {
-        let second = s.spawn(|| half(mid..len));
-        (half(0..mid), second.join())
+        let headers = &headers;
+        let half = move |range, slots, seen| {
+            check_half(source, headers, range, Slots::new(slots), seed, seen)
+        };
+        let second = s.spawn(move || half(mid..len, second_slots, before));
+        (half(0..mid, first_slots, 0), second.join())
     });
-    let ((mut checker, settings), (later, later_settings)) = (first, second.ok()?);
-    let settings = match (settings.ok()?, later_settings.ok()?) {
+    let (mut first, mut second) = (first, second.ok()?);
+    let settings = match (first.settings.take()?, second.settings.take()?) {
         (Some(_), Some(_)) => return None,
         (a, b) => a.or(b),
     };
-    if !checker.errors.is_empty() || !later.errors.is_empty() || checker.seen != before {
+    // Every service checked and sound, in its slot; no name or listen key twice.
+    if first.seen != before
+        || second.seen != count
+        || !first.slots.full()
+        || !second.slots.full()
+        || !all_distinct(&first.names, &second.names)
+        || !all_distinct(&first.listens, &second.listens)
+    {
         return None;
     }
-    match (&checker.duplicates, &later.duplicates) {
-        (
-            Duplicates::Collected { names, listens },
-            Duplicates::Collected {
-                names: later_names,
-                listens: later_listens,
-            },
-        ) if all_distinct(names, later_names) && all_distinct(listens, later_listens) => {}
-        _ => return None,
-    }
-    checker.seen = later.seen;
-    checker.services.extend(later.services);
-    checker
-        .explicit_masquerade
-        .extend(later.explicit_masquerade);
+    let (mut explicit_masquerade, slots) = first.into_parts();
+    let (later_explicit, later_slots) = second.into_parts();
+    explicit_masquerade.extend(later_explicit);
+    slots.hand_over();
+    later_slots.hand_over();
+    // Safety: the slots of both halves, all `count` of them, were written and handed over.
+    unsafe { all.set_len(count) };
+    let mut checker = Checker::new(source, 0, seed);
+    checker.seen = count;
+    checker.services = all;
+    checker.explicit_masquerade = explicit_masquerade;
     checker.finish(settings).ok()
+}
+
+/// A half of the map checked on its own (see `check_half`).
+struct Half<'a> {
+    /// None when the half has a mistake.
+    settings: Option<Option<Spanned<RawSettings>>>,
+    /// The number of the half's last service in the map.
+    seen: usize,
+    explicit_masquerade: Vec<bool>,
+    /// The hashes of the half's names and listen keys, sorted.
+    names: Vec<u64>,
+    listens: Vec<u64>,
+    slots: Slots<'a>,
+}
+
+impl<'a> Half<'a> {
+    fn into_parts(self) -> (Vec<bool>, Slots<'a>) {
+        (self.explicit_masquerade, self.slots)
+    }
+}
+
+/// The services of `range` (from one of `headers` to the next half's), numbered after
+/// `seen` others, checked into `slots`.
+fn check_half<'a>(
+    source: &'a Source,
+    headers: &[usize],
+    range: Range<usize>,
+    slots: Slots<'a>,
+    seed: u64,
+    seen: usize,
+) -> Half<'a> {
+    let mut checker = Checker::collecting(source, slots, seed);
+    checker.seen = seen;
+    let settings =
+        crate::map::parse_part(source, headers, range, |s| checker.service(s.into_inner()));
+    let Checker {
+        errors,
+        seen,
+        explicit_masquerade,
+        duplicates,
+        ..
+    } = checker;
+    let Duplicates::Collected {
+        mut names,
+        mut listens,
+        slots,
+    } = duplicates
+    else {
+        unreachable!("a collecting checker")
+    };
+    names.sort_unstable();
+    listens.sort_unstable();
+    Half {
+        settings: settings.ok().filter(|_| errors.is_empty()),
+        seen,
+        explicit_masquerade,
+        names,
+        listens,
+        slots,
+    }
+}
+
+/// A half's part of the one list of services both halves fill: the second half's are
+/// written where they belong instead of copied after the first's (~2.5 ms at 50,000
+/// services, 4 MB of fresh pages).
+pub(super) struct Slots<'a> {
+    slots: &'a mut [MaybeUninit<ServiceSpec>],
+    filled: usize,
+}
+
+impl<'a> Slots<'a> {
+    fn new(slots: &'a mut [MaybeUninit<ServiceSpec>]) -> Self {
+        Slots { slots, filled: 0 }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The next slot, if there is one left; else `svc` is dropped (the caller counts).
+    pub(super) fn push(&mut self, svc: ServiceSpec) {
+        if let Some(slot) = self.slots.get_mut(self.filled) {
+            slot.write(svc);
+            self.filled += 1;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.filled == self.slots.len()
+    }
+
+    /// The services stay where they are, for the list (see `check_halves`).
+    fn hand_over(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Slots<'_> {
+    fn drop(&mut self) {
+        for slot in &mut self.slots[..self.filled] {
+            // Safety: `push` wrote the first `filled` slots.
+            unsafe { slot.assume_init_drop() };
+        }
+    }
 }
 
 /// Whether no value is in `a` and `b` together more than once (both sorted).

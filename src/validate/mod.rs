@@ -152,11 +152,11 @@ struct Checker<'s> {
     seen: usize,
     /// Seeds the hashes of names and listen keys (XXH3), new in each process.
     seed: u64,
-    duplicates: Duplicates,
+    duplicates: Duplicates<'s>,
 }
 
 /// How a checker finds a name or a listen key used twice.
-enum Duplicates {
+enum Duplicates<'s> {
     /// As each service comes, by hash → index into `services` (a few bytes per service;
     /// maps of cloned names cost ~8 MB at 50,000 services). A hash shared by two different
     /// keys is checked against the service itself, and falls back to a scan.
@@ -166,8 +166,13 @@ enum Duplicates {
     },
     /// Only collected, then sorted: a half of a large map (`halves`), where any hash seen
     /// twice, in either half, sends the map to the indexed check, which says where. Two
-    /// sorted lists of 25,000 hashes cost a tenth of the hash maps' random accesses.
-    Collected { names: Vec<u64>, listens: Vec<u64> },
+    /// sorted lists of 25,000 hashes cost a tenth of the hash maps' random accesses. The
+    /// services go into the half's part of the list both halves fill.
+    Collected {
+        names: Vec<u64>,
+        listens: Vec<u64>,
+        slots: halves::Slots<'s>,
+    },
 }
 
 /// The maps' keys are hashes already (XXH3, seeded per process): they are used as they are.
@@ -239,12 +244,15 @@ impl<'s> Checker<'s> {
         }
     }
 
-    /// A checker that only collects the hashes of names and listen keys (see `Duplicates`).
-    fn collecting(source: &'s Source, services: usize, seed: u64) -> Self {
+    /// A checker that only collects the hashes of names and listen keys, and writes the
+    /// services into `slots` (see `Duplicates`).
+    fn collecting(source: &'s Source, slots: halves::Slots<'s>, seed: u64) -> Self {
+        let services = slots.len();
         Checker {
             duplicates: Duplicates::Collected {
                 names: Vec::with_capacity(services),
                 listens: Vec::with_capacity(services),
+                slots,
             },
             ..Checker::new(source, 0, seed)
         }
@@ -267,10 +275,15 @@ impl<'s> Checker<'s> {
         };
         let (name_hash, listen_hash) = (self.name_hash(&svc), self.listen_hash(&svc));
         let (names, listens) = match &mut self.duplicates {
-            Duplicates::Collected { names, listens } => {
+            Duplicates::Collected {
+                names,
+                listens,
+                slots,
+            } => {
                 names.push(name_hash);
                 listens.push(listen_hash);
-                self.services.push(svc);
+                // One too many is seen by `seen`: the halves then give up.
+                slots.push(svc);
                 self.explicit_masquerade.push(explicit);
                 return;
             }
