@@ -124,7 +124,7 @@ pub struct RawService {
     pub name: Spanned<String>,
     pub listen: Spanned<ListenText>,
     pub protocol: Option<Spanned<String>>,
-    pub targets: Spanned<Vec<Spanned<RawTarget>>>,
+    pub targets: Spanned<RawTargets>,
     pub masquerade: Option<bool>,
     pub localhost: Option<bool>,
 }
@@ -151,6 +151,9 @@ impl<'de> Deserialize<'de> for ListenText {
         d.deserialize_any(V)
     }
 }
+
+/// A service's targets as written: inline when there is one (see `plan::Targets`).
+pub type RawTargets = smallvec::SmallVec<[Spanned<RawTarget>; 1]>;
 
 /// A target: `"HOST:PORT"` or `{ address = "HOST:PORT", weight = N }`.
 #[derive(Debug, Clone)]
@@ -249,11 +252,9 @@ pub fn parse_part(
     for (i, (start, end)) in bounds.enumerate() {
         // Plain service sections are read directly; anything else by the toml crate.
         if i > 0
-            && let Some(services) = crate::scan::services(&src.text[start..end])
+            && let Some(services) = crate::scan::services(&src.text, start..end)
         {
-            for s in services {
-                each(shift_service(s, start));
-            }
+            services.into_iter().for_each(&mut each);
             continue;
         }
         let part = toml::from_str::<RawMap>(&src.text[start..end]).map_err(|e| {

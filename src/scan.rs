@@ -11,22 +11,23 @@
 //! crate reads the part instead, with its own answer and errors. Values and spans are
 //! those `toml` gives for the same text (tests compare the two).
 
-use crate::map::{ListenText, RawService, RawTarget, Short};
+use crate::map::{ListenText, RawService, RawTarget, RawTargets, Short};
 use std::ops::Range;
 use toml::Spanned;
 
 const HEADER: &[u8] = b"[[service]]";
 
-/// The services of `part` (whole `[[service]]` sections, starting with a header), spans
-/// relative to `part`; None when any line is outside the subset.
-pub fn services(part: &str) -> Option<Vec<Spanned<RawService>>> {
+/// The services of `text[range]` (whole `[[service]]` sections, starting with a header),
+/// spans in `text`; None when any line is outside the subset.
+pub fn services(text: &str, range: Range<usize>) -> Option<Vec<Spanned<RawService>>> {
+    let part = &text[..range.end];
     let b = part.as_bytes();
-    if !b.starts_with(HEADER) {
+    if !b[range.start..].starts_with(HEADER) {
         return None;
     }
-    let mut out = Vec::with_capacity(part.len() / 64);
+    let mut out = Vec::with_capacity(range.len() / 64);
     let mut current: Option<Draft> = None;
-    let mut at = 0;
+    let mut at = range.start;
     while at < b.len() {
         let end = memchr::memchr(b'\n', &b[at..]).map_or(b.len(), |i| at + i);
         // A CR only as part of a CRLF line end.
@@ -60,7 +61,7 @@ struct Draft {
     name: Option<Spanned<String>>,
     listen: Option<Spanned<ListenText>>,
     protocol: Option<Spanned<String>>,
-    targets: Option<Spanned<Vec<Spanned<RawTarget>>>>,
+    targets: Option<Spanned<RawTargets>>,
     masquerade: Option<bool>,
     localhost: Option<bool>,
 }
@@ -228,12 +229,12 @@ fn boolean(b: &[u8], at: usize, to: usize) -> Option<(bool, usize)> {
 }
 
 /// `[ "a", "b" ]` on one line (a trailing comma allowed): the items and where it ends.
-fn array(text: &str, at: usize, to: usize) -> Option<(Vec<Spanned<RawTarget>>, usize)> {
+fn array(text: &str, at: usize, to: usize) -> Option<(RawTargets, usize)> {
     let b = text.as_bytes();
     if b.get(at) != Some(&b'[') {
         return None;
     }
-    let mut items = Vec::with_capacity(1);
+    let mut items = RawTargets::new();
     let mut at = skip_ws(b, at + 1, to);
     loop {
         match b.get(at) {
@@ -305,7 +306,7 @@ mod tests {
             "[[service]]\nname = \"tab\there\"\nlisten = 0\ntargets = [\"a:1\"]\n",
         ];
         for t in texts {
-            let fast = services(t).map(|s| shape(&s));
+            let fast = services(t, 0..t.len()).map(|s| shape(&s));
             assert!(fast.is_some(), "not taken: {t:?}");
             assert_eq!(fast, toml_shape(t), "{t:?}");
         }
@@ -341,7 +342,11 @@ mod tests {
             format!("x = 1\n{base}"),
         ];
         for t in &others {
-            assert_eq!(services(t).map(|s| shape(&s)), None, "taken: {t:?}");
+            assert_eq!(
+                services(t, 0..t.len()).map(|s| shape(&s)),
+                None,
+                "taken: {t:?}"
+            );
         }
     }
 
@@ -360,9 +365,17 @@ mod tests {
                 continue;
             };
             let part = &text[first..];
-            if let Some(fast) = services(part) {
+            if let Some(fast) = services(part, 0..part.len()) {
                 taken += 1;
                 assert_eq!(Some(shape(&fast)), toml_shape(part), "{}", path.display());
+                // Read in place, spans are the whole text's.
+                let whole = services(&text, first..text.len()).unwrap();
+                let at = |s: &[Spanned<RawService>]| {
+                    let r = s[s.len() - 1].get_ref();
+                    (r.name.span().start, r.targets.get_ref()[0].span().end)
+                };
+                let (name, target) = at(&fast);
+                assert_eq!(at(&whole), (name + first, target + first));
             }
         }
         assert!(taken >= 2, "only {taken} bundled maps are in the subset");
