@@ -73,12 +73,9 @@ pub fn apply(
             let Ok(genid) = ctx.nl.genid() else {
                 return Ok(None);
             };
-            let Some(index) = Index::read(&dir.path) else {
+            let Some(index) = Index::read_at(&dir.path, genid) else {
                 return Ok(None);
             };
-            if genid != index.head.genid {
-                return Ok(None);
-            }
             let Ok(Some(meta)) = decode::table_meta(&mut ctx.nl, &index.head.table) else {
                 return Ok(None);
             };

@@ -307,12 +307,35 @@ impl Index {
         Index::decode(Bytes::Owned(bytes))
     }
 
-    /// The index in `dir`, if there is a sound one. Mapped: only svcnat writes it, under the
-    /// namespace's lock, which the caller holds.
-    pub fn read(dir: &Path) -> Option<Index> {
+    /// The index in `dir`, if there is a sound one and it was written after the commit
+    /// that left the kernel at generation id `genid`. Its first 16 bytes are read first: a
+    /// kernel changed since (a full apply follows) costs no mapping and checksum of 2 MB
+    /// (~0.3 ms at 50,000 services).
+    pub fn read_at(dir: &Path, genid: u32) -> Option<Index> {
+        use std::os::unix::fs::FileExt;
         let file = std::fs::File::open(Index::path(dir)).ok()?;
+        let mut start = [0u8; 16];
+        file.read_exact_at(&mut start, 0).ok()?;
+        let mut expected = MAGIC.to_vec();
+        expected.extend_from_slice(&VERSION.to_le_bytes());
+        expected.extend_from_slice(&genid.to_le_bytes());
+        if start[..] != expected[..] {
+            return None;
+        }
+        Index::map(&file).filter(|index| index.head.genid == genid)
+    }
+
+    /// The index in `dir`, if there is a sound one.
+    #[cfg(test)]
+    pub fn read(dir: &Path) -> Option<Index> {
+        Index::map(&std::fs::File::open(Index::path(dir)).ok()?)
+    }
+
+    /// Mapped: only svcnat writes the index, under the namespace's lock, which the caller
+    /// holds.
+    fn map(file: &std::fs::File) -> Option<Index> {
         // Safety: see above; a file cut short under us would fail the checksum first.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.ok()?;
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(file) }.ok()?;
         Index::decode(Bytes::Mapped(map))
     }
 
@@ -654,6 +677,12 @@ pub(super) mod tests {
             (back.head, back.records, back.groups),
             (head(3), records(), groups.to_vec())
         );
+        // Read for the kernel's generation id: only the one it was written after.
+        assert_eq!(
+            Index::read_at(&dir, head(3).genid).map(|i| i.head),
+            Some(head(3))
+        );
+        assert!(Index::read_at(&dir, head(3).genid + 1).is_none());
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(files.len(), 1, "{files:?}");
         std::fs::remove_dir_all(&dir).unwrap();
