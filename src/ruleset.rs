@@ -332,29 +332,24 @@ pub fn lower(plan: &Plan) -> Ruleset {
             size: 0,
         })
         .collect();
-    // Each DNAT map's elements sized exactly first: grown by doubling, then shrunk to fit,
-    // 50,000 of them were copied about three times over.
+    // Each DNAT map's elements room for every service: grown by doubling, 50,000 of them
+    // were copied about three times over, and counting them first was a pass of its own
+    // over the plan. Room not written to is address space only, never touched; a map's
+    // list keeps its room (the process, or the next apply of `svcnat run`, frees it).
     let kind_of = |s: &Service| match s.listen.addr {
         Some(_) => MapKind::Vip(s.family),
         None => MapKind::Port(s.family),
     };
     let index_of = |kind: MapKind| MapKind::ALL.iter().position(|k| *k == kind).expect("known");
-    let mut direct_count = [0usize; MapKind::ALL.len()];
-    for s in plan
-        .services
-        .iter()
-        .filter(|s| is_direct(s, plan.accounting))
-    {
-        direct_count[index_of(kind_of(s))] += 1;
-        if s.localhost {
-            direct_count[index_of(MapKind::Loopback)] += 1;
-        }
-    }
-    for (m, n) in dnat_maps.iter_mut().zip(direct_count) {
-        m.elements.reserve_exact(n);
-    }
+    let (mut masquerades, mut localhost) = (false, false);
+    let mut service_chains = Vec::new();
     for s in &plan.services {
         let direct = is_direct(s, plan.accounting);
+        masquerades |= s.masquerade || s.localhost;
+        localhost |= s.localhost;
+        if !direct {
+            service_chains.push(service_chain_of(s));
+        }
         // Only a service with a chain of its own has a chain name (formatting one for each
         // of 50,000 direct services was a fifth of this function).
         let chain = (!direct).then(|| service_chain(&s.name));
@@ -366,6 +361,9 @@ pub fn lower(plan: &Plan) -> Ruleset {
         let mut add = |kind: MapKind, key: MapKey| {
             let i = index_of(kind);
             if direct {
+                if dnat_maps[i].elements.capacity() == 0 {
+                    dnat_maps[i].elements.reserve_exact(plan.services.len());
+                }
                 dnat_maps[i].elements.push(DnatElem {
                     key,
                     target: s.targets[0].addr,
@@ -460,14 +458,14 @@ pub fn lower(plan: &Plan) -> Ruleset {
             });
         }
     }
-    if plan.services.iter().any(|s| s.masquerade || s.localhost) {
+    if masquerades {
         chains.push(Chain {
             name: BaseHook::Postrouting.chain_name().to_owned(),
             hook: Some(BaseHook::Postrouting),
             rules: vec![Rule(vec![Stmt::MarkTest(MASQ_MARK), Stmt::Masquerade])],
         });
     }
-    if plan.uses_localhost() {
+    if localhost {
         // CVE-2020-8558 mitigation, as kube-proxy does: with route_localnet on, drop what
         // arrives from outside for 127.0.0.0/8 unless svcnat redirected it.
         chains.push(Chain {
@@ -509,13 +507,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
             rules: families.iter().map(|f| rule(*f, false)).collect(),
         });
     }
-    for s in plan
-        .services
-        .iter()
-        .filter(|s| !is_direct(s, plan.accounting))
-    {
-        chains.push(service_chain_of(s));
-    }
+    chains.append(&mut service_chains);
     Ruleset {
         table: plan.table.clone(),
         maps,
