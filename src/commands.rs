@@ -300,7 +300,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 };
                 let checked = validate::check(source).map_err(Error::Map)?;
                 // Cut while this core resolves: during the check, the other core checks
-                // the map's second half.
+                // parts of the map.
                 let cutting = match large {
                     true => Ok(scope.spawn(cut)),
                     false => Err(cut()),

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
 
-mod halves;
+mod parts;
 mod syntax;
 pub use syntax::{Host, Listen, Proto, parse_host_port, parse_listen};
 use syntax::{is_service_name, is_table_name};
@@ -109,7 +109,7 @@ pub fn validate(source: Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>
 /// Parse and check the map in one pass: each service is checked as soon as its section is
 /// parsed, so the raw services of a large map are never all held at once.
 pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
-    let (table, services, accounting) = match halves::check_halves(&source) {
+    let (table, services, accounting) = match parts::check_in_parts(&source) {
         Some(checked) => checked,
         None => check_in_one_pass(&source)?,
     };
@@ -164,14 +164,14 @@ enum Duplicates<'s> {
         names: HashMap<u64, u32, Prehashed>,
         listens: HashMap<u64, u32, Prehashed>,
     },
-    /// Only collected, then sorted: a half of a large map (`halves`), where any hash seen
-    /// twice, in either half, sends the map to the indexed check, which says where. Two
+    /// Only collected, then sorted: a part of a large map (`parts`), where any hash seen
+    /// twice, in any part, sends the map to the indexed check, which says where. Two
     /// sorted lists of 25,000 hashes cost a tenth of the hash maps' random accesses. The
-    /// services go into the half's part of the list both halves fill.
+    /// services go into the part's share of the list all parts fill.
     Collected {
         names: Vec<u64>,
         listens: Vec<u64>,
-        slots: halves::Slots<'s>,
+        slots: parts::Slots<'s>,
     },
 }
 
@@ -246,7 +246,7 @@ impl<'s> Checker<'s> {
 
     /// A checker that only collects the hashes of names and listen keys, and writes the
     /// services into `slots` (see `Duplicates`).
-    fn collecting(source: &'s Source, slots: halves::Slots<'s>, seed: u64) -> Self {
+    fn collecting(source: &'s Source, slots: parts::Slots<'s>, seed: u64) -> Self {
         let services = slots.len();
         Checker {
             duplicates: Duplicates::Collected {
@@ -282,7 +282,7 @@ impl<'s> Checker<'s> {
             } => {
                 names.push(name_hash);
                 listens.push(listen_hash);
-                // One too many is seen by `seen`: the halves then give up.
+                // One too many is seen by `seen`: the parts then give up.
                 slots.push(svc);
                 self.explicit_masquerade.push(explicit);
                 return;

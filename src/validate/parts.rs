@@ -1,67 +1,128 @@
-//! A large map checked in two halves, one per core: each half parsed and checked on its
-//! own, then the names and listen keys of both compared.
+//! A large map checked in parts by two threads, one per core: each part parsed and checked
+//! on its own, into its place in one list of services; then the names and listen keys of
+//! all parts compared.
 
 use super::{Checked, Checker, Duplicates, ServiceSpec, seed};
 use crate::map::{RawSettings, Source};
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use toml::Spanned;
 
-/// Maps from this size on are checked in two halves, one per core (see `check_halves`).
-const HALVES_FROM: usize = 1 << 20;
+/// Maps from this size on are checked in parts (see `check_in_parts`).
+const PARTS_FROM: usize = 1 << 20;
 
-/// A large map checked as two halves, split at a `[[service]]` header, one per core; then
-/// the sorted hashes of both halves' names and listen keys merged (~0.1 ms at 50,000
+/// Parts of a map, taken in turn by whichever thread is free. With two fixed halves, one
+/// thread waited for the other: a new thread waits 0.1-3 ms for the second core on this
+/// VM, and either may be held up meanwhile. With 16 parts (~3,000 services each at
+/// 50,000) the one left waiting waits for one part at most.
+const PARTS: usize = 16;
+
+/// A large map checked in `PARTS` parts, split at `[[service]]` headers, by two threads;
+/// then the sorted hashes of each thread's names and listen keys merged (~0.1 ms at 50,000
 /// services, where one pass takes ~30). Only for a map without mistakes: at the first sign
-/// of one — any error in a half, settings in both, a name or listen key hash seen twice —
+/// of one — any error in a part, settings in two, a name or listen key hash seen twice —
 /// None, and the caller checks the whole map in one pass, which reports every error in
 /// file order with the same words.
-pub(super) fn check_halves(source: &Source) -> Option<Checked> {
+pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
     let len = source.text.len();
-    if len < HALVES_FROM || crate::cores() < 2 {
+    if len < PARTS_FROM || crate::cores() < 2 {
         return None;
     }
     let headers = crate::map::headers(source);
-    // Services are numbered from 1 in the map (`service[N]`, in target fields too): the
-    // second half's go on from the first's, which must have one service per header.
-    let before = headers.len() / 2;
-    let mid = *headers.get(before)?;
-    if mid == 0 {
-        return None;
-    }
-    let seed = seed();
     let count = headers.len();
-    let mut all: Vec<ServiceSpec> = Vec::with_capacity(count);
-    let (first_slots, second_slots) = all.spare_capacity_mut().split_at_mut(before);
-    let (first, second) = std::thread::scope(|s| {
-        let headers = &headers;
-        let half = move |range, slots, seen| {
-            check_half(source, headers, range, Slots::new(slots), seed, seen)
-        };
-        let second = s.spawn(move || half(mid..len, second_slots, before));
-        (half(0..mid, first_slots, 0), second.join())
-    });
-    let (mut first, mut second) = (first, second.ok()?);
-    let settings = match (first.settings.take()?, second.settings.take()?) {
-        (Some(_), Some(_)) => return None,
-        (a, b) => a.or(b),
-    };
-    // Every service checked and sound, in its slot; no name or listen key twice.
-    if first.seen != before
-        || second.seen != count
-        || !first.slots.full()
-        || !second.slots.full()
-        || !all_distinct(&first.names, &second.names)
-        || !all_distinct(&first.listens, &second.listens)
-    {
+    if count < PARTS {
         return None;
     }
-    let (mut explicit_masquerade, slots) = first.into_parts();
-    let (later_explicit, later_slots) = second.into_parts();
-    explicit_masquerade.extend(later_explicit);
-    slots.hand_over();
-    later_slots.hand_over();
-    // Safety: the slots of both halves, all `count` of them, were written and handed over.
+    // Part c holds services first(c)..first(c + 1), numbered from 1 in the map
+    // (`service[N]`, in target fields too): one per header, or the parts give up.
+    let first = |c: usize| c * count / PARTS;
+    let range = |c: usize| {
+        let start = if c == 0 { 0 } else { headers[first(c)] };
+        let end = if c + 1 == PARTS {
+            len
+        } else {
+            headers[first(c + 1)]
+        };
+        start..end
+    };
+    let seed = seed();
+    let mut all: Vec<ServiceSpec> = Vec::with_capacity(count);
+    let mut rest = &mut all.spare_capacity_mut()[..count];
+    let mut slots = Vec::with_capacity(PARTS);
+    for c in 0..PARTS {
+        let (part, after) = std::mem::take(&mut rest).split_at_mut(first(c + 1) - first(c));
+        slots.push(Mutex::new(Some(part)));
+        rest = after;
+    }
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Worker::default();
+        loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= PARTS {
+                break;
+            }
+            let part_slots = slots[c].lock().ok()?.take()?;
+            let part = check_part(
+                source,
+                &headers,
+                range(c),
+                Slots::new(part_slots),
+                seed,
+                first(c),
+            );
+            done.names.extend_from_slice(&part.names);
+            done.listens.extend_from_slice(&part.listens);
+            done.parts.push((c, part));
+        }
+        done.names.sort_unstable();
+        done.listens.sort_unstable();
+        Some(done)
+    };
+    let (one, other) = std::thread::scope(|s| {
+        let other = s.spawn(work);
+        (work(), other.join())
+    });
+    let Worker {
+        mut parts,
+        names,
+        listens,
+    } = one?;
+    let Worker {
+        parts: other_parts,
+        names: other_names,
+        listens: other_listens,
+    } = other.ok()??;
+    if !all_distinct(&names, &other_names) || !all_distinct(&listens, &other_listens) {
+        return None;
+    }
+    parts.extend(other_parts);
+    drop(slots);
+    parts.sort_unstable_by_key(|(c, _)| *c);
+    // Every part checked and sound, with one service per header in its slots.
+    let mut settings = None;
+    let mut explicit_masquerade = Vec::with_capacity(count);
+    let mut handed = Vec::with_capacity(PARTS);
+    for (c, part) in parts {
+        let (part_settings, seen, explicit, slots) = part.into_parts();
+        if seen != first(c + 1) || !slots.full() {
+            return None;
+        }
+        match (part_settings?, &settings) {
+            (Some(_), Some(_)) => return None,
+            (Some(s), None) => settings = Some(s),
+            (None, _) => {}
+        }
+        explicit_masquerade.extend(explicit);
+        handed.push(slots);
+    }
+    if handed.len() != PARTS {
+        return None;
+    }
+    handed.into_iter().for_each(Slots::hand_over);
+    // Safety: the slots of every part, all `count` of them, were written and handed over.
     unsafe { all.set_len(count) };
     let mut checker = Checker::new(source, 0, seed);
     checker.seen = count;
@@ -70,35 +131,50 @@ pub(super) fn check_halves(source: &Source) -> Option<Checked> {
     checker.finish(settings).ok()
 }
 
-/// A half of the map checked on its own (see `check_half`).
-struct Half<'a> {
-    /// None when the half has a mistake.
-    settings: Option<Option<Spanned<RawSettings>>>,
-    /// The number of the half's last service in the map.
+/// The parts one thread checked, and the hashes of their names and listen keys, sorted.
+#[derive(Default)]
+struct Worker<'a> {
+    parts: Vec<(usize, Part<'a>)>,
+    names: Vec<u64>,
+    listens: Vec<u64>,
+}
+
+/// A part of the map checked on its own (see `check_part`).
+struct Part<'a> {
+    /// None when the part has a mistake.
+    settings: PartSettings,
+    /// The number of the part's last service in the map.
     seen: usize,
     explicit_masquerade: Vec<bool>,
-    /// The hashes of the half's names and listen keys, sorted.
+    /// The hashes of the part's names and listen keys.
     names: Vec<u64>,
     listens: Vec<u64>,
     slots: Slots<'a>,
 }
 
-impl<'a> Half<'a> {
-    fn into_parts(self) -> (Vec<bool>, Slots<'a>) {
-        (self.explicit_masquerade, self.slots)
+type PartSettings = Option<Option<Spanned<RawSettings>>>;
+
+impl<'a> Part<'a> {
+    fn into_parts(self) -> (PartSettings, usize, Vec<bool>, Slots<'a>) {
+        (
+            self.settings,
+            self.seen,
+            self.explicit_masquerade,
+            self.slots,
+        )
     }
 }
 
-/// The services of `range` (from one of `headers` to the next half's), numbered after
+/// The services of `range` (from 0 or one of `headers` to the next part's), numbered after
 /// `seen` others, checked into `slots`.
-fn check_half<'a>(
+fn check_part<'a>(
     source: &'a Source,
     headers: &[usize],
     range: Range<usize>,
     slots: Slots<'a>,
     seed: u64,
     seen: usize,
-) -> Half<'a> {
+) -> Part<'a> {
     let mut checker = Checker::collecting(source, slots, seed);
     checker.seen = seen;
     let settings =
@@ -111,16 +187,14 @@ fn check_half<'a>(
         ..
     } = checker;
     let Duplicates::Collected {
-        mut names,
-        mut listens,
+        names,
+        listens,
         slots,
     } = duplicates
     else {
         unreachable!("a collecting checker")
     };
-    names.sort_unstable();
-    listens.sort_unstable();
-    Half {
+    Part {
         settings: settings.ok().filter(|_| errors.is_empty()),
         seen,
         explicit_masquerade,
@@ -130,8 +204,8 @@ fn check_half<'a>(
     }
 }
 
-/// A half's part of the one list of services both halves fill: the second half's are
-/// written where they belong instead of copied after the first's (~2.5 ms at 50,000
+/// A part's share of the one list of services all parts fill: each part's services are
+/// written where they belong instead of copied after the others' (~2.5 ms at 50,000
 /// services, 4 MB of fresh pages).
 pub(super) struct Slots<'a> {
     slots: &'a mut [MaybeUninit<ServiceSpec>],
@@ -159,7 +233,7 @@ impl<'a> Slots<'a> {
         self.filled == self.slots.len()
     }
 
-    /// The services stay where they are, for the list (see `check_halves`).
+    /// The services stay where they are, for the list (see `check_in_parts`).
     fn hand_over(self) {
         std::mem::forget(self);
     }
@@ -207,7 +281,7 @@ mod tests {
     use super::super::{check, check_in_one_pass};
     use super::*;
 
-    /// A map over HALVES_FROM: `n` services, `edit` may rewrite any one's section.
+    /// A map over PARTS_FROM: `n` services, `edit` may rewrite any one's section.
     fn big(edit: impl Fn(usize, String) -> String) -> Source {
         let mut text = String::from("# halves\n");
         for i in 0..16_000 {
@@ -221,7 +295,7 @@ mod tests {
             );
             text.push_str(&edit(i, section));
         }
-        assert!(text.len() >= HALVES_FROM);
+        assert!(text.len() >= PARTS_FROM);
         Source::new("big.toml", text)
     }
 
@@ -262,10 +336,10 @@ mod tests {
     }
 
     #[test]
-    fn two_halves_give_what_one_pass_gives() {
+    fn parts_give_what_one_pass_gives() {
         for source in [
             big(|_, s| s),
-            // Settings after the services (in the second half), and per-service overrides.
+            // Settings after the services (in the last part), and per-service overrides.
             {
                 let s = big(|i, s| {
                     if i % 1000 == 7 {
@@ -283,11 +357,11 @@ mod tests {
                 )
             },
         ] {
-            let halves = summary(&check_halves(&source).expect("a sound map goes by halves"));
+            let parts = summary(&check_in_parts(&source).expect("a sound map goes by parts"));
             let one = summary(&check_in_one_pass(&source).unwrap());
-            assert_eq!(halves.len(), one.len());
-            if let Some((a, b)) = halves.iter().zip(&one).find(|(a, b)| a != b) {
-                panic!("two halves: {a}\none pass:  {b}");
+            assert_eq!(parts.len(), one.len());
+            if let Some((a, b)) = parts.iter().zip(&one).find(|(a, b)| a != b) {
+                panic!("in parts: {a}\none pass: {b}");
             }
         }
     }
@@ -295,7 +369,7 @@ mod tests {
     #[test]
     fn any_mistake_goes_back_to_one_pass_with_its_errors() {
         let cases: Vec<(Source, &str)> = vec![
-            // A name of the first half again in the second.
+            // A name of the first part again in a later one.
             (
                 big(|i, s| {
                     if i == 15_000 {
@@ -306,7 +380,7 @@ mod tests {
                 }),
                 "service name \"svc-3\" is already used by the service at line",
             ),
-            // A listen key of the first half again in the second.
+            // A listen key of an early part again in a later one.
             (
                 big(|i, s| {
                     if i == 12_000 {
@@ -317,7 +391,7 @@ mod tests {
                 }),
                 "10.0.0.5:80/tcp is already taken by service \"svc-5\"",
             ),
-            // A name twice within the first half.
+            // A name twice within the first part.
             (
                 big(|i, s| {
                     if i == 100 {
@@ -328,7 +402,7 @@ mod tests {
                 }),
                 "service name \"svc-3\" is already used by the service at line",
             ),
-            // A listen key twice within the second half.
+            // A listen key twice within one part.
             (
                 big(|i, s| {
                     if i == 14_500 {
@@ -339,7 +413,7 @@ mod tests {
                 }),
                 "10.0.56.64:80/tcp is already taken by service \"svc-14400\"",
             ),
-            // A mistake within the second half.
+            // A mistake within a later part.
             (
                 big(|i, s| {
                     if i == 14_000 {
@@ -350,7 +424,7 @@ mod tests {
                 }),
                 "80800",
             ),
-            // Settings in both halves.
+            // Settings in two parts.
             (
                 {
                     let s = big(|_, s| s);
@@ -366,7 +440,7 @@ mod tests {
             ),
         ];
         for (source, says) in cases {
-            assert!(check_halves(&source).is_none(), "{says}");
+            assert!(check_in_parts(&source).is_none(), "{says}");
             let errors = check(source).expect_err(says);
             let all = errors
                 .iter()
