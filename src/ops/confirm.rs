@@ -45,7 +45,7 @@ pub fn apply_confirmed(
         let _lock = dir.lock()?;
         let before = current_meta(ctx, &t.backend, &plan.table)?;
         let previous = before.as_ref().and_then(|m| m.generation);
-        let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, None)?;
+        let (done, ()) = apply_locked(ctx, &t.backend, &dir, plan, digest, source, None, || ())?;
         Index::remove(&dir.path);
         dir.set_pending(&state::Pending {
             generation: done.generation,

@@ -322,8 +322,12 @@ fn write_index(
     }
 }
 
-/// Install `plan` as a new generation and record it (the lock is held).
-fn apply_locked(
+/// Install `plan` as a new generation and record it (the lock is held); and do `side` on
+/// the second core with the generation's file (or after the commit, for a small plan). One
+/// thread for both: a second one, started while the first ran, could take this core from
+/// the command for 2-3 ms.
+#[allow(clippy::too_many_arguments)]
+fn apply_locked<S: Send>(
     ctx: &mut Ctx,
     backend: &Backend,
     dir: &StateDir,
@@ -331,7 +335,8 @@ fn apply_locked(
     digest: &str,
     source: &str,
     known: Option<Known>,
-) -> Result<Installed> {
+    side: impl FnOnce() -> S + Send,
+) -> Result<(Installed, S)> {
     let installed_gen = current_meta(ctx, backend, &plan.table)?.and_then(|m| m.generation);
     let newest = dir.numbers()?.last().copied();
     let number = newest.max(installed_gen).unwrap_or(0) + 1;
@@ -353,26 +358,30 @@ fn apply_locked(
     if plan.services.len() < 1000 {
         let done = install(ctx, backend, plan, number, digest, known)?;
         dir.record(&generation)?;
-        return Ok(done);
+        return Ok((done, side()));
     }
     let (done, file) = std::thread::scope(|s| {
-        let file = s.spawn(|| dir.prepare_unsynced(&generation));
+        let file = s.spawn(|| {
+            let side = side();
+            (dir.prepare_unsynced(&generation), side)
+        });
         let done = install(ctx, backend, plan, number, digest, known);
         (done, file.join())
     });
     let done = done?;
-    match file {
-        Ok(pending) => {
+    let side = match file {
+        Ok((pending, side)) => {
             for handle in pending?.publish_unsynced()? {
                 ctx.nl.sync_on_close(handle);
             }
+            side
         }
         Err(panic) => std::panic::resume_unwind(panic),
-    }
+    };
     for removed in dir.prune()? {
         ctx.nl.close_later(removed);
     }
-    Ok(done)
+    Ok((done, side))
 }
 
 /// apply: install the plan as a new generation and record it; index the map's `sections`
@@ -407,19 +416,8 @@ pub fn apply_known(
             None => Vec::new(),
         };
         let records = || prepare_index(&dir, plan, digest, sections, &locals);
-        let (done, records) = if plan.services.len() < 1000 {
-            let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known)?;
-            (done, records())
-        } else {
-            std::thread::scope(|s| {
-                let records = s.spawn(records);
-                let done = apply_locked(ctx, &t.backend, &dir, plan, digest, source, known);
-                match records.join() {
-                    Ok(r) => done.map(|d| (d, r)),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            })?
-        };
+        let (done, records) =
+            apply_locked(ctx, &t.backend, &dir, plan, digest, source, known, records)?;
         write_index(ctx, &dir, records, &done);
         Ok(done)
     })
