@@ -351,11 +351,23 @@ mod tests {
                 Source::new(
                     "big.toml",
                     format!(
-                        "{}[settings]\ntable = \"halves\"\nmasquerade = false\n",
+                        "{}[settings]\ntable = \"parts\"\nmasquerade = false\n",
                         &*s.text
                     ),
                 )
             },
+            // Settings between two services, in a part of its own; a service with a
+            // protocol and a weighted target (read by the toml crate).
+            big(|i, s| {
+                match i {
+                8_000 => format!("[settings]\naccounting = true\n\n{s}"),
+                9_001 => s.replace(
+                    "targets = [\"192.168.35.41:8080\"]",
+                    "protocol = \"udp\"\ntargets = [{ address = \"192.168.35.41:8080\", weight = 3 }, \"10.9.9.9:53\"]",
+                ),
+                _ => s,
+            }
+            }),
         ] {
             let parts = summary(&check_in_parts(&source).expect("a sound map goes by parts"));
             let one = summary(&check_in_one_pass(&source).unwrap());
