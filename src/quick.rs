@@ -11,7 +11,7 @@
 //! to return `None`, never an error.
 
 use crate::error::Result;
-use crate::index::{Diff, Head, Index, Record, Tally, flag, kind_index};
+use crate::index::{Diff, Head, Index, Record, Tally, Written, flag, kind_index};
 use crate::kernel::meta::TableMeta;
 use crate::kernel::transaction::Transaction;
 use crate::kernel::{self, decode, sysctl};
@@ -43,19 +43,27 @@ pub struct Applied {
     pub plan: crate::plan::Plan,
     pub specs: Vec<crate::validate::ServiceSpec>,
     pub digest: String,
+    /// The index as it was written, when in place: for the next apply of a caller that
+    /// applies again (see `apply`'s `cached`).
+    pub index: Option<Index>,
 }
 
 /// Apply the map `text` (named `name`) incrementally if it can be (see the module comment);
 /// None: do a full apply. The text may be a mapping of the file, changing under us: what is
 /// parsed is copied first and checked against the hashes compared with the index. With
 /// `installed`, only on top of that generation (a caller that keeps the plan it installed
-/// must not splice a change into it made against somebody else's apply).
+/// must not splice a change into it made against somebody else's apply). `cached`: the
+/// index the last apply returned, used instead of the file (~0.2 ms at 50,000 services:
+/// mapping and checking 2 MB) while the kernel is still at the generation id it was written
+/// after. Only svcnat writes the index, and only after a commit of its own: any commit
+/// since, by anyone, and the file is read again.
 pub fn apply(
     t: &Target,
     name: &str,
     text: &[u8],
     resolver: &Resolver,
     installed: Option<u64>,
+    cached: Option<Index>,
 ) -> Result<Option<Applied>> {
     if !matches!(t.backend, Backend::Nft) {
         return Ok(None);
@@ -73,7 +81,8 @@ pub fn apply(
             let Ok(genid) = ctx.nl.genid() else {
                 return Ok(None);
             };
-            let Some(index) = Index::read_at(&dir.path, genid) else {
+            let cached = cached.filter(|i| i.head.genid == genid);
+            let Some(mut index) = cached.or_else(|| Index::read_at(&dir.path, genid)) else {
                 return Ok(None);
             };
             let Ok(Some(meta)) = decode::table_meta(&mut ctx.nl, &index.head.table) else {
@@ -164,11 +173,20 @@ pub fn apply(
             };
             let (at, removed) = (change.at, change.removed);
             let records = &change.records;
-            match index.write_splice(&dir.path, &head, at, removed, records, text, change.start) {
+            let written =
+                index.write_splice(&dir.path, &head, at, removed, records, text, change.start);
+            let index = match written {
+                Ok(Written::InPlace) => Some(index),
                 // A replaced index file's blocks are freed where the socket closes.
-                Ok(replaced) => replaced.into_iter().for_each(|f| ctx.nl.close_later(f)),
-                Err(_) => Index::remove(&dir.path),
-            }
+                Ok(Written::NewFile(replaced)) => {
+                    replaced.into_iter().for_each(|f| ctx.nl.close_later(f));
+                    None
+                }
+                Err(_) => {
+                    Index::remove(&dir.path);
+                    None
+                }
+            };
             let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             Ok(Some(Applied {
                 installed: Installed {
@@ -190,6 +208,7 @@ pub fn apply(
                 plan: change.plan,
                 specs: change.specs,
                 digest,
+                index,
             }))
         });
         // A namespace that cannot be entered is the full apply's error to report.

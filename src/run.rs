@@ -81,6 +81,8 @@ struct Runner {
     /// The generation of the last apply, when it installed `resolved` as it is: then a
     /// reload on top of that generation may change only the sections that changed (`quick`).
     synced: Option<u64>,
+    /// The index as the last such reload wrote it (see `quick::apply`'s `cached`).
+    index: Option<crate::index::Index>,
     stats: Stats,
 }
 
@@ -252,6 +254,7 @@ impl Runner {
             text,
             &self.opts.resolver,
             Some(last),
+            self.index.take(),
         ) {
             Ok(Some(q)) => q,
             Ok(None) => return false,
@@ -275,6 +278,7 @@ impl Runner {
         // is not kept (names, the only thing located later, are not in such a map).
         self.checked.source = Source::new(mapped.name.clone(), String::new());
         self.digest = q.digest;
+        self.index = q.index;
         self.synced = Some(q.installed.generation);
         self.known = None;
         self.sections = None;
@@ -471,6 +475,7 @@ pub fn run(opts: Options) -> Result<i32> {
         known: None,
         sections,
         synced: None,
+        index: None,
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,

@@ -121,8 +121,8 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Record;
     use super::super::tests::{head, record};
+    use super::super::{Record, Written};
     use super::*;
     use crate::sections::Sections;
 
@@ -196,6 +196,7 @@ mod tests {
             }),
             Box::new(|i, s| (i != n - 1).then_some(s)),
         ];
+        let mut in_place = 0;
         for edit in edits {
             let before = map(n, &|_, s| Some(s));
             let after = map(n, &*edit);
@@ -205,25 +206,35 @@ mod tests {
                 std::fs::write(Index::path(&dir), bytes).unwrap();
             };
             encode(&old);
-            let old = Index::read(&dir).unwrap();
+            let mut old = Index::read(&dir).unwrap();
             let d = old.diff(after.as_bytes()).expect("a diff");
             let fresh = indexed(&after);
             let added = fresh.records.len() - (old.records.len() - d.removed);
             let new: Vec<Record> = (d.at..d.at + added).map(|i| fresh.records.get(i)).collect();
-            old.write_splice(
-                &dir,
-                &fresh.head,
-                d.at,
-                d.removed,
-                &new,
-                after.as_bytes(),
-                d.region.start,
-            )
-            .unwrap();
-            drop(old);
+            let written = old
+                .write_splice(
+                    &dir,
+                    &fresh.head,
+                    d.at,
+                    d.removed,
+                    &new,
+                    after.as_bytes(),
+                    d.region.start,
+                )
+                .unwrap();
             let back = Index::read(&dir).expect("sound after the splice");
             assert_eq!(back.records, fresh.records);
             assert_eq!(back.groups, fresh.groups);
+            // Written in place, the index in memory is the file's, as a later apply
+            // given it back uses it.
+            match written {
+                Written::InPlace => {
+                    assert_eq!(old, back);
+                    in_place += 1;
+                }
+                Written::NewFile(_) => assert_ne!(d.removed, added, "same layout: in place"),
+            }
+            drop(old);
             // And the next diff of the same map finds nothing changed.
             let same = back.diff(after.as_bytes()).unwrap();
             assert_eq!(
@@ -231,10 +242,11 @@ mod tests {
                 (back.records.len(), 0, 0)
             );
         }
+        assert!(in_place > 0, "some edits keep the layout");
         // A map that no longer holds what the records say: no splice, the caller drops it.
         let before = map(n, &|_, s| Some(s));
         encode_file(&dir, &indexed(&before));
-        let old = Index::read(&dir).unwrap();
+        let mut old = Index::read(&dir).unwrap();
         let fresh = indexed(&before);
         // (the file changed at service 100 since it was compared: the record says otherwise)
         let other = map(n, &retarget(100));

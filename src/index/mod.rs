@@ -142,6 +142,16 @@ impl FromIterator<Record> for Records {
     }
 }
 
+/// How `Index::write_splice` wrote the index.
+#[derive(Debug)]
+pub enum Written {
+    /// In place: the index spliced is now the file's.
+    InPlace,
+    /// As a new file, put in place of the old one, which is returned, open (see
+    /// `put_in_place`).
+    NewFile(Option<std::fs::File>),
+}
+
 /// What the last apply left in the kernel, and the map it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
@@ -344,11 +354,12 @@ impl Index {
     /// few hundred bytes instead of 2 MB at 50,000 services; a crash half-way leaves a file
     /// whose checksum fails, so a full apply), else as a new file. `text` is the map now,
     /// in which record `at` starts at byte `start`: the groups around the change are hashed
-    /// from it again (all that follow it, when the number of records changed). A new file
-    /// returns the index it replaced, open (see `put_in_place`).
+    /// from it again (all that follow it, when the number of records changed). Written in
+    /// place, this index is then the file's: its records are a mapping of it, and its head
+    /// and groups are updated here.
     #[allow(clippy::too_many_arguments)]
     pub fn write_splice(
-        &self,
+        &mut self,
         dir: &Path,
         head: &Head,
         at: usize,
@@ -356,7 +367,7 @@ impl Index {
         new: &[Record],
         text: &[u8],
         start: usize,
-    ) -> std::io::Result<Option<std::fs::File>> {
+    ) -> std::io::Result<Written> {
         use std::os::unix::fs::FileExt;
         let raw = self.records.raw();
         let count = self.records.len() - removed + new.len();
@@ -374,7 +385,8 @@ impl Index {
         let sum = checksum(&[&header, before, &middle, after, &groups_raw]).to_le_bytes();
         let old_header = self.head.encode(self.records.len());
         if !same_layout || header.len() != old_header.len() {
-            return write_parts(dir, &[&header, before, &middle, after, &groups_raw, &sum]);
+            let parts = [&header[..], before, &middle, after, &groups_raw, &sum];
+            return write_parts(dir, &parts).map(Written::NewFile);
         }
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -387,7 +399,9 @@ impl Index {
             (groups_at + changed.start * 16) as u64,
         )?;
         f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)?;
-        Ok(None)
+        self.head = head.clone();
+        self.groups = groups;
+        Ok(Written::InPlace)
     }
 
     /// The groups after the splice (see `write_splice`), and which of them changed. Each
