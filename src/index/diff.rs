@@ -139,11 +139,7 @@ mod tests {
         });
         let mut h = head(1);
         (h.prefix, h.prefix_len) = (s.prefix, s.first() as u64);
-        Index {
-            head: h,
-            records: records.collect(),
-            groups: s.groups,
-        }
+        Index::new(h, records.collect(), s.groups)
     }
 
     /// A map of `n` services; `edit` may change or drop any one's section.
