@@ -378,6 +378,18 @@ impl Netlink {
         self.deferred.push((file, false));
     }
 
+    /// Memory to free where the socket closes. A one-shot command exits right after, and
+    /// its closer process tears the address space down (see `close`): freeing megabytes
+    /// here first (~0.2 ms for 2 MB) would be work the exit does anyway. Elsewhere it is
+    /// freed now.
+    pub fn free_later<T>(&mut self, value: T) {
+        use std::sync::atomic::Ordering;
+        match CLOSE.load(Ordering::Relaxed) {
+            CLOSE_IN_CHILD => std::mem::forget(value),
+            _ => drop(value),
+        }
+    }
+
     fn close_files(&mut self) {
         for (f, sync) in self.deferred.drain(..) {
             if sync {

@@ -317,7 +317,10 @@ fn write_index(
         ..head
     };
     match pending.finish(&dir.path, &head) {
-        Ok(replaced) => replaced.into_iter().for_each(|f| ctx.nl.close_later(f)),
+        Ok((replaced, records)) => {
+            replaced.into_iter().for_each(|f| ctx.nl.close_later(f));
+            ctx.nl.free_later(records);
+        }
         Err(_) => Index::remove(&dir.path),
     }
 }
