@@ -157,7 +157,10 @@ pub fn apply(
                 insert: &change.plan.services[..],
             })?;
             ctx.nl.sync_on_close(record);
-            for removed in dir.prune()? {
+            // The generations listed above, and the one just recorded: no second listing.
+            let mut recorded = numbers;
+            recorded.push(number);
+            for removed in dir.prune_from(recorded)? {
                 ctx.nl.close_later(removed);
             }
             let total = index.records.len() - change.removed + services;

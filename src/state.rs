@@ -427,7 +427,11 @@ impl StateDir {
     /// (~2.3 ms for a 50,000-service generation on ext4, measured), which the caller may
     /// leave to whoever closes its netlink socket (`Netlink::close_later`).
     pub fn prune(&self) -> Result<Vec<File>> {
-        let all = self.numbers()?;
+        self.prune_from(self.numbers()?)
+    }
+
+    /// `prune`, given the generations recorded (`numbers` as it would list them now).
+    pub fn prune_from(&self, all: Vec<u64>) -> Result<Vec<File>> {
         let mut removed = Vec::new();
         if all.len() <= KEEP {
             return Ok(removed);
