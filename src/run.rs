@@ -192,6 +192,9 @@ impl Runner {
             return;
         }
         let sections = self.sections.as_ref().filter(|_| self.as_written());
+        // A full apply writes a new index: the one kept from the last reload is stale (its
+        // generation id would say so too; this frees its mapping now).
+        self.index = None;
         match ops::apply_known(
             &self.opts.target,
             &plan,
