@@ -581,3 +581,43 @@ fn a_one_shot_apply_leaves_no_process_and_no_pipe_behind() {
     let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name]);
     assert_eq!(code, 0, "the generations were recorded: {err}");
 }
+
+/// The namespace's interface addresses svcnat reads (to tell local targets from remote
+/// ones) are the ones iproute2 lists: a point-to-point address is its local end, not its
+/// peer, and IPv6 addresses come too.
+#[test]
+fn local_addresses_are_the_ones_ip_lists() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("addrs");
+    ns.exec_ok("ip link add d0 type veth peer name d1 && ip link set d0 up && ip link set d1 up");
+    ns.exec_ok("ip addr add 10.77.0.1 peer 10.77.0.2/32 dev d0");
+    ns.exec_ok("ip addr add 10.78.0.1/24 dev d0");
+    ns.exec_ok("ip -6 addr add fd77::1/64 dev d0 nodad");
+    let spec = svcnat::kernel::netns::NetnsSpec::parse(&ns.name).unwrap();
+    let mut ours =
+        svcnat::kernel::in_namespace(Some(&spec), || Ok(svcnat::kernel::local_addresses()))
+            .unwrap();
+    // `ip -o addr`: "N: IFACE inet 10.77.0.1 peer 10.77.0.2/32 ..." — the local end first.
+    let mut listed: Vec<std::net::IpAddr> = ns
+        .exec_ok("ip -o addr show")
+        .lines()
+        .filter_map(|l| {
+            let mut words = l
+                .split_whitespace()
+                .skip_while(|w| *w != "inet" && *w != "inet6");
+            words.next()?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect();
+    ours.sort();
+    listed.sort();
+    assert!(ours.contains(&"10.77.0.1".parse().unwrap()), "{ours:?}");
+    assert!(
+        !ours.contains(&"10.77.0.2".parse().unwrap()),
+        "the peer is not ours: {ours:?}"
+    );
+    assert!(ours.contains(&"fd77::1".parse().unwrap()), "{ours:?}");
+    assert_eq!(ours, listed);
+}
