@@ -347,12 +347,14 @@ pub fn lower(plan: &Plan) -> Ruleset {
         let direct = is_direct(s, plan.accounting);
         masquerades |= s.masquerade || s.localhost;
         localhost |= s.localhost;
-        if !direct {
-            service_chains.push(service_chain_of(s));
-        }
         // Only a service with a chain of its own has a chain name (formatting one for each
         // of 50,000 direct services was a fifth of this function).
-        let chain = (!direct).then(|| service_chain(&s.name));
+        let chain = (!direct).then(|| {
+            let chain = service_chain_of(s);
+            let name = chain.name.clone();
+            service_chains.push(chain);
+            name
+        });
         let key = MapKey {
             addr: s.listen.addr,
             proto: s.proto,
