@@ -379,38 +379,25 @@ impl MapText {
 
 /// A mapped map known to be UTF-8, shared by the `Source` that is checked and the thread
 /// that cuts the same text into sections (`Text::Shared`).
-pub struct MappedText {
-    map: MapText,
-    len: usize,
-}
+pub struct MappedText(MapText);
 
 impl MappedText {
     /// None when the map is not UTF-8 (`read_map` says where).
     pub fn new(map: MapText) -> Option<MappedText> {
-        let len = map.text()?.len();
-        Some(MappedText { map, len })
+        map.text()?;
+        Some(MappedText(map))
     }
 
     pub fn name(&self) -> &str {
-        &self.map.name
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        &self.0.name
     }
 }
 
 impl AsRef<str> for MappedText {
     fn as_ref(&self) -> &str {
-        let bytes = self.map.bytes().unwrap_or_default();
-        debug_assert_eq!(bytes.len(), self.len);
         // Safety: checked to be UTF-8 in `new`; the lease keeps the file from changing
         // while it is mapped (see `MapText`).
-        unsafe { std::str::from_utf8_unchecked(bytes) }
+        unsafe { std::str::from_utf8_unchecked(self.0.bytes().unwrap_or_default()) }
     }
 }
 

@@ -283,10 +283,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             // The full way. The map is checked in place when it is mapped (reading 4 MB
             // costs ~3 ms). Its sections (for the index: ~2 ms at 50,000 services) are cut
             // from the same text — a large map's on the other core while this one resolves.
+            let large = text.is_some_and(|(_, t)| t.len() > 1 << 20);
             let shared = mapped
                 .and_then(crate::cli::MappedText::new)
                 .map(std::sync::Arc::new);
-            let large = shared.as_ref().is_some_and(|t| t.len() > 1 << 20);
             let text = shared.clone();
             let cut = move || {
                 let text = text?;
