@@ -234,11 +234,17 @@ fn checksum(header: &[u8], sums: &[u64], groups_raw: &[u8]) -> u64 {
     h.digest()
 }
 
+/// Bytes in a run of `GROUP` records.
+const RUN: usize = GROUP * RECORD;
+
 /// The hash of each run of `GROUP` records in `raw` (the last may be shorter).
 fn record_sums(raw: &[u8]) -> Vec<u64> {
-    raw.chunks(GROUP * RECORD)
-        .map(xxhash_rust::xxh3::xxh3_64)
-        .collect()
+    raw.chunks(RUN).map(run_sum).collect()
+}
+
+/// The hash of one run of records (see `record_sums`).
+fn run_sum(run: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(run)
 }
 
 impl Head {

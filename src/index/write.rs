@@ -3,7 +3,8 @@
 //! and putting a new file in place of the old one.
 
 use super::{
-    GROUP, Groups, Head, Index, RECORD, Record, Records, checksum, groups_bytes, record_sums,
+    GROUP, Groups, Head, Index, RECORD, RUN, Record, Records, checksum, groups_bytes, record_sums,
+    run_sum,
 };
 use crate::sections::hash;
 use std::path::{Path, PathBuf};
@@ -61,15 +62,14 @@ impl Index {
         }
         // The runs of records the splice changed, hashed again as they are now.
         let mut sums = self.sums.clone();
-        let run = GROUP * RECORD;
         let (lo, hi) = (before.len(), before.len() + middle.len());
         let touched = sums.iter_mut().enumerate();
-        for (g, sum) in touched.take(hi.div_ceil(run)).skip(lo / run) {
-            let span = g * run..((g + 1) * run).min(raw.len());
+        for (g, sum) in touched.take(hi.div_ceil(RUN)).skip(lo / RUN) {
+            let span = g * RUN..((g + 1) * RUN).min(raw.len());
             let mut bytes = raw[span.clone()].to_vec();
             let (from, to) = (span.start.max(lo), span.end.min(hi));
             bytes[from - span.start..to - span.start].copy_from_slice(&middle[from - lo..to - lo]);
-            *sum = xxhash_rust::xxh3::xxh3_64(&bytes);
+            *sum = run_sum(&bytes);
         }
         let sum = checksum(&header, &sums, &groups_raw).to_le_bytes();
         let f = std::fs::OpenOptions::new()
