@@ -244,14 +244,19 @@ impl<'s> Checker<'s> {
         }
     }
 
-    /// A checker that only collects the hashes of names and listen keys, and writes the
-    /// services into `slots` (see `Duplicates`).
-    fn collecting(source: &'s Source, slots: parts::Slots<'s>, seed: u64) -> Self {
-        let services = slots.len();
+    /// A checker that only collects the hashes of names and listen keys, after those in
+    /// `hashes`, and writes the services into `slots` (see `Duplicates`).
+    fn collecting(
+        source: &'s Source,
+        slots: parts::Slots<'s>,
+        hashes: (Vec<u64>, Vec<u64>),
+        seed: u64,
+    ) -> Self {
+        let (names, listens) = hashes;
         Checker {
             duplicates: Duplicates::Collected {
-                names: Vec::with_capacity(services),
-                listens: Vec::with_capacity(services),
+                names,
+                listens,
                 slots,
             },
             ..Checker::new(source, 0, seed)

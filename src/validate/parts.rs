@@ -58,7 +58,11 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
     }
     let next = AtomicUsize::new(0);
     let work = || {
-        let mut done = Worker::default();
+        let mut done = Worker {
+            parts: Vec::new(),
+            names: Vec::with_capacity(count / 2),
+            listens: Vec::with_capacity(count / 2),
+        };
         loop {
             let c = next.fetch_add(1, Ordering::Relaxed);
             if c >= PARTS {
@@ -72,9 +76,8 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
                 Slots::new(part_slots),
                 seed,
                 first(c),
+                (&mut done.names, &mut done.listens),
             );
-            done.names.extend_from_slice(&part.names);
-            done.listens.extend_from_slice(&part.listens);
             done.parts.push((c, part));
         }
         done.names.sort_unstable();
@@ -132,7 +135,6 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
 }
 
 /// The parts one thread checked, and the hashes of their names and listen keys, sorted.
-#[derive(Default)]
 struct Worker<'a> {
     parts: Vec<(usize, Part<'a>)>,
     names: Vec<u64>,
@@ -146,9 +148,6 @@ struct Part<'a> {
     /// The number of the part's last service in the map.
     seen: usize,
     explicit_masquerade: Vec<bool>,
-    /// The hashes of the part's names and listen keys.
-    names: Vec<u64>,
-    listens: Vec<u64>,
     slots: Slots<'a>,
 }
 
@@ -166,7 +165,8 @@ impl<'a> Part<'a> {
 }
 
 /// The services of `range` (from 0 or one of `headers` to the next part's), numbered after
-/// `seen` others, checked into `slots`.
+/// `seen` others, checked into `slots`; the hashes of their names and listen keys added to
+/// `hashes`, the thread's.
 fn check_part<'a>(
     source: &'a Source,
     headers: &[usize],
@@ -174,8 +174,11 @@ fn check_part<'a>(
     slots: Slots<'a>,
     seed: u64,
     seen: usize,
+    hashes: (&mut Vec<u64>, &mut Vec<u64>),
 ) -> Part<'a> {
-    let mut checker = Checker::collecting(source, slots, seed);
+    let (all_names, all_listens) = hashes;
+    let collected = (std::mem::take(all_names), std::mem::take(all_listens));
+    let mut checker = Checker::collecting(source, slots, collected, seed);
     checker.seen = seen;
     let settings =
         crate::map::parse_part(source, headers, range, |s| checker.service(s.into_inner()));
@@ -194,12 +197,11 @@ fn check_part<'a>(
     else {
         unreachable!("a collecting checker")
     };
+    (*all_names, *all_listens) = (names, listens);
     Part {
         settings: settings.ok().filter(|_| errors.is_empty()),
         seen,
         explicit_masquerade,
-        names,
-        listens,
         slots,
     }
 }
@@ -215,10 +217,6 @@ pub(super) struct Slots<'a> {
 impl<'a> Slots<'a> {
     fn new(slots: &'a mut [MaybeUninit<ServiceSpec>]) -> Self {
         Slots { slots, filled: 0 }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.slots.len()
     }
 
     /// The next slot, if there is one left; else `svc` is dropped (the caller counts).
