@@ -42,10 +42,15 @@ pub fn log(level: Level, message: &str) {
         };
         // Several lines (a multi-error map) stay one event: continuation lines indented.
         let message = message.replace('\n', "\n    ");
-        eprintln!(
-            "{} {name} {message}",
+        let line = format!(
+            "{} {name} {message}\n",
             crate::state::rfc3339(crate::state::now())
         );
+        // One write per event (eprintln! writes each piece on its own: six per line), so
+        // that a line reaches a pipe whole, never interleaved with another writer's, and
+        // whoever waits on the log is woken once for it.
+        use std::io::Write;
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
