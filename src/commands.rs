@@ -272,7 +272,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .as_ref()
                 .and_then(|m| Some((m.name.as_str(), m.bytes()?)));
             if let (None, Some((name, text)), Ok(t)) = (confirm, text, &t_or_error) {
-                if let Some(q) = quick::apply(t, name, text, &resolver, None, None)? {
+                if let Some(q) = quick::apply(
+                    t,
+                    name,
+                    text,
+                    &resolver,
+                    None,
+                    None,
+                    &mut crate::kernel::LocalAddresses::unwatched(),
+                )? {
                     println!("{}", summary(t, &q.installed, q.services, &q.table));
                     // Unmapping a large map (~0.25 ms at 4 MB) is left to the exit, which
                     // leaves tearing the address space down to the closer (`kernel::closer`).

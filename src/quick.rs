@@ -64,6 +64,7 @@ pub fn apply(
     resolver: &Resolver,
     installed: Option<u64>,
     cached: Option<Index>,
+    locals: &mut kernel::LocalAddresses,
 ) -> Result<Option<Applied>> {
     if !matches!(t.backend, Backend::Nft) {
         return Ok(None);
@@ -104,7 +105,7 @@ pub fn apply(
             // The digest (~0.3 ms at 50,000 services) on the other core, while the map is
             // compared: started only now, so that a full apply does not wait for it.
             let digest = scope.spawn(|| ops::digest(text));
-            let Some(change) = Change::find(&index, name, text, resolver) else {
+            let Some(change) = Change::find(&index, name, text, resolver, locals) else {
                 return Ok(None);
             };
             let digest = match digest.join() {
@@ -238,7 +239,13 @@ struct Change {
 }
 
 impl Change {
-    fn find(index: &Index, name: &str, text: &[u8], resolver: &Resolver) -> Option<Change> {
+    fn find(
+        index: &Index,
+        name: &str,
+        text: &[u8],
+        resolver: &Resolver,
+        locals: &mut kernel::LocalAddresses,
+    ) -> Option<Change> {
         if index.head.chain >= MAX_CHAIN {
             return None;
         }
@@ -280,7 +287,7 @@ impl Change {
             return None;
         }
         let plan = resolver.resolve(&checked).ok()?;
-        let locals = kernel::local_addresses();
+        let locals = locals.get();
         let records: Vec<Record> = plan
             .services
             .iter()

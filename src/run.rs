@@ -83,6 +83,9 @@ struct Runner {
     synced: Option<u64>,
     /// The index as the last such reload wrote it (see `quick::apply`'s `cached`).
     index: Option<crate::index::Index>,
+    /// The namespace's local addresses, watched for changes (for the changed sections'
+    /// records: each reload would read them otherwise).
+    locals: kernel::LocalAddresses,
     stats: Stats,
 }
 
@@ -258,6 +261,7 @@ impl Runner {
             &self.opts.resolver,
             Some(last),
             self.index.take(),
+            &mut self.locals,
         ) {
             Ok(Some(q)) => q,
             Ok(None) => return false,
@@ -479,6 +483,9 @@ pub fn run(opts: Options) -> Result<i32> {
         sections,
         synced: None,
         index: None,
+        locals: kernel::in_namespace(opts.target.netns.as_ref(), || {
+            Ok(kernel::LocalAddresses::watched())
+        })?,
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,

@@ -621,3 +621,43 @@ fn local_addresses_are_the_ones_ip_lists() {
     assert!(ours.contains(&"fd77::1".parse().unwrap()), "{ours:?}");
     assert_eq!(ours, listed);
 }
+
+/// `svcnat run` keeps the local addresses between reloads, watched: an address added or
+/// removed in the namespace since the last read is seen at the next one.
+#[test]
+fn watched_local_addresses_follow_the_namespace() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("addrwatch");
+    ns.exec_ok("ip link add d0 type veth peer name d1 && ip link set d0 up && ip link set d1 up");
+    ns.exec_ok("ip addr add 10.79.0.1/24 dev d0");
+    let spec = svcnat::kernel::netns::NetnsSpec::parse(&ns.name).unwrap();
+    let mut locals =
+        svcnat::kernel::in_namespace(
+            Some(&spec),
+            || Ok(svcnat::kernel::LocalAddresses::watched()),
+        )
+        .unwrap();
+    // Read inside the namespace, as the reload does; the watch was made there.
+    let mut get =
+        || svcnat::kernel::in_namespace(Some(&spec), || Ok(locals.get().to_vec())).unwrap();
+    let (a, b, v6): (std::net::IpAddr, std::net::IpAddr, std::net::IpAddr) = (
+        "10.79.0.1".parse().unwrap(),
+        "10.79.1.2".parse().unwrap(),
+        "fd79::1".parse().unwrap(),
+    );
+    let first = get();
+    assert!(first.contains(&a) && !first.contains(&b), "{first:?}");
+    assert_eq!(get(), first, "nothing changed");
+    ns.exec_ok("ip addr add 10.79.1.2/24 dev d0");
+    assert!(get().contains(&b), "an added address is seen");
+    ns.exec_ok("ip addr del 10.79.0.1/24 dev d0");
+    let now = get();
+    assert!(!now.contains(&a) && now.contains(&b), "{now:?}");
+    ns.exec_ok("ip -6 addr add fd79::1/64 dev d0 nodad");
+    assert!(get().contains(&v6), "IPv6 too");
+    ns.exec_ok("ip link del d0");
+    let gone = get();
+    assert!(!gone.contains(&b) && !gone.contains(&v6), "{gone:?}");
+}
