@@ -279,7 +279,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     &resolver,
                     None,
                     None,
-                    &mut crate::kernel::LocalAddresses::unwatched(),
+                    &mut crate::kernel::Kept::nothing(),
                 )? {
                     println!("{}", summary(t, &q.installed, q.services, &q.table));
                     // Unmapping a large map (~0.25 ms at 4 MB) is left to the exit, which

@@ -64,14 +64,14 @@ pub fn apply(
     resolver: &Resolver,
     installed: Option<u64>,
     cached: Option<Index>,
-    locals: &mut kernel::LocalAddresses,
+    kept: &mut kernel::Kept,
 ) -> Result<Option<Applied>> {
     if !matches!(t.backend, Backend::Nft) {
         return Ok(None);
     }
     let started = Instant::now();
     std::thread::scope(|scope| {
-        let attempt = kernel::within(t.netns.as_ref(), |ctx| {
+        let attempt = kept.within(t.netns.as_ref(), |ctx, locals| {
             let Ok(dir) = StateDir::open(&t.state_root, ctx.cookie, &ctx.label) else {
                 return Ok(None);
             };

@@ -83,9 +83,8 @@ struct Runner {
     synced: Option<u64>,
     /// The index as the last such reload wrote it (see `quick::apply`'s `cached`).
     index: Option<crate::index::Index>,
-    /// The namespace's local addresses, watched for changes (for the changed sections'
-    /// records: each reload would read them otherwise).
-    locals: kernel::LocalAddresses,
+    /// The socket and the local addresses, for reloads by the changed sections.
+    kept: kernel::Kept,
     stats: Stats,
 }
 
@@ -261,7 +260,7 @@ impl Runner {
             &self.opts.resolver,
             Some(last),
             self.index.take(),
-            &mut self.locals,
+            &mut self.kept,
         ) {
             Ok(Some(q)) => q,
             Ok(None) => return false,
@@ -296,6 +295,8 @@ impl Runner {
             "applied {} service(s) ({why}) as generation {}: {} netlink messages, updated in place, only the changed sections read",
             q.services, q.installed.generation, q.installed.messages
         ));
+        // The generation record's sync, which a closing socket would have done now.
+        self.kept.settle();
         true
     }
 
@@ -483,9 +484,7 @@ pub fn run(opts: Options) -> Result<i32> {
         sections,
         synced: None,
         index: None,
-        locals: kernel::in_namespace(opts.target.netns.as_ref(), || {
-            Ok(kernel::LocalAddresses::watched())
-        })?,
+        kept: kernel::Kept::for_reloads(),
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,

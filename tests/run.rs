@@ -413,6 +413,64 @@ fn a_reload_sends_only_the_changed_sections() {
     run.signal(libc::SIGINT);
 }
 
+/// `svcnat run --netns NAME` keeps its netlink socket between reloads. When the namespace
+/// is deleted and made again under its name, the next reload installs into the new one,
+/// not into the old one the kept socket still holds; then reloads go by the changed
+/// sections again, there.
+#[test]
+fn a_reload_follows_a_namespace_made_again_under_its_name() {
+    if !require_root() {
+        return;
+    }
+    let home = Netns::new("rnhome");
+    let target = Netns::new("rntarget");
+    let map_with = |port: u16| {
+        (0..20)
+            .map(|i| {
+                let port = if i == 10 { port } else { 8080 };
+                format!(
+                    "[[service]]\nname = \"s{i}\"\nlisten = \"172.29.7.{i}:80\"\ntargets = [\"10.95.0.1:{port}\"]\n"
+                )
+            })
+            .collect::<String>()
+    };
+    let map = TempFile::new("renamed-ns.toml", &map_with(8080));
+    let run = Running::start(
+        &home,
+        &[bin(), "run", "-f", map.path(), "--netns", &target.name],
+        &[],
+    );
+    let reload = |port: u16, reloads: usize| {
+        std::fs::write(&map.0, map_with(port)).unwrap();
+        run.signal(libc::SIGHUP);
+        let done = |log: &str| log.matches("(SIGHUP) as generation").count() >= reloads;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(&run.log()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(done(&run.log()), "{}", run.log());
+    };
+    let holds = |port: u16| target.ruleset().contains(&format!("10.95.0.1 . {port}"));
+    reload(8081, 1);
+    assert!(holds(8081), "{}", target.ruleset());
+    must(&format!(
+        "ip netns del {0} && ip netns add {0}",
+        target.name
+    ));
+    assert!(!target.ruleset().contains("svcnat"), "a new namespace");
+    reload(8082, 2);
+    assert!(holds(8082), "the new namespace: {}", target.ruleset());
+    reload(8083, 3);
+    assert!(holds(8083), "{}", target.ruleset());
+    let log = run.log();
+    assert_eq!(
+        log.matches("only the changed sections read").count(),
+        2,
+        "the first and the last reload: {log}"
+    );
+    run.signal(libc::SIGINT);
+}
+
 #[test]
 fn port_mapping_drop_in_with_only_net_admin() {
     if !require_root() {

@@ -7,6 +7,7 @@ pub mod decode;
 mod elems;
 pub mod encode;
 pub mod expr;
+mod kept;
 pub mod meta;
 pub mod netlink;
 pub mod netns;
@@ -20,7 +21,8 @@ use decode::Installed;
 use netlink::Netlink;
 use netns::{NetnsGuard, NetnsSpec};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub use kept::{Kept, LocalAddresses};
 
 /// Inside the target namespace: its netlink socket and its identity.
 pub struct Ctx {
@@ -35,14 +37,21 @@ pub struct Ctx {
 /// opened there. The original namespace is restored afterwards, also on error.
 pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
     in_namespace(netns, || {
-        let nl = Netlink::open()?;
-        let cookie = nl.netns_cookie().unwrap_or(0);
-        let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
-        let mut ctx = Ctx { nl, cookie, label };
+        let mut ctx = Ctx::open(netns)?;
         let out = f(&mut ctx);
         ctx.nl.close();
         out
     })
+}
+
+impl Ctx {
+    /// A socket in the caller's namespace, which `netns` names (None: the current one).
+    fn open(netns: Option<&NetnsSpec>) -> Result<Ctx> {
+        let nl = Netlink::open()?;
+        let cookie = nl.netns_cookie().unwrap_or(0);
+        let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
+        Ok(Ctx { nl, cookie, label })
+    }
 }
 
 /// Run `f` inside the namespace (or here), without a netlink socket: for what only needs
@@ -66,86 +75,6 @@ pub fn local_addresses() -> Vec<IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The namespace's local addresses, kept between `svcnat run`'s reloads and read again
-/// only after the kernel reported an address added or removed. Reading them dumps every
-/// link and address (~0.09 ms of a ~1.2 ms reload); looking for a report is one `recv`.
-pub struct LocalAddresses {
-    /// A route socket subscribed to the namespace's address events, or None: read each time.
-    watch: Option<OwnedFd>,
-    known: Option<Vec<IpAddr>>,
-}
-
-impl LocalAddresses {
-    /// Read afresh at every `get` (a one-shot command asks once).
-    pub fn unwatched() -> LocalAddresses {
-        LocalAddresses {
-            watch: None,
-            known: None,
-        }
-    }
-
-    /// Kept, and watched in the caller's namespace (call it inside the one to watch).
-    /// Where the socket cannot be had, the addresses are read each time instead.
-    pub fn watched() -> LocalAddresses {
-        // Safety: plain socket calls on a descriptor owned from here on.
-        let watch = unsafe {
-            let fd = libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_ROUTE,
-            );
-            (fd >= 0).then(|| OwnedFd::from_raw_fd(fd)).filter(|fd| {
-                let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-                sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-                sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
-                let len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-                libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), len) == 0
-            })
-        };
-        LocalAddresses { watch, known: None }
-    }
-
-    pub fn get(&mut self) -> &[IpAddr] {
-        // Subscribed before the first read, and drained before each: a change after the
-        // drain is read now or reported for the next time, never lost.
-        if self.reported_change() {
-            self.known = None;
-        }
-        self.known.get_or_insert_with(local_addresses)
-    }
-
-    /// Whether the kernel reported an address change since the last look (or lost reports:
-    /// ENOBUFS). Without a watch, always.
-    fn reported_change(&self) -> bool {
-        let Some(fd) = &self.watch else {
-            return true;
-        };
-        let mut any = false;
-        let mut buf = [0u8; 64];
-        loop {
-            // The report's content does not matter, only that there was one: truncated.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if n >= 0 {
-                any = true;
-                continue;
-            }
-            match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EAGAIN) => return any,
-                Some(libc::EINTR) => {}
-                // ENOBUFS: reports were dropped; anything else: the watch cannot be trusted.
-                _ => return true,
-            }
-        }
-    }
 }
 
 pub fn show(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Installed>> {

@@ -390,6 +390,25 @@ impl Netlink {
         }
     }
 
+    /// Discard replies left unread in a kept socket (a dump abandoned on an error), so
+    /// that the next request reads only its own.
+    pub fn drain(&mut self) {
+        while unsafe {
+            libc::recv(
+                self.fd(),
+                self.buf.as_mut_ptr().cast(),
+                RECV_BUF,
+                libc::MSG_DONTWAIT,
+            )
+        } > 0
+        {}
+    }
+
+    /// Sync and close the deferred files now, for a socket that stays open (`Kept`).
+    pub fn settle(&mut self) {
+        self.close_files();
+    }
+
     fn close_files(&mut self) {
         for (f, sync) in self.deferred.drain(..) {
             if sync {
