@@ -146,7 +146,6 @@ impl Index {
         records: Records,
         groups: &[(u64, u64)],
     ) -> std::io::Result<PendingIndex> {
-        use std::os::unix::fs::FileExt;
         let tmp = tmp_path(dir);
         remove_stale(dir);
         let header_len = head.encode(records.len()).len();
@@ -163,10 +162,8 @@ impl Index {
             in_place: false,
         };
         let raw = pending.records.raw();
-        pending.file.write_all_at(raw, header_len as u64)?;
-        pending
-            .file
-            .write_all_at(&pending.groups, (header_len + raw.len()) as u64)?;
+        write_in_pieces(&pending.file, raw, header_len)?;
+        write_in_pieces(&pending.file, &pending.groups, header_len + raw.len())?;
         Ok(pending)
     }
 
@@ -268,12 +265,13 @@ fn put_in_place(tmp: &Path, dir: &Path) -> std::io::Result<Option<std::fs::File>
 
 /// A new index file from `parts`, put in place by rename (see `put_in_place`).
 fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<Option<std::fs::File>> {
-    use std::io::Write;
     let tmp = tmp_path(dir);
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let f = std::fs::File::create(&tmp)?;
+        let mut at = 0;
         for p in parts {
-            f.write_all(p)?;
+            write_in_pieces(&f, p, at)?;
+            at += p.len();
         }
         put_in_place(&tmp, dir)
     })();
@@ -281,4 +279,18 @@ fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<Option<std::fs::F
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Write `bytes` at `at` in pieces of at most 64 KiB. The page cache takes a write's length
+/// as the folio size to use (up to 2 MB), and ext4 walks every block of a folio on each
+/// write into it: a splice's few small writes into an index written whole took ~6 µs
+/// each, against ~1.2 µs in a 64 KiB folio. Once written back, a folio goes to disk whole,
+/// too.
+fn write_in_pieces(f: &std::fs::File, bytes: &[u8], at: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const PIECE: usize = 64 * 1024;
+    for (i, piece) in bytes.chunks(PIECE).enumerate() {
+        f.write_all_at(piece, (at + i * PIECE) as u64)?;
+    }
+    Ok(())
 }
