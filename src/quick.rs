@@ -94,10 +94,10 @@ pub fn apply(
             {
                 return Ok(None);
             }
-            let Ok(numbers) = dir.numbers() else {
+            let Ok(listed) = dir.listing() else {
                 return Ok(None);
             };
-            if numbers.last() != Some(&index.head.generation)
+            if listed.last().map(|r| r.number) != Some(index.head.generation)
                 || installed.is_some_and(|g| g != index.head.generation)
             {
                 return Ok(None);
@@ -159,8 +159,11 @@ pub fn apply(
             })?;
             ctx.nl.sync_on_close(record);
             // The generations listed above, and the one just recorded: no second listing.
-            let mut recorded = numbers;
-            recorded.push(number);
+            let mut recorded = listed;
+            recorded.push(state::Recorded {
+                number,
+                whole: false,
+            });
             for removed in dir.prune_from(recorded)? {
                 ctx.nl.close_later(removed);
             }

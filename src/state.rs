@@ -103,6 +103,14 @@ pub struct Pending {
     pub deadline: u64,
 }
 
+/// A generation in the state directory, as its file names tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Recorded {
+    pub number: u64,
+    /// A whole file holds it; else only a splice onto an earlier one.
+    pub whole: bool,
+}
+
 pub struct StateDir {
     pub path: PathBuf,
 }
@@ -313,18 +321,31 @@ impl StateDir {
     /// The recorded generation numbers, oldest first — from file names alone: a generation
     /// of a 50,000-service map is megabytes of JSON, not to be parsed to be counted.
     pub fn numbers(&self) -> Result<Vec<u64>> {
+        Ok(self.listing()?.into_iter().map(|r| r.number).collect())
+    }
+
+    /// The recorded generations, oldest first, and whether each has a whole file: from
+    /// one listing of the directory.
+    pub fn listing(&self) -> Result<Vec<Recorded>> {
         let entries =
             fs::read_dir(&self.path).map_err(io(format!("cannot list {}", self.path.display())))?;
-        let mut out: Vec<u64> = entries
+        let mut out: Vec<Recorded> = entries
             .flatten()
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let n = name.strip_prefix("gen-")?.strip_suffix(".json")?;
-                n.strip_suffix(".splice").unwrap_or(n).parse().ok()
+                let name = e.file_name();
+                let n = name.to_str()?.strip_prefix("gen-")?.strip_suffix(".json")?;
+                let (n, whole) = n.strip_suffix(".splice").map_or((n, true), |n| (n, false));
+                let number = n.parse().ok()?;
+                Some(Recorded { number, whole })
             })
             .collect();
+        // A number with both files is whole: sorted so that its whole entry comes last.
         out.sort_unstable();
-        out.dedup();
+        out.dedup_by(|later, earlier| {
+            let same = later.number == earlier.number;
+            earlier.whole |= same && later.whole;
+            same
+        });
         Ok(out)
     }
 
@@ -427,20 +448,22 @@ impl StateDir {
     /// (~2.3 ms for a 50,000-service generation on ext4, measured), which the caller may
     /// leave to whoever closes its netlink socket (`Netlink::close_later`).
     pub fn prune(&self) -> Result<Vec<File>> {
-        self.prune_from(self.numbers()?)
+        self.prune_from(self.listing()?)
     }
 
-    /// `prune`, given the generations recorded (`numbers` as it would list them now).
-    pub fn prune_from(&self, all: Vec<u64>) -> Result<Vec<File>> {
+    /// `prune`, given the generations recorded (`listing` as it would list them now). The
+    /// listing says which are splices: a chain of up to 100 of them is not looked up again
+    /// file by file on each change.
+    pub fn prune_from(&self, all: Vec<Recorded>) -> Result<Vec<File>> {
         let mut removed = Vec::new();
         if all.len() <= KEEP {
             return Ok(removed);
         }
         let mut cut = all.len() - KEEP;
-        while cut > 0 && self.splice_path(all[cut]).exists() && !self.gen_path(all[cut]).exists() {
+        while cut > 0 && !all[cut].whole {
             cut -= 1;
         }
-        for old in &all[..cut] {
+        for old in all[..cut].iter().map(|r| &r.number) {
             let path = self.gen_path(*old);
             if let Ok(f) = File::open(&path) {
                 removed.push(f);
@@ -601,6 +624,42 @@ mod tests {
         let all = dir.generations().unwrap();
         assert_eq!(all.last().unwrap().plan, plan);
         assert_eq!(all.len(), numbers.len());
+        // The listing tells splices from whole generations by name; a number with both
+        // files is whole, listed once.
+        let listed = dir.listing().unwrap();
+        assert!(
+            listed.iter().all(|r| r.whole == (r.number == 1)),
+            "{listed:?}"
+        );
+        fs::write(
+            dir.gen_path(12),
+            serde_json::to_vec(&dir.generation(12).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let listed = dir.listing().unwrap();
+        assert_eq!(listed.len(), numbers.len());
+        assert!(listed.iter().find(|r| r.number == 12).unwrap().whole);
+        // Five more splices: once the newest ten begin after 12, pruning rests on it, not 1.
+        for n in 17..=21u64 {
+            dir.record_splice(&Splice {
+                number: n,
+                time: rfc3339(n),
+                digest: format!("xxh128:{n}"),
+                source: "m.toml".into(),
+                backend: "nft".into(),
+                base: n - 1,
+                at: 2,
+                remove: 1,
+                insert: &[svc(300 + n as u16)],
+            })
+            .unwrap();
+            dir.prune().unwrap();
+        }
+        assert_eq!(dir.numbers().unwrap(), (12..=21).collect::<Vec<_>>());
+        assert_eq!(
+            dir.generation(21).unwrap().unwrap().plan.services[2],
+            svc(321)
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }
