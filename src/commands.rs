@@ -238,7 +238,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     }
                     if let Some([read, build, commit]) = done.timings {
                         eprintln!(
-                            "svcnat: read the kernel's table {read:.1} ms, built the batch {build:.1} ms, commit {commit:.1} ms{}",
+                            "svcnat: read the kernel's table {read:.2} ms, built the batch {build:.2} ms, commit {commit:.2} ms{}",
                             if done.read_back {
                                 ""
                             } else {
