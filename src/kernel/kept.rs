@@ -65,6 +65,8 @@ impl Kept {
                 Some(ctx) => ctx,
                 None => self.socket.insert(Ctx::open(netns)?),
             };
+            // Whatever the last use left to sync, had its caller not settled it.
+            ctx.nl.settle();
             ctx.nl.drain();
             let out = f(ctx, &mut self.locals);
             if out.is_err() {
