@@ -43,27 +43,37 @@ pub struct Applied {
     pub plan: crate::plan::Plan,
     pub specs: Vec<crate::validate::ServiceSpec>,
     pub digest: String,
-    /// The index as it was written, when in place: for the next apply of a caller that
-    /// applies again (see `apply`'s `cached`).
-    pub index: Option<Index>,
+    /// The index as it was written, when in place, and the table's bookkeeping as
+    /// committed: for the next apply of a caller that applies again (see `apply`'s
+    /// `cached`).
+    pub last: Option<Last>,
+}
+
+/// What an apply leaves its caller for the next one (`svcnat run`'s reloads). Both hold
+/// only while the kernel is at the generation id the index was written after: no commit
+/// since, by anyone, so the table's bookkeeping is still the one committed.
+pub struct Last {
+    pub index: Index,
+    pub meta: TableMeta,
 }
 
 /// Apply the map `text` (named `name`) incrementally if it can be (see the module comment);
 /// None: do a full apply. The text may be a mapping of the file, changing under us: what is
 /// parsed is copied first and checked against the hashes compared with the index. With
 /// `installed`, only on top of that generation (a caller that keeps the plan it installed
-/// must not splice a change into it made against somebody else's apply). `cached`: the
-/// index the last apply returned, used instead of the file (~0.2 ms at 50,000 services:
-/// mapping and checking 2 MB) while the kernel is still at the generation id it was written
-/// after. Only svcnat writes the index, and only after a commit of its own: any commit
-/// since, by anyone, and the file is read again.
+/// must not splice a change into it made against somebody else's apply). `cached`: what
+/// the last apply returned (`Last`), used instead of the index file (~0.2 ms at 50,000
+/// services: mapping and checking 2 MB) and of reading the table's bookkeeping back (a
+/// round trip) while the kernel is still at the generation id the index was written after.
+/// Only svcnat writes the index, and only after a commit of its own: any commit since, by
+/// anyone, and both are read again.
 pub fn apply(
     t: &Target,
     name: &str,
     text: &[u8],
     resolver: &Resolver,
     installed: Option<u64>,
-    cached: Option<Index>,
+    cached: Option<Last>,
     kept: &mut kernel::Kept,
 ) -> Result<Option<Applied>> {
     if !matches!(t.backend, Backend::Nft) {
@@ -82,12 +92,17 @@ pub fn apply(
             let Ok(genid) = ctx.nl.genid() else {
                 return Ok(None);
             };
-            let cached = cached.filter(|i| i.head.genid == genid);
-            let Some(mut index) = cached.or_else(|| Index::read_at(&dir.path, genid)) else {
-                return Ok(None);
-            };
-            let Ok(Some(meta)) = decode::table_meta(&mut ctx.nl, &index.head.table) else {
-                return Ok(None);
+            let (mut index, meta) = match cached.filter(|c| c.index.head.genid == genid) {
+                Some(Last { index, meta }) => (index, meta),
+                None => {
+                    let Some(index) = Index::read_at(&dir.path, genid) else {
+                        return Ok(None);
+                    };
+                    let Ok(Some(meta)) = decode::table_meta(&mut ctx.nl, &index.head.table) else {
+                        return Ok(None);
+                    };
+                    (index, meta)
+                }
             };
             if meta.generation != Some(index.head.generation)
                 || meta.digest.as_deref() != Some(index.head.digest.as_str())
@@ -182,8 +197,11 @@ pub fn apply(
             let records = &change.records;
             let written =
                 index.write_splice(&dir.path, &head, at, removed, records, text, change.start);
-            let index = match written {
-                Ok(Written::InPlace) => Some(index),
+            let last = match written {
+                Ok(Written::InPlace) => Some(Last {
+                    index,
+                    meta: new_meta,
+                }),
                 // A replaced index file's blocks are freed where the socket closes.
                 Ok(Written::NewFile(replaced)) => {
                     replaced.into_iter().for_each(|f| ctx.nl.close_later(f));
@@ -215,7 +233,7 @@ pub fn apply(
                 plan: change.plan,
                 specs: change.specs,
                 digest,
-                index,
+                last,
             }))
         });
         // A namespace that cannot be entered is the full apply's error to report.

@@ -81,8 +81,9 @@ struct Runner {
     /// The generation of the last apply, when it installed `resolved` as it is: then a
     /// reload on top of that generation may change only the sections that changed (`quick`).
     synced: Option<u64>,
-    /// The index as the last such reload wrote it (see `quick::apply`'s `cached`).
-    index: Option<crate::index::Index>,
+    /// The index and the table's bookkeeping as the last such reload left them (see
+    /// `quick::apply`'s `cached`).
+    last: Option<quick::Last>,
     /// The socket and the local addresses, for reloads by the changed sections.
     kept: kernel::Kept,
     stats: Stats,
@@ -196,7 +197,7 @@ impl Runner {
         let sections = self.sections.as_ref().filter(|_| self.as_written());
         // A full apply writes a new index: the one kept from the last reload is stale (its
         // generation id would say so too; this frees its mapping now).
-        self.index = None;
+        self.last = None;
         match ops::apply_known(
             &self.opts.target,
             &plan,
@@ -259,7 +260,7 @@ impl Runner {
             text,
             &self.opts.resolver,
             Some(last),
-            self.index.take(),
+            self.last.take(),
             &mut self.kept,
         ) {
             Ok(Some(q)) => q,
@@ -284,7 +285,7 @@ impl Runner {
         // is not kept (names, the only thing located later, are not in such a map).
         self.checked.source = Source::new(mapped.name.clone(), String::new());
         self.digest = q.digest;
-        self.index = q.index;
+        self.last = q.last;
         self.synced = Some(q.installed.generation);
         self.known = None;
         self.sections = None;
@@ -483,7 +484,7 @@ pub fn run(opts: Options) -> Result<i32> {
         known: None,
         sections,
         synced: None,
-        index: None,
+        last: None,
         kept: kernel::Kept::for_reloads(),
         failed_open: HashSet::new(),
         stats: Stats::default(),
