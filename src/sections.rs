@@ -2,10 +2,9 @@
 //! and one section per service, each hashed: what the index of the last apply records, and
 //! what the next apply compares with it (`index`, `quick`).
 
-use xxhash_rust::xxh3::xxh3_64;
-
+/// XXH3-64: the same value `xxh3_64` gives anywhere (the index is read across versions).
 pub fn hash(bytes: &[u8]) -> u64 {
-    xxh3_64(bytes)
+    twox_hash::XxHash3_64::oneshot(bytes)
 }
 
 /// Sections per group. The index records each group's hash and length too, so that a walk
@@ -133,6 +132,16 @@ pub fn multiline(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The index stores these hashes across svcnat versions: they must stay XXH3-64, the
+    /// values `xxhsum -H3` prints (an empty input, a section, and a long input, which takes
+    /// the SIMD path).
+    #[test]
+    fn section_hashes_are_xxh3_64() {
+        assert_eq!(hash(b""), 0x2d06800538d394c2);
+        assert_eq!(hash(b"[[service]]\nname = \"web\"\n"), 0x9a67a21578a3c8c7);
+        assert_eq!(hash(&[b'x'; 6000]), 0x6d530de3728fa046);
+    }
 
     const MAP: &str = "[settings]\ntable = \"t\"\n\n[[service]]\nname = \"a\"\nlisten = \"80\"\ntargets = [\"10.0.0.1:80\"]\n\n[[service]]\nname = \"b\"\nlisten = \"81\"\ntargets = [\"10.0.0.1:81\"]\n[service.x]\n";
 

@@ -225,13 +225,14 @@ impl<'b> Reader<'b> {
 /// run of `GROUP` of them (`record_sums`), and of its groups. A splice in place hashes
 /// again only the runs it changes (~2.8 kB each) instead of all 2 MB of records.
 fn checksum(header: &[u8], sums: &[u64], groups_raw: &[u8]) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(header);
+    use std::hash::Hasher;
+    let mut h = twox_hash::XxHash3_64::new();
+    h.write(header);
     for sum in sums {
-        h.update(&sum.to_le_bytes());
+        h.write(&sum.to_le_bytes());
     }
-    h.update(groups_raw);
-    h.digest()
+    h.write(groups_raw);
+    h.finish()
 }
 
 /// Bytes in a run of `GROUP` records.
@@ -244,7 +245,7 @@ fn record_sums(raw: &[u8]) -> Vec<u64> {
 
 /// The hash of one run of records (see `record_sums`).
 fn run_sum(run: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(run)
+    twox_hash::XxHash3_64::oneshot(run)
 }
 
 impl Head {

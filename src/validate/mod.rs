@@ -264,11 +264,11 @@ impl<'s> Checker<'s> {
     }
 
     fn name_hash(&self, svc: &ServiceSpec) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(svc.name.as_bytes(), self.seed)
+        twox_hash::XxHash3_64::oneshot_with_seed(self.seed, svc.name.as_bytes())
     }
 
     fn listen_hash(&self, svc: &ServiceSpec) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(&listen_bytes(&svc.listen, svc.proto), self.seed)
+        twox_hash::XxHash3_64::oneshot_with_seed(self.seed, &listen_bytes(&svc.listen, svc.proto))
     }
 
     fn service(&mut self, raw: RawService) {
