@@ -160,16 +160,23 @@ pub fn rfc3339(unix: u64) -> String {
 impl StateDir {
     /// The directory of one network namespace (created if needed).
     pub fn open(root: &Path, cookie: u64, label: &str) -> Result<StateDir> {
-        let path = root.join(format!("netns-{cookie}"));
-        fs::create_dir_all(&path).map_err(|e| Error::State {
-            message: format!(
-                "cannot create the state directory {}: {e}\n  fix: pass --state-dir DIR or set $SVCNAT_STATE_DIR to a writable directory (e.g. /run/svcnat)",
-                path.display()
-            ),
-        })?;
-        let dir = StateDir { path };
+        let dir = StateDir {
+            path: root.join(format!("netns-{cookie}")),
+        };
         let label_file = dir.path.join("netns");
-        if fs::read_to_string(&label_file).ok().as_deref() != Some(label) {
+        // The label, as it should be, says the directory is there too: one read instead of
+        // a mkdir and a stat besides (every change of `svcnat run` opens it).
+        let mut read = Vec::with_capacity(label.len() + 1);
+        let labelled = File::open(&label_file)
+            .and_then(|f| f.take(label.len() as u64 + 1).read_to_end(&mut read))
+            .is_ok_and(|_| read == label.as_bytes());
+        if !labelled {
+            fs::create_dir_all(&dir.path).map_err(|e| Error::State {
+                message: format!(
+                    "cannot create the state directory {}: {e}\n  fix: pass --state-dir DIR or set $SVCNAT_STATE_DIR to a writable directory (e.g. /run/svcnat)",
+                    dir.path.display()
+                ),
+            })?;
             write_atomic(&label_file, label.as_bytes())?;
         }
         Ok(dir)
@@ -200,9 +207,15 @@ impl StateDir {
             }
         }
         // The holder's pid, over the last one's without truncating (truncating the file
-        // costs ~0.5 ms of ext4 journalling on every apply): padded to one length.
+        // costs ~0.5 ms of ext4 journalling on every apply): padded to one length. Not
+        // written again when it is already ours (`svcnat run`'s every change): a write
+        // dirties the file for writeback, a read does not.
         use std::os::unix::fs::FileExt;
-        let _ = f.write_all_at(format!("{:<10}\n", std::process::id()).as_bytes(), 0);
+        let pid = format!("{:<10}\n", std::process::id());
+        let mut held = [0u8; 11];
+        if f.read_exact_at(&mut held, 0).is_err() || held[..] != *pid.as_bytes() {
+            let _ = f.write_all_at(pid.as_bytes(), 0);
+        }
         Ok(Lock { _file: f })
     }
 
@@ -414,6 +427,31 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_542_041), "2026-11-24T17:40:41Z");
+    }
+
+    /// The directory and its label are made when missing and mended when wrong; the lock
+    /// holds this process's pid, over a stale one.
+    #[test]
+    fn open_labels_and_lock_names_the_holder() {
+        let root = std::env::temp_dir().join(format!("svcnat-open-test-{}", std::process::id()));
+        let dir = StateDir::open(&root, 9, "ns-a").unwrap();
+        let label = || fs::read_to_string(dir.path.join("netns")).unwrap();
+        assert_eq!(label(), "ns-a");
+        StateDir::open(&root, 9, "ns-a").unwrap();
+        assert_eq!(label(), "ns-a");
+        // A label that only begins like the right one is not it.
+        StateDir::open(&root, 9, "ns").unwrap();
+        assert_eq!(label(), "ns");
+        StateDir::open(&root, 9, "ns-b").unwrap();
+        assert_eq!(label(), "ns-b");
+
+        let ours = format!("{:<10}\n", std::process::id());
+        fs::write(dir.path.join("lock"), "1         \n").unwrap();
+        drop(dir.lock().unwrap());
+        assert_eq!(fs::read_to_string(dir.path.join("lock")).unwrap(), ours);
+        drop(dir.lock().unwrap());
+        assert_eq!(fs::read_to_string(dir.path.join("lock")).unwrap(), ours);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
