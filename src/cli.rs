@@ -367,14 +367,7 @@ impl MapText {
 
     /// The text; None when it is not UTF-8 (`read_map` says so).
     pub fn text(&self) -> Option<&str> {
-        let bytes = self.bytes()?;
-        let utf8 = |half: &[u8]| std::str::from_utf8(half).is_ok();
-        match crate::sections::in_halves(bytes, utf8) {
-            // Safety: both halves are UTF-8, and they meet after a line break, at a char
-            // boundary, so the whole is.
-            (true, None | Some((_, true))) => Some(unsafe { std::str::from_utf8_unchecked(bytes) }),
-            _ => None,
-        }
+        std::str::from_utf8(self.bytes()?).ok()
     }
 
     /// The bytes, not yet known to be UTF-8 (checking all 4 MB of a 50,000-service map
@@ -485,32 +478,6 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A mapped map over 1 MB is checked for UTF-8 in two halves at once: a bad byte in
-    /// either is found, and a good text comes back whole.
-    #[test]
-    fn large_mapped_maps_are_checked_for_utf8_in_halves() {
-        let path = std::env::temp_dir().join(format!("svcnat-utf8-{}.toml", std::process::id()));
-        let line = "# é, ü and ✓ are fine\n";
-        let good = line.repeat((1 << 20) / line.len() + 1);
-        for (at, ok) in [
-            (None, true),
-            (Some(100), false),
-            (Some(good.len() - 5), false),
-        ] {
-            let mut bytes = good.clone().into_bytes();
-            if let Some(at) = at {
-                bytes[at] = 0xff;
-            }
-            std::fs::write(&path, &bytes).unwrap();
-            let mapped = MapText::map(Some(&path)).expect("a regular file of our own is mapped");
-            assert_eq!(mapped.text().is_some(), ok, "bad byte at {at:?}");
-            if ok {
-                assert_eq!(mapped.text(), Some(good.as_str()));
-            }
-        }
-        std::fs::remove_file(&path).unwrap();
-    }
 
     #[test]
     fn a_map_that_is_not_utf8_is_located() {

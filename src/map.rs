@@ -331,15 +331,10 @@ fn shift_service(s: Spanned<RawService>, by: usize) -> Spanned<RawService> {
 /// is not a value), so splitting there still ends in an error. A plain search does it (a
 /// tenth of the parse time at 50,000 services); otherwise toml's own lexer decides.
 fn service_headers(text: &str) -> Vec<usize> {
-    use crate::sections::{headers, in_halves, multiline};
-    match in_halves(text.as_bytes(), |h| (!multiline(h)).then(|| headers(h))) {
-        (Some(first), None) => first,
-        (Some(mut first), Some((at, Some(second)))) => {
-            first.extend(second.into_iter().map(|h| h + at));
-            first
-        }
-        _ => service_headers_lexed(text),
+    if !crate::sections::multiline(text.as_bytes()) {
+        return crate::sections::headers(text.as_bytes());
     }
+    service_headers_lexed(text)
 }
 
 /// `service_headers` with toml's lexer: a header is a `[` that starts a line outside any
@@ -516,36 +511,6 @@ mod tests {
         let starts = service_headers(text);
         assert_eq!(starts, service_headers_lexed(text));
         assert_eq!(starts.len(), 2);
-    }
-
-    /// A map over 1 MB is searched in two halves at once: the same headers as the lexer
-    /// finds, with one at the very line where the halves meet, and the lexer's answer when
-    /// only the second half has a multi-line string.
-    #[test]
-    fn large_maps_are_searched_in_halves_alike() {
-        let service = |i: usize| {
-            format!("[[service]]\nname = \"s{i}\"\nlisten = \"{i}\"\ntargets = [\"x:1\"]\n")
-        };
-        let mut text: String = (0..20_000).map(service).collect();
-        assert!(text.len() > 1 << 20);
-        // Where `in_halves` splits: after the first line break from the middle on.
-        let mid = text.len() / 2;
-        let at = mid + text[mid..].find('\n').unwrap() + 1;
-        let (_, second) = crate::sections::in_halves(text.as_bytes(), |h| h.len());
-        assert_eq!(second, Some((at, text.len() - at)));
-        // Make the line there a header of its own.
-        text.insert_str(
-            at,
-            "[[service]]\nname = \"mid\"\nlisten = \"1\"\ntargets = [\"x:1\"]\n",
-        );
-        let starts = service_headers(&text);
-        assert_eq!(starts.len(), 20_001);
-        assert!(starts.contains(&at));
-        assert_eq!(starts, service_headers_lexed(&text));
-        // A multi-line string in the second half alone: the lexer decides, for the whole.
-        text.push_str("note = '''\n[[service]]\n'''\n");
-        assert_eq!(service_headers(&text), service_headers_lexed(&text));
-        assert_eq!(service_headers(&text).len(), 20_001);
     }
 
     #[test]

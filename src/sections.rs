@@ -129,29 +129,6 @@ pub fn multiline(b: &[u8]) -> bool {
     memchr::memmem::find(b, b"'''").is_some() || memchr::memmem::find(b, b"\"\"\"").is_some()
 }
 
-/// Texts this large (1 MB, ~12,000 services) are scanned in two halves at once.
-const HALVES_FROM: usize = 1 << 20;
-
-/// `scan` over the two halves of a large text on two cores, the second with where it
-/// starts; a small one is all first half. The text is split after a line break near its
-/// middle: a char boundary, and no header or triple quote spans one. (A scan of 4 MB takes
-/// ~0.3-0.6 ms, mostly first touching the pages of a mapped map.)
-pub fn in_halves<T: Send>(b: &[u8], scan: impl Fn(&[u8]) -> T + Sync) -> (T, Option<(usize, T)>) {
-    let mid = b.len() / 2;
-    let split = memchr::memchr(b'\n', &b[mid..]).map(|i| mid + i + 1);
-    match split.filter(|_| b.len() >= HALVES_FROM) {
-        Some(at) => std::thread::scope(|s| {
-            let second = s.spawn(|| scan(&b[at..]));
-            let first = scan(&b[..at]);
-            let second = second
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (first, Some((at, second)))
-        }),
-        None => (scan(b), None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
