@@ -30,7 +30,10 @@ pub struct Netlink {
     sock: mnl::Socket,
     portid: u32,
     seq: u32,
-    /// u32 words: the receive buffer must be aligned for `nlmsghdr`.
+    /// The receive buffer, in u32 words to be aligned for `nlmsghdr`. Capacity only, never
+    /// zeroed: `recv` writes into it and only the bytes it wrote are read, so the pages no
+    /// reply reached are never touched. (Zeroed, its 128 kB stayed resident in `svcnat
+    /// run`, which keeps its socket.)
     buf: Vec<u32>,
     /// Whether a batch was sent: only then does closing wait (see `close`).
     committed: bool,
@@ -98,7 +101,7 @@ impl Netlink {
             sock,
             portid,
             seq: 1,
-            buf: vec![0; RECV_BUF / 4],
+            buf: Vec::with_capacity(RECV_BUF / 4),
             committed: false,
             deferred: Vec::new(),
         })
