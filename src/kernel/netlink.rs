@@ -407,12 +407,9 @@ impl Netlink {
         {}
     }
 
-    /// Sync and close the deferred files now, for a socket that stays open (`Kept`).
+    /// Sync and close the deferred files now: where the socket closes, or after each use
+    /// of a socket that stays open (`Kept`).
     pub fn settle(&mut self) {
-        self.close_files();
-    }
-
-    fn close_files(&mut self) {
         for (f, sync) in self.deferred.drain(..) {
             if sync {
                 let _ = f.sync_all();
@@ -430,7 +427,7 @@ impl Netlink {
     pub fn close(mut self) {
         use std::sync::atomic::Ordering;
         if !self.committed {
-            self.close_files();
+            self.settle();
             return drop(self);
         }
         match CLOSE.load(Ordering::Relaxed) {
@@ -444,7 +441,7 @@ impl Netlink {
                     }
                     Err(files) => {
                         self.deferred = files;
-                        self.close_files();
+                        self.settle();
                         drop(self);
                     }
                 }
@@ -485,7 +482,7 @@ impl Netlink {
                 }
             }
             _ => {
-                self.close_files();
+                self.settle();
                 drop(self);
             }
         }
