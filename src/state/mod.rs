@@ -525,10 +525,8 @@ mod tests {
             backend: "nft".into(),
         })
         .unwrap();
-        // Fifteen splices, each replacing service 2 (and the last adding one).
-        for n in 2..=16u64 {
-            let insert = [svc(100 + n as u16), svc(200)];
-            let insert = &insert[..if n == 16 { 2 } else { 1 }];
+        // Generation n: n - 1 with service 2 replaced by `insert`.
+        let splice = |n: u64, insert: &[Service]| {
             dir.record_splice(&Splice {
                 number: n,
                 time: rfc3339(n),
@@ -541,6 +539,12 @@ mod tests {
                 insert,
             })
             .unwrap();
+        };
+        // Fifteen splices, each replacing service 2 (and the last adding one).
+        for n in 2..=16u64 {
+            let insert = [svc(100 + n as u16), svc(200)];
+            let insert = &insert[..if n == 16 { 2 } else { 1 }];
+            splice(n, insert);
             plan.services.splice(2..3, insert.iter().cloned());
         }
         let g = dir.generation(16).unwrap().expect("rebuilt");
@@ -575,18 +579,7 @@ mod tests {
         assert!(listed.iter().find(|r| r.number == 12).unwrap().whole);
         // Five more splices: once the newest ten begin after 12, pruning rests on it, not 1.
         for n in 17..=21u64 {
-            dir.record_splice(&Splice {
-                number: n,
-                time: rfc3339(n),
-                digest: format!("xxh128:{n}"),
-                source: "m.toml".into(),
-                backend: "nft".into(),
-                base: n - 1,
-                at: 2,
-                remove: 1,
-                insert: &[svc(300 + n as u16)],
-            })
-            .unwrap();
+            splice(n, &[svc(300 + n as u16)]);
             dir.prune().unwrap();
         }
         assert_eq!(dir.numbers().unwrap(), (12..=21).collect::<Vec<_>>());
