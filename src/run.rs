@@ -455,6 +455,12 @@ fn serve_scrape(listener: &TcpListener, body: impl FnOnce() -> String) {
     let _ = conn.write_all(response.as_bytes());
 }
 
+/// poll(2)'s timeout in milliseconds for `left`, rounded up: rounded down, the last
+/// millisecond before each deadline was spent calling poll with 0 over and over.
+fn poll_timeout(left: Duration) -> i32 {
+    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+}
+
 /// Run until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(opts: Options) -> Result<i32> {
     let signals = signal_fd()?;
@@ -509,10 +515,7 @@ pub fn run(opts: Options) -> Result<i32> {
         if let Some(h) = next_health {
             deadline = deadline.min(h);
         }
-        let wait = deadline
-            .saturating_duration_since(now)
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
+        let wait = poll_timeout(deadline.saturating_duration_since(now));
         let mut fds = vec![libc::pollfd {
             fd: signals.as_raw_fd(),
             events: libc::POLLIN,
@@ -582,5 +585,22 @@ pub fn run(opts: Options) -> Result<i32> {
             next_health = Some(now + every);
             r.check_health();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadline less than a millisecond away is waited for, not polled for in a loop.
+    #[test]
+    fn poll_waits_until_the_deadline() {
+        assert_eq!(poll_timeout(Duration::ZERO), 0);
+        assert_eq!(poll_timeout(Duration::from_micros(1)), 1);
+        assert_eq!(poll_timeout(Duration::from_micros(999)), 1);
+        assert_eq!(poll_timeout(Duration::from_millis(1)), 1);
+        assert_eq!(poll_timeout(Duration::from_micros(1001)), 2);
+        assert_eq!(poll_timeout(Duration::from_secs(30)), 30_000);
+        assert_eq!(poll_timeout(Duration::from_secs(u64::MAX)), i32::MAX);
     }
 }
