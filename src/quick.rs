@@ -55,6 +55,10 @@ pub struct Applied {
 pub struct Last {
     pub index: Index,
     pub meta: TableMeta,
+    /// The state directory, and a file made there for the next record (`state::Unnamed`;
+    /// the caller makes it where nobody waits for it).
+    pub dir: std::path::PathBuf,
+    pub spare: Option<state::Unnamed>,
 }
 
 /// Apply the map `text` (named `name`) incrementally if it can be (see the module comment);
@@ -92,8 +96,10 @@ pub fn apply(
             let Ok(genid) = ctx.nl.genid() else {
                 return Ok(None);
             };
-            let (mut index, meta) = match cached.filter(|c| c.index.head.genid == genid) {
-                Some(Last { index, meta }) => (index, meta),
+            let (mut index, meta, spare) = match cached.filter(|c| c.index.head.genid == genid) {
+                Some(Last {
+                    index, meta, spare, ..
+                }) => (index, meta, spare),
                 None => {
                     let Some(index) = Index::read_at(&dir.path, genid) else {
                         return Ok(None);
@@ -101,7 +107,7 @@ pub fn apply(
                     let Ok(Some(meta)) = decode::table_meta(&mut ctx.nl, &index.head.table) else {
                         return Ok(None);
                     };
-                    (index, meta)
+                    (index, meta, None)
                 }
             };
             if meta.generation != Some(index.head.generation)
@@ -161,17 +167,20 @@ pub fn apply(
 
             // Committed: from here on, failures are real.
             let services = change.plan.services.len();
-            let record = dir.record_splice(&Splice {
-                number,
-                time: state::rfc3339(state::now()),
-                digest: digest.clone(),
-                source: name.to_owned(),
-                backend: t.backend.name().to_owned(),
-                base: index.head.generation,
-                at: change.at,
-                remove: change.removed,
-                insert: &change.plan.services[..],
-            })?;
+            let record = dir.record_splice(
+                &Splice {
+                    number,
+                    time: state::rfc3339(state::now()),
+                    digest: digest.clone(),
+                    source: name.to_owned(),
+                    backend: t.backend.name().to_owned(),
+                    base: index.head.generation,
+                    at: change.at,
+                    remove: change.removed,
+                    insert: &change.plan.services[..],
+                },
+                spare,
+            )?;
             ctx.nl.sync_on_close(record);
             // The generations listed above, and the one just recorded: no second listing.
             let mut recorded = listed;
@@ -201,6 +210,8 @@ pub fn apply(
                 Ok(Written::InPlace) => Some(Last {
                     index,
                     meta: new_meta,
+                    dir: dir.path.clone(),
+                    spare: None,
                 }),
                 // A replaced index file's blocks are freed where the socket closes.
                 Ok(Written::NewFile(replaced)) => {

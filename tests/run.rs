@@ -368,6 +368,17 @@ fn a_reload_sends_only_the_changed_sections() {
     );
     let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
     assert_eq!(code, 0, "{diff}");
+    // Each reload recorded its generation, the second in the file made after the first's
+    // log line: each can be installed again.
+    for (generation, answer) in [("2", "b"), ("3", "a")] {
+        svcnat_ok(&["rollback", "--netns", &lab.proxy.name, "--to", generation]);
+        eventually(
+            &lab.client,
+            "http://10.94.0.11:8080",
+            answer,
+            Duration::from_secs(3),
+        );
+    }
 
     // Somebody else's apply in the namespace: the next reload must not splice its change
     // into a plan the kernel no longer holds; it goes the full way and restores the map.

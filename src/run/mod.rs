@@ -257,8 +257,12 @@ impl Runner {
             "applied {} service(s) ({why}) as generation {}: {} netlink messages, updated in place, only the changed sections read",
             q.services, q.installed.generation, q.installed.messages
         ));
-        // The generation record's sync, which a closing socket would have done now.
+        // The generation record's sync, which a closing socket would have done now; and
+        // the file the next record will be.
         self.kept.settle();
+        if let Some(last) = &mut self.last {
+            last.spare = crate::state::Unnamed::new(&last.dir);
+        }
         true
     }
 

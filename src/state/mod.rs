@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 mod file;
-pub use file::{PendingFile, write_atomic, write_atomic_with};
+pub use file::{PendingFile, Unnamed, write_atomic, write_atomic_with};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/svcnat";
 /// Generations kept per namespace.
@@ -320,9 +320,16 @@ impl StateDir {
     /// sync, which it leaves to whoever closes its netlink socket a moment later
     /// (`Netlink::sync_on_close`): a crash before that loses only this generation's record
     /// (skipped as unreadable) — and the rules it describes do not outlive a crash anyway.
-    pub fn record_splice(&self, s: &Splice<&[Service]>) -> Result<File> {
+    /// `spare`, a file made beforehand in this directory, becomes the record if it can be
+    /// named (elsewhere on the same filesystem would do too; across filesystems it cannot).
+    pub fn record_splice(&self, s: &Splice<&[Service]>, spare: Option<Unnamed>) -> Result<File> {
         let path = self.splice_path(s.number);
         let json = serde_json::to_vec(s).expect("plain data serializes");
+        if let Some(spare) = spare
+            && let Ok(file) = spare.name(&path, &json)
+        {
+            return Ok(file);
+        }
         let file = File::create(&path)
             .and_then(|mut f| f.write_all(&json).map(|_| f))
             .map_err(io(format!("cannot write {}", path.display())))?;
@@ -421,6 +428,26 @@ impl StateDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Generation `n`: n - 1 with `remove` services at `at` replaced by `insert`.
+    pub(super) fn splice(
+        n: u64,
+        at: usize,
+        remove: usize,
+        insert: &[Service],
+    ) -> Splice<&[Service]> {
+        Splice {
+            number: n,
+            time: rfc3339(n),
+            digest: format!("xxh128:{n}"),
+            source: "m.toml".into(),
+            backend: "nft".into(),
+            base: n - 1,
+            at,
+            remove,
+            insert,
+        }
+    }
 
     #[test]
     fn rfc3339_dates() {
@@ -526,25 +553,14 @@ mod tests {
         })
         .unwrap();
         // Generation n: n - 1 with service 2 replaced by `insert`.
-        let splice = |n: u64, insert: &[Service]| {
-            dir.record_splice(&Splice {
-                number: n,
-                time: rfc3339(n),
-                digest: format!("xxh128:{n}"),
-                source: "m.toml".into(),
-                backend: "nft".into(),
-                base: n - 1,
-                at: 2,
-                remove: 1,
-                insert,
-            })
-            .unwrap();
+        let add = |n: u64, insert: &[Service]| {
+            dir.record_splice(&splice(n, 2, 1, insert), None).unwrap();
         };
         // Fifteen splices, each replacing service 2 (and the last adding one).
         for n in 2..=16u64 {
             let insert = [svc(100 + n as u16), svc(200)];
             let insert = &insert[..if n == 16 { 2 } else { 1 }];
-            splice(n, insert);
+            add(n, insert);
             plan.services.splice(2..3, insert.iter().cloned());
         }
         let g = dir.generation(16).unwrap().expect("rebuilt");
@@ -579,7 +595,7 @@ mod tests {
         assert!(listed.iter().find(|r| r.number == 12).unwrap().whole);
         // Five more splices: once the newest ten begin after 12, pruning rests on it, not 1.
         for n in 17..=21u64 {
-            splice(n, &[svc(300 + n as u16)]);
+            add(n, &[svc(300 + n as u16)]);
             dir.prune().unwrap();
         }
         assert_eq!(dir.numbers().unwrap(), (12..=21).collect::<Vec<_>>());
