@@ -9,7 +9,7 @@
 //! and svcnat's table meta are still what the apply that wrote it left behind. Anything
 //! else — a torn file, another commit in the namespace, a reboot — means a full apply.
 
-use crate::sections::GROUP;
+use crate::sections::{GROUP, hash};
 use std::path::{Path, PathBuf};
 
 mod diff;
@@ -238,14 +238,10 @@ fn checksum(header: &[u8], sums: &[u64], groups_raw: &[u8]) -> u64 {
 /// Bytes in a run of `GROUP` records.
 const RUN: usize = GROUP * RECORD;
 
-/// The hash of each run of `GROUP` records in `raw` (the last may be shorter).
+/// The hash of each run of `GROUP` records in `raw` (the last may be shorter): XXH3-64,
+/// as a section's (`sections::hash`).
 fn record_sums(raw: &[u8]) -> Vec<u64> {
-    raw.chunks(RUN).map(run_sum).collect()
-}
-
-/// The hash of one run of records (see `record_sums`).
-fn run_sum(run: &[u8]) -> u64 {
-    twox_hash::XxHash3_64::oneshot(run)
+    raw.chunks(RUN).map(hash).collect()
 }
 
 impl Head {

@@ -4,7 +4,6 @@
 
 use super::{
     GROUP, Groups, Head, Index, RECORD, RUN, Record, Records, checksum, groups_bytes, record_sums,
-    run_sum,
 };
 use crate::sections::hash;
 use std::path::{Path, PathBuf};
@@ -69,7 +68,7 @@ impl Index {
             let mut bytes = raw[span.clone()].to_vec();
             let (from, to) = (span.start.max(lo), span.end.min(hi));
             bytes[from - span.start..to - span.start].copy_from_slice(&middle[from - lo..to - lo]);
-            *sum = run_sum(&bytes);
+            *sum = hash(&bytes);
         }
         let sum = checksum(&header, &sums, &groups_raw).to_le_bytes();
         let f = std::fs::OpenOptions::new()
