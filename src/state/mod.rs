@@ -379,13 +379,16 @@ impl StateDir {
         while cut > 0 && !all[cut].whole {
             cut -= 1;
         }
-        for old in all[..cut].iter().map(|r| &r.number) {
-            let path = self.gen_path(*old);
-            if let Ok(f) = File::open(&path) {
-                removed.push(f);
+        for old in &all[..cut] {
+            // A splice has no whole file to free: the listing says which is which.
+            if old.whole {
+                let path = self.gen_path(old.number);
+                if let Ok(f) = File::open(&path) {
+                    removed.push(f);
+                }
+                let _ = fs::remove_file(path);
             }
-            let _ = fs::remove_file(path);
-            let _ = fs::remove_file(self.splice_path(*old));
+            let _ = fs::remove_file(self.splice_path(old.number));
         }
         Ok(removed)
     }
