@@ -271,16 +271,10 @@ pub fn run(cli: Cli) -> Result<i32> {
             let text = mapped
                 .as_ref()
                 .and_then(|m| Some((m.name.as_str(), m.bytes()?)));
+            // One socket for both ways, closed when `kept` drops.
+            let mut kept = crate::kernel::Kept::one_shot();
             if let (None, Some((name, text)), Ok(t)) = (confirm, text, &t_or_error) {
-                if let Some(q) = quick::apply(
-                    t,
-                    name,
-                    text,
-                    &resolver,
-                    None,
-                    None,
-                    &mut crate::kernel::Kept::nothing(),
-                )? {
+                if let Some(q) = quick::apply(t, name, text, &resolver, None, None, &mut kept)? {
                     println!("{}", summary(t, &q.installed, q.services, &q.table));
                     // Unmapping a large map (~0.25 ms at 4 MB) is left to the exit, which
                     // leaves tearing the address space down to the closer (`kernel::closer`).
@@ -337,7 +331,14 @@ pub fn run(cli: Cli) -> Result<i32> {
                 // The text, and with a mapped map its lease, go with the process: unmapping
                 // 4 MB here would cost ~0.25 ms; the exit leaves it to the closer.
                 std::mem::forget(source);
-                let done = ops::apply(&t, &plan, &digest, &source_name, sections.as_ref())?;
+                let done = ops::apply(
+                    &t,
+                    &plan,
+                    &digest,
+                    &source_name,
+                    sections.as_ref(),
+                    &mut kept,
+                )?;
                 println!("{}", summary(&t, &done, plan.services.len(), &plan.table));
                 // The process ends here: freeing a large plan and the ruleset the commit
                 // left known (~6 ms at 50,000 services) piece by piece is work the exit

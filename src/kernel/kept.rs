@@ -1,7 +1,9 @@
 //! What `svcnat run` keeps in its namespace between reloads: the netlink socket and the
 //! local addresses. A reload by the changed sections takes ~1.2 ms at 50,000 services;
 //! opening a socket, and handing its close to a thread after the commit, took ~0.1 ms of
-//! it, and reading the addresses ~0.09 ms. A one-shot command keeps nothing (`Kept::nothing`).
+//! it, and reading the addresses ~0.09 ms. A one-shot apply keeps its socket from the
+//! attempt by the changed sections to the full apply (`Kept::one_shot`); other commands
+//! keep nothing (`Kept::nothing`). Whatever is kept closes when the `Kept` is dropped.
 
 use super::netns::NetnsSpec;
 use super::{Ctx, in_namespace, local_addresses, within};
@@ -13,6 +15,8 @@ use std::os::unix::fs::MetadataExt;
 pub struct Kept {
     /// Whether to keep anything (false: a fresh socket per `within`, as `kernel::within`).
     keep: bool,
+    /// Whether to watch the local addresses (else they are read at each `get`).
+    watch: bool,
     /// The namespace the socket and the address watch belong to: device and inode of its
     /// nsfs file (not reused while the socket holds the namespace).
     ns: Option<(u64, u64)>,
@@ -23,19 +27,27 @@ pub struct Kept {
 impl Kept {
     /// Nothing kept: each `within` opens and closes its own socket, and reads the addresses.
     pub fn nothing() -> Kept {
-        Kept {
-            keep: false,
-            ns: None,
-            socket: None,
-            locals: LocalAddresses::unwatched(),
-        }
+        Kept::new(false, false)
     }
 
     /// Keep a socket and watch the addresses, from the first `within` on.
     pub fn for_reloads() -> Kept {
+        Kept::new(true, true)
+    }
+
+    /// Keep the socket for the rest of a one-shot command: one socket, and one close
+    /// (a closer process, see `Netlink::close`), where each `within` would take its own.
+    pub fn one_shot() -> Kept {
+        Kept::new(true, false)
+    }
+
+    fn new(keep: bool, watch: bool) -> Kept {
         Kept {
-            keep: true,
-            ..Kept::nothing()
+            keep,
+            watch,
+            ns: None,
+            socket: None,
+            locals: LocalAddresses::unwatched(),
         }
     }
 
@@ -58,7 +70,9 @@ impl Kept {
                 .map_err(|e| crate::error::Error::io("/proc/thread-self/ns/net", e))?;
             if self.ns != Some(here) {
                 self.drop_socket();
-                self.locals = LocalAddresses::watched();
+                if self.watch {
+                    self.locals = LocalAddresses::watched();
+                }
                 self.ns = Some(here);
             }
             let ctx = match &mut self.socket {
@@ -89,6 +103,14 @@ impl Kept {
         if let Some(ctx) = self.socket.take() {
             ctx.nl.close();
         }
+    }
+}
+
+impl Drop for Kept {
+    /// The kept socket closes the way every socket does (`Netlink::close`), syncing what the
+    /// last `within` left to its close.
+    fn drop(&mut self) {
+        self.drop_socket();
     }
 }
 

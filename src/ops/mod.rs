@@ -393,14 +393,16 @@ fn apply_locked<S: Send>(
 
 /// apply: install the plan as a new generation and record it; index the map's `sections`
 /// (see `index`).
+/// `kept`: the socket of an attempt by the changed sections, if it kept one.
 pub fn apply(
     t: &Target,
     plan: &Plan,
     digest: &str,
     source: &str,
     sections: Option<&Sections>,
+    kept: &mut kernel::Kept,
 ) -> Result<Installed> {
-    apply_known(t, plan, digest, source, None, sections)
+    apply_known(t, plan, digest, source, None, sections, kept)
 }
 
 /// apply, with what this process committed last (see `Known`).
@@ -411,8 +413,9 @@ pub fn apply_known(
     source: &str,
     known: Option<Known>,
     sections: Option<&Sections>,
+    kept: &mut kernel::Kept,
 ) -> Result<Installed> {
-    kernel::within(t.netns.as_ref(), |ctx| {
+    kept.within(t.netns.as_ref(), |ctx, _| {
         let dir = state_dir(t, ctx)?;
         let _lock = dir.lock()?;
         // The index (~5 ms at 50,000 services: records, then 2 MB of file) is written while

@@ -166,6 +166,7 @@ impl Runner {
             &self.checked.source.name,
             self.known.take(),
             sections,
+            &mut kernel::Kept::nothing(),
         ) {
             Ok(mut done) => {
                 self.known = done.known.take();
