@@ -582,6 +582,46 @@ fn a_one_shot_apply_leaves_no_process_and_no_pipe_behind() {
     assert_eq!(code, 0, "the generations were recorded: {err}");
 }
 
+/// The closer asks the ruleset's generation id with raw system calls (it shares the exited
+/// command's errno and malloc): it reads what svcnat's own request reads, sees another
+/// program's commit move it, and refuses an answer that is not nf_tables'. With nobody
+/// committing, waiting for a quiet ruleset takes one grace period.
+#[test]
+fn the_closer_reads_the_generation_id_and_waits_one_grace_period_when_quiet() {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use svcnat::kernel::closer::{ruleset_genid, wait_until_quiet};
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("quiet");
+    let spec = svcnat::kernel::netns::NetnsSpec::parse(&ns.name).unwrap();
+    svcnat::kernel::within(Some(&spec), |ctx| {
+        let before = ruleset_genid(ctx.nl.as_fd(), 0);
+        assert_eq!(before, Some(ctx.nl.genid()?));
+        ns.exec_ok("nft add table inet quiet");
+        let after = ruleset_genid(ctx.nl.as_fd(), 1);
+        assert_ne!(after, before, "a commit moves the generation id");
+        assert_eq!(after, Some(ctx.nl.genid()?));
+        assert_eq!(wait_until_quiet(ctx.nl.as_fd()), 1);
+        // The socket answers as before after the wait's requests.
+        assert_eq!(Some(ctx.nl.genid()?), after);
+        Ok(())
+    })
+    .unwrap();
+    // A route socket answers the request with an error: no id.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // Safety: a new descriptor, owned from here on.
+    let route = unsafe { OwnedFd::from_raw_fd(fd) };
+    assert_eq!(ruleset_genid(route.as_fd(), 0), None);
+}
+
 /// The namespace's interface addresses svcnat reads (to tell local targets from remote
 /// ones) are the ones iproute2 lists: a point-to-point address is its local end, not its
 /// peer, and IPv6 addresses come too.

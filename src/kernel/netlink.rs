@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::log;
 use nftnl::nftnl_sys::libc;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 
 const NLMSG_ERROR: u16 = 2;
 /// The kernel's "restart" errno (Linux: 85): a batch refused for a stale generation id.
@@ -35,7 +35,7 @@ pub struct Netlink {
     /// reply reached are never touched. (Zeroed, its 128 kB stayed resident in `svcnat
     /// run`, which keeps its socket.)
     buf: Vec<u32>,
-    /// Whether a batch was sent: only then does closing wait (see `close`).
+    /// Whether a batch was sent: only then does `svcnat run` close it off its path (see `close`).
     committed: bool,
     /// Files to close (true: sync first) before the socket closes, wherever that happens
     /// (`sync_on_close`, `close_later`).
@@ -109,6 +109,12 @@ impl Netlink {
 
     fn fd(&self) -> i32 {
         self.sock.as_raw_fd()
+    }
+
+    /// The socket, borrowed: for requests made without it (`closer::ruleset_genid`).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        // Safety: the descriptor is open for as long as `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.fd()) }
     }
 
     /// The ruleset's generation id: it changes with every committed transaction, by anyone.
@@ -417,20 +423,21 @@ impl Netlink {
         }
     }
 
-    /// Close the socket. Closing a netfilter socket after a commit (only then) waits for nf_tables'
-    /// deferred destroy work (an RCU grace period, ~8 ms here, measured with strace -T),
-    /// though the new rules are live since the commit's ack. A one-shot command hands that
-    /// wait to a closer process (`closer`; a thread would not do: the process's exit would
-    /// wait for it). `svcnat run` hands it to a thread, which allocates nothing. (The
-    /// cleanup still happens: a commit within those milliseconds, by anyone, waits for it,
-    /// as it would have waited for this process.)
+    /// Close the socket. The last close of a netfilter socket that sent anything waits, holding
+    /// the namespace's commit lock, for nf_tables' deferred destroy work if any is pending: the
+    /// cleanup after a commit, anyone's, which waits an RCU grace period (~8 ms here, measured
+    /// with strace -T). The new rules are live since the commit's ack, so nobody should wait
+    /// for it: a one-shot command hands every socket to a closer process (`closer`; a thread
+    /// would not do: the process's exit would wait for it), `svcnat run` its committed ones
+    /// to a thread, which allocates nothing. Either first waits, holding no lock, until
+    /// nobody has committed for a grace period (`closer::wait_until_quiet`), so that the
+    /// close finds the work done and holds the lock for microseconds: a commit that follows
+    /// at once, the next `svcnat apply` say, goes through instead of waiting for the close.
     pub fn close(mut self) {
         use std::sync::atomic::Ordering;
-        if !self.committed {
-            self.settle();
-            return drop(self);
-        }
         match CLOSE.load(Ordering::Relaxed) {
+            // Any one-shot command's socket: its close also waits for work left by a commit
+            // of anyone's, e.g. the apply that ran just before `svcnat show`.
             CLOSE_IN_CHILD => {
                 let files = std::mem::take(&mut self.deferred);
                 match super::closer::hand_over(&self.sock, files) {
@@ -446,7 +453,7 @@ impl Netlink {
                     }
                 }
             }
-            CLOSE_IN_THREAD => {
+            CLOSE_IN_THREAD if self.committed => {
                 // A duplicate descriptor keeps the socket open past this close; the thread's
                 // close of it is the last one, and waits there, after syncing the files.
                 // Safety: the socket's descriptor is open for as long as `self` lives.
@@ -474,6 +481,7 @@ impl Netlink {
                 };
                 let thread = std::thread::Builder::new().spawn(move || {
                     close(&fds[..n]);
+                    super::closer::wait_until_quiet(last.as_fd());
                     drop(last);
                 });
                 if let Err(e) = thread {
