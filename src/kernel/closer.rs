@@ -195,16 +195,7 @@ pub fn ruleset_genid(sock: BorrowedFd<'_>, round: u32) -> Option<u32> {
                 if kind != gen_type(libc::NFT_MSG_NEWGEN) {
                     return None;
                 }
-                // Attributes after nfgenmsg; NFTA_GEN_ID (1) is a big-endian u32.
-                let mut a = at + NLMSG_HDR + 4;
-                while a + 8 <= at + len {
-                    let alen = (word(a) & 0xffff) as usize;
-                    if (word(a) >> 16) & 0x3fff == 1 && alen == 8 {
-                        return Some(u32::from_be(word(a + 4)));
-                    }
-                    a += alen.next_multiple_of(4).max(4);
-                }
-                return None;
+                return super::netlink::newgen_id(&bytes[at..at + len]);
             }
             at += len.next_multiple_of(4);
         }

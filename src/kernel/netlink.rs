@@ -42,6 +42,27 @@ pub struct Netlink {
     deferred: Vec<(std::fs::File, bool)>,
 }
 
+/// The generation id in a NEWGEN message (`msg`, from its nlmsghdr on): nfgenmsg, then
+/// attributes, of which NFTA_GEN_ID (1) is a big-endian u32. No allocation and no libc:
+/// the closer reads its own answers with it too (`closer::ruleset_genid`).
+pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
+    let u16_at = |i: usize| u16::from_ne_bytes([msg[i], msg[i + 1]]);
+    let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
+    while at + 8 <= msg.len() {
+        let len = u16_at(at) as usize;
+        if u16_at(at + 2) & 0x3fff == 1 && len == 8 {
+            return Some(u32::from_be_bytes([
+                msg[at + 4],
+                msg[at + 5],
+                msg[at + 6],
+                msg[at + 7],
+            ]));
+        }
+        at += len.next_multiple_of(4).max(4);
+    }
+    None
+}
+
 /// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
 pub struct Msg(Vec<u32>);
 
@@ -125,19 +146,7 @@ impl Netlink {
             0,
             |_| {},
             |m: &Msg| {
-                // NEWGEN: nfgenmsg, then attributes; NFTA_GEN_ID (1) is a big-endian u32.
-                let bytes = m.bytes();
-                let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
-                while at + 8 <= bytes.len() {
-                    let len = u16::from_ne_bytes([bytes[at], bytes[at + 1]]) as usize;
-                    let ty = u16::from_ne_bytes([bytes[at + 2], bytes[at + 3]]) & 0x3fff;
-                    if ty == 1 && len == 8 {
-                        genid = Some(u32::from_be_bytes(
-                            bytes[at + 4..at + 8].try_into().expect("4 bytes"),
-                        ));
-                    }
-                    at += len.next_multiple_of(4).max(4);
-                }
+                genid = genid.or(newgen_id(m.bytes()));
                 Ok(())
             },
         )?;
