@@ -45,7 +45,18 @@ pub fn apply_confirmed(
         let _lock = dir.lock()?;
         let before = current_meta(ctx, &t.backend, &plan.table)?;
         let previous = before.as_ref().and_then(|m| m.generation);
-        let (done, ()) = apply_locked(ctx, &t.backend, &dir, plan, digest, source, None, || ())?;
+        let locals = kernel::local_addresses();
+        let (done, ()) = apply_locked(
+            ctx,
+            &t.backend,
+            &dir,
+            plan,
+            digest,
+            source,
+            None,
+            &locals,
+            || (),
+        )?;
         Index::remove(&dir.path);
         dir.set_pending(&state::Pending {
             generation: done.generation,
@@ -96,7 +107,8 @@ pub fn apply_confirmed(
                         done.generation
                     ),
                 })?;
-                install(ctx, &t.backend, &g.plan, g.number, &g.digest, None)?;
+                let locals = kernel::local_addresses();
+                install(ctx, &t.backend, &g.plan, g.number, &g.digest, None, &locals)?;
                 Ok(Confirmation::RolledBack { to: Some(n), why })
             }
             _ => {
