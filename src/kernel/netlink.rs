@@ -464,7 +464,8 @@ impl Netlink {
             }
             CLOSE_IN_THREAD if self.committed => {
                 // A duplicate descriptor keeps the socket open past this close; the thread's
-                // close of it is the last one, and waits there, after syncing the files.
+                // close of it is the last one, after syncing the files and waiting until the
+                // ruleset is quiet.
                 // Safety: the socket's descriptor is open for as long as `self` lives.
                 let last =
                     nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) });
