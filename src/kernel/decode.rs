@@ -62,6 +62,19 @@ fn cstr(p: *const libc::c_char) -> String {
     }
 }
 
+/// An attribute's bytes as libnftnl's getters return them (a pointer and its length),
+/// copied; none where it is unset (a null pointer).
+///
+/// # Safety
+/// `p` is null or points to `len` readable bytes.
+pub(super) unsafe fn attr_bytes(p: *const libc::c_void, len: u32) -> Vec<u8> {
+    if p.is_null() {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) }.to_vec()
+    }
+}
+
 fn parse_err(what: &str) -> Error {
     Error::Netlink(format!("cannot parse the kernel's {what} message"))
 }
@@ -144,11 +157,7 @@ fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<V
                 let bytes = |attr: u32| {
                     let mut len = 0u32;
                     let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
-                    if p.is_null() {
-                        Vec::new()
-                    } else {
-                        std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
-                    }
+                    attr_bytes(p, len)
                 };
                 let chain =
                     sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16).then(|| {
