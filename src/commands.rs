@@ -1,28 +1,25 @@
 //! The subcommands: each wires the stages together for one command and returns its exit
-//! code; errors go back to main, which prints them and maps them to exit codes.
+//! code; errors go back to main, which prints them and maps them to exit codes. Every
+//! change to the kernel goes through `ops` (`ops::sync` for installs).
 
 use crate::cli::{BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, plan};
 use crate::error::{Error, Result};
-use crate::kernel::{self, netns::NetnsSpec};
-use crate::map::{Source, Text};
-use crate::ops;
+use crate::kernel::{self, Connection, netns::NetnsSpec};
+use crate::ops::{self, Desired, Session, SyncPath, Synced};
 use crate::plan::{Family, Plan};
-use crate::quick;
 use crate::render;
 use crate::ruleset;
-use crate::sections::Sections;
 use crate::show;
-use crate::validate;
+use crate::state::Reason;
 use std::time::Instant;
 
-fn target(netns: &NetnsArgs, state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
+fn target(state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
     if backend.iptables_cmd.is_some() && backend.backend != BackendName::Iptables {
         return Err(Error::Usage(
             "--iptables-cmd goes with --backend iptables".into(),
         ));
     }
     Ok(ops::Target {
-        netns: netns_spec(netns)?,
         state_root: crate::state::root(state.state_dir.as_deref()),
         backend: match backend.backend {
             BackendName::Nft => ops::Backend::Nft,
@@ -39,11 +36,15 @@ const NO_BACKEND: BackendArgs = BackendArgs {
 };
 
 /// What the iptables backend holds in the target namespace, or None.
-fn iptables_view(t: &ops::Target, table: &str) -> Result<Option<crate::xtables::View>> {
+fn iptables_view(
+    t: &ops::Target,
+    netns: Option<&NetnsSpec>,
+    table: &str,
+) -> Result<Option<crate::xtables::View>> {
     let ops::Backend::Iptables(tool) = &t.backend else {
         unreachable!("called for the iptables backend")
     };
-    kernel::in_namespace(t.netns.as_ref(), || crate::xtables::view(tool, table))
+    kernel::in_namespace(netns, || crate::xtables::view(tool, table))
 }
 
 fn sysctl_note(enabled: &[&str], disabled: &[&str]) -> String {
@@ -65,17 +66,16 @@ fn netns_spec(args: &NetnsArgs) -> Result<Option<NetnsSpec>> {
 }
 
 /// Where svcnat's rules live, for messages: `table inet svcnat in netns X`.
-fn place(t: &ops::Target, table: &str) -> String {
+fn place(t: &ops::Target, netns: Option<&NetnsSpec>, table: &str) -> String {
     let what = match &t.backend {
         ops::Backend::Nft => format!("table inet {table}"),
         ops::Backend::Iptables(tool) => format!("the SVCNAT-* chains ({})", tool.cmd),
     };
-    format!("{what}{}", where_(&t.netns))
+    format!("{what}{}", where_(netns))
 }
 
-fn where_(ns: &Option<NetnsSpec>) -> String {
-    ns.as_ref()
-        .map(|n| format!(" in netns {}", n.label))
+fn where_(ns: Option<&NetnsSpec>) -> String {
+    ns.map(|n| format!(" in netns {}", n.label))
         .unwrap_or_default()
 }
 
@@ -83,14 +83,59 @@ pub fn describe_plan(plan: &Plan) -> String {
     plan.services.iter().map(|s| s.describe() + "\n").collect()
 }
 
+/// One line on what `sync` did; with `verbose`, the path, why, and every message first.
+fn report(
+    t: &ops::Target,
+    netns: Option<&NetnsSpec>,
+    done: &Synced,
+    started: Instant,
+    verbose: bool,
+) -> String {
+    let place = place(t, netns, &done.table);
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if verbose {
+        match done.path {
+            SyncPath::Full(why) => {
+                eprintln!("svcnat: path: full ({}: {})", why.name(), why.explain())
+            }
+            path => eprintln!("svcnat: path: {}", path.name()),
+        }
+        for o in &done.objects {
+            eprintln!("  {o}");
+        }
+    }
+    let generation = done
+        .generation
+        .map_or("nothing svcnat recorded".to_owned(), |g| {
+            format!("generation {g}")
+        });
+    if done.path == SyncPath::Unchanged {
+        return format!(
+            "svcnat: unchanged: {place} already holds these {} service(s) ({generation}); nothing recorded, {ms:.1} ms",
+            done.services
+        );
+    }
+    let unit = match t.backend {
+        ops::Backend::Nft => "netlink messages",
+        ops::Backend::Iptables(_) => "iptables-restore lines",
+    };
+    let retried = match done.retries {
+        0 => String::new(),
+        n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
+    };
+    format!(
+        "svcnat: applied {} service(s) to {place} as {generation} ({} changed): {} {unit}, {}, {ms:.1} ms{}{}",
+        done.services,
+        done.changed,
+        done.messages,
+        done.how(),
+        sysctl_note(&done.enabled, &done.disabled),
+        retried
+    )
+}
+
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
-    use crate::kernel::netlink::{CLOSE, CLOSE_IN_CHILD, CLOSE_IN_THREAD};
-    let close = match cli.command {
-        Command::Run { .. } => CLOSE_IN_THREAD,
-        _ => CLOSE_IN_CHILD,
-    };
-    CLOSE.store(close, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Run {
             map,
@@ -129,8 +174,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::run::run(crate::run::Options {
                 from,
                 resolver,
+                netns: netns_spec(&netns)?,
                 target: ops::Target {
-                    netns: netns_spec(&netns)?,
                     state_root,
                     backend: ops::Backend::Nft,
                 },
@@ -146,14 +191,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             backend,
         } => {
             let plan = plan(&map)?;
-            let t = target(&netns, &StateArgs { state_dir: None }, &backend)?;
+            let t = target(&StateArgs { state_dir: None }, &backend)?;
+            let netns = netns_spec(&netns)?;
             let report = match t.backend {
                 ops::Backend::Nft => {
-                    let installed = kernel::show(t.netns.as_ref(), &plan.table)?;
+                    let installed = kernel::show(netns.as_ref(), &plan.table)?;
                     crate::diff::compare(&plan, installed.as_ref())
                 }
                 ops::Backend::Iptables(_) => {
-                    let view = iptables_view(&t, &plan.table)?;
+                    let view = iptables_view(&t, netns.as_ref(), &plan.table)?;
                     crate::diff::compare_lifted(&plan, view.map(|v| (v.plan, v.drift)))
                 }
             };
@@ -163,7 +209,10 @@ pub fn run(cli: Cli) -> Result<i32> {
                     serde_json::to_string_pretty(&report).expect("plain data serializes")
                 );
             } else {
-                print!("{}", crate::diff::human(&report, &place(&t, &plan.table)));
+                print!(
+                    "{}",
+                    crate::diff::human(&report, &place(&t, netns.as_ref(), &plan.table))
+                );
             }
             Ok(if report.in_sync { 0 } else { 1 })
         }
@@ -213,156 +262,54 @@ pub fn run(cli: Cli) -> Result<i32> {
             confirm,
             backend,
         } => {
-            let resolver = crate::cli::resolver(&map)?;
-            let mapped = crate::cli::MapText::map(map.file.as_ref());
-            // A map error is reported before a target error: the full path below says which.
-            let t_or_error = target(&netns, &state, &backend);
             let started = Instant::now();
-            let summary = |t: &ops::Target, done: &ops::Installed, services: usize, table: &str| {
-                let unit = match t.backend {
-                    ops::Backend::Nft => "netlink messages",
-                    ops::Backend::Iptables(_) => "iptables-restore lines",
-                };
-                if verbose {
-                    eprintln!(
-                        "svcnat: {}: {} netlink messages (plus batch begin and end):",
-                        if done.incremental {
-                            "updated in place"
-                        } else {
-                            "replaced the table"
-                        },
-                        done.objects.len()
-                    );
-                    for o in &done.objects {
-                        eprintln!("  {o}");
-                    }
-                    if let Some([read, build, commit]) = done.timings {
-                        eprintln!(
-                            "svcnat: read the kernel's table {read:.2} ms, built the batch {build:.2} ms, commit {commit:.2} ms{}",
-                            if done.read_back {
-                                ""
-                            } else {
-                                " (only the changed sections of the map were read: the kernel still held the last apply)"
-                            }
-                        );
-                    }
+            let resolver = crate::cli::resolver(&map)?;
+            let source = crate::cli::read_map(map.file.as_ref())?;
+            // A map error is reported before a usage error: parse first when the flags are off.
+            let t = match target(&state, &backend) {
+                Ok(t) => t,
+                Err(e) => {
+                    Desired::from_map(&source, &resolver)?;
+                    return Err(e);
                 }
-                let how = if done.incremental {
-                    "updated in place"
-                } else {
-                    "one transaction"
-                };
-                let retried = match done.retries {
-                    0 => String::new(),
-                    n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
-                };
-                format!(
-                    "svcnat: applied {} service(s) to {} as generation {}: {} {unit}, {how}, {:.1} ms{}{}",
-                    services,
-                    place(t, table),
-                    done.generation,
-                    done.messages,
-                    started.elapsed().as_secs_f64() * 1e3,
-                    sysctl_note(&done.enabled, &done.disabled),
-                    retried
-                )
             };
-            // Only the sections changed since the last apply, when that is all it takes.
-            let text = mapped
-                .as_ref()
-                .and_then(|m| Some((m.name.as_str(), m.bytes()?)));
-            // One socket for both ways, closed when `kept` drops.
-            let mut kept = crate::kernel::Kept::one_shot();
-            if let (None, Some((name, text)), Ok(t)) = (confirm, text, &t_or_error) {
-                if let Some(q) = quick::apply(t, name, text, &resolver, None, None, &mut kept)? {
-                    println!("{}", summary(t, &q.installed, q.services, &q.table));
-                    // Unmapping a large map (~0.25 ms at 4 MB) is left to the exit, which
-                    // leaves tearing the address space down to the closer (`kernel::closer`).
-                    std::mem::forget(mapped);
-                    return Ok(0);
-                }
-            }
-            // The full way. The map is checked in place when it is mapped (reading 4 MB
-            // costs ~3 ms). Its sections (for the index: ~2 ms at 50,000 services) are cut
-            // from the same text — a large map's on the other core while this one resolves.
-            let large = text.is_some_and(|(_, t)| t.len() > 1 << 20);
-            let shared = mapped
-                .and_then(crate::cli::MappedText::new)
-                .map(std::sync::Arc::new);
-            let text = shared.clone();
-            let cut = move || {
-                let text = text?;
-                let text: &str = (*text).as_ref();
-                Some((Sections::of(text)?, ops::digest(text)))
-            };
-            let (plan, source, digest, sections) = std::thread::scope(|scope| {
-                let source = match shared {
-                    Some(text) => Source::of(text.name().to_owned(), Text::Shared(text)),
-                    None => crate::cli::read_map(map.file.as_ref())?,
-                };
-                let checked = validate::check(source).map_err(Error::Map)?;
-                // Cut while this core resolves: during the check, the other core checks
-                // parts of the map.
-                let cutting = match large {
-                    true => Ok(scope.spawn(cut)),
-                    false => Err(cut()),
-                };
-                let names = checked.uses_names();
-                // The checked services go as they are resolved (10 MB at 50,000): only the
-                // text is kept.
-                let (plan, source) = resolver.resolve_into(checked).map_err(Error::Map)?;
-                let cut = match cutting {
-                    Ok(thread) => thread
-                        .join()
-                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                    Err(cut) => cut,
-                };
-                // The sections were cut from the very text checked: its digest is theirs.
-                let (digest, sections) = match cut {
-                    Some((sections, digest)) => (digest, Some(sections)),
-                    None => (ops::digest(&source.text), None),
-                };
-                // Host names are resolved anew at every full apply: no index for such maps.
-                Ok::<_, Error>((plan, source, digest, sections.filter(|_| !names)))
-            })?;
-            let t = t_or_error?;
-            let source_name = source.name.clone();
+            let netns = netns_spec(&netns)?;
+            let mut session = Session::new(Connection::one_shot(netns.clone()));
             let Some(seconds) = confirm else {
-                // The text, and with a mapped map its lease, go with the process: unmapping
-                // 4 MB here would cost ~0.25 ms; the exit leaves it to the closer.
-                std::mem::forget(source);
-                let done = ops::apply(
-                    &t,
-                    &plan,
-                    &digest,
-                    &source_name,
-                    sections.as_ref(),
-                    &mut kept,
-                )?;
-                println!("{}", summary(&t, &done, plan.services.len(), &plan.table));
-                // The process ends here: freeing a large plan and the ruleset the commit
-                // left known (~6 ms at 50,000 services) piece by piece is work the exit
-                // does at once.
-                std::mem::forget((plan, done, sections));
+                let from_file = source.name != "-";
+                let mut parse = || Desired::from_map(&source, &resolver);
+                let request = match from_file {
+                    true => ops::Request::Map {
+                        name: &source.name,
+                        text: source.text.as_bytes(),
+                        resolver: &resolver,
+                        on_top_of: None,
+                        parse: &mut parse,
+                    },
+                    false => ops::Request::Whole(parse()?),
+                };
+                let done = ops::sync(&mut session, &t, request, Reason::Apply)?;
+                println!("{}", report(&t, netns.as_ref(), &done, started, verbose));
                 return Ok(0);
             };
-            drop(source);
-            let netns_flag = t
-                .netns
+            let desired = Desired::from_map(&source, &resolver)?;
+            let netns_flag = netns
                 .as_ref()
                 .map(|n| format!(" --netns {}", n.label))
                 .unwrap_or_default();
             let outcome = ops::apply_confirmed(
+                &mut session,
                 &t,
-                &plan,
-                &digest,
-                &source_name,
+                desired,
                 std::time::Duration::from_secs(seconds),
                 |done, previous| {
+                    println!("{}", report(&t, netns.as_ref(), done, started, verbose));
+                    if done.path == SyncPath::Unchanged {
+                        return;
+                    }
                     let back = previous.map_or("nothing (the table is removed)".to_owned(), |g| {
                         format!("generation {g}")
                     });
-                    println!("{}", summary(&t, done, plan.services.len(), &plan.table));
                     println!(
                         "svcnat: confirm within {seconds} s with `svcnat confirm{netns_flag}` (or press Enter here); otherwise it rolls back to {back}"
                     );
@@ -383,11 +330,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
         }
         Command::Confirm { netns, state } => {
-            let t = target(&netns, &state, &NO_BACKEND)?;
-            let generation = ops::confirm(&t)?;
+            let t = target(&state, &NO_BACKEND)?;
+            let netns = netns_spec(&netns)?;
+            let mut session = Session::new(Connection::nothing(netns.clone()));
+            let generation = ops::confirm(&mut session, &t)?;
             println!(
                 "svcnat: confirmed generation {generation}{}",
-                where_(&t.netns)
+                where_(netns.as_ref())
             );
             Ok(0)
         }
@@ -397,23 +346,31 @@ pub fn run(cli: Cli) -> Result<i32> {
             state,
             backend,
         } => {
-            let t = target(&netns, &state, &backend)?;
-            match ops::flush(&t, &table)? {
-                Some(disabled) => {
-                    let off = if disabled.is_empty() {
+            let t = target(&state, &backend)?;
+            let netns = netns_spec(&netns)?;
+            let mut session = Session::new(Connection::nothing(netns.clone()));
+            let place = place(&t, netns.as_ref(), &table);
+            match ops::flush(&mut session, &t, &table)? {
+                Some(flushed) => {
+                    let off = if flushed.disabled.is_empty() {
                         String::new()
                     } else {
                         format!(
                             "; switched off {} (svcnat had switched it on)",
-                            disabled.join(", ")
+                            flushed.disabled.join(", ")
                         )
                     };
-                    println!("svcnat: removed {}{off}", place(&t, &table));
+                    let recorded = flushed
+                        .generation
+                        .map(|g| {
+                            format!(
+                                " (recorded as generation {g}: `svcnat rollback` brings it back)"
+                            )
+                        })
+                        .unwrap_or_default();
+                    println!("svcnat: removed {place}{recorded}{off}");
                 }
-                None => println!(
-                    "svcnat: nothing to flush: nothing installed in {}",
-                    place(&t, &table)
-                ),
+                None => println!("svcnat: nothing to flush: nothing installed in {place}"),
             }
             Ok(0)
         }
@@ -424,26 +381,29 @@ pub fn run(cli: Cli) -> Result<i32> {
             state,
             backend,
         } => {
-            let t = target(&netns, &state, &backend)?;
-            let r = ops::rollback(&t, &table, to)?;
+            let t = target(&state, &backend)?;
+            let netns = netns_spec(&netns)?;
+            let mut session = Session::new(Connection::nothing(netns.clone()));
+            let r = ops::rollback(&mut session, &t, &table, to)?;
             let from = r.from.map_or("nothing installed".to_owned(), |g| {
                 format!("generation {g}")
             });
+            let now = match (r.done.path, r.done.generation) {
+                (SyncPath::Unchanged, _) => "already installed, nothing recorded".to_owned(),
+                (_, Some(g)) => format!("recorded as generation {g}"),
+                (_, None) => "not recorded".to_owned(),
+            };
             println!(
-                "svcnat: rolled back {} from {from} to generation {} ({}, {} service(s)): {} {}, {}{}",
-                place(&t, &table),
-                r.to.number,
-                r.to.time,
+                "svcnat: rolled back {} from {from} to generation {} ({}, {}, {} service(s)): {now}; {} {}{}",
+                place(&t, netns.as_ref(), &table),
+                r.to.number(),
+                r.to.head.reason.name(),
+                r.to.head.time,
                 r.to.plan.services.len(),
                 r.done.messages,
                 match t.backend {
                     ops::Backend::Nft => "netlink messages",
                     ops::Backend::Iptables(_) => "iptables-restore lines",
-                },
-                if r.done.incremental {
-                    "updated in place"
-                } else {
-                    "one transaction"
                 },
                 sysctl_note(&r.done.enabled, &r.done.disabled)
             );
@@ -456,32 +416,41 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             backend,
         } => {
-            let t = target(&netns, &state, &backend)?;
-            let (gens, installed) = ops::history(&t, &table)?;
-            let current = installed.as_ref().and_then(|m| m.generation);
+            let t = target(&state, &backend)?;
+            let netns = netns_spec(&netns)?;
+            let mut session = Session::new(Connection::nothing(netns.clone()));
+            let (entries, current, table_there) = ops::history(&mut session, &t, &table)?;
             if json {
-                let v = serde_json::json!({ "installed": current, "generations": gens });
+                let v = serde_json::json!({ "installed": current, "generations": entries });
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("plain data serializes")
                 );
                 return Ok(0);
             }
-            println!("generations of {} (newest last):", place(&t, &table));
-            for g in &gens {
-                let mark = if Some(g.number) == current { "*" } else { " " };
+            println!(
+                "generations of {} (newest last; * installed):",
+                place(&t, netns.as_ref(), &table)
+            );
+            println!(
+                "     gen  time                  reason           confirmed  changed  services  source"
+            );
+            for e in &entries {
                 println!(
-                    "{mark} {:>4}  {}  {}  {:>3} service(s)  {}",
-                    g.number,
-                    g.time,
-                    &g.digest[..g.digest.len().min(19)],
-                    g.plan.services.len(),
-                    g.source
+                    "{} {:>5}  {}  {:<15}  {:<9}  {:>7}  {:>8}  {}",
+                    if e.installed { "*" } else { " " },
+                    e.number,
+                    e.time,
+                    e.reason,
+                    if e.confirmed { "yes" } else { "no" },
+                    e.changed,
+                    e.services,
+                    e.source
                 );
             }
             match current {
-                Some(n) => println!("* installed: generation {n}"),
-                None if installed.is_some() => println!("installed: a table without a generation"),
+                Some(n) => println!("installed: generation {n}"),
+                None if table_there => println!("installed: a table without a generation"),
                 None => println!("installed: nothing"),
             }
             Ok(0)
@@ -492,11 +461,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             backend,
         } => {
-            let t = target(&netns, &StateArgs { state_dir: None }, &backend)?;
-            let ns = t.netns.clone();
+            let t = target(&StateArgs { state_dir: None }, &backend)?;
+            let ns = netns_spec(&netns)?;
             let shown = match t.backend {
                 ops::Backend::Nft => kernel::show(ns.as_ref(), &table)?.map(|i| show::services(&i)),
-                ops::Backend::Iptables(_) => iptables_view(&t, &table)?.map(|v| {
+                ops::Backend::Iptables(_) => iptables_view(&t, ns.as_ref(), &table)?.map(|v| {
                     show::from_plan(&v.plan, &v.counters, &Default::default(), v.drift, &v.meta)
                 }),
             };
@@ -517,9 +486,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                     serde_json::to_string_pretty(&v).expect("plain data serializes")
                 );
             } else if !installed {
-                println!("svcnat: nothing installed in {}", place(&t, &table));
+                println!(
+                    "svcnat: nothing installed in {}",
+                    place(&t, ns.as_ref(), &table)
+                );
             } else {
-                print!("{}", show::human(&shown, &place(&t, &table)));
+                print!("{}", show::human(&shown, &place(&t, ns.as_ref(), &table)));
             }
             Ok(0)
         }

@@ -2,8 +2,9 @@
 //!
 //! The data flows one way, one module per stage:
 //! `map` (parse) → `validate` → `resolve` (→ `plan::Plan`) → `ruleset` (nf_tables objects)
-//! → `render::{nft, iptables}` (text) or `kernel` (netlink). `kernel::decode` reads the
-//! kernel back into a `ruleset::Ruleset`; `show` turns that into per-service reports.
+//! → `render::{nft, iptables}` (text) or `ops::sync` (the one door) → `kernel` (netlink).
+//! `kernel::decode` reads the kernel back into a `ruleset::Ruleset`; `show` and `diff`
+//! turn that into per-service reports; `state` records the generations installed.
 
 pub mod cli;
 pub mod commands;
@@ -11,23 +12,19 @@ pub mod diff;
 pub mod error;
 pub mod forward;
 pub mod health;
-pub mod index;
 pub mod kernel;
 pub mod lift;
 pub mod log;
 pub mod map;
-pub mod metrics;
 pub mod ops;
 pub mod plan;
-pub mod quick;
 pub mod render;
 pub mod resolve;
 pub mod ruleset;
 pub mod run;
-pub mod scan;
-pub mod sections;
 pub mod short;
 pub mod show;
+pub mod signals;
 pub mod state;
 pub mod validate;
 pub mod xtables;

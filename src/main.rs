@@ -1,8 +1,7 @@
 use clap::Parser;
 
 fn main() {
-    // Behave like other Unix tools when the reader goes away (`svcnat show | head`).
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    svcnat::kernel::default_sigpipe();
     let cli = svcnat::cli::Cli::parse();
     match svcnat::commands::run(cli) {
         Ok(code) => std::process::exit(code),

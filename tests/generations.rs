@@ -16,51 +16,112 @@ fn history(ns: &Netns) -> serde_json::Value {
     serde_json::from_str(&svcnat_ok(&["history", "--netns", &ns.name, "--json"])).unwrap()
 }
 
+/// The rules of a table, without the bookkeeping element that names its generation.
+fn rules(ns: &Netns) -> String {
+    without_generation(&table(ns))
+}
+
+fn reasons(h: &serde_json::Value) -> Vec<(u64, String)> {
+    h["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["number"].as_u64().unwrap(),
+                g["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// apply A; apply B; rollback (A is back); flush; rollback: A again, the state the flush
+/// removed — each step recorded with its reason, and the kernel's rules byte for byte.
 #[test]
-fn rollback_reinstalls_the_previous_generation_byte_for_byte() {
+fn rollback_after_flush_reinstalls_what_the_flush_removed() {
     if !require_root() {
         return;
     }
     let ns = Netns::new("rb");
     assert!(apply_map(A, &ns).contains("as generation 1"));
-    let after_a = table(&ns);
+    let after_a = rules(&ns);
     assert!(apply_map(B, &ns).contains("as generation 2"));
-    let after_b = table(&ns);
+    let after_b = rules(&ns);
 
     let out = svcnat_ok(&["rollback", "--netns", &ns.name]);
     assert!(out.contains("from generation 2 to generation 1"), "{out}");
+    assert!(out.contains("recorded as generation 3"), "{out}");
     assert_eq!(
-        table(&ns),
+        rules(&ns),
         after_a,
-        "rollback must restore exactly what apply A installed"
+        "rollback restores what apply A installed"
     );
-    let h = history(&ns);
-    assert_eq!(h["installed"], 1);
-    assert_eq!(h["generations"].as_array().unwrap().len(), 2);
-    assert_eq!(h["generations"][1]["source"], B);
 
-    // Nothing older than 1: a clear refusal, nothing changed.
-    let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("no older one is recorded (kept: 1, 2)"),
-        "{err}"
-    );
-    assert_eq!(table(&ns), after_a);
-
-    // Forward again by number; then flush, and rollback brings the last generation back.
-    svcnat_ok(&["rollback", "--netns", &ns.name, "--to", "2"]);
-    assert_eq!(table(&ns), after_b);
-    svcnat_ok(&["flush", "--netns", &ns.name]);
+    let out = svcnat_ok(&["flush", "--netns", &ns.name]);
+    assert!(out.contains("recorded as generation 4"), "{out}");
+    assert_eq!(ns.ruleset(), "");
     let out = svcnat_ok(&["rollback", "--netns", &ns.name]);
     assert!(
-        out.contains("from nothing installed to generation 2"),
+        out.contains("from nothing installed to generation 3"),
         "{out}"
     );
-    assert_eq!(table(&ns), after_b);
-    let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name, "--to", "9"]);
+    assert_eq!(
+        rules(&ns),
+        after_a,
+        "the flush removed A: rollback brings A back"
+    );
+
+    let h = history(&ns);
+    assert_eq!(h["installed"], 5);
+    assert_eq!(
+        reasons(&h),
+        [
+            (1, "apply"),
+            (2, "apply"),
+            (3, "rollback"),
+            (4, "flush"),
+            (5, "rollback")
+        ]
+        .map(|(n, r)| (n, r.to_owned()))
+    );
+    let text = svcnat_ok(&["history", "--netns", &ns.name]);
+    assert!(text.contains("reason"), "{text}");
+    assert!(text.contains("flush"), "{text}");
+
+    // Forward by number; a flush record is not something to install; unknown numbers.
+    svcnat_ok(&["rollback", "--netns", &ns.name, "--to", "2"]);
+    assert_eq!(rules(&ns), after_b);
+    let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name, "--to", "4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("generation 4 is a flush"), "{err}");
+    let (code, _, err) = svcnat(&["rollback", "--netns", &ns.name, "--to", "99"]);
     assert_eq!(code, 2);
-    assert!(err.contains("generation 9 is not recorded"), "{err}");
+    assert!(err.contains("generation 99 is not recorded"), "{err}");
+    assert_eq!(rules(&ns), after_b, "refused rollbacks change nothing");
+}
+
+/// The same map applied five times is one generation: the four later applies find the
+/// kernel holding it already, say so, and record nothing. `rollback` then goes to the
+/// generation before, not to a copy of the one installed.
+#[test]
+fn identical_applies_record_one_generation() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("same");
+    apply_map(B, &ns);
+    let after_b = rules(&ns);
+    apply_map(A, &ns);
+    for _ in 0..4 {
+        let out = apply_map(A, &ns);
+        assert!(out.contains("unchanged"), "{out}");
+        assert!(out.contains("generation 2"), "{out}");
+    }
+    let h = history(&ns);
+    assert_eq!(reasons(&h).len(), 2, "{h}");
+    let out = svcnat_ok(&["rollback", "--netns", &ns.name]);
+    assert!(out.contains("from generation 2 to generation 1"), "{out}");
+    assert_eq!(rules(&ns), after_b);
 }
 
 #[test]
@@ -187,8 +248,12 @@ fn twenty_concurrent_writers_leave_exactly_one_map() {
         waited > 0,
         "20 simultaneous writers never had to wait for the lock"
     );
+    // Every apply that changed the kernel recorded one generation, the last of them is
+    // installed, and an apply that found its map installed recorded nothing.
     let h = history(&ns);
-    assert_eq!(h["installed"], 20, "{h}");
+    let newest = h["generations"].as_array().unwrap().last().unwrap()["number"].clone();
+    assert_eq!(h["installed"], newest, "{h}");
+    assert!(newest.as_u64().unwrap() <= 20, "{h}");
 }
 
 #[test]
@@ -299,7 +364,12 @@ fn confirmed_apply_stays() {
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(table(&ns).contains("svc-web-vip"));
-    assert_eq!(history(&ns)["installed"], 2);
+    let h = history(&ns);
+    assert_eq!(h["installed"], 2);
+    assert_eq!(
+        h["generations"][1]["confirmed"], true,
+        "confirmed since: {h}"
+    );
     let (code, _, err) = svcnat(&["confirm", "--netns", &ns.name]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("nothing is waiting for confirmation"), "{err}");
@@ -312,7 +382,7 @@ fn unconfirmed_apply_rolls_back_byte_for_byte() {
     }
     let ns = Netns::new("nocfm");
     apply_map(A, &ns);
-    let after_a = table(&ns);
+    let after_a = rules(&ns);
     let started = std::time::Instant::now();
     let (child, _) = apply_confirm(B, &ns, "1");
     let o = child.wait_with_output().unwrap();
@@ -323,7 +393,15 @@ fn unconfirmed_apply_rolls_back_byte_for_byte() {
         "{err}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    assert_eq!(table(&ns), after_a);
+    assert_eq!(rules(&ns), after_a);
+    // B is recorded as never confirmed, and A's return as the timeout's.
+    let h = history(&ns);
+    assert_eq!(
+        reasons(&h),
+        [(1, "apply"), (2, "apply"), (3, "confirm-timeout")].map(|(n, r)| (n, r.to_owned()))
+    );
+    assert_eq!(h["generations"][1]["confirmed"], false, "{h}");
+    assert_eq!(h["generations"][0]["confirmed"], true, "{h}");
     assert_eq!(
         ns.exec_ok("sysctl -n net.ipv4.conf.all.route_localnet")
             .trim(),
@@ -349,8 +427,8 @@ fn unconfirmed_apply_rolls_back_byte_for_byte() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("interrupted: rolled back to generation 1")
+        String::from_utf8_lossy(&o.stderr).contains("interrupted: rolled back to generation 3")
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
-    assert_eq!(table(&ns), after_a);
+    assert_eq!(rules(&ns), after_a);
 }

@@ -126,10 +126,21 @@ fn apply_show_diff_rollback_flush_leave_foreign_rules_alone() {
             "{cmd}: {out}"
         );
 
-        // Rollback re-installs generation 1 exactly; flush removes all of svcnat's lines.
+        // Rollback re-installs generation 1 exactly (recorded anew as generation 3, which
+        // the meta comment names); flush removes all of svcnat's lines.
         let out = svc_ok(&ns, cmd, &["rollback"]);
         assert!(out.contains("from generation 2 to generation 1"), "{out}");
-        assert_eq!(svcnat_lines(&save(&ns, cmd)), svcnat_lines(&installed));
+        assert!(out.contains("recorded as generation 3"), "{out}");
+        let renumbered = |lines: Vec<String>| -> Vec<String> {
+            lines
+                .into_iter()
+                .map(|l| l.replace("generation=1 ", "generation=3 "))
+                .collect()
+        };
+        assert_eq!(
+            svcnat_lines(&save(&ns, cmd)),
+            renumbered(svcnat_lines(&installed))
+        );
         let out = svc_ok(&ns, cmd, &["flush"]);
         assert!(out.contains("removed"), "{out}");
         assert_eq!(

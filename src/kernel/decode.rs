@@ -9,6 +9,7 @@ use super::meta::TableMeta;
 use super::netlink::{Msg, Netlink};
 use super::recognize::{decode_hook, decode_key, decode_rule, decode_target};
 use super::sets::GENERATION_SET;
+use super::wire::attr_bytes;
 use crate::error::{Error, Result};
 use crate::plan::Family;
 use crate::ruleset::{
@@ -59,19 +60,6 @@ fn cstr(p: *const libc::c_char) -> String {
         String::new()
     } else {
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-/// An attribute's bytes as libnftnl's getters return them (a pointer and its length),
-/// copied; none where it is unset (a null pointer).
-///
-/// # Safety
-/// `p` is null or points to `len` readable bytes.
-pub(super) unsafe fn attr_bytes(p: *const libc::c_void, len: u32) -> Vec<u8> {
-    if p.is_null() {
-        Vec::new()
-    } else {
-        unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) }.to_vec()
     }
 }
 

@@ -1,13 +1,18 @@
 //! Everything that touches the system: entering a namespace, sysctls, and the netlink
-//! transaction. Above this module all stages are pure; `ops` composes these primitives
+//! transaction. Above this module all stages are pure; `ops` composes what `Kernel` offers
 //! into the commands that change the kernel.
+//!
+//! `Kernel` is the one interface `ops` sees. `Live` implements it over netlink in a real
+//! namespace; `fake::FakeKernel` implements it on an in-memory copy (applies a change to a
+//! copy and keeps it only when the whole change succeeds), so the state logic above is
+//! tested without root.
 
-pub mod closer;
+mod connection;
 pub mod decode;
 mod elems;
 pub mod encode;
 pub mod expr;
-mod kept;
+pub mod fake;
 pub mod meta;
 pub mod netlink;
 pub mod netns;
@@ -15,43 +20,193 @@ pub mod recognize;
 pub mod sets;
 pub mod sysctl;
 pub mod transaction;
+mod wire;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::ruleset::{DnatElem, MapKey, MapKind, Ruleset};
 use decode::Installed;
+use meta::TableMeta;
 use netlink::Netlink;
 use netns::{NetnsGuard, NetnsSpec};
 use std::net::IpAddr;
+use sysctl::{PendingWrite, Sysctl};
+use transaction::Transaction;
 
-pub use kept::{Kept, LocalAddresses};
+pub use connection::{Connection, LocalAddresses};
 
-/// Inside the target namespace: its netlink socket and its identity.
-pub struct Ctx {
+/// One change to svcnat's table, committed as one transaction.
+pub enum Change<'a> {
+    /// Delete the table (if any) and create `ruleset` whole.
+    Replace {
+        ruleset: &'a Ruleset,
+        meta: &'a TableMeta,
+    },
+    /// Turn `installed` into `ruleset` by changing only map elements and service chains
+    /// (`transaction::can_update` says when that is possible).
+    Update {
+        installed: &'a Installed,
+        ruleset: &'a Ruleset,
+        meta: &'a TableMeta,
+    },
+    /// Swap a few one-target services' DNAT map elements, without reading the table
+    /// (the incremental path): `gone` out by key, `new` in; `sizes` of the maps as they are.
+    Elements {
+        table: &'a str,
+        before: &'a TableMeta,
+        meta: &'a TableMeta,
+        gone: &'a [(MapKind, MapKey)],
+        new: &'a [(MapKind, DnatElem)],
+        sizes: &'a dyn Fn(MapKind) -> u32,
+    },
+    /// Delete the table.
+    Delete { table: &'a str },
+}
+
+/// What `ops` may ask of a network namespace's netfilter and sysctls.
+pub trait Kernel {
+    /// The namespace's identity: a cookie unique for the boot (names its state directory)
+    /// and how the user named it.
+    fn namespace(&self) -> (u64, &str);
+    /// The ruleset's generation id: the kernel moves it on every commit, by anyone.
+    fn genid(&mut self) -> Result<u32>;
+    /// What svcnat recorded on its table; None when the table is absent.
+    fn table_meta(&mut self, table: &str) -> Result<Option<TableMeta>>;
+    /// The whole table, read back; None when absent.
+    fn read_table(&mut self, table: &str) -> Result<Option<Installed>>;
+    /// Commit `change` in one transaction, only if the ruleset is still at `genid`
+    /// (else `Error::Stale`, nothing changed). Returns what each message did.
+    fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>>;
+    /// The addresses of the namespace's interfaces.
+    fn local_addresses(&mut self) -> Vec<IpAddr>;
+    fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String>;
+    /// Get ready to write `value` (fails, before anything changed, where it cannot be).
+    fn open_sysctl(
+        &mut self,
+        s: &'static Sysctl,
+        value: &'static [u8],
+        why: String,
+    ) -> Result<PendingWrite>;
+    fn write_sysctl(&mut self, w: PendingWrite) -> Result<()>;
+}
+
+/// Something that runs code with a `Kernel` of one namespace: a `Connection` (entering the
+/// namespace for the call) or a `FakeKernel`.
+pub trait Enter {
+    fn enter<T>(&mut self, f: impl FnOnce(&mut dyn Kernel) -> Result<T>) -> Result<T>;
+}
+
+/// A netlink socket inside the target namespace, with its identity and addresses.
+pub struct Live {
     pub nl: Netlink,
     /// The namespace's kernel cookie (see `Netlink::netns_cookie`); 0 where unsupported.
-    pub cookie: u64,
+    cookie: u64,
     /// How the user named the namespace (`--netns` or "current").
-    pub label: String,
+    label: String,
+    locals: LocalAddresses,
+}
+
+impl Live {
+    /// A socket in the caller's namespace, which `netns` names (None: the current one).
+    fn open(netns: Option<&NetnsSpec>, locals: LocalAddresses) -> Result<Live> {
+        let nl = Netlink::open()?;
+        let cookie = nl.netns_cookie().unwrap_or(0);
+        let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
+        Ok(Live {
+            nl,
+            cookie,
+            label,
+            locals,
+        })
+    }
+}
+
+impl Kernel for Live {
+    fn namespace(&self) -> (u64, &str) {
+        (self.cookie, &self.label)
+    }
+
+    fn genid(&mut self) -> Result<u32> {
+        self.nl.genid()
+    }
+
+    fn table_meta(&mut self, table: &str) -> Result<Option<TableMeta>> {
+        decode::table_meta(&mut self.nl, table)
+    }
+
+    fn read_table(&mut self, table: &str) -> Result<Option<Installed>> {
+        decode::dump(&mut self.nl, table)
+    }
+
+    fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>> {
+        let mut tx = Transaction::new();
+        match change {
+            Change::Replace { ruleset, meta } => tx.replace_table(ruleset, meta),
+            Change::Update {
+                installed,
+                ruleset,
+                meta,
+            } => tx.update_table(installed, ruleset, meta),
+            Change::Elements {
+                table,
+                before,
+                meta,
+                gone,
+                new,
+                sizes,
+            } => tx.replace_dnat_elements(table, (before, meta), gone, new, sizes),
+            Change::Delete { table } => tx.delete_table(table),
+        }
+        test_hooks(&mut tx);
+        self.nl
+            .commit(&tx.batch.finalize(), &tx.objects, Some(genid))?;
+        Ok(tx.objects)
+    }
+
+    fn local_addresses(&mut self) -> Vec<IpAddr> {
+        self.locals.get().to_vec()
+    }
+
+    fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String> {
+        sysctl::read(s)
+    }
+
+    fn open_sysctl(
+        &mut self,
+        s: &'static Sysctl,
+        value: &'static [u8],
+        why: String,
+    ) -> Result<PendingWrite> {
+        sysctl::open_for_write(s, value, why)
+    }
+
+    fn write_sysctl(&mut self, w: PendingWrite) -> Result<()> {
+        w.write()
+    }
+}
+
+/// The genid after one commit from `genid` (the kernel skips 0).
+pub fn next_genid(genid: u32) -> u32 {
+    match genid.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
+/// Behave like other Unix tools when the reader goes away (`svcnat show | head`): Rust
+/// ignores SIGPIPE by default, so writes would fail with EPIPE and panic in `println!`.
+pub fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no handler of ours, so no code runs in signal context; called
+    // first thing in main, before any thread exists.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 /// Run `f` inside the namespace (or here when `netns` is None) with a netlink socket
 /// opened there. The original namespace is restored afterwards, also on error.
-pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Ctx) -> Result<T>) -> Result<T> {
+pub fn within<T>(netns: Option<&NetnsSpec>, f: impl FnOnce(&mut Live) -> Result<T>) -> Result<T> {
     in_namespace(netns, || {
-        let mut ctx = Ctx::open(netns)?;
-        let out = f(&mut ctx);
-        ctx.nl.close();
-        out
+        f(&mut Live::open(netns, LocalAddresses::unwatched())?)
     })
-}
-
-impl Ctx {
-    /// A socket in the caller's namespace, which `netns` names (None: the current one).
-    fn open(netns: Option<&NetnsSpec>) -> Result<Ctx> {
-        let nl = Netlink::open()?;
-        let cookie = nl.netns_cookie().unwrap_or(0);
-        let label = netns.map_or_else(|| "current".to_owned(), |n| n.label.clone());
-        Ok(Ctx { nl, cookie, label })
-    }
 }
 
 /// Run `f` inside the namespace (or here), without a netlink socket: for what only needs
@@ -78,7 +233,13 @@ pub fn local_addresses() -> Vec<IpAddr> {
 }
 
 pub fn show(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Installed>> {
-    within(netns, |ctx| decode::dump(&mut ctx.nl, table))
+    within(netns, |live| decode::dump(&mut live.nl, table))
+}
+
+/// An error for a `Kernel` that cannot do what was asked (the fake, for the iptables
+/// backend).
+pub fn unsupported(what: &str) -> Error {
+    Error::Netlink(format!("{what} is not supported here"))
 }
 
 /// Debug builds only, for tests of the guarantees around a commit:
@@ -88,7 +249,7 @@ pub fn show(netns: Option<&NetnsSpec>, table: &str) -> Result<Option<Installed>>
 ///   can change the ruleset in that window.
 ///
 /// Release builds ignore both.
-pub fn test_hooks(tx: &mut transaction::Transaction) {
+fn test_hooks(tx: &mut Transaction) {
     if !cfg!(debug_assertions) {
         return;
     }

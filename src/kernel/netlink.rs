@@ -1,11 +1,9 @@
 //! The netlink socket: sending one batch, reading every reply to it, and dump requests.
 
-use super::transaction::Transaction;
 use crate::error::{Error, Result};
-use crate::log;
 use nftnl::nftnl_sys::libc;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 const NLMSG_ERROR: u16 = 2;
 /// The kernel's "restart" errno (Linux: 85): a batch refused for a stale generation id.
@@ -16,16 +14,6 @@ const NLMSG_DONE: u16 = 3;
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
 
-/// How `Netlink::close` closes (`CLOSE_*`), set once by the command; tests of the library
-/// leave it at `CLOSE_NOW`.
-pub static CLOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(CLOSE_NOW);
-/// Close here, and wait.
-pub const CLOSE_NOW: u8 = 0;
-/// Hand the socket to a child process: a one-shot command exits without waiting.
-pub const CLOSE_IN_CHILD: u8 = 1;
-/// Hand it to a thread: `svcnat run` goes on (a fork of its tens of MB costs ~1 ms).
-pub const CLOSE_IN_THREAD: u8 = 2;
-
 pub struct Netlink {
     sock: mnl::Socket,
     portid: u32,
@@ -35,16 +23,10 @@ pub struct Netlink {
     /// reply reached are never touched. (Zeroed, its 128 kB stayed resident in `svcnat
     /// run`, which keeps its socket.)
     buf: Vec<u32>,
-    /// Whether a batch was sent: only then does `svcnat run` close it off its path (see `close`).
-    committed: bool,
-    /// Files to close (true: sync first) before the socket closes, wherever that happens
-    /// (`sync_on_close`, `close_later`).
-    deferred: Vec<(std::fs::File, bool)>,
 }
 
 /// The generation id in a NEWGEN message (`msg`, from its nlmsghdr on): nfgenmsg, then
-/// attributes, of which NFTA_GEN_ID (1) is a big-endian u32. No allocation and no libc:
-/// the closer reads its own answers with it too (`closer::ruleset_genid`).
+/// attributes, of which NFTA_GEN_ID (1) is a big-endian u32.
 pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
     let u16_at = |i: usize| u16::from_ne_bytes([msg[i], msg[i + 1]]);
     let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
@@ -123,19 +105,11 @@ impl Netlink {
             portid,
             seq: 1,
             buf: Vec::with_capacity(RECV_BUF / 4),
-            committed: false,
-            deferred: Vec::new(),
         })
     }
 
     fn fd(&self) -> i32 {
         self.sock.as_raw_fd()
-    }
-
-    /// The socket, borrowed: for requests made without it (`closer::ruleset_genid`).
-    pub fn as_fd(&self) -> BorrowedFd<'_> {
-        // Safety: the descriptor is open for as long as `self` lives.
-        unsafe { BorrowedFd::borrow_raw(self.fd()) }
     }
 
     /// The ruleset's generation id: it changes with every committed transaction, by anyone.
@@ -179,10 +153,12 @@ impl Netlink {
     /// `sendmsg`, so when it returns all replies are queued: errors for failing messages, and
     /// on kernels ≥ 6.10 acks for the batch begin and end (nftnl sets NLM_F_ACK on them
     /// there). Any error fails the call and names the object it belongs to.
-    pub fn commit(&mut self, tx: Transaction, genid: Option<u32>) -> Result<usize> {
-        self.committed = true;
-        let objects = tx.objects;
-        let batch = tx.batch.finalize();
+    pub fn commit(
+        &mut self,
+        batch: &nftnl::FinalizedBatch,
+        objects: &[String],
+        genid: Option<u32>,
+    ) -> Result<usize> {
         let seqs = batch.sequence_numbers();
         // With begin/end acks the range holds them too: objects sit between.
         let acked_ends = seqs.len() == objects.len() + 2;
@@ -384,30 +360,6 @@ fn hint_for(errno: nix::errno::Errno) -> Option<String> {
 }
 
 impl Netlink {
-    /// Sync `file` (or a directory) before this socket closes: where the close's wait goes (a child
-    /// or a thread, see `close`), the sync goes too, off the command's path.
-    pub fn sync_on_close(&mut self, file: std::fs::File) {
-        self.deferred.push((file, true));
-    }
-
-    /// Close `file` where the socket closes: for a removed file whose last close frees its
-    /// blocks (`StateDir::prune`).
-    pub fn close_later(&mut self, file: std::fs::File) {
-        self.deferred.push((file, false));
-    }
-
-    /// Memory to free where the socket closes. A one-shot command exits right after, and
-    /// its closer process tears the address space down (see `close`): freeing megabytes
-    /// here first (~0.2 ms for 2 MB) would be work the exit does anyway. Elsewhere it is
-    /// freed now.
-    pub fn free_later<T>(&mut self, value: T) {
-        use std::sync::atomic::Ordering;
-        match CLOSE.load(Ordering::Relaxed) {
-            CLOSE_IN_CHILD => std::mem::forget(value),
-            _ => drop(value),
-        }
-    }
-
     /// Discard replies left unread in a kept socket (a dump abandoned on an error), so
     /// that the next request reads only its own.
     pub fn drain(&mut self) {
@@ -420,89 +372,5 @@ impl Netlink {
             )
         } > 0
         {}
-    }
-
-    /// Sync and close the deferred files now: where the socket closes, or after each use
-    /// of a socket that stays open (`Kept`).
-    pub fn settle(&mut self) {
-        for (f, sync) in self.deferred.drain(..) {
-            if sync {
-                let _ = f.sync_all();
-            }
-        }
-    }
-
-    /// Close the socket. The last close of a netfilter socket that sent anything waits, holding
-    /// the namespace's commit lock, for nf_tables' deferred destroy work if any is pending: the
-    /// cleanup after a commit, anyone's, which waits an RCU grace period (~8 ms here, measured
-    /// with strace -T). The new rules are live since the commit's ack, so nobody should wait
-    /// for it: a one-shot command hands every socket to a closer process (`closer`; a thread
-    /// would not do: the process's exit would wait for it), `svcnat run` its committed ones
-    /// to a thread, which allocates nothing. Either first waits, holding no lock, until
-    /// nobody has committed for a grace period (`closer::wait_until_quiet`), so that the
-    /// close finds the work done and holds the lock for microseconds: a commit that follows
-    /// at once, the next `svcnat apply` say, goes through instead of waiting for the close.
-    pub fn close(mut self) {
-        use std::sync::atomic::Ordering;
-        match CLOSE.load(Ordering::Relaxed) {
-            // Any one-shot command's socket: its close also waits for work left by a commit
-            // of anyone's, e.g. the apply that ran just before `svcnat show`.
-            CLOSE_IN_CHILD => {
-                let files = std::mem::take(&mut self.deferred);
-                match super::closer::hand_over(&self.sock, files) {
-                    Ok(release) => {
-                        // This process's copy first, so that the closer's is the last one.
-                        drop(self);
-                        drop(release);
-                    }
-                    Err(files) => {
-                        self.deferred = files;
-                        self.settle();
-                        drop(self);
-                    }
-                }
-            }
-            CLOSE_IN_THREAD if self.committed => {
-                // A duplicate descriptor keeps the socket open past this close; the thread's
-                // close of it is the last one, after syncing the files and waiting until the
-                // ruleset is quiet.
-                // Safety: the socket's descriptor is open for as long as `self` lives.
-                let last =
-                    nix::unistd::dup(unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) });
-                // Raw descriptors, so that the thread frees nothing: a free() there would
-                // give it a malloc arena of its own, resident for the rest of `svcnat run`.
-                let (mut fds, mut n) = ([(-1, false); 8], 0);
-                for (f, sync) in std::mem::take(&mut self.deferred) {
-                    match fds.get_mut(n) {
-                        Some(slot) if last.is_ok() => (*slot, n) = ((f.into_raw_fd(), sync), n + 1),
-                        _ => drop(sync.then(|| f.sync_all())),
-                    }
-                }
-                drop(self);
-                let Ok(last) = last else { return };
-                let close = move |fds: &[(i32, bool)]| {
-                    for &(fd, sync) in fds {
-                        // Safety: handed over above, owned by whoever calls this alone.
-                        let f = unsafe { std::fs::File::from_raw_fd(fd) };
-                        if sync {
-                            drop(f.sync_all());
-                        }
-                    }
-                };
-                let thread = std::thread::Builder::new().spawn(move || {
-                    close(&fds[..n]);
-                    super::closer::wait_until_quiet(last.as_fd());
-                    drop(last);
-                });
-                if let Err(e) = thread {
-                    log::debug(&format!("closing the netlink socket in a thread: {e}"));
-                    close(&fds[..n]);
-                }
-            }
-            _ => {
-                self.settle();
-                drop(self);
-            }
-        }
     }
 }

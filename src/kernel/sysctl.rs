@@ -6,6 +6,7 @@
 //! batch is sent (a read-only /proc/sys, as in most containers, fails there and nothing is
 //! changed) and written only after the kernel accepted the batch.
 
+use super::Kernel;
 use crate::error::{Error, Result};
 use crate::plan::{Family, Plan};
 use std::fs::{File, OpenOptions};
@@ -70,15 +71,28 @@ pub const ALL: [&Sysctl; 3] = [&IP_FORWARD, &IP6_FORWARD, &ROUTE_LOCALNET];
 /// lack of permission after the ruleset changed).
 pub struct PendingWrite {
     pub sysctl: &'static Sysctl,
-    value: &'static [u8],
-    file: File,
+    pub value: &'static [u8],
+    /// The file opened for writing; None for a `FakeKernel`, which keeps values itself.
+    file: Option<File>,
 }
 
 impl PendingWrite {
-    pub fn commit(mut self) -> Result<()> {
-        self.file
-            .write_all(self.value)
-            .map_err(|e| Error::io(format!("writing {}", self.sysctl.key), e))
+    /// A write with no file behind it (`FakeKernel`).
+    pub fn detached(sysctl: &'static Sysctl, value: &'static [u8]) -> PendingWrite {
+        PendingWrite {
+            sysctl,
+            value,
+            file: None,
+        }
+    }
+
+    pub fn write(self) -> Result<()> {
+        match self.file {
+            Some(mut f) => f
+                .write_all(self.value)
+                .map_err(|e| Error::io(format!("writing {}", self.sysctl.key), e)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -93,7 +107,7 @@ pub struct Changes {
     pub owned: Vec<&'static str>,
 }
 
-fn read(s: &Sysctl) -> Result<String> {
+pub fn read(s: &Sysctl) -> Result<String> {
     let mut v = String::new();
     File::open(s.path())
         .and_then(|mut f| f.read_to_string(&mut v))
@@ -104,30 +118,41 @@ fn read(s: &Sysctl) -> Result<String> {
     Ok(v.trim().to_owned())
 }
 
-fn open_for_write(s: &'static Sysctl, value: &'static [u8], why: String) -> Result<PendingWrite> {
-    let file = OpenOptions::new().write(true).open(s.path()).map_err(|e| Error::Sysctl {
+/// Why a sysctl cannot be written, and how to set it by hand.
+pub fn cannot_set(s: &Sysctl, value: &[u8], why: &str, e: impl std::fmt::Display) -> Error {
+    Error::Sysctl {
         message: format!("{why}, and svcnat cannot set it: {e}"),
         hint: format!(
             "run `sysctl -w {}={}` in that namespace first; in a container, add to compose `sysctls: [{}={}]` (or `docker run --sysctl {}={}`)",
-            s.key,
-            value[0] as char,
-            s.key,
-            value[0] as char,
-            s.key,
-            value[0] as char
+            s.key, value[0] as char, s.key, value[0] as char, s.key, value[0] as char
         ),
-    })?;
+    }
+}
+
+pub fn open_for_write(
+    s: &'static Sysctl,
+    value: &'static [u8],
+    why: String,
+) -> Result<PendingWrite> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(s.path())
+        .map_err(|e| cannot_set(s, value, &why, e))?;
     Ok(PendingWrite {
         sysctl: s,
         value,
-        file,
+        file: Some(file),
     })
 }
 
 /// Plan the sysctl writes: switch on what `needed` lacks, switch off what svcnat had
 /// switched on (`owned_before`, from its table) and no longer needs. Fails, before anything
 /// changed, when a write is due and /proc/sys cannot be written.
-pub fn prepare(needed: &[&'static Sysctl], owned_before: &[String]) -> Result<Changes> {
+pub fn prepare(
+    k: &mut dyn Kernel,
+    needed: &[&'static Sysctl],
+    owned_before: &[String],
+) -> Result<Changes> {
     let mut changes = Changes {
         enable: Vec::new(),
         disable: Vec::new(),
@@ -135,25 +160,42 @@ pub fn prepare(needed: &[&'static Sysctl], owned_before: &[String]) -> Result<Ch
     };
     for s in needed {
         let was_ours = owned_before.iter().any(|k| k == s.key);
-        if read(s)? == "1" {
+        if k.read_sysctl(s)? == "1" {
             if was_ours {
                 changes.owned.push(s.key);
             }
             continue;
         }
         let why = format!("{} is 0, {} need it to be 1", s.key, s.why);
-        changes.enable.push(open_for_write(s, b"1\n", why)?);
+        changes.enable.push(k.open_sysctl(s, b"1\n", why)?);
         changes.owned.push(s.key);
     }
     for s in ALL {
         let ours = owned_before.iter().any(|k| k == s.key);
-        if ours && !needed.iter().any(|n| n.key == s.key) && read(s)? == "1" {
+        if ours && !needed.iter().any(|n| n.key == s.key) && k.read_sysctl(s)? == "1" {
             let why = format!(
                 "{} was switched on by svcnat and is no longer needed",
                 s.key
             );
-            changes.disable.push(open_for_write(s, b"0\n", why)?);
+            changes.disable.push(k.open_sysctl(s, b"0\n", why)?);
         }
     }
     Ok(changes)
+}
+
+/// Make the planned writes; returns the keys (enabled, disabled).
+pub fn write(
+    k: &mut dyn Kernel,
+    changes: Changes,
+) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+    let mut done = (Vec::new(), Vec::new());
+    for w in changes.enable {
+        done.0.push(w.sysctl.key);
+        k.write_sysctl(w)?;
+    }
+    for w in changes.disable {
+        done.1.push(w.sysctl.key);
+        k.write_sysctl(w)?;
+    }
+    Ok(done)
 }

@@ -1,12 +1,12 @@
 //! apply --confirm and `svcnat confirm`: a commit that stays only if it is confirmed in
 //! time, else what was there before is installed again.
 
-use super::{Installed, Target, apply_locked, current_meta, install, remove, state_dir};
+use super::history::restore;
+use super::{Desired, FullReason, Session, Synced, Target, current_meta, full, state_dir};
 use crate::error::{Error, Result};
-use crate::index::Index;
-use crate::kernel;
-use crate::plan::Plan;
-use crate::state;
+use crate::kernel::Enter;
+use crate::state::{self, Reason, index::Index};
+use nix::sys::signal::Signal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,56 +21,58 @@ pub enum Confirmation {
     },
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static ENTER_PRESSED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// apply --confirm: install, then keep the lock and wait for `svcnat confirm` (or Enter on
-/// a terminal) until the window closes; otherwise re-install what was there before. Losing
-/// the terminal (SIGHUP) does not stop the wait — that is when a rollback matters most;
-/// SIGINT/SIGTERM roll back at once. `ready` is told once the new rules are in.
-pub fn apply_confirmed(
+/// apply --confirm: install (recorded unconfirmed), then keep the lock and wait for
+/// `svcnat confirm` (or Enter on a terminal) until the window closes; otherwise re-install
+/// what was there before, recorded as `confirm-timeout`. Losing the terminal (SIGHUP) does
+/// not stop the wait — that is when a rollback matters most; SIGINT/SIGTERM roll back at
+/// once. `ready` is told once the new rules are in.
+pub fn apply_confirmed<E: Enter>(
+    s: &mut Session<E>,
     t: &Target,
-    plan: &Plan,
-    digest: &str,
-    source: &str,
+    desired: Desired,
     window: Duration,
-    ready: impl FnOnce(&Installed, Option<u64>),
+    ready: impl FnOnce(&Synced, Option<u64>),
 ) -> Result<Confirmation> {
-    kernel::within(t.netns.as_ref(), |ctx| {
-        let dir = state_dir(t, ctx)?;
+    let table = desired.plan.table.clone();
+    s.last = None;
+    // Blocked before the terminal thread starts, so that it inherits the mask.
+    let signals = crate::signals::block(&[
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGPIPE,
+    ])?;
+    s.kernel.enter(|k| {
+        let dir = state_dir(t, k)?;
         let _lock = dir.lock()?;
-        let before = current_meta(ctx, &t.backend, &plan.table)?;
-        let previous = before.as_ref().and_then(|m| m.generation);
-        let locals = kernel::local_addresses();
-        let (done, ()) = apply_locked(
-            ctx,
-            &t.backend,
+        let previous = current_meta(k, &t.backend, &table)?.and_then(|m| m.generation);
+        let done = full(
+            k,
             &dir,
-            plan,
-            digest,
-            source,
-            None,
-            &locals,
-            || (),
+            &t.backend,
+            desired,
+            FullReason::Confirm,
+            Reason::Apply,
+            false,
+            &mut None,
         )?;
         Index::remove(&dir.path);
+        let Some(generation) = done
+            .generation
+            .filter(|_| done.path != super::SyncPath::Unchanged)
+        else {
+            // Nothing changed: there is nothing to confirm or roll back.
+            ready(&done, previous);
+            return Ok(Confirmation::Confirmed);
+        };
         dir.set_pending(&state::Pending {
-            generation: done.generation,
+            generation,
             pid: std::process::id(),
             deadline: state::now() + window.as_secs().max(1),
         })?;
-        unsafe {
-            libc::signal(libc::SIGHUP, libc::SIG_IGN);
-            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-            let handler = on_interrupt as *const () as libc::sighandler_t;
-            libc::signal(libc::SIGINT, handler);
-            libc::signal(libc::SIGTERM, handler);
-        }
-        if unsafe { libc::isatty(0) } == 1 {
+        if nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
             std::thread::spawn(|| {
                 let mut line = String::new();
                 if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
@@ -85,9 +87,14 @@ pub fn apply_confirmed(
                 return Ok(Confirmation::Confirmed); // `svcnat confirm` settled it
             }
             if ENTER_PRESSED.load(Ordering::SeqCst) && dir.claim_pending("confirmed")?.is_some() {
+                dir.confirm(generation)?;
                 return Ok(Confirmation::Confirmed);
             }
-            if INTERRUPTED.load(Ordering::SeqCst) {
+            let got = crate::signals::pending(&signals);
+            if got
+                .iter()
+                .any(|s| matches!(s, Signal::SIGINT | Signal::SIGTERM))
+            {
                 break "interrupted";
             }
             if Instant::now() >= end {
@@ -98,33 +105,27 @@ pub fn apply_confirmed(
         if dir.claim_pending("expired")?.is_none() {
             return Ok(Confirmation::Confirmed); // confirm won the race
         }
-        // Put back what was there: the previous generation, or no table at all.
-        match (before, previous) {
-            (Some(_), Some(n)) => {
-                let g = dir.generation(n)?.ok_or_else(|| Error::State {
-                    message: format!(
-                        "generation {n}, installed before, is no longer recorded: generation {} stays installed",
-                        done.generation
-                    ),
-                })?;
-                let locals = kernel::local_addresses();
-                install(ctx, &t.backend, &g.plan, g.number, &g.digest, None, &locals)?;
-                Ok(Confirmation::RolledBack { to: Some(n), why })
-            }
-            _ => {
-                remove(ctx, &t.backend, &plan.table)?;
-                Ok(Confirmation::RolledBack { to: None, why })
-            }
-        }
+        let to = restore(
+            k,
+            &dir,
+            &t.backend,
+            &table,
+            previous,
+            Reason::ConfirmTimeout,
+        )?;
+        Ok(Confirmation::RolledBack { to, why })
     })
 }
 
 /// confirm: settle a pending commit-confirmed apply so it stays. Ok(generation).
-pub fn confirm(t: &Target) -> Result<u64> {
-    kernel::within(t.netns.as_ref(), |ctx| {
-        let dir = state_dir(t, ctx)?;
+pub fn confirm<E: Enter>(s: &mut Session<E>, t: &Target) -> Result<u64> {
+    s.kernel.enter(|k| {
+        let dir = state_dir(t, k)?;
         match dir.claim_pending("confirmed")? {
-            Some(p) => Ok(p.generation),
+            Some(p) => {
+                dir.confirm(p.generation)?;
+                Ok(p.generation)
+            }
             None => Err(Error::NothingPending),
         }
     })

@@ -1,25 +1,35 @@
-//! The commands that change the kernel, composed from `kernel` and `state`: every one
-//! takes the namespace's writer lock, reads the kernel, and commits a batch stamped with
-//! the ruleset generation it read — if anything changed in between, the kernel refuses the
-//! batch and svcnat reads again (up to MAX_ATTEMPTS times).
+//! The commands that change the kernel, composed from `kernel` and `state`. `sync` is the
+//! one door: every apply, reload, health change, re-resolution and rollback goes through
+//! it. It takes the namespace's writer lock, decides between the incremental path (only
+//! the map's changed sections, `incremental`) and the full path (the whole plan against
+//! the table read back), says which ran and why, and records a generation only when the
+//! kernel now holds something it did not hold before.
+//!
+//! Every commit is stamped with the ruleset generation id (`genid`) read before the table
+//! was: if anyone committed in between, the kernel refuses the batch and `sync` reads again
+//! (up to MAX_ATTEMPTS times).
 
+use crate::diff;
 use crate::error::{Error, Result};
-use crate::index::{Head, Index, PendingIndex, Record, Records, Tally};
 use crate::kernel::meta::TableMeta;
-use crate::kernel::netns::NetnsSpec;
-use crate::kernel::transaction::{Transaction, can_update};
-use crate::kernel::{self, Ctx, decode, sysctl};
+use crate::kernel::transaction::can_update;
+use crate::kernel::{Change, Enter, Kernel, decode::Installed, next_genid, sysctl};
+use crate::map::{Sections, Source};
 use crate::plan::Plan;
-use crate::ruleset::lower;
-use crate::sections::Sections;
-use crate::state::{self, Generation, StateDir};
+use crate::resolve::Resolver;
+use crate::ruleset::{Ruleset, lower};
+use crate::state::{self, Generation, Header, Reason, StateDir, index::Index};
+use crate::validate;
 use crate::xtables;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 mod confirm;
+mod history;
+mod incremental;
+mod path;
 pub use confirm::{Confirmation, apply_confirmed, confirm};
+pub use history::{RolledBack, history, rollback};
+pub use path::{FullReason, SyncPath};
 
 pub const MAX_ATTEMPTS: u32 = 10;
 
@@ -41,193 +51,212 @@ impl Backend {
     }
 }
 
-/// Where and how a command works.
+/// Where svcnat keeps its records, and which backend it writes.
 pub struct Target {
-    pub netns: Option<NetnsSpec>,
     pub state_root: PathBuf,
     pub backend: Backend,
 }
 
+/// A way into one namespace's kernel, and what this process committed there last.
+pub struct Session<E: Enter> {
+    pub kernel: E,
+    last: Option<LastCommit>,
+}
+
+impl<E: Enter> Session<E> {
+    pub fn new(kernel: E) -> Session<E> {
+        Session { kernel, last: None }
+    }
+}
+
+/// What this process committed last, and the genid the kernel moved to with that commit.
+/// While the kernel's genid is still that one, nobody has committed anything in the
+/// namespace since, so the table is exactly this and need not be read back (`svcnat run`
+/// keeps it between reloads). The genid is the one the batch was stamped with plus one.
+struct LastCommit {
+    genid: u32,
+    table: String,
+    meta: TableMeta,
+    /// The whole ruleset, after a full commit.
+    ruleset: Option<Ruleset>,
+    /// The index of the map, as written after the commit (see `state::index`).
+    index: Option<Index>,
+}
+
 #[derive(Debug)]
-pub struct Installed {
-    pub generation: u64,
+/// A whole desired state: the plan, the digest of the map text it came from, and that
+/// text's sections (for the index) when it was one `[[service]]` per section.
+pub struct Desired {
+    pub plan: Plan,
+    pub digest: String,
+    pub source: String,
+    pub sections: Option<Sections>,
+}
+
+impl Synced {
+    /// How the kernel was changed, in words: `incremental path (...), updated in place`.
+    pub fn how(&self) -> String {
+        let change = if self.replaced {
+            "table replaced"
+        } else {
+            "updated in place"
+        };
+        match self.path {
+            SyncPath::Unchanged => "unchanged".into(),
+            SyncPath::Incremental => {
+                format!(
+                    "incremental path (only the changed sections of the map were read), {change}"
+                )
+            }
+            SyncPath::Full(_) if !self.read_back => format!(
+                "full path, {change} (table not read back: unchanged since this process's last commit)"
+            ),
+            SyncPath::Full(_) => format!("full path, {change}"),
+        }
+    }
+}
+
+impl Desired {
+    /// The desired state of a map's text: checked, names resolved, digested, and cut into
+    /// sections for the index (none when targets name hosts: those are resolved anew on
+    /// every full apply, so such a map never takes the incremental path).
+    pub fn from_map(source: &Source, resolver: &Resolver) -> Result<Desired> {
+        let sections = Sections::of(&source.text);
+        let digest = digest(&source.text);
+        let checked = validate::check(source.clone()).map_err(Error::Map)?;
+        let names = checked.uses_names();
+        let plan = resolver.resolve(&checked).map_err(Error::Map)?;
+        Ok(Desired {
+            plan,
+            digest,
+            source: source.name.clone(),
+            sections: sections.filter(|_| !names),
+        })
+    }
+}
+
+/// What the caller asks `sync` to install.
+pub enum Request<'a> {
+    /// A map file's text: the incremental path compares it with the index of the last
+    /// apply; `parse` gives the whole desired state when the full path must run (and its
+    /// error is the one the user sees). `on_top_of`: only on top of that generation (a
+    /// caller keeping the plan it installed must not splice a change into somebody else's).
+    Map {
+        name: &'a str,
+        text: &'a [u8],
+        resolver: &'a Resolver,
+        on_top_of: Option<u64>,
+        parse: &'a mut dyn FnMut() -> Result<Desired>,
+    },
+    /// A desired state already built (a plan from `--forward`, health, re-resolution).
+    Whole(Desired),
+}
+
+/// What `sync` did.
+#[derive(Debug)]
+pub struct Synced {
+    pub path: SyncPath,
+    /// The generation recorded; for `SyncPath::Unchanged` the one installed (if svcnat
+    /// recorded it).
+    pub generation: Option<u64>,
+    /// Netlink messages (or iptables-restore lines), and what each message did.
     pub messages: usize,
-    /// What each message did, in order.
     pub objects: Vec<String>,
-    /// Updated in place (element-level) rather than replaced whole.
-    pub incremental: bool,
+    /// Services added, removed or changed.
+    pub changed: usize,
+    pub services: usize,
+    pub table: String,
     /// Sysctls switched from 0 to 1, and switched back off.
     pub enabled: Vec<&'static str>,
     pub disabled: Vec<&'static str>,
     /// Batches the kernel refused because the ruleset had changed meanwhile.
     pub retries: u32,
-    /// Where the time went, in ms: reading the kernel's table, building the batch, and the
-    /// commit (the batch's sendmsg until the kernel's answer: the kernel's own work).
-    pub timings: Option<[f64; 3]>,
-    /// What was committed (nft backend), for the next apply of a long-lived process.
-    pub known: Option<Known>,
-    /// Whether the installed table was read back from the kernel (not `Known`).
+    /// Whether the table was replaced whole (else changed in place, or not at all).
+    pub replaced: bool,
+    /// Whether the table was read back from the kernel (not known from this process's
+    /// last commit, or the incremental path's index).
     pub read_back: bool,
+    /// The desired state the full path parsed (for a caller that keeps it).
+    pub desired: Option<Desired>,
+    /// The incremental path's change, for a caller that keeps the whole plan.
+    pub splice: Option<incremental::Spliced>,
 }
 
-/// What this process committed to its table, and the ruleset generation id the kernel moved
-/// to with that commit. While the kernel's id is still that, nobody has committed anything
-/// in the namespace since, so the table is exactly this and is not read back: reading
-/// 50,000 elements back costs ~60 ms (`svcnat run` keeps this between reloads). The id is
-/// the one the batch was stamped with plus one: a commit by anyone else after ours moves
-/// it further, and the table is read back as usual.
-#[derive(Debug, Clone)]
-pub struct Known {
-    genid: u32,
-    ruleset: crate::ruleset::Ruleset,
-    meta: TableMeta,
-}
+pub use incremental::Spliced;
 
-impl Known {
-    fn installed(self) -> decode::Installed {
-        decode::Installed {
-            ruleset: self.ruleset,
-            counters: Default::default(),
-            unrecognized: Vec::new(),
-            objects: Default::default(),
-            meta: self.meta,
-            bookkeeping: true,
+/// The one door: make the kernel hold what `request` asks, by the incremental path when it
+/// can, else by the full path; record a generation (`reason`, `confirmed`) when something
+/// changed.
+pub fn sync<E: Enter>(
+    s: &mut Session<E>,
+    t: &Target,
+    request: Request<'_>,
+    reason: Reason,
+) -> Result<Synced> {
+    let last = &mut s.last;
+    match request {
+        Request::Whole(desired) => s.kernel.enter(|k| {
+            let dir = state_dir(t, k)?;
+            let _lock = dir.lock()?;
+            full(
+                k,
+                &dir,
+                &t.backend,
+                desired,
+                FullReason::NotAMapFile,
+                reason,
+                true,
+                last,
+            )
+        }),
+        Request::Map {
+            name,
+            text,
+            resolver,
+            on_top_of,
+            parse,
+        } => {
+            let mut entered = false;
+            let result = s.kernel.enter(|k| {
+                entered = true;
+                let dir = state_dir(t, k)?;
+                let _lock = dir.lock()?;
+                let why = match &t.backend {
+                    Backend::Iptables(_) => FullReason::IptablesBackend,
+                    Backend::Nft => {
+                        let attempt = incremental::apply(
+                            k, &dir, name, text, resolver, on_top_of, last, reason,
+                        )?;
+                        match attempt {
+                            Ok((done, next)) => {
+                                *last = Some(next);
+                                return Ok(done);
+                            }
+                            Err(why) => why,
+                        }
+                    }
+                };
+                full(k, &dir, &t.backend, parse()?, why, reason, true, last)
+            });
+            // A mistake in the map is the first thing to tell, before a namespace that
+            // cannot be entered.
+            if result.is_err() && !entered {
+                parse()?;
+            }
+            result
         }
     }
 }
 
-/// The generation id after one commit from `genid` (the kernel skips 0).
-pub fn next_genid(genid: u32) -> u32 {
-    match genid.wrapping_add(1) {
-        0 => 1,
-        g => g,
-    }
-}
-
-fn state_dir(t: &Target, ctx: &Ctx) -> Result<StateDir> {
-    StateDir::open(&t.state_root, ctx.cookie, &ctx.label)
-}
-
-/// Make the planned sysctl writes; returns (enabled, disabled) keys.
-fn write_sysctls(changes: sysctl::Changes) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
-    let mut done = (Vec::new(), Vec::new());
-    for p in changes.enable {
-        done.0.push(p.sysctl.key);
-        p.commit()?;
-    }
-    for p in changes.disable {
-        done.1.push(p.sysctl.key);
-        p.commit()?;
-    }
-    Ok(done)
-}
-
-/// Install `plan` as generation `number` (already locked): read, build, commit against the
-/// generation id read, retry when it went stale; then the sysctl writes. `locals`: the
-/// namespace's addresses, which tell what the targets need switched on.
-fn install(
-    ctx: &mut Ctx,
-    backend: &Backend,
-    plan: &Plan,
-    number: u64,
-    digest: &str,
-    mut known: Option<Known>,
-    locals: &[IpAddr],
-) -> Result<Installed> {
-    let needed = sysctl::required(plan, &|ip| locals.contains(ip));
-    if let Backend::Iptables(tool) = backend {
-        // iptables-restore cannot carry a ruleset generation id; the writer lock still
-        // serialises svcnat's own writers, and iptables' --wait lock the legacy ones.
-        let owned = current_meta(ctx, backend, &plan.table)?
-            .unwrap_or_default()
-            .enabled_sysctls;
-        let changes = sysctl::prepare(&needed, &owned)?;
-        let meta = TableMeta {
-            generation: Some(number),
-            digest: Some(digest.to_owned()),
-            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
-        };
-        let lines = xtables::apply(tool, plan, &meta)?;
-        let (enabled, disabled) = write_sysctls(changes)?;
-        return Ok(Installed {
-            generation: number,
-            messages: lines,
-            objects: Vec::new(),
-            incremental: false,
-            enabled,
-            disabled,
-            retries: 0,
-            timings: None,
-            known: None,
-            read_back: true,
-        });
-    }
-    let rs = lower(plan);
-    let (mut done, genid, meta) = retrying(|retries| {
-        // The generation id first: whatever is read after it is covered by the check.
-        let started = Instant::now();
-        let genid = ctx.nl.genid()?;
-        let (before, read_back) = match known.take() {
-            Some(k) if k.genid == genid && k.ruleset.table == plan.table => {
-                (Some(k.installed()), false)
-            }
-            _ => (decode::dump(&mut ctx.nl, &plan.table)?, true),
-        };
-        let read = started.elapsed();
-        let owned = before
-            .as_ref()
-            .map(|b| &b.meta.enabled_sysctls[..])
-            .unwrap_or(&[]);
-        let changes = sysctl::prepare(&needed, owned)?;
-        let meta = TableMeta {
-            generation: Some(number),
-            digest: Some(digest.to_owned()),
-            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
-        };
-        let mut tx = Transaction::new();
-        let incremental = match &before {
-            Some(b) if can_update(b, &rs) => {
-                tx.update_table(b, &rs, &meta);
-                true
-            }
-            _ => {
-                tx.replace_table(&rs, &meta);
-                false
-            }
-        };
-        kernel::test_hooks(&mut tx);
-        let objects = tx.objects.clone();
-        let built = started.elapsed();
-        let messages = ctx.nl.commit(tx, Some(genid))?;
-        let committed = started.elapsed();
-        let (enabled, disabled) = write_sysctls(changes)?;
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let done = Installed {
-            generation: number,
-            messages,
-            objects,
-            incremental,
-            enabled,
-            disabled,
-            retries,
-            timings: Some([ms(read), ms(built - read), ms(committed - built)]),
-            known: None,
-            read_back,
-        };
-        Ok((done, genid, meta))
-    })?;
-    done.known = Some(Known {
-        genid: next_genid(genid),
-        ruleset: rs,
-        meta,
-    });
-    Ok(done)
+fn state_dir(t: &Target, k: &dyn Kernel) -> Result<StateDir> {
+    let (cookie, label) = k.namespace();
+    StateDir::open(&t.state_root, cookie, label)
 }
 
 /// What svcnat recorded where its rules live; None when it has nothing installed there.
-fn current_meta(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<TableMeta>> {
+fn current_meta(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<TableMeta>> {
     match backend {
-        Backend::Nft => decode::table_meta(&mut ctx.nl, table),
+        Backend::Nft => k.table_meta(table),
         Backend::Iptables(tool) => {
             for family in [crate::plan::Family::V4, crate::plan::Family::V6] {
                 let inst = xtables::read(tool, family)?;
@@ -243,10 +272,250 @@ fn current_meta(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<
     }
 }
 
+/// The number of the next generation: after every recorded one and the installed one.
+fn next_number(dir: &StateDir, installed: Option<u64>) -> Result<u64> {
+    let newest = dir.numbers()?.last().copied();
+    Ok(newest.max(installed).unwrap_or(0) + 1)
+}
+
+fn header(
+    number: u64,
+    reason: Reason,
+    confirmed: bool,
+    changed: usize,
+    d: &Desired,
+    backend: &Backend,
+) -> Header {
+    Header {
+        number,
+        time: state::rfc3339(state::now()),
+        reason,
+        confirmed,
+        changed,
+        digest: d.digest.clone(),
+        source: d.source.clone(),
+        backend: backend.name().to_owned(),
+    }
+}
+
+/// The full path (the lock is held): read what is installed, compare, and if it differs,
+/// commit the whole plan (in place where the table's shape allows) and record it.
+#[allow(clippy::too_many_arguments)]
+fn full(
+    k: &mut dyn Kernel,
+    dir: &StateDir,
+    backend: &Backend,
+    desired: Desired,
+    why: FullReason,
+    reason: Reason,
+    confirmed: bool,
+    last: &mut Option<LastCommit>,
+) -> Result<Synced> {
+    let plan = &desired.plan;
+    let locals = k.local_addresses();
+    let needed = sysctl::required(plan, &|ip| locals.contains(ip));
+    let mut synced = Synced {
+        path: SyncPath::Full(why),
+        generation: None,
+        messages: 0,
+        objects: Vec::new(),
+        changed: 0,
+        services: plan.services.len(),
+        table: plan.table.clone(),
+        enabled: Vec::new(),
+        disabled: Vec::new(),
+        retries: 0,
+        replaced: false,
+        read_back: true,
+        desired: None,
+        splice: None,
+    };
+    if let Backend::Iptables(tool) = backend {
+        // iptables-restore cannot carry a ruleset genid; the writer lock still serialises
+        // svcnat's own writers, and iptables' --wait lock the legacy ones.
+        let view = xtables::view(tool, &plan.table)?;
+        let owned = view
+            .as_ref()
+            .map(|v| v.meta.enabled_sysctls.clone())
+            .unwrap_or_default();
+        let installed_gen = view.as_ref().and_then(|v| v.meta.generation);
+        let report = diff::compare_lifted(plan, view.map(|v| (v.plan, v.drift)));
+        let changes = sysctl::prepare(k, &needed, &owned)?;
+        if let Some(g) = unchanged(dir, &report, &changes, installed_gen) {
+            synced.path = SyncPath::Unchanged;
+            synced.generation = Some(g);
+            synced.desired = Some(desired);
+            return Ok(synced);
+        }
+        let number = next_number(dir, installed_gen)?;
+        let meta = TableMeta {
+            generation: Some(number),
+            digest: Some(desired.digest.clone()),
+            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+        };
+        let head = header(
+            number,
+            reason,
+            confirmed,
+            report.services.len(),
+            &desired,
+            backend,
+        );
+        let record = dir.prepare(&Generation { head, plan })?;
+        synced.messages = xtables::apply(tool, plan, &meta)?;
+        synced.replaced = true;
+        (synced.enabled, synced.disabled) = sysctl::write(k, changes)?;
+        record.publish()?;
+        dir.prune()?;
+        Index::remove(&dir.path);
+        synced.generation = Some(number);
+        synced.changed = report.services.len();
+        synced.desired = Some(desired);
+        return Ok(synced);
+    }
+    let rs = lower(plan);
+    let mut retries = 0;
+    loop {
+        // The genid first: whatever is read after it is covered by the commit's check.
+        let genid = k.genid()?;
+        synced.read_back = true;
+        let before = match last.take() {
+            Some(LastCommit {
+                genid: g,
+                ruleset: Some(ruleset),
+                meta,
+                table,
+                ..
+            }) if g == genid && table == plan.table => {
+                synced.read_back = false;
+                Some(Installed {
+                    ruleset,
+                    counters: Default::default(),
+                    unrecognized: Vec::new(),
+                    objects: Default::default(),
+                    meta,
+                    bookkeeping: true,
+                })
+            }
+            _ => k.read_table(&plan.table)?,
+        };
+        let owned = before
+            .as_ref()
+            .map(|b| &b.meta.enabled_sysctls[..])
+            .unwrap_or(&[]);
+        let changes = sysctl::prepare(k, &needed, owned)?;
+        let report = diff::compare(plan, before.as_ref());
+        let installed_gen = before.as_ref().and_then(|b| b.meta.generation);
+        if let Some(g) = unchanged(dir, &report, &changes, installed_gen) {
+            synced.path = SyncPath::Unchanged;
+            synced.generation = Some(g);
+            if let Some(b) = before {
+                *last = Some(LastCommit {
+                    genid,
+                    table: rs.table.clone(),
+                    meta: b.meta,
+                    ruleset: Some(b.ruleset),
+                    index: None,
+                });
+            }
+            synced.desired = Some(desired);
+            return Ok(synced);
+        }
+        let number = next_number(dir, installed_gen)?;
+        let meta = TableMeta {
+            generation: Some(number),
+            digest: Some(desired.digest.clone()),
+            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+        };
+        let changed = report.services.len();
+        let head = header(number, reason, confirmed, changed, &desired, backend);
+        // Written and synced before the commit, put in place after it: a refused commit
+        // leaves no record, an accepted one is recorded before the command says so.
+        let record = dir.prepare(&Generation { head, plan })?;
+        synced.replaced = !before.as_ref().is_some_and(|b| can_update(b, &rs));
+        let change = match &before {
+            Some(b) if !synced.replaced => Change::Update {
+                installed: b,
+                ruleset: &rs,
+                meta: &meta,
+            },
+            _ => Change::Replace {
+                ruleset: &rs,
+                meta: &meta,
+            },
+        };
+        let objects = match k.commit(change, genid) {
+            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => {
+                retries += 1;
+                continue;
+            }
+            result => result?,
+        };
+        (synced.enabled, synced.disabled) = sysctl::write(k, changes)?;
+        record.publish()?;
+        dir.prune()?;
+        let index = write_index(dir, &desired, &locals, number, next_genid(genid));
+        *last = Some(LastCommit {
+            genid: next_genid(genid),
+            table: rs.table.clone(),
+            meta,
+            ruleset: Some(rs),
+            index,
+        });
+        synced.generation = Some(number);
+        synced.messages = objects.len();
+        synced.objects = objects;
+        synced.changed = changed;
+        synced.retries = retries;
+        synced.desired = Some(desired);
+        return Ok(synced);
+    }
+}
+
+/// The installed generation, when the kernel already holds exactly the desired state, no
+/// sysctl needs a change, and svcnat recorded what is installed: then nothing is done and
+/// nothing recorded.
+fn unchanged(
+    dir: &StateDir,
+    report: &diff::Report,
+    changes: &sysctl::Changes,
+    installed: Option<u64>,
+) -> Option<u64> {
+    let g = installed?;
+    let recorded = dir.numbers().ok()?.contains(&g);
+    (report.in_sync && changes.enable.is_empty() && changes.disable.is_empty() && recorded)
+        .then_some(g)
+}
+
+/// The index of the map just installed (see `state::index`), or none (and any old one
+/// removed) when its sections are not one service each. The index is a cache: a failure
+/// to write it only means the next apply takes the full path.
+fn write_index(
+    dir: &StateDir,
+    desired: &Desired,
+    locals: &[std::net::IpAddr],
+    generation: u64,
+    genid: u32,
+) -> Option<Index> {
+    let written = desired.sections.as_ref().and_then(|sections| {
+        Index::write(
+            &dir.path,
+            &desired.plan,
+            &desired.digest,
+            sections,
+            locals,
+            generation,
+            genid,
+        )
+    });
+    if written.is_none() {
+        Index::remove(&dir.path);
+    }
+    written
+}
+
 /// `xxh128:HEX` of a map's text, as `xxh128sum` prints it. It names which map a generation
-/// came from (nothing trusts it for more): XXH3-128 digests a 4 MB map in ~0.15 ms where
-/// SHA-256 took ~2.4, more than twice what `svcnat run` takes to change one service of
-/// 50,000.
+/// came from; nothing trusts it for more.
 pub fn digest(text: impl AsRef<[u8]>) -> String {
     format!(
         "xxh128:{:032x}",
@@ -254,316 +523,80 @@ pub fn digest(text: impl AsRef<[u8]>) -> String {
     )
 }
 
-/// The index records of `plan`, one per section of its map; None when the map's sections
-/// are not one service each.
-fn index_records(
-    plan: &Plan,
-    sections: Option<&Sections>,
-    locals: &[IpAddr],
-) -> Option<(Records, Tally)> {
-    let sections = sections.filter(|s| s.count() == plan.services.len())?;
-    let local = |ip: &std::net::IpAddr| locals.contains(ip);
-    let mut tally = Tally::default();
-    let records = plan
-        .services
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Record::of(s, sections.section(i), plan.accounting, &local))
-        .inspect(|r| tally.add(r))
-        .collect();
-    Some((records, tally))
-}
-
-/// The head of a new index of `plan`'s map (see `index`).
-fn index_head(plan: &Plan, digest: &str, sections: &Sections, tally: Tally) -> Head {
-    Head {
-        genid: 0,
-        generation: 0,
-        digest: digest.to_owned(),
-        table: plan.table.clone(),
-        chain: 0,
-        prefix: sections.prefix,
-        prefix_len: sections.first() as u64,
-        tally,
-    }
-}
-
-/// The index of `plan`'s map, written but for its head (see `Index::prepare`): while the
-/// kernel commits.
-fn prepare_index(
-    dir: &StateDir,
-    plan: &Plan,
-    digest: &str,
-    sections: Option<&Sections>,
-    locals: &[IpAddr],
-) -> Option<(PendingIndex, Head)> {
-    let (records, tally) = index_records(plan, sections, locals)?;
-    let sections = sections?;
-    let head = index_head(plan, digest, sections, tally);
-    let pending = Index::prepare(&dir.path, &head, records, &sections.groups).ok()?;
-    Some((pending, head))
-}
-
-/// The index of what `done` installed (see `index`); none, and any old one removed, without
-/// records or when nothing is known of the commit (the iptables backend). The index it
-/// replaced goes to the closer (see `PendingIndex::finish`).
-fn write_index(
-    ctx: &mut Ctx,
-    dir: &StateDir,
-    pending: Option<(PendingIndex, Head)>,
-    done: &Installed,
-) {
-    let (Some((pending, head)), Some(known)) = (pending, &done.known) else {
-        Index::remove(&dir.path);
-        return;
-    };
-    let head = Head {
-        genid: known.genid,
-        generation: done.generation,
-        ..head
-    };
-    match pending.finish(&dir.path, &head) {
-        Ok((replaced, records)) => {
-            replaced.into_iter().for_each(|f| ctx.nl.close_later(f));
-            ctx.nl.free_later(records);
-        }
-        Err(_) => Index::remove(&dir.path),
-    }
-}
-
-/// Install `plan` as a new generation and record it (the lock is held); and do `side` on
-/// the second core with the generation's file (or after the commit, for a small plan). One
-/// thread for both: a second one, started while the first ran, could take this core from
-/// the command for 2-3 ms.
-#[allow(clippy::too_many_arguments)]
-fn apply_locked<S: Send>(
-    ctx: &mut Ctx,
-    backend: &Backend,
-    dir: &StateDir,
-    plan: &Plan,
-    digest: &str,
-    source: &str,
-    known: Option<Known>,
-    locals: &[IpAddr],
-    side: impl FnOnce() -> S + Send,
-) -> Result<(Installed, S)> {
-    let installed_gen = current_meta(ctx, backend, &plan.table)?.and_then(|m| m.generation);
-    let newest = dir.numbers()?.last().copied();
-    let number = newest.max(installed_gen).unwrap_or(0) + 1;
-    let generation = Generation {
-        number,
-        time: state::rfc3339(state::now()),
-        digest: digest.to_owned(),
-        source: source.to_owned(),
-        plan,
-        backend: backend.name().to_owned(),
-    };
-    // The generation's file is written while the kernel commits (8 MB of JSON at 50,000
-    // services, ~30 ms: a second core does it), and put in place only once the commit
-    // succeeded; a refused commit leaves no file behind. Its sync (5-30 ms here) goes to
-    // whoever closes the netlink socket after the commit (`Netlink::sync_on_close`): a
-    // crash before that may lose this record, as it loses the rules it describes. A small
-    // plan is written after the commit: a thread's malloc arena would stay resident in
-    // `svcnat run` for nothing.
-    if plan.services.len() < 1000 {
-        let done = install(ctx, backend, plan, number, digest, known, locals)?;
-        dir.record(&generation)?;
-        return Ok((done, side()));
-    }
-    let (done, file) = std::thread::scope(|s| {
-        let file = s.spawn(|| {
-            let side = side();
-            (dir.prepare_unsynced(&generation), side)
-        });
-        let done = install(ctx, backend, plan, number, digest, known, locals);
-        (done, file.join())
-    });
-    let done = done?;
-    let side = match file {
-        Ok((pending, side)) => {
-            for handle in pending?.publish_unsynced()? {
-                ctx.nl.sync_on_close(handle);
-            }
-            side
-        }
-        Err(panic) => std::panic::resume_unwind(panic),
-    };
-    for removed in dir.prune()? {
-        ctx.nl.close_later(removed);
-    }
-    Ok((done, side))
-}
-
-/// apply: install the plan as a new generation and record it; index the map's `sections`
-/// (see `index`).
-/// `kept`: the socket of an attempt by the changed sections, if it kept one.
-pub fn apply(
-    t: &Target,
-    plan: &Plan,
-    digest: &str,
-    source: &str,
-    sections: Option<&Sections>,
-    kept: &mut kernel::Kept,
-) -> Result<Installed> {
-    apply_known(t, plan, digest, source, None, sections, kept)
-}
-
-/// apply, with what this process committed last (see `Known`).
-pub fn apply_known(
-    t: &Target,
-    plan: &Plan,
-    digest: &str,
-    source: &str,
-    known: Option<Known>,
-    sections: Option<&Sections>,
-    kept: &mut kernel::Kept,
-) -> Result<Installed> {
-    kept.within(t.netns.as_ref(), |ctx, locals| {
-        let dir = state_dir(t, ctx)?;
-        let _lock = dir.lock()?;
-        // Read once, for the sysctls and the index's records alike.
-        let locals = locals.get();
-        // The index (~5 ms at 50,000 services: records, then 2 MB of file) is written while
-        // the kernel commits, but for its head; without sections there is none.
-        let records = || prepare_index(&dir, plan, digest, sections, locals);
-        let (done, records) = apply_locked(
-            ctx, &t.backend, &dir, plan, digest, source, known, locals, records,
-        )?;
-        write_index(ctx, &dir, records, &done);
-        Ok(done)
-    })
-}
-
 /// Remove everything svcnat installed (if anything) and switch off the sysctls it switched
-/// on. Returns None when nothing was there, else the sysctls switched off.
-fn remove(ctx: &mut Ctx, backend: &Backend, table: &str) -> Result<Option<Vec<&'static str>>> {
+/// on (the lock is held). None when nothing was there, else the sysctls switched off.
+fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<Vec<&'static str>>> {
     if let Backend::Iptables(tool) = backend {
         let Some(meta) = xtables::flush(tool)? else {
             return Ok(None);
         };
-        let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
-        return Ok(Some(write_sysctls(changes)?.1));
+        let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
+        return Ok(Some(sysctl::write(k, changes)?.1));
     }
-    retrying(|_| {
-        let genid = ctx.nl.genid()?;
-        let Some(meta) = decode::table_meta(&mut ctx.nl, table)? else {
-            return Ok(None);
-        };
-        let changes = sysctl::prepare(&[], &meta.enabled_sysctls)?;
-        let mut tx = Transaction::new();
-        tx.delete_table(table);
-        ctx.nl.commit(tx, Some(genid))?;
-        Ok(Some(write_sysctls(changes)?.1))
-    })
-}
-
-/// Run `attempt` (read the generation id, read the kernel, build, commit) again while the
-/// kernel refuses its batch as stale, at most MAX_ATTEMPTS times in all; it is told how
-/// many attempts were refused before it.
-fn retrying<T>(mut attempt: impl FnMut(u32) -> Result<T>) -> Result<T> {
     let mut retries = 0;
     loop {
-        match attempt(retries) {
-            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
-            result => return result,
-        }
-    }
-}
-
-/// flush: delete svcnat's table and switch off the sysctls svcnat switched on. None when
-/// there was no table, else the sysctls switched off.
-pub fn flush(t: &Target, table: &str) -> Result<Option<Vec<&'static str>>> {
-    kernel::within(t.netns.as_ref(), |ctx| {
-        let dir = state_dir(t, ctx)?;
-        let _lock = dir.lock()?;
-        remove(ctx, &t.backend, table)
-    })
-}
-
-/// What `rollback` re-installed.
-#[derive(Debug)]
-pub struct RolledBack {
-    pub from: Option<u64>,
-    pub to: Generation,
-    pub done: Installed,
-}
-
-/// rollback: re-install a recorded generation — `to`, else the newest one older than the
-/// installed generation, else (nothing installed) the newest one.
-pub fn rollback(t: &Target, table: &str, to: Option<u64>) -> Result<RolledBack> {
-    kernel::within(t.netns.as_ref(), |ctx| {
-        let dir = state_dir(t, ctx)?;
-        let _lock = dir.lock()?;
-        let kept = dir.numbers()?;
-        let installed = current_meta(ctx, &t.backend, table)?;
-        let current = installed.as_ref().and_then(|m| m.generation);
-        let number = match (to, current) {
-            (Some(n), _) => kept.iter().copied().find(|&k| k == n).ok_or_else(|| {
-                Error::Usage(format!(
-                    "generation {n} is not recorded for this namespace (kept: {})\n  fix: pick one from `svcnat history`",
-                    numbers(&kept)
-                ))
-            })?,
-            (None, Some(c)) => kept.iter().rev().copied().find(|&k| k < c).ok_or_else(|| {
-                Error::Usage(format!(
-                    "generation {c} is installed and no older one is recorded (kept: {})\n  fix: see `svcnat history`; roll forward with --to N",
-                    numbers(&kept)
-                ))
-            })?,
-            (None, None) => kept.last().copied().ok_or_else(|| {
-                Error::Usage("nothing is recorded for this namespace: no apply to roll back to".into())
-            })?,
+        let genid = k.genid()?;
+        let Some(meta) = k.table_meta(table)? else {
+            return Ok(None);
         };
-        let target = dir.generation(number)?.ok_or_else(|| Error::State {
-            message: format!(
-                "generation {number} cannot be read from {}",
-                dir.path.display()
-            ),
-        })?;
-        if target.plan.table != table {
-            return Err(Error::Usage(format!(
-                "generation {} installs table {}, not {table}\n  fix: pass --table {}",
-                target.number, target.plan.table, target.plan.table
-            )));
+        let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
+        match k.commit(Change::Delete { table }, genid) {
+            Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
+            Err(e) => return Err(e),
+            Ok(_) => return Ok(Some(sysctl::write(k, changes)?.1)),
         }
-        if target.backend != t.backend.name() {
-            return Err(Error::Usage(format!(
-                "generation {} was installed with the {} backend\n  fix: pass --backend {}",
-                target.number, target.backend, target.backend
-            )));
-        }
-        let done = install(
-            ctx,
-            &t.backend,
-            &target.plan,
-            target.number,
-            &target.digest,
-            None,
-            &kernel::local_addresses(),
-        )?;
-        Ok(RolledBack {
-            from: current,
-            to: target,
-            done,
-        })
-    })
-}
-
-fn numbers(kept: &[u64]) -> String {
-    if kept.is_empty() {
-        return "none".into();
     }
-    kept.iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
-/// history: the recorded generations and the one the kernel holds.
-pub fn history(t: &Target, table: &str) -> Result<(Vec<Generation>, Option<TableMeta>)> {
-    kernel::within(t.netns.as_ref(), |ctx| {
-        let dir = state_dir(t, ctx)?;
-        let installed = current_meta(ctx, &t.backend, table)?;
-        Ok((dir.generations()?, installed))
+/// What `flush` removed.
+#[derive(Debug)]
+pub struct Flushed {
+    /// The sysctls switched off.
+    pub disabled: Vec<&'static str>,
+    /// The generation recorded for the flush (None: svcnat had recorded nothing here).
+    pub generation: Option<u64>,
+}
+
+/// flush: delete svcnat's table, switch off the sysctls svcnat switched on, and record a
+/// `Reason::Flush` generation so that `rollback` can bring back what was removed. None when
+/// there was nothing to remove.
+pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Option<Flushed>> {
+    s.last = None;
+    s.kernel.enter(|k| {
+        let dir = state_dir(t, k)?;
+        let _lock = dir.lock()?;
+        let installed = current_meta(k, &t.backend, table)?.and_then(|m| m.generation);
+        let Some(disabled) = remove(k, &t.backend, table)? else {
+            return Ok(None);
+        };
+        Index::remove(&dir.path);
+        // Recorded only where svcnat keeps records of this table: a flush of rules it never
+        // recorded has nothing for a rollback to bring back.
+        let generation = match dir.numbers()?.last() {
+            Some(_) => {
+                let number = next_number(&dir, installed)?;
+                let empty = Desired {
+                    plan: Plan {
+                        table: table.to_owned(),
+                        services: Vec::new(),
+                        accounting: false,
+                    },
+                    digest: String::new(),
+                    source: "flush".into(),
+                    sections: None,
+                };
+                let head = header(number, Reason::Flush, true, 0, &empty, &t.backend);
+                dir.record(&Generation {
+                    head,
+                    plan: &empty.plan,
+                })?;
+                Some(number)
+            }
+            None => None,
+        };
+        Ok(Some(Flushed {
+            disabled,
+            generation,
+        }))
     })
 }

@@ -16,22 +16,23 @@
 use crate::error::{Error, Result};
 use crate::forward;
 use crate::health;
-use crate::kernel;
+use crate::kernel::{self, Connection, netns::NetnsSpec};
 use crate::log;
-use crate::map::Source;
-use crate::ops;
+use crate::map::{Sections, Source};
+use crate::ops::{self, Desired, Request, Session, SyncPath, Synced};
 use crate::plan::Plan;
-use crate::quick;
 use crate::resolve::Resolver;
-use crate::sections::Sections;
+use crate::state::Reason;
 use crate::validate::{self, CheckedMap};
+use metrics::{Stats, View};
+use nix::sys::signal::Signal;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
-use wake::{poll_timeout, read_signals, serve_scrape, signal_fd};
+use wake::{poll_timeout, serve_scrape};
 
+mod metrics;
 mod wake;
 
 /// Where the services come from.
@@ -43,28 +44,20 @@ pub enum MapFrom {
 pub struct Options {
     pub from: MapFrom,
     pub resolver: Resolver,
+    pub netns: Option<NetnsSpec>,
     pub target: ops::Target,
     pub resolve_interval: Duration,
     pub health: Option<Duration>,
     pub metrics: Option<SocketAddr>,
 }
 
-#[derive(Default)]
-struct Stats {
-    applies: u64,
-    apply_errors: u64,
-    resolution_errors: u64,
-    reload_errors: u64,
-    last_apply: u64,
-}
-
 struct Runner {
     opts: Options,
-    /// The last valid map and its text digest.
+    /// The last valid map.
     checked: CheckedMap,
-    /// Whether some target is a host name (`checked.uses_names()`, which walks every
-    /// service: kept, as a reload of 50,000 services has ~2 ms in all).
+    /// Whether some target is a host name (`checked.uses_names()`).
     names: bool,
+    /// The digest of the last valid map's text.
     digest: String,
     /// Its names resolved (the last successful resolution).
     resolved: Plan,
@@ -72,37 +65,33 @@ struct Runner {
     health: HashMap<SocketAddr, bool>,
     /// What is installed now (after health filtering).
     installed: Option<Plan>,
-    /// What this process committed last, so the next apply need not read the table back
-    /// while nobody else has committed (see `ops::Known`).
-    known: Option<ops::Known>,
     /// Services whose targets are all down, already logged.
     failed_open: HashSet<String>,
     file_stamp: Option<(SystemTime, u64)>,
-    /// The map file's sections, for the index a full apply writes (see `index`).
+    /// The map file's sections, for the index a full apply writes (see `state::index`).
     sections: Option<Sections>,
-    /// The generation of the last apply, when it installed `resolved` as it is: then a
-    /// reload on top of that generation may change only the sections that changed (`quick`).
+    /// The generation that installed `resolved` as it is: a reload on top of it may take
+    /// the incremental path.
     synced: Option<u64>,
-    /// The index and the table's bookkeeping as the last such reload left them (see
-    /// `quick::apply`'s `cached`).
-    last: Option<quick::Last>,
-    /// The socket and the local addresses, for reloads by the changed sections.
-    kept: kernel::Kept,
+    /// The way into the namespace (socket and addresses kept between reloads), and what
+    /// was committed there last.
+    session: Session<Connection>,
     stats: Stats,
 }
 
 fn load(from: &MapFrom) -> Result<(CheckedMap, Option<Sections>)> {
     match from {
-        MapFrom::File(path) => {
-            let source = crate::cli::read_map_file(path)?;
-            let sections = Sections::of(&source.text);
-            let checked = validate::check(source).map_err(Error::Map)?;
-            Ok((checked, sections))
-        }
+        MapFrom::File(path) => load_source(crate::cli::read_map_file(path)?),
         MapFrom::Forwards { specs, origin } => forward::checked(specs, origin)
             .map(|c| (c, None))
             .map_err(Error::Map),
     }
+}
+
+fn load_source(source: Source) -> Result<(CheckedMap, Option<Sections>)> {
+    let sections = Sections::of(&source.text);
+    let checked = validate::check(source).map_err(Error::Map)?;
+    Ok((checked, sections))
 }
 
 fn stamp(from: &MapFrom) -> Option<(SystemTime, u64)> {
@@ -111,6 +100,14 @@ fn stamp(from: &MapFrom) -> Option<(SystemTime, u64)> {
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
         MapFrom::Forwards { .. } => None,
+    }
+}
+
+/// How a sync went, for the log.
+fn how(done: &Synced) -> String {
+    match done.path {
+        SyncPath::Full(why) => format!("{} ({})", done.how(), why.explain()),
+        _ => done.how(),
     }
 }
 
@@ -144,52 +141,53 @@ impl Runner {
 
     /// Whether what is installed is the map as written: no target left out for its health,
     /// no counters for metrics, no names to resolve again. Only then is the map indexed, and
-    /// a reload may go by its changed sections alone (`quick`).
+    /// a reload may take the incremental path.
     fn as_written(&self) -> bool {
         self.opts.health.is_none() && self.opts.metrics.is_none() && !self.names
     }
 
+    fn log_synced(&mut self, done: &Synced, why: &str) {
+        self.stats.count(done.path);
+        match done.path {
+            SyncPath::Unchanged => log::info(&format!(
+                "{why}: the kernel already holds these {} service(s), nothing to do",
+                done.services
+            )),
+            _ => log::info(&format!(
+                "applied {} service(s) ({why}) as generation {}: {} netlink messages, {}",
+                done.services,
+                done.generation.unwrap_or(0),
+                done.messages,
+                how(done)
+            )),
+        }
+        for s in &done.enabled {
+            log::info(&format!("enabled {s}"));
+        }
+    }
+
     /// Install the effective plan if it differs from what is installed.
-    fn sync(&mut self, why: &str) {
+    fn sync(&mut self, reason: Reason, why: &str) {
         let plan = self.effective();
         if self.installed.as_ref() == Some(&plan) {
             return;
         }
-        let sections = self.sections.as_ref().filter(|_| self.as_written());
-        // A full apply writes a new index: the one kept from the last reload is stale (its
-        // generation id would say so too; this frees its mapping now).
-        self.last = None;
-        match ops::apply_known(
+        let desired = Desired {
+            plan,
+            digest: self.digest.clone(),
+            source: self.checked.source.name.clone(),
+            sections: self.sections.clone().filter(|_| self.as_written()),
+        };
+        match ops::sync(
+            &mut self.session,
             &self.opts.target,
-            &plan,
-            &self.digest,
-            &self.checked.source.name,
-            self.known.take(),
-            sections,
-            &mut kernel::Kept::nothing(),
+            Request::Whole(desired),
+            reason,
         ) {
             Ok(mut done) => {
-                self.known = done.known.take();
-                self.synced = self.as_written().then_some(done.generation);
-                self.stats.applies += 1;
-                self.stats.last_apply = crate::state::now();
-                let how = match (done.incremental, done.read_back) {
-                    (true, true) => "updated in place",
-                    (true, false) => {
-                        "updated in place, table not read back (unchanged since the last apply)"
-                    }
-                    (false, _) => "one transaction",
-                };
-                log::info(&format!(
-                    "applied {} service(s) ({why}) as generation {}: {} netlink messages, {how}",
-                    plan.services.len(),
-                    done.generation,
-                    done.messages
-                ));
-                for s in done.enabled {
-                    log::info(&format!("enabled {s}"));
-                }
-                self.installed = Some(plan);
+                self.log_synced(&done, why);
+                self.synced = done.generation.filter(|_| self.as_written());
+                self.installed = done.desired.take().map(|d| d.plan);
             }
             Err(e) => {
                 self.synced = None;
@@ -201,68 +199,96 @@ impl Runner {
         }
     }
 
-    /// Reload by the map's changed sections alone, when it can be (see `quick`): at 50,000
-    /// services, a few milliseconds instead of a full parse and plan. False: do a full one.
-    fn reload_quick(&mut self, why: &str) -> bool {
+    /// Reload a map file that is installed as written through the door with its text, so
+    /// that a change of a few services takes the incremental path. False: reload the
+    /// whole way (`reload`).
+    fn reload_map_file(&mut self, why: &str) -> bool {
         let MapFrom::File(path) = &self.opts.from else {
             return false;
         };
-        let Some(last) = self.synced.filter(|_| self.as_written()) else {
+        if !self.as_written() || self.synced.is_none() {
             return false;
-        };
-        let Some(mapped) = crate::cli::MapText::map(Some(path)) else {
-            return false;
-        };
-        let Some(text) = mapped.bytes() else {
-            return false;
-        };
-        let q = match quick::apply(
-            &self.opts.target,
-            &mapped.name,
-            text,
-            &self.opts.resolver,
-            Some(last),
-            self.last.take(),
-            &mut self.kept,
-        ) {
-            Ok(Some(q)) => q,
-            Ok(None) => return false,
+        }
+        let source = match crate::cli::read_map_file(path) {
+            Ok(s) => s,
             Err(e) => {
-                // Committed, but not recorded: the full reload reads the table back.
-                self.known = None;
-                self.synced = None;
-                log::error(&format!("{why}: recording the change failed: {e}"));
-                return false;
+                self.stats.reload_errors += 1;
+                log::error(&format!(
+                    "{why}: cannot read the map, the running rules stay: {e}"
+                ));
+                return true;
             }
         };
-        let range = q.at..q.at + q.removed;
-        self.resolved
-            .services
-            .splice(range.clone(), q.plan.services.iter().cloned());
-        if let Some(installed) = &mut self.installed {
-            installed.services.splice(range.clone(), q.plan.services);
-        }
-        self.checked.services.splice(range, q.specs);
-        // The specs' spans point into the changed sections' own text; the map's whole text
-        // is not kept (names, the only thing located later, are not in such a map).
-        self.checked.source = Source::new(mapped.name.clone(), String::new());
-        self.digest = q.digest;
-        self.last = q.last;
-        self.synced = Some(q.installed.generation);
-        self.known = None;
-        self.sections = None;
-        self.stats.applies += 1;
-        self.stats.last_apply = crate::state::now();
-        log::info(&format!("{why}: map re-read"));
-        log::info(&format!(
-            "applied {} service(s) ({why}) as generation {}: {} netlink messages, updated in place, only the changed sections read",
-            q.services, q.installed.generation, q.installed.messages
-        ));
-        // The generation record's sync, which a closing socket would have done now; and
-        // the file the next record will be.
-        self.kept.settle();
-        if let Some(last) = &mut self.last {
-            last.spare = crate::state::Unnamed::new(&last.dir);
+        let resolver = &self.opts.resolver;
+        let mut parsed: Option<CheckedMap> = None;
+        let mut parse = || {
+            let (checked, sections) = load_source(source.clone())?;
+            let plan = resolver.resolve(&checked).map_err(Error::Map)?;
+            let names = checked.uses_names();
+            let desired = Desired {
+                plan,
+                digest: ops::digest(&source.text),
+                source: source.name.clone(),
+                sections: sections.filter(|_| !names),
+            };
+            parsed = Some(checked);
+            Ok(desired)
+        };
+        let request = Request::Map {
+            name: &source.name,
+            text: source.text.as_bytes(),
+            resolver,
+            on_top_of: self.synced,
+            parse: &mut parse,
+        };
+        let result = ops::sync(
+            &mut self.session,
+            &self.opts.target,
+            request,
+            Reason::Reload,
+        );
+        match result {
+            Err(e @ Error::Map(_)) => {
+                self.stats.reload_errors += 1;
+                log::error(&format!(
+                    "{why}: the new map is invalid, the running rules stay:\n{e}"
+                ));
+            }
+            Err(e) => {
+                self.synced = None;
+                self.stats.apply_errors += 1;
+                log::error(&format!(
+                    "apply failed ({why}), the previous rules stay: {e}"
+                ));
+            }
+            Ok(mut done) => {
+                log::info(&format!("{why}: map re-read"));
+                self.log_synced(&done, why);
+                if let Some(sp) = done.splice.take() {
+                    let range = sp.at..sp.at + sp.removed;
+                    self.resolved
+                        .services
+                        .splice(range.clone(), sp.plan.services.iter().cloned());
+                    if let Some(installed) = &mut self.installed {
+                        installed.services.splice(range.clone(), sp.plan.services);
+                    }
+                    self.checked.services.splice(range, sp.specs);
+                    // The specs' spans point into the changed sections' own text; the map's
+                    // whole text is not kept (names, the only thing located later, are not
+                    // in such a map).
+                    self.checked.source = Source::new(source.name.clone(), String::new());
+                    self.digest = sp.digest;
+                    self.sections = None;
+                } else if let (Some(d), Some(checked)) = (done.desired.take(), parsed) {
+                    self.names = checked.uses_names();
+                    self.checked = checked;
+                    self.digest = d.digest;
+                    self.sections = d.sections;
+                    self.resolved = d.plan.clone();
+                    self.installed = Some(d.plan);
+                }
+                self.synced = done.generation.filter(|_| self.as_written());
+            }
         }
         true
     }
@@ -290,7 +316,7 @@ impl Runner {
 
     fn reload(&mut self, why: &str) {
         self.file_stamp = stamp(&self.opts.from);
-        if self.reload_quick(why) {
+        if self.reload_map_file(why) {
             return;
         }
         let (checked, sections) = match load(&self.opts.from) {
@@ -311,7 +337,7 @@ impl Runner {
                 self.sections = sections;
                 self.resolved = plan;
                 log::info(&format!("{why}: map re-read"));
-                self.sync(why);
+                self.sync(Reason::Reload, why);
             }
             Err(errors) => {
                 self.stats.reload_errors += 1;
@@ -340,7 +366,7 @@ impl Runner {
             .health
             .unwrap_or(Duration::from_secs(1))
             .min(Duration::from_secs(2));
-        let result = match kernel::in_namespace(self.opts.target.netns.as_ref(), || {
+        let result = match kernel::in_namespace(self.opts.netns.as_ref(), || {
             Ok(health::check(&targets, timeout))
         }) {
             Ok(r) => r,
@@ -358,57 +384,46 @@ impl Runner {
                 ));
             }
         }
-        self.sync("health change");
+        self.sync(Reason::Health, "health change");
     }
 
     fn metrics(&self) -> String {
         let table = self.resolved.table.clone();
-        let installed = kernel::show(self.opts.target.netns.as_ref(), &table)
+        let installed = kernel::show(self.opts.netns.as_ref(), &table)
             .ok()
             .flatten();
         let (counters, objects) = installed
             .map(|i| (i.counters, i.objects))
             .unwrap_or_default();
-        crate::metrics::render(&self.view(), &counters, &objects)
+        metrics::render(&self.view(), &counters, &objects)
     }
 }
 
-/// Read by `metrics`.
-pub struct View<'a> {
-    pub resolved: &'a Plan,
-    pub installed: Option<&'a Plan>,
-    pub health: &'a HashMap<SocketAddr, bool>,
-    pub applies: u64,
-    pub apply_errors: u64,
-    pub resolution_errors: u64,
-    pub reload_errors: u64,
-    pub last_apply: u64,
-}
-
 impl Runner {
-    pub fn view(&self) -> View<'_> {
+    fn view(&self) -> View<'_> {
         View {
             resolved: &self.resolved,
             installed: self.installed.as_ref(),
             health: &self.health,
-            applies: self.stats.applies,
-            apply_errors: self.stats.apply_errors,
-            resolution_errors: self.stats.resolution_errors,
-            reload_errors: self.stats.reload_errors,
-            last_apply: self.stats.last_apply,
+            stats: &self.stats,
         }
     }
 }
 
 /// Run until SIGTERM/SIGINT. Returns the process exit code.
 pub fn run(opts: Options) -> Result<i32> {
-    let signals = signal_fd()?;
+    let signals = crate::signals::block(&[
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ])?;
     let (checked, sections) = load(&opts.from)?;
     let resolved = opts.resolver.resolve(&checked).map_err(Error::Map)?;
     let listener = match opts.metrics {
         Some(addr) => {
             // Listen inside the proxy's namespace, where the scraper reaches it.
-            let l = kernel::in_namespace(opts.target.netns.as_ref(), || {
+            let l = kernel::in_namespace(opts.netns.as_ref(), || {
                 TcpListener::bind(addr).map_err(|e| Error::io(format!("--metrics {addr}"), e))
             })?;
             l.set_nonblocking(true)
@@ -426,16 +441,14 @@ pub fn run(opts: Options) -> Result<i32> {
         resolved,
         health: HashMap::new(),
         installed: None,
-        known: None,
         sections,
         synced: None,
-        last: None,
-        kept: kernel::Kept::for_reloads(),
+        session: Session::new(Connection::for_reloads(opts.netns.clone())),
         failed_open: HashSet::new(),
         stats: Stats::default(),
         opts,
     };
-    r.sync("start");
+    r.sync(Reason::Apply, "start");
     if r.installed.is_none() {
         return Err(Error::State {
             message: "the first apply failed (see above): nothing was installed".into(),
@@ -454,54 +467,35 @@ pub fn run(opts: Options) -> Result<i32> {
         if let Some(h) = next_health {
             deadline = deadline.min(h);
         }
-        let wait = poll_timeout(deadline.saturating_duration_since(now));
-        let mut fds = vec![libc::pollfd {
-            fd: signals.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        if let Some(l) = &listener {
-            fds.push(libc::pollfd {
-                fd: l.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
-
-        for sig in read_signals(&signals) {
+        let scrape = wake::wait(
+            &signals,
+            listener.as_ref(),
+            poll_timeout(deadline.saturating_duration_since(now)),
+        );
+        for sig in crate::signals::pending(&signals) {
             match sig {
-                libc::SIGTERM | libc::SIGINT => {
-                    let name = if sig == libc::SIGTERM {
-                        "SIGTERM"
-                    } else {
-                        "SIGINT"
-                    };
+                Signal::SIGTERM | Signal::SIGINT => {
                     let table = r
                         .installed
                         .as_ref()
                         .map_or(r.checked.table.clone(), |p| p.table.clone());
-                    return match ops::flush(&r.opts.target, &table) {
+                    return match ops::flush(&mut r.session, &r.opts.target, &table) {
                         Ok(_) => {
-                            log::info(&format!("{name}: removed svcnat's rules, exiting"));
+                            log::info(&format!("{sig}: removed svcnat's rules, exiting"));
                             Ok(0)
                         }
                         Err(e) => {
-                            log::error(&format!("{name}: could not remove svcnat's rules: {e}"));
+                            log::error(&format!("{sig}: could not remove svcnat's rules: {e}"));
                             Ok(1)
                         }
                     };
                 }
-                libc::SIGHUP => r.reload("SIGHUP"),
-                libc::SIGCHLD => {
-                    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-                }
+                Signal::SIGHUP => r.reload("SIGHUP"),
+                Signal::SIGCHLD => wake::reap_children(),
                 _ => {}
             }
         }
-        if let Some(l) = &listener
-            && fds.get(1).is_some_and(|p| p.revents != 0)
-        {
+        if let (Some(l), true) = (&listener, scrape) {
             serve_scrape(l, || r.metrics());
         }
         let now = Instant::now();
@@ -515,7 +509,7 @@ pub fn run(opts: Options) -> Result<i32> {
             next_resolve = now + r.opts.resolve_interval;
             if r.resolve() {
                 log::info("a target's address changed");
-                r.sync("re-resolution");
+                r.sync(Reason::ReResolve, "re-resolution");
             }
         }
         if let (Some(at), Some(every)) = (next_health, r.opts.health)

@@ -1,50 +1,35 @@
-//! What wakes `svcnat run`'s loop: signals, read from a signalfd (never handled in a
-//! handler); a scrape of `--metrics`; and poll's timeout for the next timer.
+//! What wakes `svcnat run`'s loop: signals, read from a signalfd (`signals`); a scrape of
+//! `--metrics`; and poll's timeout for the next timer.
 
-use crate::error::{Error, Result};
+use nix::sys::signalfd::SignalFd;
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// Block the signals the loop handles and return a signalfd that reports them.
-pub(super) fn signal_fd() -> Result<OwnedFd> {
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, s);
-        }
-        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(Error::io(
-                "blocking signals",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(Error::io("signalfd", std::io::Error::last_os_error()));
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
+/// Sleep until a signal arrives on `signals`, a scraper connects to `listener`, or
+/// `timeout_ms` passes; whether a scraper is waiting.
+pub(super) fn wait(signals: &SignalFd, listener: Option<&TcpListener>, timeout_ms: i32) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(l) = listener {
+        fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
     }
+    let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX);
+    // EINTR and the like: the loop looks again.
+    let _ = poll(&mut fds, timeout);
+    fds.get(1)
+        .and_then(|p| p.revents())
+        .is_some_and(|r| !r.is_empty())
 }
 
-pub(super) fn read_signals(fd: &OwnedFd) -> Vec<i32> {
-    let mut out = Vec::new();
-    loop {
-        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        let n = unsafe {
-            libc::read(
-                fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
-        if n as usize != size {
-            return out;
+/// Reap every child that has ended: as PID 1 of a container, svcnat inherits orphans.
+pub(super) fn reap_children() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
         }
-        out.push(info.ssi_signo as i32);
     }
 }
 

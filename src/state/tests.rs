@@ -2,14 +2,24 @@
 
 use super::*;
 
-/// Generation `n`: n - 1 with `remove` services at `at` replaced by `insert`.
-pub(super) fn splice(n: u64, at: usize, remove: usize, insert: &[Service]) -> Splice<&[Service]> {
-    Splice {
+/// The header of generation `n`, recorded for `reason`.
+pub(super) fn head(n: u64, reason: Reason) -> Header {
+    Header {
         number: n,
         time: rfc3339(n),
+        reason,
+        confirmed: true,
+        changed: 1,
         digest: format!("xxh128:{n}"),
         source: "m.toml".into(),
         backend: "nft".into(),
+    }
+}
+
+/// Generation `n`: n - 1 with `remove` services at `at` replaced by `insert`.
+pub(super) fn splice(n: u64, at: usize, remove: usize, insert: &[Service]) -> Splice<&[Service]> {
+    Splice {
+        head: head(n, Reason::Reload),
         base: n - 1,
         at,
         remove,
@@ -55,22 +65,18 @@ fn generations_are_kept_newest_ten_and_atomic() {
     let dir = StateDir::open(&root, 7, "test").unwrap();
     for n in 1..=13 {
         dir.record(&Generation {
-            number: n,
-            time: rfc3339(n),
-            digest: format!("sha256:{n}"),
-            source: "m.toml".into(),
+            head: head(n, Reason::Apply),
             plan: Plan {
                 table: "svcnat".into(),
                 services: vec![],
                 accounting: false,
             },
-            backend: "nft".into(),
         })
         .unwrap();
     }
     let gens = dir.generations().unwrap();
     assert_eq!(
-        gens.iter().map(|g| g.number).collect::<Vec<_>>(),
+        gens.iter().map(|g| g.number()).collect::<Vec<_>>(),
         (4..=13).collect::<Vec<_>>()
     );
     let leftovers = fs::read_dir(&dir.path)
@@ -112,17 +118,13 @@ fn splices_rebuild_their_generation_and_keep_their_base() {
         accounting: false,
     };
     dir.record(&Generation {
-        number: 1,
-        time: rfc3339(1),
-        digest: "xxh128:1".into(),
-        source: "m.toml".into(),
+        head: head(1, Reason::Apply),
         plan: &plan,
-        backend: "nft".into(),
     })
     .unwrap();
     // Generation n: n - 1 with service 2 replaced by `insert`.
     let add = |n: u64, insert: &[Service]| {
-        dir.record_splice(&splice(n, 2, 1, insert), None).unwrap();
+        dir.record_splice(&splice(n, 2, 1, insert)).unwrap();
     };
     // Fifteen splices, each replacing service 2 (and the last adding one).
     for n in 2..=16u64 {
@@ -133,7 +135,8 @@ fn splices_rebuild_their_generation_and_keep_their_base() {
     }
     let g = dir.generation(16).unwrap().expect("rebuilt");
     assert_eq!(g.plan, plan);
-    assert_eq!(g.digest, "xxh128:16");
+    assert_eq!(g.head.digest, "xxh128:16");
+    assert_eq!(g.head.reason, Reason::Reload);
     let g = dir.generation(9).unwrap().expect("rebuilt");
     assert_eq!(g.plan.services[2], svc(109));
     // The newest ten are kept, and the whole generation they rest on.
@@ -164,12 +167,45 @@ fn splices_rebuild_their_generation_and_keep_their_base() {
     // Five more splices: once the newest ten begin after 12, pruning rests on it, not 1.
     for n in 17..=21u64 {
         add(n, &[svc(300 + n as u16)]);
-        dir.prune().unwrap();
     }
     assert_eq!(dir.numbers().unwrap(), (12..=21).collect::<Vec<_>>());
     assert_eq!(
         dir.generation(21).unwrap().unwrap().plan.services[2],
         svc(321)
     );
+    fs::remove_dir_all(&root).unwrap();
+}
+
+/// A commit-confirmed generation is recorded unconfirmed and reads as confirmed once
+/// marked; pruning takes its mark with it.
+#[test]
+fn confirmations_are_marked_beside_the_record() {
+    let root = std::env::temp_dir().join(format!("svcnat-confirm-test-{}", std::process::id()));
+    let dir = StateDir::open(&root, 12, "test").unwrap();
+    let plan = Plan {
+        table: "svcnat".into(),
+        services: vec![],
+        accounting: false,
+    };
+    let unconfirmed = Header {
+        confirmed: false,
+        ..head(1, Reason::Apply)
+    };
+    dir.record(&Generation {
+        head: unconfirmed.clone(),
+        plan: &plan,
+    })
+    .unwrap();
+    assert!(!dir.confirmed(&unconfirmed));
+    dir.confirm(1).unwrap();
+    assert!(dir.confirmed(&unconfirmed));
+    for n in 2..=12 {
+        dir.record(&Generation {
+            head: head(n, Reason::Apply),
+            plan: &plan,
+        })
+        .unwrap();
+    }
+    assert!(!dir.path.join("gen-000001.confirmed").exists());
     fs::remove_dir_all(&root).unwrap();
 }

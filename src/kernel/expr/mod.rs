@@ -276,7 +276,7 @@ impl Expr {
             let bytes_of = |attr: u32| -> Vec<u8> {
                 let mut len = 0u32;
                 let p = sys::nftnl_expr_get(e, attr as u16, &mut len);
-                super::decode::attr_bytes(p, len)
+                super::wire::attr_bytes(p, len)
             };
             let name_ptr = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
             let name = CStr::from_ptr(name_ptr).to_string_lossy().into_owned();

@@ -9,7 +9,7 @@
 //! and svcnat's table meta are still what the apply that wrote it left behind. Anything
 //! else — a torn file, another commit in the namespace, a reboot — means a full apply.
 
-use crate::sections::{GROUP, hash};
+use crate::map::sections::{GROUP, hash};
 use std::path::{Path, PathBuf};
 
 mod diff;
@@ -17,46 +17,22 @@ mod record;
 mod write;
 pub use diff::Diff;
 pub use record::{Record, Tally, flag, kind_index};
-pub use write::{PendingIndex, Written};
+pub use write::Written;
 
 const MAGIC: &[u8; 8] = b"SVCNATIX";
 const VERSION: u32 = 3;
 const RECORD: usize = 44;
 
-/// Bytes read from a file: mapped (the index of a large map is megabytes, and a fresh
-/// buffer's page faults cost more than the read), or owned.
-enum Bytes {
-    Owned(Vec<u8>),
-    Mapped(memmap2::Mmap),
-}
-
-impl std::ops::Deref for Bytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(v) => v,
-            Bytes::Mapped(m) => m,
-        }
-    }
-}
-
 /// The records, in their file form (`RECORD` bytes each), never decoded as a whole: a
 /// 50,000-service index costs one mapping, and a few records changed are a few bytes
 /// written (`Index::write_splice`).
 pub struct Records {
-    bytes: Bytes,
+    bytes: Vec<u8>,
     /// Where the records are in `bytes`.
     range: std::ops::Range<usize>,
 }
 
 impl Records {
-    fn empty() -> Records {
-        Records {
-            bytes: Bytes::Owned(Vec::new()),
-            range: 0..0,
-        }
-    }
-
     fn raw(&self) -> &[u8] {
         &self.bytes[self.range.clone()]
     }
@@ -146,7 +122,7 @@ impl FromIterator<Record> for Records {
         }
         Records {
             range: 0..raw.len(),
-            bytes: Bytes::Owned(raw),
+            bytes: raw,
         }
     }
 }
@@ -290,7 +266,7 @@ impl Index {
         [&header[..], self.records.raw(), &groups, &sum.to_le_bytes()].concat()
     }
 
-    fn decode(bytes: Bytes) -> Option<Index> {
+    fn decode(bytes: Vec<u8>) -> Option<Index> {
         let body_len = bytes.len().checked_sub(8)?;
         let sum = u64::from_le_bytes(bytes[body_len..].try_into().ok()?);
         let mut r = Reader(&bytes[..body_len]);
@@ -342,39 +318,19 @@ impl Index {
 
     #[cfg(test)]
     fn decode_bytes(bytes: Vec<u8>) -> Option<Index> {
-        Index::decode(Bytes::Owned(bytes))
-    }
-
-    /// The index in `dir`, if there is a sound one and it was written after the commit
-    /// that left the kernel at generation id `genid`. Its first 16 bytes are read first: a
-    /// kernel changed since (a full apply follows) costs no mapping and checksum of 2 MB
-    /// (~0.3 ms at 50,000 services).
-    pub fn read_at(dir: &Path, genid: u32) -> Option<Index> {
-        use std::os::unix::fs::FileExt;
-        let file = std::fs::File::open(Index::path(dir)).ok()?;
-        let mut start = [0u8; 16];
-        file.read_exact_at(&mut start, 0).ok()?;
-        let mut expected = MAGIC.to_vec();
-        expected.extend_from_slice(&VERSION.to_le_bytes());
-        expected.extend_from_slice(&genid.to_le_bytes());
-        if start[..] != expected[..] {
-            return None;
-        }
-        Index::map(&file).filter(|index| index.head.genid == genid)
+        Index::decode(bytes)
     }
 
     /// The index in `dir`, if there is a sound one.
-    #[cfg(test)]
     pub fn read(dir: &Path) -> Option<Index> {
         Index::map(&std::fs::File::open(Index::path(dir)).ok()?)
     }
 
-    /// Mapped: only svcnat writes the index, under the namespace's lock, which the caller
-    /// holds.
-    fn map(file: &std::fs::File) -> Option<Index> {
-        // Safety: see above; a file cut short under us would fail the checksum first.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(file) }.ok()?;
-        Index::decode(Bytes::Mapped(map))
+    fn map(mut file: &std::fs::File) -> Option<Index> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        Index::decode(bytes)
     }
 }
 
@@ -480,10 +436,7 @@ pub(super) mod tests {
             Index::prepare(&dir, &blank, records(), &[]).is_err(),
             "groups must fit"
         );
-        assert!(
-            pending.finish(&dir, &head(3)).unwrap().0.is_none(),
-            "none replaced"
-        );
+        assert!(pending.finish(&dir, &head(3)).is_ok(), "written");
         // Left behind by a process that ended half-way: gone at the next prepare.
         let stale = dir.join("index.tmp.1.0");
         std::fs::write(&stale, b"half").unwrap();
@@ -494,12 +447,6 @@ pub(super) mod tests {
             (back.head, back.records, back.groups),
             (head(3), records(), groups.to_vec())
         );
-        // Read for the kernel's generation id: only the one it was written after.
-        assert_eq!(
-            Index::read_at(&dir, head(3).genid).map(|i| i.head),
-            Some(head(3))
-        );
-        assert!(Index::read_at(&dir, head(3).genid + 1).is_none());
         let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
         assert_eq!(files.len(), 1, "{files:?}");
         std::fs::remove_dir_all(&dir).unwrap();

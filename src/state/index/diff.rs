@@ -2,7 +2,7 @@
 //! hashed where it was, from the start and from the end, and what lies between.
 
 use super::Index;
-use crate::sections::{GROUP, hash};
+use crate::map::sections::{GROUP, hash};
 
 /// A map this large (1 MB, ~12,000 services) is compared from both ends at once.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -150,7 +150,7 @@ mod tests {
     use super::super::tests::{head, record};
     use super::super::{Record, Written};
     use super::*;
-    use crate::sections::Sections;
+    use crate::map::sections::Sections;
 
     /// An index of `text` as a full apply writes it (records with their sections only).
     fn indexed(text: &str) -> Index {
@@ -254,7 +254,7 @@ mod tests {
                     assert_eq!(old, back);
                     in_place += 1;
                 }
-                Written::NewFile(_) => assert_ne!(d.removed, added, "same layout: in place"),
+                Written::NewFile => assert_ne!(d.removed, added, "same layout: in place"),
             }
             drop(old);
             // And the next diff of the same map finds nothing changed.

@@ -11,7 +11,8 @@
 //! crate reads the part instead, with its own answer and errors. Values and spans are
 //! those `toml` gives for the same text (tests compare the two).
 
-use crate::map::{ListenText, RawService, RawTarget, RawTargets, Short};
+use super::raw::{ListenText, RawService, RawTarget, RawTargets};
+use crate::short::Short;
 use std::ops::Range;
 use toml::Spanned;
 

@@ -6,9 +6,12 @@
 
 use crate::error::MapError;
 pub use crate::short::Short;
-use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use std::fmt;
+pub use raw::{ListenText, RawMap, RawService, RawSettings, RawTarget, RawTargets};
+pub use sections::Sections;
+
+mod raw;
+mod scan;
+pub mod sections;
 use std::ops::Range;
 use toml::Spanned;
 
@@ -17,7 +20,7 @@ use toml::Spanned;
 pub struct Source {
     /// As the user named it: a path, or `-` for standard input.
     pub name: String,
-    pub text: Text,
+    pub text: String,
     /// Byte offset where each line starts: line numbers by binary search, so locating
     /// every service of a 50,000-service map stays linear. Built on first use: a valid
     /// map needs no line numbers at all.
@@ -26,13 +29,9 @@ pub struct Source {
 
 impl Source {
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
-        Source::of(name, Text::Owned(text.into()))
-    }
-
-    pub fn of(name: impl Into<String>, text: Text) -> Self {
         Source {
             name: name.into(),
-            text,
+            text: text.into(),
             line_starts: std::sync::OnceLock::new(),
         }
     }
@@ -67,134 +66,6 @@ impl Source {
             message: message.into(),
             hint: hint.into(),
         }
-    }
-}
-
-/// A map's text: read into memory, or held elsewhere and shared — the mapping of the map
-/// file (`cli::MapText`), which a 50,000-service apply reads instead of copying 4 MB into
-/// a fresh buffer (~3 ms, mostly page faults).
-#[derive(Clone)]
-pub enum Text {
-    Owned(String),
-    Shared(std::sync::Arc<dyn AsRef<str> + Send + Sync>),
-}
-
-impl std::ops::Deref for Text {
-    type Target = str;
-    fn deref(&self) -> &str {
-        match self {
-            Text::Owned(s) => s,
-            Text::Shared(s) => (**s).as_ref(),
-        }
-    }
-}
-
-impl AsRef<[u8]> for Text {
-    fn as_ref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMap {
-    #[serde(default)]
-    pub settings: Option<Spanned<RawSettings>>,
-    #[serde(default, rename = "service")]
-    pub services: Vec<Spanned<RawService>>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawSettings {
-    pub table: Option<Spanned<String>>,
-    pub masquerade: Option<bool>,
-    pub accounting: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawService {
-    pub name: Spanned<String>,
-    pub listen: Spanned<ListenText>,
-    pub protocol: Option<Spanned<String>>,
-    pub targets: Spanned<RawTargets>,
-    pub masquerade: Option<bool>,
-    pub localhost: Option<bool>,
-}
-
-/// `listen` as written: `"8080"`, `8080`, `"10.0.0.1:80"` or `"[fd00::1]:80"`.
-#[derive(Debug, Clone)]
-pub struct ListenText(pub Short);
-
-impl<'de> Deserialize<'de> for ListenText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ListenText;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a port (\"8080\") or ADDRESS:PORT (\"10.0.0.1:80\", \"[fd00::1]:80\")")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ListenText, E> {
-                Ok(ListenText(Short::new(v)))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ListenText, E> {
-                Ok(ListenText(Short::new(&v.to_string())))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A service's targets as written: inline when there is one (see `plan::Targets`).
-pub type RawTargets = smallvec::SmallVec<[Spanned<RawTarget>; 1]>;
-
-/// A target: `"HOST:PORT"` or `{ address = "HOST:PORT", weight = N }`.
-#[derive(Debug, Clone)]
-pub struct RawTarget {
-    pub address: Short,
-    pub weight: Option<i64>,
-}
-
-impl<'de> Deserialize<'de> for RawTarget {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawTarget;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("\"HOST:PORT\" or { address = \"HOST:PORT\", weight = N }")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTarget, E> {
-                Ok(RawTarget {
-                    address: Short::new(v),
-                    weight: None,
-                })
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RawTarget, A::Error> {
-                let (mut address, mut weight) = (None, None);
-                while let Some(key) = m.next_key::<String>()? {
-                    match key.as_str() {
-                        "address" => address = Some(m.next_value::<String>()?),
-                        "weight" => weight = Some(m.next_value::<i64>()?),
-                        other => {
-                            return Err(de::Error::unknown_field(other, &["address", "weight"]));
-                        }
-                    }
-                }
-                let address = address.ok_or_else(|| de::Error::missing_field("address"))?;
-                Ok(RawTarget {
-                    address: Short::new(&address),
-                    weight,
-                })
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
@@ -252,7 +123,7 @@ pub fn parse_part(
     for (i, (start, end)) in bounds.enumerate() {
         // Plain service sections are read directly; anything else by the toml crate.
         if i > 0
-            && let Some(services) = crate::scan::services(&src.text, start..end)
+            && let Some(services) = scan::services(&src.text, start..end)
         {
             services.into_iter().for_each(&mut each);
             continue;
@@ -331,8 +202,8 @@ fn shift_service(s: Spanned<RawService>, by: usize) -> Spanned<RawService> {
 /// is not a value), so splitting there still ends in an error. A plain search does it (a
 /// tenth of the parse time at 50,000 services); otherwise toml's own lexer decides.
 fn service_headers(text: &str) -> Vec<usize> {
-    if !crate::sections::multiline(text.as_bytes()) {
-        return crate::sections::headers(text.as_bytes());
+    if !sections::multiline(text.as_bytes()) {
+        return sections::headers(text.as_bytes());
     }
     service_headers_lexed(text)
 }

@@ -1,9 +1,9 @@
 //! One record per `[[service]]` section of the indexed map: its section's hash and
 //! length, and what its service put in the kernel; and what all of them add up to.
 
+use crate::map::sections::hash;
 use crate::plan::{Family, Service};
 use crate::ruleset::{MapKey, MapKind, is_direct};
-use crate::sections::hash;
 use crate::validate::Proto;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

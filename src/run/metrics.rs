@@ -1,9 +1,49 @@
 //! Prometheus text format for `svcnat run --metrics ADDR:PORT`.
 
+use crate::ops::{FullReason, SyncPath};
+use crate::plan::Plan;
 use crate::ruleset::service_chain;
-use crate::run::View;
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::net::SocketAddr;
+
+/// What `svcnat run` knows, as the metrics show it.
+pub struct View<'a> {
+    pub resolved: &'a Plan,
+    pub installed: Option<&'a Plan>,
+    pub health: &'a HashMap<SocketAddr, bool>,
+    pub stats: &'a Stats,
+}
+
+/// Counts since start.
+#[derive(Default)]
+pub struct Stats {
+    /// Syncs by the path they took (`SyncPath::name`), and full ones by reason.
+    pub unchanged: u64,
+    pub incremental: u64,
+    pub full: HashMap<FullReason, u64>,
+    pub apply_errors: u64,
+    pub resolution_errors: u64,
+    pub reload_errors: u64,
+    pub last_apply: u64,
+}
+
+impl Stats {
+    pub fn count(&mut self, path: SyncPath) {
+        match path {
+            SyncPath::Unchanged => self.unchanged += 1,
+            SyncPath::Incremental => self.incremental += 1,
+            SyncPath::Full(why) => *self.full.entry(why).or_default() += 1,
+        }
+        if path != SyncPath::Unchanged {
+            self.last_apply = crate::state::now();
+        }
+    }
+
+    fn applies(&self) -> u64 {
+        self.incremental + self.full.values().sum::<u64>()
+    }
+}
 
 struct TargetRow<'a> {
     service: &'a str,
@@ -113,36 +153,60 @@ pub fn render(
             );
         }
     }
+    let by_path = "svcnat_syncs_total";
+    let _ = writeln!(
+        out,
+        "# HELP {by_path} Syncs since start, by the path they took (full ones by reason).\n# TYPE {by_path} counter"
+    );
+    let _ = writeln!(
+        out,
+        "{by_path}{{path=\"unchanged\",reason=\"\"}} {}",
+        v.stats.unchanged
+    );
+    let _ = writeln!(
+        out,
+        "{by_path}{{path=\"incremental\",reason=\"\"}} {}",
+        v.stats.incremental
+    );
+    for why in FullReason::ALL {
+        let n = v.stats.full.get(&why).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{by_path}{{path=\"full\",reason=\"{}\"}} {n}",
+            why.name()
+        );
+    }
+    let stats = v.stats;
     for (name, kind, help, value) in [
         (
             "svcnat_applies_total",
             "counter",
-            "Successful applies since start.",
-            v.applies,
+            "Successful applies since start (incremental and full).",
+            stats.applies(),
         ),
         (
             "svcnat_apply_errors_total",
             "counter",
             "Applies the kernel refused since start.",
-            v.apply_errors,
+            stats.apply_errors,
         ),
         (
             "svcnat_resolution_errors_total",
             "counter",
             "Failed re-resolutions of target names.",
-            v.resolution_errors,
+            stats.resolution_errors,
         ),
         (
             "svcnat_reload_errors_total",
             "counter",
             "Reloads rejected because the new map was invalid.",
-            v.reload_errors,
+            stats.reload_errors,
         ),
         (
             "svcnat_last_apply_timestamp_seconds",
             "gauge",
             "UNIX time of the last successful apply.",
-            v.last_apply,
+            stats.last_apply,
         ),
     ] {
         let _ = writeln!(

@@ -1,11 +1,14 @@
-//! Writing the index: a full apply's (`Index::prepare` while the kernel commits, then
-//! `PendingIndex::finish`), a change's (`Index::write_splice`, in place or as a new file),
-//! and putting a new file in place of the old one.
+//! Writing the index: a full apply's (`Index::write`), a change's (`Index::write_splice`,
+//! in place or as a new file), and putting a new file in place of the old one.
 
 use super::{
-    GROUP, Groups, Head, Index, RECORD, RUN, Record, Records, checksum, groups_bytes, record_sums,
+    GROUP, Groups, Head, Index, RECORD, RUN, Record, Records, Tally, checksum, groups_bytes,
+    record_sums,
 };
-use crate::sections::hash;
+use crate::map::Sections;
+use crate::map::sections::hash;
+use crate::plan::Plan;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// How `Index::write_splice` wrote the index.
@@ -13,9 +16,8 @@ use std::path::{Path, PathBuf};
 pub enum Written {
     /// In place: the index spliced is now the file's.
     InPlace,
-    /// As a new file, put in place of the old one, which is returned, open (see
-    /// `put_in_place`).
-    NewFile(Option<std::fs::File>),
+    /// As a new file, put in place of the old one.
+    NewFile,
 }
 
 impl Index {
@@ -57,7 +59,7 @@ impl Index {
             let records = [before, &middle, after].concat();
             let sum = checksum(&header, &record_sums(&records), &groups_raw).to_le_bytes();
             let parts = [&header[..], &records, &groups_raw, &sum];
-            return write_parts(dir, &parts).map(Written::NewFile);
+            return write_parts(dir, &parts).map(|_| Written::NewFile);
         }
         // The runs of records the splice changed, hashed again as they are now.
         let mut sums = self.sums.clone();
@@ -82,6 +84,9 @@ impl Index {
             (groups_at + changed.start * 16) as u64,
         )?;
         f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)?;
+        // The records in memory too: this index is now the file's.
+        let at_byte = self.records.range.start + lo;
+        self.records.bytes[at_byte..at_byte + middle.len()].copy_from_slice(&middle);
         self.head = head.clone();
         self.sums = sums;
         self.groups = groups;
@@ -135,11 +140,48 @@ impl Index {
         Some((groups, first..end))
     }
 
-    /// Start writing the index of an apply before its commit: the records now (2 MB at
-    /// 50,000 services, ~2 ms, while the kernel commits), into a temporary file; the head,
-    /// which holds the generation id after the commit, and the checksum when `finish`ed.
-    /// `head` is the head to be, but for its genid.
-    pub fn prepare(
+    /// Write the index of `plan`'s map, installed as `generation`, the commit having left
+    /// the kernel at `genid`. None when the map's sections are not one service each, or the
+    /// file could not be written (the index is a cache: the next apply takes the full path).
+    pub fn write(
+        dir: &Path,
+        plan: &Plan,
+        digest: &str,
+        sections: &Sections,
+        locals: &[IpAddr],
+        generation: u64,
+        genid: u32,
+    ) -> Option<Index> {
+        if sections.count() != plan.services.len() {
+            return None;
+        }
+        let local = |ip: &IpAddr| locals.contains(ip);
+        let mut tally = Tally::default();
+        let records: Records = plan
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Record::of(s, sections.section(i), plan.accounting, &local))
+            .inspect(|r| tally.add(r))
+            .collect();
+        let head = Head {
+            genid,
+            generation,
+            digest: digest.to_owned(),
+            table: plan.table.clone(),
+            chain: 0,
+            prefix: sections.prefix,
+            prefix_len: sections.first() as u64,
+            tally,
+        };
+        let pending = Index::prepare(dir, &head, records, &sections.groups).ok()?;
+        pending.finish(dir, &head).ok()?;
+        Index::read(dir)
+    }
+
+    /// Start writing an index: the records into a temporary file; the head and the
+    /// checksum when `finish`ed.
+    pub(super) fn prepare(
         dir: &Path,
         head: &Head,
         records: Records,
@@ -172,7 +214,7 @@ impl Index {
 }
 
 /// An index file whose records are written (`Index::prepare`); removed unless finished.
-pub struct PendingIndex {
+pub(super) struct PendingIndex {
     file: std::fs::File,
     tmp: PathBuf,
     header_len: usize,
@@ -185,14 +227,8 @@ pub struct PendingIndex {
 }
 
 impl PendingIndex {
-    /// Write `head` and the checksum, and put the file in place. Returns the index it
-    /// replaced, open (see `put_in_place`), and the records (megabytes), for the caller to
-    /// free where it likes (`Netlink::free_later`).
-    pub fn finish(
-        mut self,
-        dir: &Path,
-        head: &Head,
-    ) -> std::io::Result<(Option<std::fs::File>, Records)> {
+    /// Write `head` and the checksum, and put the file in place.
+    pub(super) fn finish(mut self, dir: &Path, head: &Head) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         let header = head.encode(self.records.len());
         if header.len() != self.header_len {
@@ -205,10 +241,9 @@ impl PendingIndex {
             &sum,
             (self.header_len + raw.len() + self.groups.len()) as u64,
         )?;
-        let replaced = put_in_place(&self.tmp, dir)?;
+        put_in_place(&self.tmp, dir)?;
         self.in_place = true;
-        let records = std::mem::replace(&mut self.records, Records::empty());
-        Ok((replaced, records))
+        Ok(())
     }
 }
 
@@ -246,24 +281,21 @@ fn tmp_path(dir: &Path) -> PathBuf {
     Index::path(dir).with_extension(format!("tmp.{}.{n}", std::process::id()))
 }
 
-/// Put `tmp` in place of the index. Returns the index it replaced, open: its last close
-/// frees its blocks (~2 ms for 2 MB), which the caller may leave to the netlink socket's
-/// closer (`Netlink::close_later`). The old one is unlinked first rather than renamed
-/// over: ext4 writes out a file renamed over another at once (auto_da_alloc, ~0.4 ms for
-/// 2 MB, after the commit). The index is a cache: a crash between the two leaves none, and
-/// the next apply is a full one.
-fn put_in_place(tmp: &Path, dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+/// Put `tmp` in place of the index. The old one is unlinked first rather than renamed
+/// over: ext4 writes out a file renamed over another at once (auto_da_alloc), and the index
+/// is a cache, not worth that wait. A crash between the two leaves none, and the next
+/// apply takes the full path.
+fn put_in_place(tmp: &Path, dir: &Path) -> std::io::Result<()> {
     let path = Index::path(dir);
-    let replaced = std::fs::File::open(&path).ok();
-    if replaced.is_some() {
-        std::fs::remove_file(&path)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    std::fs::rename(tmp, path)?;
-    Ok(replaced)
+    std::fs::rename(tmp, path)
 }
 
 /// A new index file from `parts`, put in place by rename (see `put_in_place`).
-fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<Option<std::fs::File>> {
+fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
     let tmp = tmp_path(dir);
     let written = (|| {
         let f = std::fs::File::create(&tmp)?;

@@ -1,0 +1,215 @@
+//! A kernel in memory, for tests of what `ops` and `state` decide — paths, reasons,
+//! generations, rollback — without root (as knftables' `Fake` does for kube-proxy). A
+//! change is applied to a copy of the tables and kept only when all of it succeeds; a
+//! stale generation id or an injected rejection leaves everything as it was. The kernel
+//! tests keep proving the bytes and the packets.
+
+use super::decode::Installed;
+use super::meta::TableMeta;
+use super::sysctl::{self, PendingWrite, Sysctl};
+use super::{Change, Enter, Kernel};
+use crate::error::{Error, Result};
+use crate::ruleset::Ruleset;
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeKernel {
+    /// The ruleset generation id; moves with every commit.
+    pub genid: u32,
+    /// Tables by name.
+    pub tables: HashMap<String, (Ruleset, TableMeta)>,
+    /// Sysctl values by key; absent reads as "0".
+    pub sysctls: HashMap<&'static str, String>,
+    /// Sysctls that refuse writes (a read-only /proc/sys).
+    pub read_only: Vec<&'static str>,
+    pub locals: Vec<IpAddr>,
+    /// Refuse the next commit, as the kernel refuses a batch it cannot apply.
+    pub reject_next: bool,
+    /// Commits accepted, and the messages of the last one.
+    pub commits: usize,
+    pub last_commit: Vec<String>,
+    pub cookie: u64,
+}
+
+impl FakeKernel {
+    pub fn new() -> FakeKernel {
+        FakeKernel {
+            genid: 1,
+            cookie: 42,
+            ..FakeKernel::default()
+        }
+    }
+
+    /// Someone else commits in the namespace (moves the generation id).
+    pub fn foreign_commit(&mut self) {
+        self.genid = super::next_genid(self.genid);
+    }
+
+    pub fn ruleset(&self, table: &str) -> Option<&Ruleset> {
+        self.tables.get(table).map(|(rs, _)| rs)
+    }
+
+    pub fn meta(&self, table: &str) -> Option<&TableMeta> {
+        self.tables.get(table).map(|(_, m)| m)
+    }
+}
+
+impl Enter for FakeKernel {
+    fn enter<T>(&mut self, f: impl FnOnce(&mut dyn Kernel) -> Result<T>) -> Result<T> {
+        f(self)
+    }
+}
+
+impl Kernel for FakeKernel {
+    fn namespace(&self) -> (u64, &str) {
+        (self.cookie, "fake")
+    }
+
+    fn genid(&mut self) -> Result<u32> {
+        Ok(self.genid)
+    }
+
+    fn table_meta(&mut self, table: &str) -> Result<Option<TableMeta>> {
+        Ok(self.meta(table).cloned())
+    }
+
+    fn read_table(&mut self, table: &str) -> Result<Option<Installed>> {
+        Ok(self.tables.get(table).map(|(ruleset, meta)| Installed {
+            ruleset: ruleset.clone(),
+            counters: HashMap::new(),
+            unrecognized: Vec::new(),
+            objects: HashMap::new(),
+            meta: meta.clone(),
+            bookkeeping: true,
+        }))
+    }
+
+    fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>> {
+        if genid != self.genid {
+            return Err(Error::Stale);
+        }
+        if std::mem::take(&mut self.reject_next) {
+            return Err(Error::KernelRejected {
+                object: "a message the fake was told to refuse".into(),
+                errno: nix::errno::Errno::EINVAL,
+                hint: None,
+            });
+        }
+        // On a copy: kept only when the whole change applies.
+        let mut tables = self.tables.clone();
+        let mut objects = Vec::new();
+        match change {
+            Change::Replace { ruleset, meta } => {
+                objects.push(format!("replace table inet {}", ruleset.table));
+                tables.insert(ruleset.table.clone(), (ruleset.clone(), meta.clone()));
+            }
+            Change::Update {
+                installed,
+                ruleset,
+                meta,
+            } => {
+                let (now, _) = tables
+                    .get(&ruleset.table)
+                    .ok_or_else(|| no_table(&ruleset.table))?;
+                if *now != installed.ruleset {
+                    // What the caller read is not what is there: the kernel's genid check
+                    // would have caught this; the fake says so loudly.
+                    return Err(Error::Stale);
+                }
+                objects.push(format!("update table inet {}", ruleset.table));
+                tables.insert(ruleset.table.clone(), (ruleset.clone(), meta.clone()));
+            }
+            Change::Elements {
+                table,
+                before,
+                meta,
+                gone,
+                new,
+                sizes: _,
+            } => {
+                let (rs, m) = tables.get_mut(table).ok_or_else(|| no_table(table))?;
+                if m != before {
+                    return Err(Error::KernelRejected {
+                        object: "delete the generation element".into(),
+                        errno: nix::errno::Errno::ENOENT,
+                        hint: None,
+                    });
+                }
+                for (kind, key) in gone {
+                    let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
+                    let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
+                    let at = map.elements.iter().position(|e| e.key == *key);
+                    let at = at.ok_or_else(|| Error::KernelRejected {
+                        object: format!("delete elements of map {}", kind.dnat_name()),
+                        errno: nix::errno::Errno::ENOENT,
+                        hint: None,
+                    })?;
+                    map.elements.remove(at);
+                    objects.push(format!("delete element of map {}", kind.dnat_name()));
+                }
+                for (kind, elem) in new {
+                    let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
+                    let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
+                    if map.elements.iter().any(|e| e.key == elem.key) {
+                        return Err(Error::KernelRejected {
+                            object: format!("add elements to map {}", kind.dnat_name()),
+                            errno: nix::errno::Errno::EEXIST,
+                            hint: None,
+                        });
+                    }
+                    map.elements.push(elem.clone());
+                    objects.push(format!("add element to map {}", kind.dnat_name()));
+                }
+                *m = meta.clone();
+            }
+            Change::Delete { table } => {
+                tables.remove(table).ok_or_else(|| no_table(table))?;
+                objects.push(format!("delete table inet {table}"));
+            }
+        }
+        self.tables = tables;
+        self.genid = super::next_genid(self.genid);
+        self.commits += 1;
+        self.last_commit = objects.clone();
+        Ok(objects)
+    }
+
+    fn local_addresses(&mut self) -> Vec<IpAddr> {
+        self.locals.clone()
+    }
+
+    fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String> {
+        Ok(self
+            .sysctls
+            .get(s.key)
+            .cloned()
+            .unwrap_or_else(|| "0".into()))
+    }
+
+    fn open_sysctl(
+        &mut self,
+        s: &'static Sysctl,
+        value: &'static [u8],
+        why: String,
+    ) -> Result<PendingWrite> {
+        if self.read_only.contains(&s.key) {
+            return Err(sysctl::cannot_set(s, value, &why, "read-only file system"));
+        }
+        Ok(PendingWrite::detached(s, value))
+    }
+
+    fn write_sysctl(&mut self, w: PendingWrite) -> Result<()> {
+        let value = String::from_utf8_lossy(w.value).trim().to_owned();
+        self.sysctls.insert(w.sysctl.key, value);
+        w.write()
+    }
+}
+
+fn no_table(name: &str) -> Error {
+    Error::KernelRejected {
+        object: format!("{name} (not in the fake kernel)"),
+        errno: nix::errno::Errno::ENOENT,
+        hint: None,
+    }
+}

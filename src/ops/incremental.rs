@@ -1,0 +1,371 @@
+//! The incremental path: when the map differs from the last one applied in a few
+//! `[[service]]` sections, and the kernel still holds exactly what that apply left (its
+//! ruleset genid has not moved since), only those sections are parsed, checked and sent as
+//! DNAT map element changes, without reading the table back.
+//!
+//! It covers the common change — one-target, masqueraded services added, removed or
+//! retargeted — and steps aside, before anything is sent, for every other case, saying why
+//! (`FullReason`): then the full path runs, and its answer, including any error message
+//! about the map, is the one the user gets.
+
+use super::{FullReason, LastCommit, SyncPath, Synced};
+use crate::error::Result;
+use crate::kernel::meta::TableMeta;
+use crate::kernel::{Change as KernelChange, Kernel, next_genid, sysctl};
+use crate::map::{Sections, Source};
+use crate::resolve::Resolver;
+use crate::ruleset::{DnatElem, MapKind, dnat_map_size};
+use crate::state::index::{Diff, Head, Index, Record, Tally, Written, flag, kind_index};
+use crate::state::{self, Header, Reason, Splice, StateDir};
+use crate::validate;
+
+/// At most this many sections changed (old and new together); more is a full apply's job.
+const MAX_CHANGED: usize = 256;
+/// Splice generations in a row before a full apply records a whole one again, so that
+/// history never rests on a long chain of them.
+const MAX_CHAIN: u32 = 100;
+
+/// What the incremental path changed, for a caller that keeps the whole plan (`svcnat
+/// run`): services `at..at + removed` are now `plan` (their checked specs: `specs`).
+#[derive(Debug)]
+pub struct Spliced {
+    pub at: usize,
+    pub removed: usize,
+    pub plan: crate::plan::Plan,
+    pub specs: Vec<crate::validate::ServiceSpec>,
+    pub digest: String,
+}
+
+type Attempt = std::result::Result<(Synced, LastCommit), FullReason>;
+
+/// Apply the map `text` (named `name`) by its changed sections, if it can be (see the
+/// module comment); Err(reason): take the full path. `on_top_of`: only on top of that
+/// generation. `last`: what the last commit of this process left (its index is used
+/// instead of the file while the kernel's genid is still the one it was written after;
+/// the rest stays for the full path when this one steps aside). The lock is held.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn apply(
+    k: &mut dyn Kernel,
+    dir: &StateDir,
+    name: &str,
+    text: &[u8],
+    resolver: &Resolver,
+    on_top_of: Option<u64>,
+    last: &mut Option<LastCommit>,
+    reason: Reason,
+) -> Result<Attempt> {
+    // What the kernel holds must be what the index describes: nobody committed since.
+    let genid = k.genid()?;
+    let kept = last
+        .as_mut()
+        .filter(|l| l.genid == genid)
+        .and_then(|l| Some((l.index.take()?, l.meta.clone())));
+    let (mut index, meta) = match kept {
+        Some(kept) => kept,
+        None => {
+            let Some(index) = Index::read(&dir.path) else {
+                return Ok(Err(FullReason::NoIndex));
+            };
+            if index.head.genid != genid {
+                return Ok(Err(FullReason::KernelMoved));
+            }
+            let Some(meta) = k.table_meta(&index.head.table)? else {
+                return Ok(Err(FullReason::TableChanged));
+            };
+            (index, meta)
+        }
+    };
+    if meta.generation != Some(index.head.generation)
+        || meta.digest.as_deref() != Some(index.head.digest.as_str())
+    {
+        return Ok(Err(FullReason::TableChanged));
+    }
+    let listed = dir.listing()?;
+    if listed.last().map(|r| r.number) != Some(index.head.generation)
+        || on_top_of.is_some_and(|g| g != index.head.generation)
+    {
+        return Ok(Err(FullReason::HistoryMoved));
+    }
+    let digest = super::digest(text);
+    let unchanged = |index: Index, meta: TableMeta| -> Attempt {
+        let synced = Synced {
+            path: SyncPath::Unchanged,
+            generation: Some(index.head.generation),
+            messages: 0,
+            objects: Vec::new(),
+            changed: 0,
+            services: index.records.len(),
+            table: index.head.table.clone(),
+            enabled: Vec::new(),
+            disabled: Vec::new(),
+            retries: 0,
+            replaced: false,
+            read_back: false,
+            desired: None,
+            splice: None,
+        };
+        let last = LastCommit {
+            genid,
+            table: index.head.table.clone(),
+            meta,
+            ruleset: None,
+            index: Some(index),
+        };
+        Ok((synced, last))
+    };
+    if digest == index.head.digest {
+        return Ok(unchanged(index, meta));
+    }
+    let locals = k.local_addresses();
+    let change = match Change::find(&index, name, text, resolver, &locals) {
+        Ok(change) => change,
+        Err(why) => return Ok(Err(why)),
+    };
+    if change.gone.is_empty() && change.new.is_empty() {
+        // Only text between services changed (comments, blank lines): the kernel holds
+        // what the map asks. The index is rewritten on the next full apply.
+        return Ok(Err(FullReason::MapLayout));
+    }
+    // The sysctls stay as they are, or the full path switches them.
+    let needed = change.sysctls_needed();
+    let switches = sysctl::prepare(k, &needed, &meta.enabled_sysctls)?;
+    if !switches.enable.is_empty() || !switches.disable.is_empty() {
+        return Ok(Err(FullReason::Sysctls));
+    }
+    let number = index.head.generation + 1;
+    let new_meta = TableMeta {
+        generation: Some(number),
+        digest: Some(digest.clone()),
+        enabled_sysctls: meta.enabled_sysctls.clone(),
+    };
+    let size =
+        |kind: MapKind| dnat_map_size(change.after.direct[kind_index(kind) as usize] as usize);
+    let elements = KernelChange::Elements {
+        table: &index.head.table,
+        before: &meta,
+        meta: &new_meta,
+        gone: &change.gone,
+        new: &change.new,
+        sizes: &size,
+    };
+    let objects = match k.commit(elements, genid) {
+        Ok(objects) => objects,
+        // Refused, so nothing changed: the full path retries, or reports why.
+        Err(_) => return Ok(Err(FullReason::Refused)),
+    };
+
+    // Committed: from here on, failures are real.
+    let changed = change.removed.max(change.plan.services.len());
+    dir.record_splice(&Splice {
+        head: Header {
+            number,
+            time: state::rfc3339(state::now()),
+            reason,
+            confirmed: true,
+            changed,
+            digest: digest.clone(),
+            source: name.to_owned(),
+            backend: "nft".to_owned(),
+        },
+        base: index.head.generation,
+        at: change.at,
+        remove: change.removed,
+        insert: &change.plan.services[..],
+    })?;
+    let services = index.records.len() - change.removed + change.plan.services.len();
+    let head = Head {
+        genid: next_genid(genid),
+        generation: number,
+        digest: digest.clone(),
+        table: index.head.table.clone(),
+        chain: index.head.chain + 1,
+        prefix: index.head.prefix,
+        prefix_len: index.head.prefix_len,
+        tally: change.after,
+    };
+    let (at, removed) = (change.at, change.removed);
+    let written = index.write_splice(
+        &dir.path,
+        &head,
+        at,
+        removed,
+        &change.records,
+        text,
+        change.start,
+    );
+    let index = match written {
+        Ok(Written::InPlace) => Some(index),
+        Ok(Written::NewFile) => Index::read(&dir.path),
+        Err(_) => {
+            Index::remove(&dir.path);
+            None
+        }
+    };
+    let last = LastCommit {
+        genid: next_genid(genid),
+        table: head.table.clone(),
+        meta: new_meta,
+        ruleset: None,
+        index,
+    };
+    let synced = Synced {
+        path: SyncPath::Incremental,
+        generation: Some(number),
+        messages: objects.len(),
+        objects,
+        changed,
+        services,
+        table: head.table,
+        enabled: Vec::new(),
+        disabled: Vec::new(),
+        retries: 0,
+        replaced: false,
+        read_back: false,
+        desired: None,
+        splice: Some(Spliced {
+            at,
+            removed,
+            plan: change.plan,
+            specs: change.specs,
+            digest,
+        }),
+    };
+    Ok(Ok((synced, last)))
+}
+
+/// The sections that changed, checked against the rest of the map through the index.
+struct Change {
+    /// Where the changed sections start (record, and byte of the map), and how many of the
+    /// old ones they replace.
+    at: usize,
+    start: usize,
+    removed: usize,
+    /// The new sections' services (a plan of them alone), as checked, and their records.
+    plan: crate::plan::Plan,
+    specs: Vec<crate::validate::ServiceSpec>,
+    records: Vec<Record>,
+    /// DNAT map elements out (by key) and in.
+    gone: Vec<(MapKind, crate::ruleset::MapKey)>,
+    new: Vec<(MapKind, DnatElem)>,
+    /// What the map adds up to after the change.
+    after: Tally,
+}
+
+impl Change {
+    fn find(
+        index: &Index,
+        name: &str,
+        text: &[u8],
+        resolver: &Resolver,
+        locals: &[std::net::IpAddr],
+    ) -> std::result::Result<Change, FullReason> {
+        use FullReason::{HostNames, LongChain, MapError, MapLayout, ServiceShape};
+        if index.head.chain >= MAX_CHAIN {
+            return Err(LongChain);
+        }
+        let Diff {
+            at,
+            removed,
+            region,
+        } = index.diff(text).ok_or(MapLayout)?;
+        let region_start = region.start;
+        let old = &index.records;
+
+        // The changed sections, after the unchanged prefix (settings), as a map of their own:
+        // a copy (the text may be changing under us), cut and checked again, whose hashes
+        // are the ones recorded. Only this copy needs to be UTF-8: the rest of the text is
+        // what the index was written for, which was.
+        let first = usize::try_from(index.head.prefix_len).map_err(|_| MapLayout)?;
+        let mut part = Vec::with_capacity(first + region.len());
+        part.extend_from_slice(text.get(..first).ok_or(MapLayout)?);
+        part.extend_from_slice(text.get(region).ok_or(MapLayout)?);
+        let part = String::from_utf8(part).map_err(|_| MapError)?;
+        let cut = Sections::cut(&part);
+        let added = cut.count();
+        if removed + added > MAX_CHANGED
+            || old.len() - removed + added == 0
+            || cut.prefix != index.head.prefix
+            || cut.first() != first
+            || !Sections::fits(&part[first..])
+        {
+            return Err(MapLayout);
+        }
+        let checked = validate::check(Source::new(name, part)).map_err(|_| MapError)?;
+        if checked.table != index.head.table
+            || checked.accounting
+            || checked.services.len() != added
+        {
+            return Err(MapLayout);
+        }
+        if checked.uses_names() {
+            return Err(HostNames);
+        }
+        let plan = resolver.resolve(&checked).map_err(|_| MapError)?;
+        let records: Vec<Record> = plan
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Record::of(s, cut.section(i), false, &|ip| locals.contains(ip)))
+            .collect();
+        let gone_records: Vec<Record> = (at..at + removed).map(|i| old.get(i)).collect();
+        let simple = |r: &Record| r.has(flag::DIRECT) && !r.has(flag::LOCALHOST);
+        if !gone_records.iter().chain(&records).all(simple) {
+            return Err(ServiceShape);
+        }
+
+        // Unique names and listen keys: the new services against every unchanged one (the
+        // check above compared them with each other).
+        if old.clash(at..at + removed, &records) {
+            return Err(MapError);
+        }
+        // The maps keep their sizes and stay non-empty (else the table's shape changes).
+        let before = index.head.tally;
+        let mut after = before;
+        for r in &gone_records {
+            after.sub(r).ok_or(ServiceShape)?;
+        }
+        for r in &records {
+            after.add(r);
+        }
+        for (b, a) in before.direct.iter().zip(&after.direct) {
+            if (*b > 0) != (*a > 0) || dnat_map_size(*b as usize) != dnat_map_size(*a as usize) {
+                return Err(ServiceShape);
+            }
+        }
+        let gone = gone_records
+            .iter()
+            .map(|r| Some((r.map_kind(), r.key()?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(ServiceShape)?;
+        let new_elems = plan
+            .services
+            .iter()
+            .zip(&records)
+            .map(|(s, r)| {
+                let key = r.key().expect("a checked protocol");
+                let elem = DnatElem {
+                    key,
+                    target: s.targets[0].addr,
+                    service: crate::short::Short::new(&s.name),
+                };
+                (r.map_kind(), elem)
+            })
+            .collect();
+        Ok(Change {
+            at,
+            start: region_start,
+            removed,
+            plan,
+            specs: checked.services,
+            records,
+            gone,
+            new: new_elems,
+            after,
+        })
+    }
+
+    fn sysctls_needed(&self) -> Vec<&'static sysctl::Sysctl> {
+        let t = &self.after;
+        sysctl::needed([t.remote[0] > 0, t.remote[1] > 0], t.localhost > 0)
+    }
+}
