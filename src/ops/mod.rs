@@ -27,6 +27,8 @@ mod confirm;
 mod history;
 mod incremental;
 mod path;
+#[cfg(test)]
+mod tests;
 pub use confirm::{Confirmation, apply_confirmed, confirm};
 pub use history::{RolledBack, history, rollback};
 pub use path::{FullReason, SyncPath};

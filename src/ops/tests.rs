@@ -1,0 +1,232 @@
+//! The door's decisions on a `FakeKernel`: paths and their reasons, which generations are
+//! recorded and why, rollback after flush, and refusals that change nothing. No root: the
+//! kernel is a copy in memory and the state directory a temporary one.
+
+use super::*;
+use crate::kernel::fake::FakeKernel;
+use crate::kernel::sysctl::IP_FORWARD;
+
+struct Lab {
+    session: Session<FakeKernel>,
+    target: Target,
+    root: PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str) -> Lab {
+        let root = std::env::temp_dir().join(format!("svcnat-ops-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        Lab {
+            session: Session::new(FakeKernel::new()),
+            target: Target {
+                state_root: root.clone(),
+                backend: Backend::Nft,
+            },
+            root,
+        }
+    }
+
+    /// `svcnat apply` of `text`, as commands does it: the text for the incremental path,
+    /// the whole map when that steps aside.
+    fn apply(&mut self, text: &str) -> Result<Synced> {
+        let source = Source::new("map.toml", text);
+        let resolver = Resolver::new(Default::default());
+        let mut parse = || Desired::from_map(&source, &resolver);
+        let request = Request::Map {
+            name: "map.toml",
+            text: source.text.as_bytes(),
+            resolver: &resolver,
+            on_top_of: None,
+            parse: &mut parse,
+        };
+        sync(&mut self.session, &self.target, request, Reason::Apply)
+    }
+
+    fn kernel(&self) -> &FakeKernel {
+        &self.session.kernel
+    }
+
+    fn installed(&self) -> Option<u64> {
+        self.kernel().meta("svcnat").and_then(|m| m.generation)
+    }
+
+    fn reasons(&mut self) -> Vec<(u64, &'static str)> {
+        let (entries, _, _) = history(&mut self.session, &self.target, "svcnat").unwrap();
+        entries.iter().map(|e| (e.number, e.reason)).collect()
+    }
+
+    fn rules(&self) -> Option<crate::ruleset::Ruleset> {
+        self.kernel().ruleset("svcnat").cloned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A map of `n` one-target services; service `changed` (if any) targets port 9090.
+fn map(n: usize, changed: Option<usize>) -> String {
+    (0..n)
+        .map(|i| {
+            let port = if Some(i) == changed { 9090 } else { 8080 };
+            format!(
+                "[[service]]\nname = \"s{i}\"\nlisten = \"172.30.0.{}:80\"\ntargets = [\"10.8.0.{}:{port}\"]\n\n",
+                i + 1,
+                i + 1
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn first_apply_is_full_for_want_of_an_index_then_changes_go_incremental() {
+    let mut lab = Lab::new("paths");
+    lab.session
+        .kernel
+        .sysctls
+        .insert(IP_FORWARD.key, "1".into());
+    let done = lab.apply(&map(20, None)).unwrap();
+    assert_eq!(done.path, SyncPath::Full(FullReason::NoIndex));
+    assert_eq!((done.generation, done.changed), (Some(1), 20));
+    assert!(done.replaced);
+
+    let done = lab.apply(&map(20, Some(7))).unwrap();
+    assert_eq!(done.path, SyncPath::Incremental);
+    assert_eq!(
+        (done.generation, done.changed, done.messages),
+        (Some(2), 1, 2)
+    );
+    let dnat = &lab.rules().unwrap().dnat_maps[0];
+    let e = dnat.elements.iter().find(|e| &*e.service == "s7").unwrap();
+    assert_eq!(e.target.port(), 9090);
+
+    // Someone else commits: the index no longer describes the kernel.
+    lab.session.kernel.foreign_commit();
+    let done = lab.apply(&map(20, None)).unwrap();
+    assert_eq!(done.path, SyncPath::Full(FullReason::KernelMoved));
+    assert!(!done.replaced, "the shape is the same: updated in place");
+    assert_eq!(lab.reasons(), [(1, "apply"), (2, "apply"), (3, "apply")]);
+}
+
+#[test]
+fn identical_applies_record_nothing() {
+    let mut lab = Lab::new("same");
+    lab.session
+        .kernel
+        .sysctls
+        .insert(IP_FORWARD.key, "1".into());
+    lab.apply(&map(3, None)).unwrap();
+    let commits = lab.kernel().commits;
+    for _ in 0..4 {
+        let done = lab.apply(&map(3, None)).unwrap();
+        assert_eq!(done.path, SyncPath::Unchanged);
+        assert_eq!(done.generation, Some(1));
+    }
+    assert_eq!(lab.kernel().commits, commits, "nothing was sent");
+    assert_eq!(lab.reasons(), [(1, "apply")]);
+    // The full path finds it unchanged too (no index to compare with).
+    lab.session.kernel.foreign_commit();
+    let done = lab.apply(&map(3, None)).unwrap();
+    assert_eq!(done.path, SyncPath::Unchanged);
+    assert_eq!(lab.reasons(), [(1, "apply")]);
+}
+
+#[test]
+fn rollback_after_flush_brings_back_what_the_flush_removed() {
+    let mut lab = Lab::new("flush");
+    lab.session
+        .kernel
+        .sysctls
+        .insert(IP_FORWARD.key, "1".into());
+    let (a, b) = (map(2, None), map(3, None));
+    lab.apply(&a).unwrap();
+    let rules_a = lab.rules();
+    lab.apply(&b).unwrap();
+    let rules_b = lab.rules();
+    assert_ne!(rules_a, rules_b);
+
+    let r = rollback(&mut lab.session, &lab.target, "svcnat", None).unwrap();
+    assert_eq!(
+        (r.from, r.to.number(), r.done.generation),
+        (Some(2), 1, Some(3))
+    );
+    assert_eq!(lab.rules(), rules_a);
+
+    let flushed = flush(&mut lab.session, &lab.target, "svcnat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(flushed.generation, Some(4));
+    assert_eq!(lab.rules(), None);
+
+    let r = rollback(&mut lab.session, &lab.target, "svcnat", None).unwrap();
+    assert_eq!((r.from, r.to.number()), (None, 3), "what the flush removed");
+    assert_eq!(lab.rules(), rules_a);
+    assert_eq!(lab.installed(), Some(5));
+    assert_eq!(
+        lab.reasons(),
+        [
+            (1, "apply"),
+            (2, "apply"),
+            (3, "rollback"),
+            (4, "flush"),
+            (5, "rollback")
+        ]
+    );
+
+    // Twice in a row goes back and forth, as `cd -` does.
+    let r = rollback(&mut lab.session, &lab.target, "svcnat", None).unwrap();
+    assert_eq!(lab.rules(), rules_b, "{r:?}");
+    // A flush generation is not something to install.
+    let e = rollback(&mut lab.session, &lab.target, "svcnat", Some(4)).unwrap_err();
+    assert!(e.to_string().contains("generation 4 is a flush"), "{e}");
+    assert_eq!(lab.rules(), rules_b, "refused: nothing changed");
+}
+
+#[test]
+fn a_refused_commit_records_nothing_and_changes_nothing() {
+    let mut lab = Lab::new("refused");
+    lab.session
+        .kernel
+        .sysctls
+        .insert(IP_FORWARD.key, "1".into());
+    lab.apply(&map(2, None)).unwrap();
+    let before = lab.rules();
+    lab.session.kernel.reject_next = true;
+    // A second target: the service becomes a chain, which only the full path writes.
+    let two = map(2, None).replace(
+        "targets = [\"10.8.0.1:8080\"]",
+        "targets = [\"10.8.0.1:8080\", \"10.8.0.9:8080\"]",
+    );
+    assert!(lab.apply(&two).is_err());
+    assert_eq!(lab.rules(), before);
+    assert_eq!(
+        lab.reasons(),
+        [(1, "apply")],
+        "no record of a refused commit"
+    );
+    let done = lab.apply(&two).unwrap();
+    assert_eq!(done.path, SyncPath::Full(FullReason::ServiceShape));
+    assert_eq!(done.generation, Some(2));
+}
+
+#[test]
+fn a_needed_sysctl_is_switched_on_and_a_read_only_one_stops_everything() {
+    let mut lab = Lab::new("sysctl");
+    lab.session.kernel.read_only.push(IP_FORWARD.key);
+    let e = lab.apply(&map(2, None)).unwrap_err();
+    assert!(e.to_string().contains("net.ipv4.ip_forward"), "{e}");
+    assert_eq!(lab.rules(), None, "nothing was committed");
+    assert_eq!(lab.kernel().commits, 0);
+    lab.session.kernel.read_only.clear();
+    let done = lab.apply(&map(2, None)).unwrap();
+    assert_eq!(done.enabled, ["net.ipv4.ip_forward"]);
+    assert_eq!(lab.kernel().sysctls[IP_FORWARD.key], "1");
+    // Flush switches off what svcnat switched on.
+    let flushed = flush(&mut lab.session, &lab.target, "svcnat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(flushed.disabled, ["net.ipv4.ip_forward"]);
+    assert_eq!(lab.kernel().sysctls[IP_FORWARD.key], "0");
+}
