@@ -47,45 +47,31 @@ pub fn check(targets: &[SocketAddr], timeout: Duration) -> HashMap<SocketAddr, b
         if left.is_zero() {
             break;
         }
-        let mut fds: Vec<libc::pollfd> = pending
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds: Vec<PollFd> = pending
             .iter()
-            .map(|(_, fd)| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLOUT,
-                revents: 0,
-            })
+            .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLOUT))
             .collect();
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                left.as_millis().max(1) as i32,
-            )
-        };
-        if n <= 0 {
-            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            break;
+        let timeout = PollTimeout::try_from(left.as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
         }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
         let mut still = Vec::new();
-        for ((addr, fd), p) in pending.into_iter().zip(&fds) {
-            if p.revents == 0 {
+        for ((addr, fd), ready) in pending.into_iter().zip(ready) {
+            if !ready {
                 still.push((addr, fd));
                 continue;
             }
-            let mut err: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            let ok = unsafe {
-                libc::getsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_ERROR,
-                    (&mut err as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            } == 0
-                && err == 0;
+            let ok = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SocketError)
+                .is_ok_and(|err| err == 0);
             result.insert(addr, ok);
         }
         pending = still;

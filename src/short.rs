@@ -35,10 +35,8 @@ impl std::ops::Deref for Short {
     type Target = str;
     fn deref(&self) -> &str {
         match self {
-            // Safety: the bytes are a whole &str's, copied in `new`.
-            Short::Inline { len, bytes } => unsafe {
-                std::str::from_utf8_unchecked(&bytes[..usize::from(*len)])
-            },
+            Short::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("the bytes of a whole &str, copied in `new`"),
             Short::Heap(s) => s,
         }
     }

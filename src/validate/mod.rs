@@ -152,11 +152,11 @@ struct Checker<'s> {
     seen: usize,
     /// Seeds the hashes of names and listen keys (XXH3), new in each process.
     seed: u64,
-    duplicates: Duplicates<'s>,
+    duplicates: Duplicates,
 }
 
 /// How a checker finds a name or a listen key used twice.
-enum Duplicates<'s> {
+enum Duplicates {
     /// As each service comes, by hash → index into `services` (a few bytes per service;
     /// maps of cloned names cost ~8 MB at 50,000 services). A hash shared by two different
     /// keys is checked against the service itself, and falls back to a scan.
@@ -171,7 +171,7 @@ enum Duplicates<'s> {
     Collected {
         names: Vec<u64>,
         listens: Vec<u64>,
-        slots: parts::Slots<'s>,
+        slots: parts::Slots,
     },
 }
 
@@ -248,7 +248,7 @@ impl<'s> Checker<'s> {
     /// `hashes`, and writes the services into `slots` (see `Duplicates`).
     fn collecting(
         source: &'s Source,
-        slots: parts::Slots<'s>,
+        slots: parts::Slots,
         hashes: (Vec<u64>, Vec<u64>),
         seed: u64,
     ) -> Self {

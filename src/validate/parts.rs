@@ -4,7 +4,6 @@
 
 use super::{Checked, Checker, Duplicates, ServiceSpec, seed};
 use crate::map::{RawSettings, Source};
-use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,14 +47,10 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
         start..end
     };
     let seed = seed();
-    let mut all: Vec<ServiceSpec> = Vec::with_capacity(count);
-    let mut rest = &mut all.spare_capacity_mut()[..count];
-    let mut slots = Vec::with_capacity(PARTS);
-    for c in 0..PARTS {
-        let (part, after) = std::mem::take(&mut rest).split_at_mut(first(c + 1) - first(c));
-        slots.push(Mutex::new(Some(part)));
-        rest = after;
-    }
+    // Each part's share of the services: how many it must find.
+    let slots: Vec<Mutex<Option<usize>>> = (0..PARTS)
+        .map(|c| Mutex::new(Some(first(c + 1) - first(c))))
+        .collect();
     let next = AtomicUsize::new(0);
     let work = || {
         let mut done = Worker {
@@ -124,9 +119,10 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
     if handed.len() != PARTS {
         return None;
     }
-    handed.into_iter().for_each(Slots::hand_over);
-    // Safety: the slots of every part, all `count` of them, were written and handed over.
-    unsafe { all.set_len(count) };
+    let mut all: Vec<ServiceSpec> = Vec::with_capacity(count);
+    for part in handed {
+        all.extend(part.hand_over());
+    }
     let mut checker = Checker::new(source, 0, seed);
     checker.seen = count;
     checker.services = all;
@@ -135,26 +131,26 @@ pub(super) fn check_in_parts(source: &Source) -> Option<Checked> {
 }
 
 /// The parts one thread checked, and the hashes of their names and listen keys, sorted.
-struct Worker<'a> {
-    parts: Vec<(usize, Part<'a>)>,
+struct Worker {
+    parts: Vec<(usize, Part)>,
     names: Vec<u64>,
     listens: Vec<u64>,
 }
 
 /// A part of the map checked on its own (see `check_part`).
-struct Part<'a> {
+struct Part {
     /// None when the part has a mistake.
     settings: PartSettings,
     /// The number of the part's last service in the map.
     seen: usize,
     explicit_masquerade: Vec<bool>,
-    slots: Slots<'a>,
+    slots: Slots,
 }
 
 type PartSettings = Option<Option<Spanned<RawSettings>>>;
 
-impl<'a> Part<'a> {
-    fn into_parts(self) -> (PartSettings, usize, Vec<bool>, Slots<'a>) {
+impl Part {
+    fn into_parts(self) -> (PartSettings, usize, Vec<bool>, Slots) {
         (
             self.settings,
             self.seen,
@@ -167,15 +163,15 @@ impl<'a> Part<'a> {
 /// The services of `range` (from 0 or one of `headers` to the next part's), numbered after
 /// `seen` others, checked into `slots`; the hashes of their names and listen keys added to
 /// `hashes`, the thread's.
-fn check_part<'a>(
-    source: &'a Source,
+fn check_part(
+    source: &Source,
     headers: &[usize],
     range: Range<usize>,
-    slots: Slots<'a>,
+    slots: Slots,
     seed: u64,
     seen: usize,
     hashes: (&mut Vec<u64>, &mut Vec<u64>),
-) -> Part<'a> {
+) -> Part {
     let (all_names, all_listens) = hashes;
     let collected = (std::mem::take(all_names), std::mem::take(all_listens));
     let mut checker = Checker::collecting(source, slots, collected, seed);
@@ -206,43 +202,34 @@ fn check_part<'a>(
     }
 }
 
-/// A part's share of the one list of services all parts fill: each part's services are
-/// written where they belong instead of copied after the others' (~2.5 ms at 50,000
-/// services, 4 MB of fresh pages).
-pub(super) struct Slots<'a> {
-    slots: &'a mut [MaybeUninit<ServiceSpec>],
-    filled: usize,
+/// A part's share of the services: at most `capacity`, in the order they were found.
+pub(super) struct Slots {
+    services: Vec<ServiceSpec>,
+    capacity: usize,
 }
 
-impl<'a> Slots<'a> {
-    fn new(slots: &'a mut [MaybeUninit<ServiceSpec>]) -> Self {
-        Slots { slots, filled: 0 }
+impl Slots {
+    fn new(capacity: usize) -> Self {
+        Slots {
+            services: Vec::with_capacity(capacity),
+            capacity,
+        }
     }
 
-    /// The next slot, if there is one left; else `svc` is dropped (the caller counts).
+    /// Keep `svc` if there is room left; else it is dropped (the caller counts).
     pub(super) fn push(&mut self, svc: ServiceSpec) {
-        if let Some(slot) = self.slots.get_mut(self.filled) {
-            slot.write(svc);
-            self.filled += 1;
+        if self.services.len() < self.capacity {
+            self.services.push(svc);
         }
     }
 
     fn full(&self) -> bool {
-        self.filled == self.slots.len()
+        self.services.len() == self.capacity
     }
 
-    /// The services stay where they are, for the list (see `check_in_parts`).
-    fn hand_over(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Slots<'_> {
-    fn drop(&mut self) {
-        for slot in &mut self.slots[..self.filled] {
-            // Safety: `push` wrote the first `filled` slots.
-            unsafe { slot.assume_init_drop() };
-        }
+    /// The services, for the list (see `check_in_parts`).
+    fn hand_over(self) -> Vec<ServiceSpec> {
+        self.services
     }
 }
 

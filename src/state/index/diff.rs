@@ -15,24 +15,6 @@ pub struct Diff {
     pub region: std::ops::Range<usize>,
 }
 
-/// Ask the CPU to bring `bytes` into its caches. Walking back a group at a time, each
-/// group's bytes come from below the last: the hardware's prefetcher, which follows rising
-/// addresses, would start over at each.
-#[inline]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
-    #[cfg(target_arch = "x86_64")]
-    for line in bytes.chunks(64) {
-        // Safety: a prefetch only hints; the address is within `bytes`.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
-    }
-}
-
 impl Index {
     /// From the start: how many recorded sections `text` still has where they were, and
     /// where the first that differs begins. A group at a time while groups match, then a
@@ -71,9 +53,6 @@ impl Index {
             }
             match end.checked_sub(len as usize).filter(|&s| s >= floor) {
                 Some(s) => {
-                    // The group before this one is read next: ask for it now.
-                    let before = g.checked_sub(1).map_or(0, |p| self.groups[p].1 as usize);
-                    prefetch(&text[s.saturating_sub(before)..s]);
                     if hash(&text[s..end]) != h {
                         break;
                     }
