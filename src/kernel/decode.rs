@@ -37,6 +37,21 @@ pub struct Installed {
     pub bookkeeping: bool,
 }
 
+impl Installed {
+    /// A table known without reading it back (what a commit left, or a fake kernel's):
+    /// svcnat's own objects only, no counters.
+    pub fn known(ruleset: Ruleset, meta: TableMeta) -> Installed {
+        Installed {
+            ruleset,
+            counters: HashMap::new(),
+            unrecognized: Vec::new(),
+            objects: HashMap::new(),
+            meta,
+            bookkeeping: true,
+        }
+    }
+}
+
 /// A rule in svcnat's table that is not one svcnat writes.
 #[derive(Debug, Clone)]
 pub struct UnknownRule {

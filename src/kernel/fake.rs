@@ -10,6 +10,7 @@ use super::sysctl::{self, PendingWrite, Sysctl};
 use super::{Change, Enter, Kernel};
 use crate::error::{Error, Result};
 use crate::ruleset::Ruleset;
+use nix::errno::Errno;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -75,14 +76,10 @@ impl Kernel for FakeKernel {
     }
 
     fn read_table(&mut self, table: &str) -> Result<Option<Installed>> {
-        Ok(self.tables.get(table).map(|(ruleset, meta)| Installed {
-            ruleset: ruleset.clone(),
-            counters: HashMap::new(),
-            unrecognized: Vec::new(),
-            objects: HashMap::new(),
-            meta: meta.clone(),
-            bookkeeping: true,
-        }))
+        Ok(self
+            .tables
+            .get(table)
+            .map(|(ruleset, meta)| Installed::known(ruleset.clone(), meta.clone())))
     }
 
     fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>> {
@@ -90,11 +87,10 @@ impl Kernel for FakeKernel {
             return Err(Error::Stale);
         }
         if std::mem::take(&mut self.reject_next) {
-            return Err(Error::KernelRejected {
-                object: "a message the fake was told to refuse".into(),
-                errno: nix::errno::Errno::EINVAL,
-                hint: None,
-            });
+            return Err(rejected(
+                "a message the fake was told to refuse".into(),
+                Errno::EINVAL,
+            ));
         }
         // On a copy: kept only when the whole change applies.
         let mut tables = self.tables.clone();
@@ -130,20 +126,20 @@ impl Kernel for FakeKernel {
             } => {
                 let (rs, m) = tables.get_mut(table).ok_or_else(|| no_table(table))?;
                 if m != before {
-                    return Err(Error::KernelRejected {
-                        object: "delete the generation element".into(),
-                        errno: nix::errno::Errno::ENOENT,
-                        hint: None,
-                    });
+                    return Err(rejected(
+                        "delete the generation element".into(),
+                        Errno::ENOENT,
+                    ));
                 }
                 for (kind, key) in gone {
                     let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
                     let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
                     let at = map.elements.iter().position(|e| e.key == *key);
-                    let at = at.ok_or_else(|| Error::KernelRejected {
-                        object: format!("delete elements of map {}", kind.dnat_name()),
-                        errno: nix::errno::Errno::ENOENT,
-                        hint: None,
+                    let at = at.ok_or_else(|| {
+                        rejected(
+                            format!("delete elements of map {}", kind.dnat_name()),
+                            Errno::ENOENT,
+                        )
                     })?;
                     map.elements.remove(at);
                     objects.push(format!("delete element of map {}", kind.dnat_name()));
@@ -152,11 +148,10 @@ impl Kernel for FakeKernel {
                     let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
                     let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
                     if map.elements.iter().any(|e| e.key == elem.key) {
-                        return Err(Error::KernelRejected {
-                            object: format!("add elements to map {}", kind.dnat_name()),
-                            errno: nix::errno::Errno::EEXIST,
-                            hint: None,
-                        });
+                        return Err(rejected(
+                            format!("add elements to map {}", kind.dnat_name()),
+                            Errno::EEXIST,
+                        ));
                     }
                     map.elements.push(elem.clone());
                     objects.push(format!("add element to map {}", kind.dnat_name()));
@@ -206,10 +201,15 @@ impl Kernel for FakeKernel {
     }
 }
 
-fn no_table(name: &str) -> Error {
+/// The kernel's refusal of the message that did `object`.
+fn rejected(object: String, errno: nix::errno::Errno) -> Error {
     Error::KernelRejected {
-        object: format!("{name} (not in the fake kernel)"),
-        errno: nix::errno::Errno::ENOENT,
+        object,
+        errno,
         hint: None,
     }
+}
+
+fn no_table(name: &str) -> Error {
+    rejected(format!("{name} (not in the fake kernel)"), Errno::ENOENT)
 }

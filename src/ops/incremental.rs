@@ -89,20 +89,12 @@ pub(super) fn apply(
     let digest = super::digest(text);
     let unchanged = |index: Index, meta: TableMeta| -> Attempt {
         let synced = Synced {
-            path: SyncPath::Unchanged,
             generation: Some(index.head.generation),
-            messages: 0,
-            objects: Vec::new(),
-            changed: 0,
-            services: index.records.len(),
-            table: index.head.table.clone(),
-            enabled: Vec::new(),
-            disabled: Vec::new(),
-            retries: 0,
-            replaced: false,
-            read_back: false,
-            desired: None,
-            splice: None,
+            ..Synced::new(
+                SyncPath::Unchanged,
+                index.records.len(),
+                index.head.table.clone(),
+            )
         };
         let last = LastCommit {
             genid,
@@ -209,19 +201,10 @@ pub(super) fn apply(
         index,
     };
     let synced = Synced {
-        path: SyncPath::Incremental,
         generation: Some(number),
         messages: objects.len(),
         objects,
         changed,
-        services,
-        table: head.table,
-        enabled: Vec::new(),
-        disabled: Vec::new(),
-        retries: 0,
-        replaced: false,
-        read_back: false,
-        desired: None,
         splice: Some(Spliced {
             at,
             removed,
@@ -229,6 +212,7 @@ pub(super) fn apply(
             specs: change.specs,
             digest,
         }),
+        ..Synced::new(SyncPath::Incremental, services, head.table)
     };
     Ok(Ok((synced, last)))
 }

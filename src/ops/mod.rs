@@ -96,6 +96,26 @@ pub struct Desired {
 }
 
 impl Synced {
+    /// What a sync that took `path` did before it counts anything: nothing sent yet.
+    fn new(path: SyncPath, services: usize, table: String) -> Synced {
+        Synced {
+            path,
+            generation: None,
+            messages: 0,
+            objects: Vec::new(),
+            changed: 0,
+            services,
+            table,
+            enabled: Vec::new(),
+            disabled: Vec::new(),
+            retries: 0,
+            replaced: false,
+            read_back: false,
+            desired: None,
+            splice: None,
+        }
+    }
+
     /// How the kernel was changed, in words: `incremental path (...), updated in place`.
     pub fn how(&self) -> String {
         let change = if self.replaced {
@@ -316,22 +336,9 @@ fn full(
     let plan = &desired.plan;
     let locals = k.local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
-    let mut synced = Synced {
-        path: SyncPath::Full(why),
-        generation: None,
-        messages: 0,
-        objects: Vec::new(),
-        changed: 0,
-        services: plan.services.len(),
-        table: plan.table.clone(),
-        enabled: Vec::new(),
-        disabled: Vec::new(),
-        retries: 0,
-        replaced: false,
-        read_back: true,
-        desired: None,
-        splice: None,
-    };
+    let mut synced = Synced::new(SyncPath::Full(why), plan.services.len(), plan.table.clone());
+    // Both backends read what is installed, unless this process's last commit says it.
+    synced.read_back = true;
     if let Backend::Iptables(tool) = backend {
         // iptables-restore cannot carry a ruleset genid; the writer lock still serialises
         // svcnat's own writers, and iptables' --wait lock the legacy ones.
@@ -380,6 +387,7 @@ fn full(
     loop {
         // The genid first: whatever is read after it is covered by the commit's check.
         let genid = k.genid()?;
+        // Each attempt: a retry reads back what the first took from the cache.
         synced.read_back = true;
         let before = match last.take() {
             Some(LastCommit {
