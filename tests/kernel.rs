@@ -652,6 +652,12 @@ fn watched_local_addresses_follow_the_namespace() {
     let now = get();
     assert!(!now.contains(&a) && now.contains(&b), "{now:?}");
     ns.exec_ok("ip -6 addr add fd79::1/64 dev d0 nodad");
+    // The kernel announces an IPv6 address from addrconf's work queue, after `ip` returns:
+    // wait (boundedly) for the announcement, as a reload a moment later would see it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while !get().contains(&v6) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     assert!(get().contains(&v6), "IPv6 too");
     ns.exec_ok("ip link del d0");
     let gone = get();
