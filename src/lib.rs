@@ -5,6 +5,11 @@
 //! → `render::{nft, iptables}` (text) or `ops::sync` (the one door) → `kernel` (netlink).
 //! `kernel::decode` reads the kernel back into a `ruleset::Ruleset`; `show` and `diff`
 //! turn that into per-service reports; `state` records the generations installed.
+//!
+//! `unsafe` lives only under `kernel/` (libnftnl's C API, one socket option), and every block
+//! says why it holds.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
 pub mod commands;

@@ -17,8 +17,17 @@ use crate::ruleset::{
 };
 use nftnl::nftnl_sys::{self as sys, libc};
 use std::collections::HashMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::net::SocketAddr;
+
+// The string attributes that name what a dump request asks for (linux/netfilter/nf_tables.h).
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 
 /// What the kernel holds in svcnat's table.
 #[derive(Debug, Clone)]
@@ -74,6 +83,8 @@ fn cstr(p: *const libc::c_char) -> String {
     if p.is_null() {
         String::new()
     } else {
+        // SAFETY: libnftnl's string getters return null or a NUL-terminated string owned by
+        // the object it was read from, which outlives this copy.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 }
@@ -98,24 +109,18 @@ struct RawElem {
 /// Only the table and svcnat's bookkeeping: Ok(None) when the table is absent, else what
 /// the element of `set generation` records (default when the set is missing).
 pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
-    let name = CString::new(table).expect("validated name");
-    if !table_exists(nl, &name)? {
+    if !table_exists(nl, table)? {
         return Ok(None);
     }
-    let elems = set_elements(nl, &name, GENERATION_SET)?.unwrap_or_default();
+    let elems = set_elements(nl, table, GENERATION_SET)?.unwrap_or_default();
     Ok(Some(meta_from(&elems)))
 }
 
-fn table_exists(nl: &mut Netlink, name: &CString) -> Result<bool> {
+fn table_exists(nl: &mut Netlink, table: &str) -> Result<bool> {
     nl.dump(
         libc::NFT_MSG_GETTABLE,
         0,
-        |h| unsafe {
-            let t = sys::nftnl_table_alloc();
-            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_nlmsg_build_payload(h, t);
-            sys::nftnl_table_free(t);
-        },
+        &[(NFTA_TABLE_NAME, table)],
         |_| Ok(()),
     )
 }
@@ -135,22 +140,21 @@ fn meta_from(generation_elements: &[RawElem]) -> TableMeta {
 }
 
 /// The elements of one set of the table; Ok(None) when the set does not exist.
-fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<Vec<RawElem>>> {
-    let set_c = CString::new(set).expect("kernel names have no NUL");
+fn set_elements(nl: &mut Netlink, table: &str, set: &str) -> Result<Option<Vec<RawElem>>> {
     let mut elems = Vec::new();
     let exists = nl.dump(
         libc::NFT_MSG_GETSETELEM,
         libc::NLM_F_DUMP,
-        |h| unsafe {
-            let s = sys::nftnl_set_alloc();
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, set_c.as_ptr());
-            sys::nftnl_set_elems_nlmsg_build_payload(h, s);
-            sys::nftnl_set_free(s);
-        },
+        &[
+            (NFTA_SET_ELEM_LIST_TABLE, table),
+            (NFTA_SET_ELEM_LIST_SET, set),
+        ],
+        // SAFETY: `m` is one whole, aligned reply message; the parsed object is freed after
+        // its last use below and no pointer into it (strings, bytes, iterators) outlives
+        // it: each is copied out first.
         |m: &Msg| unsafe {
             let s = sys::nftnl_set_alloc();
-            if sys::nftnl_set_elems_nlmsg_parse(m.header(), s) < 0 {
+            if sys::nftnl_set_elems_nlmsg_parse(m.as_nlmsghdr(), s) < 0 {
                 sys::nftnl_set_free(s);
                 return Err(parse_err("set element"));
             }
@@ -195,9 +199,8 @@ fn set_elements(nl: &mut Netlink, table: &CString, set: &str) -> Result<Option<V
 
 /// Read svcnat's table; Ok(None) when it does not exist.
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
-    let name = CString::new(table).expect("validated name");
     // The table itself: absent means svcnat has nothing installed here.
-    if !table_exists(nl, &name)? {
+    if !table_exists(nl, table)? {
         return Ok(None);
     }
 
@@ -205,15 +208,13 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     nl.dump(
         libc::NFT_MSG_GETCHAIN,
         libc::NLM_F_DUMP,
-        |h| unsafe {
-            let c = sys::nftnl_chain_alloc();
-            sys::nftnl_chain_set_str(c, sys::NFTNL_CHAIN_TABLE as u16, name.as_ptr());
-            sys::nftnl_chain_nlmsg_build_payload(h, c);
-            sys::nftnl_chain_free(c);
-        },
+        &[(NFTA_CHAIN_TABLE, table)],
+        // SAFETY: `m` is one whole, aligned reply message; the parsed object is freed after
+        // its last use below and no pointer into it (strings, bytes, iterators) outlives
+        // it: each is copied out first.
         |m: &Msg| unsafe {
             let c = sys::nftnl_chain_alloc();
-            let ok = sys::nftnl_chain_nlmsg_parse(m.header(), c) >= 0;
+            let ok = sys::nftnl_chain_nlmsg_parse(m.as_nlmsghdr(), c) >= 0;
             let get = |a: u32| sys::nftnl_chain_is_set(c, a as u16);
             let result = if !ok {
                 Err(parse_err("chain"))
@@ -242,15 +243,13 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     nl.dump(
         libc::NFT_MSG_GETSET,
         libc::NLM_F_DUMP,
-        |h| unsafe {
-            let s = sys::nftnl_set_alloc();
-            sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, name.as_ptr());
-            sys::nftnl_set_nlmsg_build_payload(h, s);
-            sys::nftnl_set_free(s);
-        },
+        &[(NFTA_SET_TABLE, table)],
+        // SAFETY: `m` is one whole, aligned reply message; the parsed object is freed after
+        // its last use below and no pointer into it (strings, bytes, iterators) outlives
+        // it: each is copied out first.
         |m: &Msg| unsafe {
             let s = sys::nftnl_set_alloc();
-            let ok = sys::nftnl_set_nlmsg_parse(m.header(), s) >= 0;
+            let ok = sys::nftnl_set_nlmsg_parse(m.as_nlmsghdr(), s) >= 0;
             if ok {
                 let name = cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16));
                 if sys::nftnl_set_is_set(s, sys::NFTNL_SET_DESC_SIZE as u16) {
@@ -268,7 +267,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     for set in &set_names {
         elements.insert(
             set.clone(),
-            set_elements(nl, &name, set)?.unwrap_or_default(),
+            set_elements(nl, table, set)?.unwrap_or_default(),
         );
     }
 
@@ -276,15 +275,13 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     nl.dump(
         libc::NFT_MSG_GETRULE,
         libc::NLM_F_DUMP,
-        |h| unsafe {
-            let r = sys::nftnl_rule_alloc();
-            sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
-            sys::nftnl_rule_nlmsg_build_payload(h, r);
-            sys::nftnl_rule_free(r);
-        },
+        &[(NFTA_RULE_TABLE, table)],
+        // SAFETY: `m` is one whole, aligned reply message; the parsed object is freed after
+        // its last use below and no pointer into it (strings, bytes, iterators) outlives
+        // it: each is copied out first.
         |m: &Msg| unsafe {
             let r = sys::nftnl_rule_alloc();
-            if sys::nftnl_rule_nlmsg_parse(m.header(), r) < 0 {
+            if sys::nftnl_rule_nlmsg_parse(m.as_nlmsghdr(), r) < 0 {
                 sys::nftnl_rule_free(r);
                 return Err(parse_err("rule"));
             }
@@ -311,15 +308,13 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     nl.dump(
         libc::NFT_MSG_GETOBJ,
         libc::NLM_F_DUMP,
-        |h| unsafe {
-            let o = sys::nftnl_obj_alloc();
-            sys::nftnl_obj_set_str(o, sys::NFTNL_OBJ_TABLE as u16, name.as_ptr());
-            sys::nftnl_obj_nlmsg_build_payload(h, o);
-            sys::nftnl_obj_free(o);
-        },
+        &[(NFTA_OBJ_TABLE, table)],
+        // SAFETY: `m` is one whole, aligned reply message; the parsed object is freed after
+        // its last use below and no pointer into it (strings, bytes, iterators) outlives
+        // it: each is copied out first.
         |m: &Msg| unsafe {
             let o = sys::nftnl_obj_alloc();
-            let ok = sys::nftnl_obj_nlmsg_parse(m.header(), o) >= 0;
+            let ok = sys::nftnl_obj_nlmsg_parse(m.as_nlmsghdr(), o) >= 0;
             if ok
                 && cstr(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)) == table
                 && sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == 1

@@ -84,6 +84,8 @@ impl DnatElems<'_> {
     }
 }
 
+// SAFETY: `write_attrs` stops adding elements below 64 KiB, within the nft_nlmsg_maxsize bytes
+// nftnl's batch guarantees, and writes only through the bounds-checked `room` slice.
 unsafe impl NlMsg for DnatElems<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
         let (msg, flags) = match t {
@@ -93,10 +95,11 @@ unsafe impl NlMsg for DnatElems<'_> {
             ),
             MsgType::Del => (libc::NFT_MSG_DELSETELEM, 0),
         };
+        // SAFETY: a batch leaves room for one message of up to nft_nlmsg_maxsize bytes at its
+        // current position (nftnl_batch_alloc), so `room` is writable memory of that length,
+        // borrowed only for this call; `h` is the aligned header at its start.
         unsafe {
             let h = header(buf, msg, flags, seq);
-            // Safety: a batch leaves room for one message of up to nft_nlmsg_maxsize bytes
-            // at its current position (nftnl_batch_alloc); the list stops below 64 KiB.
             let room = std::slice::from_raw_parts_mut(
                 buf.cast::<u8>(),
                 nftnl::nft_nlmsg_maxsize() as usize,

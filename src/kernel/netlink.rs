@@ -18,10 +18,9 @@ pub struct Netlink {
     sock: mnl::Socket,
     portid: u32,
     seq: u32,
-    /// The receive buffer, in u32 words to be aligned for `nlmsghdr`. Capacity only, never
-    /// zeroed: `recv` writes into it and only the bytes it wrote are read, so the pages no
-    /// reply reached are never touched. (Zeroed, its 128 kB stayed resident in `svcnat
-    /// run`, which keeps its socket.)
+    /// The receive buffer, in u32 words to be aligned for `nlmsghdr`. Allocated zeroed
+    /// (fresh pages from the kernel, so a kept socket's buffer holds no memory until a reply
+    /// lands in it).
     buf: Vec<u32>,
 }
 
@@ -49,21 +48,66 @@ pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
 pub struct Msg(Vec<u32>);
 
 impl Msg {
-    pub fn header(&self) -> &libc::nlmsghdr {
-        unsafe { &*(self.0.as_ptr().cast::<libc::nlmsghdr>()) }
+    /// The message for libnftnl's `*_nlmsg_parse`: aligned, and `nlmsg_len` bytes long.
+    pub fn as_nlmsghdr(&self) -> *const libc::nlmsghdr {
+        self.0.as_ptr().cast()
     }
     pub fn bytes(&self) -> &[u8] {
-        let len = self.header().nlmsg_len as usize;
-        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), len) }
+        let all: &[u8] = bytemuck::cast_slice(&self.0);
+        &all[..Header::of(all).len.min(all.len())]
     }
 }
 
 fn copy_msg(bytes: &[u8]) -> Msg {
     let mut words = vec![0u32; bytes.len().div_ceil(4)];
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len())
-    };
+    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
     Msg(words)
+}
+
+/// The fields of a `struct nlmsghdr` svcnat reads, from its bytes (host byte order).
+struct Header {
+    len: usize,
+    kind: u16,
+    seq: u32,
+    portid: u32,
+}
+
+impl Header {
+    /// `bytes` starts with a whole header: `mnl::NlMessages` yields only such messages.
+    fn of(bytes: &[u8]) -> Header {
+        let u32_at = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        Header {
+            len: u32_at(0) as usize,
+            kind: u16::from_ne_bytes([bytes[4], bytes[5]]),
+            seq: u32_at(8),
+            portid: u32_at(12),
+        }
+    }
+}
+
+/// A request to the nf_tables subsystem: nlmsghdr, nfgenmsg (family inet), then one string
+/// attribute per `(type, value)`, each NUL-terminated and padded to 4 bytes as netlink
+/// wants. All svcnat's dump requests name a table (and a set) this way.
+fn request(msg_type: i32, flags: i32, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64);
+    m.extend_from_slice(&0u32.to_ne_bytes()); // length, filled in below
+    let kind = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg_type as u16;
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // portid: the kernel fills it in
+    m.extend_from_slice(&[libc::NFPROTO_INET as u8, 0, 0, 0]); // nfgenmsg: family, v0, res_id
+    for (attr, value) in attrs {
+        let len = 4 + value.len() + 1;
+        m.extend_from_slice(&(len as u16).to_ne_bytes());
+        m.extend_from_slice(&attr.to_ne_bytes());
+        m.extend_from_slice(value.as_bytes());
+        m.push(0);
+        m.resize(m.len().next_multiple_of(4), 0);
+    }
+    let total = m.len() as u32;
+    m[..4].copy_from_slice(&total.to_ne_bytes());
+    m
 }
 
 fn nl_error(bytes: &[u8]) -> (u32, i32) {
@@ -78,15 +122,15 @@ fn nl_error(bytes: &[u8]) -> (u32, i32) {
     (seq, code)
 }
 
-fn set_buf(fd: i32, force: i32, plain: i32, size: usize) {
-    let v = size.min(i32::MAX as usize) as libc::c_int;
-    let p = (&v as *const libc::c_int).cast();
-    let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SO_*BUFFORCE (root/CAP_NET_ADMIN) lifts the rmem/wmem_max cap; fall back to the plain one.
-    unsafe {
-        if libc::setsockopt(fd, libc::SOL_SOCKET, force, p, n) != 0 {
-            libc::setsockopt(fd, libc::SOL_SOCKET, plain, p, n);
-        }
+/// Raise a socket buffer to `size`: the `*Force` option (root or CAP_NET_ADMIN) lifts the
+/// rmem/wmem_max cap; without the capability, the plain one stays within it.
+fn set_buf<Force, Plain>(fd: BorrowedFd, force: Force, plain: Plain, size: usize)
+where
+    Force: nix::sys::socket::SetSockOpt<Val = usize>,
+    Plain: nix::sys::socket::SetSockOpt<Val = usize>,
+{
+    if nix::sys::socket::setsockopt(&fd, force, &size).is_err() {
+        let _ = nix::sys::socket::setsockopt(&fd, plain, &size);
     }
 }
 
@@ -104,26 +148,39 @@ impl Netlink {
             sock,
             portid,
             seq: 1,
-            buf: Vec::with_capacity(RECV_BUF / 4),
+            buf: vec![0; RECV_BUF / 4],
         })
     }
 
-    fn fd(&self) -> i32 {
-        self.sock.as_raw_fd()
+    /// Receive into the buffer; `Ok(None)` when `dont_wait` and nothing is queued.
+    fn recv(&mut self, dont_wait: bool) -> std::result::Result<Option<usize>, nix::Error> {
+        use nix::sys::socket::MsgFlags;
+        let flags = if dont_wait {
+            MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::empty()
+        };
+        let buf = bytemuck::cast_slice_mut(&mut self.buf);
+        match nix::sys::socket::recv(self.sock.as_raw_fd(), buf, flags) {
+            Ok(n) => Ok(Some(n)),
+            Err(nix::Error::EAGAIN) if dont_wait => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to `self.sock`, which outlives the borrow and closes
+        // it only when dropped (mnl::Socket has no `AsFd` of its own).
+        unsafe { BorrowedFd::borrow_raw(self.sock.as_raw_fd()) }
     }
 
     /// The ruleset's generation id: it changes with every committed transaction, by anyone.
     pub fn genid(&mut self) -> Result<u32> {
         let mut genid = None;
-        self.dump(
-            libc::NFT_MSG_GETGEN,
-            0,
-            |_| {},
-            |m: &Msg| {
-                genid = genid.or(newgen_id(m.bytes()));
-                Ok(())
-            },
-        )?;
+        self.dump(libc::NFT_MSG_GETGEN, 0, &[], |m: &Msg| {
+            genid = genid.or(newgen_id(m.bytes()));
+            Ok(())
+        })?;
         genid.ok_or_else(|| {
             Error::Netlink("the kernel did not report the ruleset generation".into())
         })
@@ -134,9 +191,11 @@ impl Netlink {
     pub fn netns_cookie(&self) -> Option<u64> {
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` (8) bytes into `cookie`, a live u64, and
+        // updates `len`; nix has no option for SO_NETNS_COOKIE.
         let rc = unsafe {
             libc::getsockopt(
-                self.fd(),
+                self.fd().as_raw_fd(),
                 libc::SOL_SOCKET,
                 SO_NETNS_COOKIE,
                 (&mut cookie as *mut u64).cast(),
@@ -188,23 +247,13 @@ impl Netlink {
             None => pages.extend(raw_pages.iter().map(|p| IoSlice::new(p))),
         }
         let total: usize = pages.iter().map(|p| p.len()).sum();
-        set_buf(
-            self.fd(),
-            libc::SO_SNDBUFFORCE,
-            libc::SO_SNDBUF,
-            total + 64 * 1024,
-        );
-        set_buf(
-            self.fd(),
-            libc::SO_RCVBUFFORCE,
-            libc::SO_RCVBUF,
-            4 * 1024 * 1024,
-        );
+        use nix::sys::socket::sockopt::{RcvBuf, RcvBufForce, SndBuf, SndBufForce};
+        set_buf(self.fd(), SndBufForce, SndBuf, total + 64 * 1024);
+        set_buf(self.fd(), RcvBufForce, RcvBuf, 4 * 1024 * 1024);
 
-        let fd = unsafe { BorrowedFd::borrow_raw(self.fd()) };
         let kernel = nix::sys::socket::NetlinkAddr::new(0, 0);
         let sent = nix::sys::socket::sendmsg(
-            fd.as_raw_fd(),
+            self.fd().as_raw_fd(),
             &pages,
             &[],
             nix::sys::socket::MsgFlags::empty(),
@@ -221,29 +270,19 @@ impl Netlink {
         let mut end_acked = false;
         let end_seq = seqs.end - 1;
         loop {
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    RECV_BUF,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    break;
+            let n = match self.recv(true) {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Error::Netlink(format!(
+                        "reading the kernel's replies failed: {e}"
+                    )));
                 }
-                return Err(Error::Netlink(format!(
-                    "reading the kernel's replies failed: {e}"
-                )));
-            }
-            let bytes =
-                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n as usize) };
+            };
+            let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
             for m in mnl::NlMessages::new(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
-                let h = unsafe { &*(m.as_ptr().cast::<libc::nlmsghdr>()) };
-                if h.nlmsg_type != NLMSG_ERROR {
+                if Header::of(m).kind != NLMSG_ERROR {
                     continue;
                 }
                 let (seq, code) = nl_error(m);
@@ -285,48 +324,35 @@ impl Netlink {
         Ok(objects.len())
     }
 
-    /// A dump request: `build` fills in the payload after the header; `each` sees every
-    /// reply message. Returns Ok(false) when the kernel answers ENOENT (nothing there).
+    /// A dump request naming its table (and set) by the string attributes `attrs`; `each`
+    /// sees every reply message. Returns Ok(false) when the kernel answers ENOENT (nothing
+    /// there).
     pub fn dump(
         &mut self,
         msg_type: i32,
         flags: i32,
-        build: impl FnOnce(*mut libc::nlmsghdr),
+        attrs: &[(u16, &str)],
         mut each: impl FnMut(&Msg) -> Result<()>,
     ) -> Result<bool> {
         self.seq += 1;
         let seq = self.seq;
-        let mut req = vec![0u32; 1024];
-        let h = unsafe {
-            nftnl::nftnl_sys::nftnl_nlmsg_build_hdr(
-                req.as_mut_ptr().cast(),
-                msg_type as u16,
-                libc::NFPROTO_INET as u16,
-                (flags | libc::NLM_F_ACK) as u16,
-                seq,
-            )
-        };
-        build(h);
-        let len = unsafe { (*h).nlmsg_len } as usize;
-        let bytes = unsafe { std::slice::from_raw_parts(req.as_ptr().cast::<u8>(), len) };
+        let req = request(msg_type, flags | libc::NLM_F_ACK, seq, attrs);
         self.sock
-            .send(bytes)
+            .send(&req)
             .map_err(|e| Error::Netlink(format!("sending a dump request failed: {e}")))?;
         loop {
-            let n = unsafe { libc::recv(self.fd(), self.buf.as_mut_ptr().cast(), RECV_BUF, 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(Error::Netlink(format!("reading a dump failed: {e}")));
-            }
-            let bytes =
-                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), n as usize) };
+            let n = self
+                .recv(false)
+                .map_err(|e| Error::Netlink(format!("reading a dump failed: {e}")))?
+                .unwrap_or(0);
+            let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
             for m in mnl::NlMessages::new(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
-                let h = unsafe { &*(m.as_ptr().cast::<libc::nlmsghdr>()) };
-                if h.nlmsg_seq != seq || h.nlmsg_pid != self.portid {
+                let h = Header::of(m);
+                if h.seq != seq || h.portid != self.portid {
                     continue;
                 }
-                match h.nlmsg_type {
+                match h.kind {
                     NLMSG_DONE => return Ok(true),
                     NLMSG_ERROR => {
                         let (_, code) = nl_error(m);
@@ -363,14 +389,10 @@ impl Netlink {
     /// Discard replies left unread in a kept socket (a dump abandoned on an error), so
     /// that the next request reads only its own.
     pub fn drain(&mut self) {
-        while unsafe {
-            libc::recv(
-                self.fd(),
-                self.buf.as_mut_ptr().cast(),
-                RECV_BUF,
-                libc::MSG_DONTWAIT,
-            )
-        } > 0
-        {}
+        while let Ok(Some(n)) = self.recv(true) {
+            if n == 0 {
+                break;
+            }
+        }
     }
 }

@@ -67,42 +67,43 @@ pub struct NfSet {
 
 impl NfSet {
     fn new(table: &str, name: &str, id: u32) -> NfSet {
+        // SAFETY: allocation only; null (out of memory) is handled below.
         let Some(ptr) = NonNull::new(unsafe { sys::nftnl_set_alloc() }) else {
             std::process::abort();
         };
         let s = NfSet { ptr };
-        let t = CString::new(table).expect("validated name");
-        let n = CString::new(name).expect("validated name");
-        unsafe {
-            sys::nftnl_set_set_u32(
-                s.raw(),
-                sys::NFTNL_SET_FAMILY as u16,
-                libc::NFPROTO_INET as u32,
-            );
-            sys::nftnl_set_set_str(s.raw(), sys::NFTNL_SET_TABLE as u16, t.as_ptr());
-            sys::nftnl_set_set_str(s.raw(), sys::NFTNL_SET_NAME as u16, n.as_ptr());
-            sys::nftnl_set_set_u32(s.raw(), sys::NFTNL_SET_ID as u16, id);
-        }
+        s.set_u32(sys::NFTNL_SET_FAMILY, libc::NFPROTO_INET as u32);
+        s.set_str(sys::NFTNL_SET_TABLE, table);
+        s.set_str(sys::NFTNL_SET_NAME, name);
+        s.set_u32(sys::NFTNL_SET_ID, id);
         s
     }
 
-    fn raw(&self) -> *mut sys::nftnl_set {
-        self.ptr.as_ptr()
-    }
-
-    fn set_u32(&self, attr: u32, v: u32) {
-        unsafe { sys::nftnl_set_set_u32(self.raw(), attr as u16, v) };
-    }
-
-    fn set_udata(&self, data: &[u8]) {
+    /// Set attribute `attr` to `data` (libnftnl copies it; its `set_u32`/`set_str` are this
+    /// call with the value's bytes).
+    fn set(&self, attr: u32, data: &[u8]) {
+        // SAFETY: `self.ptr` is a live set we own; `data` is readable for its length and
+        // libnftnl copies it before returning.
         unsafe {
             sys::nftnl_set_set_data(
-                self.raw(),
-                sys::NFTNL_SET_USERDATA as u16,
+                self.ptr.as_ptr(),
+                attr as u16,
                 data.as_ptr().cast(),
                 data.len() as u32,
             )
         };
+    }
+
+    fn set_u32(&self, attr: u32, v: u32) {
+        self.set(attr, &v.to_ne_bytes());
+    }
+
+    fn set_str(&self, attr: u32, text: &str) {
+        self.set(attr, nul_terminated(text).as_bytes_with_nul());
+    }
+
+    fn set_udata(&self, data: &[u8]) {
+        self.set(sys::NFTNL_SET_USERDATA, data);
     }
 
     /// A named verdict map `[addr .] inet_proto . inet_service : verdict`.
@@ -166,23 +167,10 @@ impl NfSet {
         let mut udata = vec![super::elems::ELEM_COMMENT, name.len() as u8 + 1];
         udata.extend(name);
         udata.push(0);
-        unsafe {
-            let el = Self::new_elem(&key);
-            let d = target_bytes(&e.target);
-            sys::nftnl_set_elem_set(
-                el,
-                sys::NFTNL_SET_ELEM_DATA as u16,
-                d.as_ptr().cast(),
-                d.len() as u32,
-            );
-            sys::nftnl_set_elem_set(
-                el,
-                sys::NFTNL_SET_ELEM_USERDATA as u16,
-                udata.as_ptr().cast(),
-                udata.len() as u32,
-            );
-            sys::nftnl_set_elem_add(self.raw(), el);
-        }
+        Elem::new(&key)
+            .set(sys::NFTNL_SET_ELEM_DATA, &target_bytes(&e.target))
+            .set(sys::NFTNL_SET_ELEM_USERDATA, &udata)
+            .add_to(self);
     }
 
     /// An anonymous constant map `slot : addr . port` for `numgen random mod N`.
@@ -246,81 +234,91 @@ impl NfSet {
 
     /// Add `target → counter NAME` to an object map.
     pub fn add_account(&self, target: &SocketAddr, counter: &str) {
-        let key = target_bytes(target);
-        let name = CString::new(counter).expect("counter names have no NUL");
-        unsafe {
-            let e = Self::new_elem(&key);
-            sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_OBJREF as u16, name.as_ptr());
-            sys::nftnl_set_elem_add(self.raw(), e);
-        }
-    }
-
-    /// A new element with `key`; the caller sets the rest and adds it to this set.
-    fn new_elem(key: &[u8]) -> *mut sys::nftnl_set_elem {
-        let Some(e) = NonNull::new(unsafe { sys::nftnl_set_elem_alloc() }) else {
-            std::process::abort();
-        };
-        let e = e.as_ptr();
-        unsafe {
-            sys::nftnl_set_elem_set(
-                e,
-                sys::NFTNL_SET_ELEM_KEY as u16,
-                key.as_ptr().cast(),
-                key.len() as u32,
+        Elem::new(&target_bytes(target))
+            .set(
+                sys::NFTNL_SET_ELEM_OBJREF,
+                nul_terminated(counter).as_bytes_with_nul(),
             )
-        };
-        e
+            .add_to(self);
     }
 
     /// Add an element carrying userdata.
     pub fn add_elem_with_udata(&self, key: &[u8], udata: &[u8]) {
-        unsafe {
-            let e = Self::new_elem(key);
-            if !udata.is_empty() {
-                sys::nftnl_set_elem_set(
-                    e,
-                    sys::NFTNL_SET_ELEM_USERDATA as u16,
-                    udata.as_ptr().cast(),
-                    udata.len() as u32,
-                );
-            }
-            sys::nftnl_set_elem_add(self.raw(), e);
-        }
+        let e = Elem::new(key);
+        let e = if udata.is_empty() {
+            e
+        } else {
+            e.set(sys::NFTNL_SET_ELEM_USERDATA, udata)
+        };
+        e.add_to(self);
     }
 
     /// Add an element: data bytes for a data map, or a chain to `goto` for a verdict map.
     pub fn add_elem(&self, key: &[u8], data: Option<&[u8]>, goto: Option<&str>) {
-        unsafe {
-            let e = Self::new_elem(key);
-            if let Some(d) = data {
-                sys::nftnl_set_elem_set(
-                    e,
-                    sys::NFTNL_SET_ELEM_DATA as u16,
-                    d.as_ptr().cast(),
-                    d.len() as u32,
-                );
-            }
-            if let Some(chain) = goto {
-                let c = CString::new(chain).expect("validated name");
-                sys::nftnl_set_elem_set_u32(
-                    e,
-                    sys::NFTNL_SET_ELEM_VERDICT as u16,
-                    VERDICT_GOTO as u32,
-                );
-                sys::nftnl_set_elem_set_str(e, sys::NFTNL_SET_ELEM_CHAIN as u16, c.as_ptr());
-            }
-            sys::nftnl_set_elem_add(self.raw(), e);
+        let mut e = Elem::new(key);
+        if let Some(d) = data {
+            e = e.set(sys::NFTNL_SET_ELEM_DATA, d);
         }
+        if let Some(chain) = goto {
+            e = e
+                .set(sys::NFTNL_SET_ELEM_VERDICT, &VERDICT_GOTO.to_ne_bytes())
+                .set(
+                    sys::NFTNL_SET_ELEM_CHAIN,
+                    nul_terminated(chain).as_bytes_with_nul(),
+                );
+        }
+        e.add_to(self);
     }
 
     pub fn as_ptr(&self) -> *mut sys::nftnl_set {
-        self.raw()
+        self.ptr.as_ptr()
+    }
+}
+
+/// Names reach here validated (no NUL); a NUL would be a bug in validation.
+fn nul_terminated(text: &str) -> CString {
+    CString::new(text).expect("validated names have no NUL")
+}
+
+/// One set element being built: owned here until `add_to` hands it to a set.
+struct Elem(NonNull<sys::nftnl_set_elem>);
+
+impl Elem {
+    fn new(key: &[u8]) -> Elem {
+        // SAFETY: allocation only; null (out of memory) is handled below.
+        let Some(e) = NonNull::new(unsafe { sys::nftnl_set_elem_alloc() }) else {
+            std::process::abort();
+        };
+        Elem(e).set(sys::NFTNL_SET_ELEM_KEY, key)
+    }
+
+    /// Set attribute `attr` to `data` (copied by libnftnl; its `set_u32`/`set_str` are this
+    /// call with the value's bytes).
+    fn set(self, attr: u32, data: &[u8]) -> Elem {
+        // SAFETY: `self.0` is a live element we own; `data` is readable for its length and
+        // libnftnl copies it before returning.
+        unsafe {
+            sys::nftnl_set_elem_set(
+                self.0.as_ptr(),
+                attr as u16,
+                data.as_ptr().cast(),
+                data.len() as u32,
+            )
+        };
+        self
+    }
+
+    fn add_to(self, set: &NfSet) {
+        // SAFETY: both are live; the set takes ownership of the element (it frees it with
+        // itself), and `self` is consumed so nothing here uses or frees it again.
+        unsafe { sys::nftnl_set_elem_add(set.ptr.as_ptr(), self.0.as_ptr()) };
     }
 }
 
 impl Drop for NfSet {
     fn drop(&mut self) {
-        unsafe { sys::nftnl_set_free(self.raw()) };
+        // SAFETY: we own the set (and so its elements); nothing uses it after drop.
+        unsafe { sys::nftnl_set_free(self.ptr.as_ptr()) };
     }
 }
 
@@ -332,6 +330,7 @@ pub(super) unsafe fn header(
     flags: i32,
     seq: u32,
 ) -> *mut libc::nlmsghdr {
+    // SAFETY: the caller passes the `buf` of `NlMsg::write`, which has room for a message.
     unsafe {
         sys::nftnl_nlmsg_build_hdr(
             buf.cast::<c_char>(),
@@ -345,8 +344,11 @@ pub(super) unsafe fn header(
 
 pub(super) struct NewSet<'a>(pub(super) &'a NfSet);
 
+// SAFETY: `write` stays within one message of nft_nlmsg_maxsize bytes (a set's header and
+// attributes are far below it), the room nftnl's batch guarantees.
 unsafe impl NlMsg for NewSet<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        // SAFETY: `buf` has room for one message (NlMsg's contract); the set is live.
         unsafe {
             let h = header(buf, libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE, seq);
             sys::nftnl_set_nlmsg_build_payload(h, self.0.as_ptr());
@@ -361,8 +363,12 @@ pub(super) struct Elems<'a> {
     pub(super) more: &'a Cell<bool>,
 }
 
+// SAFETY: libnftnl's `*_build_payload_iter` stops adding elements before the message would
+// pass nft_nlmsg_maxsize bytes, the room nftnl's batch guarantees.
 unsafe impl NlMsg for Elems<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
+        // SAFETY: `buf` has room for one message (NlMsg's contract); `iter` belongs to a
+        // live set and is destroyed only after its last message (`Transaction::elements`).
         unsafe {
             let h = match t {
                 MsgType::Add => header(
@@ -385,10 +391,14 @@ pub(super) struct CounterObj<'a> {
     pub(super) name: &'a str,
 }
 
+// SAFETY: a counter object's header and attributes are far below nft_nlmsg_maxsize bytes,
+// the room nftnl's batch guarantees.
 unsafe impl NlMsg for CounterObj<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
-        let table = CString::new(self.table).expect("validated name");
-        let name = CString::new(self.name).expect("counter names have no NUL");
+        let table = nul_terminated(self.table);
+        let name = nul_terminated(self.name);
+        // SAFETY: `buf` has room for one message (NlMsg's contract); the object is allocated,
+        // written out and freed here, and the strings outlive the calls that copy them.
         unsafe {
             let o = sys::nftnl_obj_alloc();
             sys::nftnl_obj_set_u32(o, sys::NFTNL_OBJ_FAMILY as u16, libc::NFPROTO_INET as u32);

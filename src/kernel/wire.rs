@@ -11,6 +11,7 @@ pub(super) unsafe fn attr_bytes(p: *const libc::c_void, len: u32) -> Vec<u8> {
     if p.is_null() {
         Vec::new()
     } else {
+        // SAFETY: the caller's promise above; the bytes are copied before it returns.
         unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) }.to_vec()
     }
 }

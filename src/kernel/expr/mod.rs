@@ -120,12 +120,23 @@ pub enum Expr {
     Other(String),
 }
 
-unsafe fn set_u32(e: *mut sys::nftnl_expr, attr: u32, v: u32) {
-    unsafe { sys::nftnl_expr_set_u32(e, attr as u16, v) }
+/// Set attribute `attr` of an expression being built (libnftnl's `set_u32` is this call with
+/// the value's four bytes).
+fn set_bytes(e: NonNull<sys::nftnl_expr>, attr: u32, data: &[u8]) {
+    // SAFETY: `e` is a live expression `build` allocated and still owns; `data` is readable
+    // for its length and libnftnl copies it before returning.
+    unsafe {
+        sys::nftnl_expr_set(
+            e.as_ptr(),
+            attr as u16,
+            data.as_ptr().cast(),
+            data.len() as u32,
+        )
+    };
 }
 
-unsafe fn set_bytes(e: *mut sys::nftnl_expr, attr: u32, data: &[u8]) {
-    unsafe { sys::nftnl_expr_set(e, attr as u16, data.as_ptr().cast(), data.len() as u32) };
+fn set_u32(e: NonNull<sys::nftnl_expr>, attr: u32, v: u32) {
+    set_bytes(e, attr, &v.to_ne_bytes());
 }
 
 impl Expr {
@@ -150,115 +161,110 @@ impl Expr {
 
     /// Allocate the libnftnl expression. The caller (a rule) takes ownership.
     pub fn build(&self) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: `kind` is a static NUL-terminated name; null (out of memory) is handled below.
         let raw = unsafe { sys::nftnl_expr_alloc(self.kind().as_ptr()) };
         let Some(ptr) = NonNull::new(raw) else {
             // Out of memory for a few bytes: nothing sensible is left to do (as nftnl does).
             std::process::abort();
         };
-        let e = ptr.as_ptr();
-        unsafe {
-            match self {
-                Expr::MetaLoad { key, dreg } => {
-                    set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
-                    set_u32(e, sys::NFTNL_EXPR_META_DREG, *dreg);
+        let e = ptr;
+        match self {
+            Expr::MetaLoad { key, dreg } => {
+                set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
+                set_u32(e, sys::NFTNL_EXPR_META_DREG, *dreg);
+            }
+            Expr::MetaSet { key, sreg } => {
+                set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
+                set_u32(e, sys::NFTNL_EXPR_META_SREG, *sreg);
+            }
+            Expr::Cmp { op, sreg, data } => {
+                set_u32(e, sys::NFTNL_EXPR_CMP_SREG, *sreg);
+                set_u32(e, sys::NFTNL_EXPR_CMP_OP, *op);
+                set_bytes(e, sys::NFTNL_EXPR_CMP_DATA, data);
+            }
+            Expr::Payload {
+                base,
+                offset,
+                len,
+                dreg,
+            } => {
+                set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG, *dreg);
+                set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE, *base);
+                set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
+                set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
+            }
+            Expr::Bitwise {
+                sreg,
+                dreg,
+                mask,
+                xor,
+            } => {
+                set_u32(e, sys::NFTNL_EXPR_BITWISE_SREG, *sreg);
+                set_u32(e, sys::NFTNL_EXPR_BITWISE_DREG, *dreg);
+                set_u32(e, sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32);
+                set_bytes(e, sys::NFTNL_EXPR_BITWISE_MASK, mask);
+                set_bytes(e, sys::NFTNL_EXPR_BITWISE_XOR, xor);
+            }
+            Expr::Fib {
+                flags,
+                result,
+                dreg,
+            } => {
+                set_u32(e, sys::NFTNL_EXPR_FIB_DREG, *dreg);
+                set_u32(e, sys::NFTNL_EXPR_FIB_RESULT, *result);
+                set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS, *flags);
+            }
+            Expr::CtLoad { key, dreg } => {
+                set_u32(e, sys::NFTNL_EXPR_CT_DREG, *dreg);
+                set_u32(e, sys::NFTNL_EXPR_CT_KEY, *key);
+            }
+            Expr::Lookup {
+                sreg,
+                dreg,
+                set,
+                set_id,
+            } => {
+                set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
+                if let Some(d) = dreg {
+                    set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG, *d);
                 }
-                Expr::MetaSet { key, sreg } => {
-                    set_u32(e, sys::NFTNL_EXPR_META_KEY, *key);
-                    set_u32(e, sys::NFTNL_EXPR_META_SREG, *sreg);
-                }
-                Expr::Cmp { op, sreg, data } => {
-                    set_u32(e, sys::NFTNL_EXPR_CMP_SREG, *sreg);
-                    set_u32(e, sys::NFTNL_EXPR_CMP_OP, *op);
-                    set_bytes(e, sys::NFTNL_EXPR_CMP_DATA, data);
-                }
-                Expr::Payload {
-                    base,
-                    offset,
-                    len,
-                    dreg,
-                } => {
-                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG, *dreg);
-                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_BASE, *base);
-                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
-                    set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
-                }
-                Expr::Bitwise {
-                    sreg,
-                    dreg,
-                    mask,
-                    xor,
-                } => {
-                    set_u32(e, sys::NFTNL_EXPR_BITWISE_SREG, *sreg);
-                    set_u32(e, sys::NFTNL_EXPR_BITWISE_DREG, *dreg);
-                    set_u32(e, sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32);
-                    set_bytes(e, sys::NFTNL_EXPR_BITWISE_MASK, mask);
-                    set_bytes(e, sys::NFTNL_EXPR_BITWISE_XOR, xor);
-                }
-                Expr::Fib {
-                    flags,
-                    result,
-                    dreg,
-                } => {
-                    set_u32(e, sys::NFTNL_EXPR_FIB_DREG, *dreg);
-                    set_u32(e, sys::NFTNL_EXPR_FIB_RESULT, *result);
-                    set_u32(e, sys::NFTNL_EXPR_FIB_FLAGS, *flags);
-                }
-                Expr::CtLoad { key, dreg } => {
-                    set_u32(e, sys::NFTNL_EXPR_CT_DREG, *dreg);
-                    set_u32(e, sys::NFTNL_EXPR_CT_KEY, *key);
-                }
-                Expr::Lookup {
-                    sreg,
-                    dreg,
-                    set,
-                    set_id,
-                } => {
-                    set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
-                    if let Some(d) = dreg {
-                        set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG, *d);
-                    }
-                    let name = CString::new(set.as_str()).expect("set names have no NUL");
-                    sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, name.as_ptr());
-                    set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
-                }
-                Expr::Objref { sreg, set, set_id } => {
-                    set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_SREG, *sreg);
-                    let name = CString::new(set.as_str()).expect("set names have no NUL");
-                    sys::nftnl_expr_set_str(
-                        e,
-                        sys::NFTNL_EXPR_OBJREF_SET_NAME as u16,
-                        name.as_ptr(),
-                    );
-                    set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_ID, *set_id);
-                }
-                Expr::Numgen { dreg, modulus } => {
-                    set_u32(e, sys::NFTNL_EXPR_NG_DREG, *dreg);
-                    set_u32(e, sys::NFTNL_EXPR_NG_MODULUS, *modulus);
-                    set_u32(e, sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM);
-                    set_u32(e, sys::NFTNL_EXPR_NG_OFFSET, 0);
-                }
-                Expr::Immediate { dreg, data } => {
-                    set_u32(e, sys::NFTNL_EXPR_IMM_DREG, *dreg);
-                    set_bytes(e, sys::NFTNL_EXPR_IMM_DATA, data);
-                }
-                Expr::Verdict { code } => {
-                    set_u32(e, sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT);
-                    set_u32(e, sys::NFTNL_EXPR_IMM_VERDICT, *code as u32);
-                }
-                Expr::Counter { .. } | Expr::Masq | Expr::Other(_) => {}
-                Expr::Nat {
-                    family,
-                    reg_addr,
-                    reg_proto,
-                    flags,
-                } => {
-                    set_u32(e, sys::NFTNL_EXPR_NAT_TYPE, NAT_DNAT);
-                    set_u32(e, sys::NFTNL_EXPR_NAT_FAMILY, *family);
-                    set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
-                    set_u32(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_proto);
-                    if let Some(f) = flags {
-                        set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS, *f);
-                    }
+                let name = CString::new(set.as_str()).expect("set names have no NUL");
+                set_bytes(e, sys::NFTNL_EXPR_LOOKUP_SET, name.as_bytes_with_nul());
+                set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
+            }
+            Expr::Objref { sreg, set, set_id } => {
+                set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_SREG, *sreg);
+                let name = CString::new(set.as_str()).expect("set names have no NUL");
+                set_bytes(e, sys::NFTNL_EXPR_OBJREF_SET_NAME, name.as_bytes_with_nul());
+                set_u32(e, sys::NFTNL_EXPR_OBJREF_SET_ID, *set_id);
+            }
+            Expr::Numgen { dreg, modulus } => {
+                set_u32(e, sys::NFTNL_EXPR_NG_DREG, *dreg);
+                set_u32(e, sys::NFTNL_EXPR_NG_MODULUS, *modulus);
+                set_u32(e, sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM);
+                set_u32(e, sys::NFTNL_EXPR_NG_OFFSET, 0);
+            }
+            Expr::Immediate { dreg, data } => {
+                set_u32(e, sys::NFTNL_EXPR_IMM_DREG, *dreg);
+                set_bytes(e, sys::NFTNL_EXPR_IMM_DATA, data);
+            }
+            Expr::Verdict { code } => {
+                set_u32(e, sys::NFTNL_EXPR_IMM_DREG, REG_VERDICT);
+                set_u32(e, sys::NFTNL_EXPR_IMM_VERDICT, *code as u32);
+            }
+            Expr::Counter { .. } | Expr::Masq | Expr::Other(_) => {}
+            Expr::Nat {
+                family,
+                reg_addr,
+                reg_proto,
+                flags,
+            } => {
+                set_u32(e, sys::NFTNL_EXPR_NAT_TYPE, NAT_DNAT);
+                set_u32(e, sys::NFTNL_EXPR_NAT_FAMILY, *family);
+                set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
+                set_u32(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_proto);
+                if let Some(f) = flags {
+                    set_u32(e, sys::NFTNL_EXPR_NAT_FLAGS, *f);
                 }
             }
         }
@@ -270,6 +276,8 @@ impl Expr {
     /// # Safety
     /// `e` must point to a valid expression of a parsed rule.
     pub unsafe fn parse(e: *const sys::nftnl_expr) -> Expr {
+        // SAFETY: the caller's promise above; every getter copies what it reads, and the
+        // name libnftnl returns is its static, NUL-terminated expression name.
         unsafe {
             let u32_of = |attr: u32| sys::nftnl_expr_get_u32(e, attr as u16);
             let is_set = |attr: u32| sys::nftnl_expr_is_set(e, attr as u16);
@@ -499,8 +507,12 @@ mod tests {
         ];
         for x in samples {
             let p = x.build();
-            let back = unsafe { Expr::parse(p.as_ptr()) };
-            unsafe { sys::nftnl_expr_free(p.as_ptr()) };
+            // SAFETY: `p` was just built and is owned here; parsed, then freed once.
+            let back = unsafe {
+                let back = Expr::parse(p.as_ptr());
+                sys::nftnl_expr_free(p.as_ptr());
+                back
+            };
             assert_eq!(back, x);
         }
     }

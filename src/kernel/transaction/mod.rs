@@ -17,8 +17,11 @@ pub use update::can_update;
 
 /// Clears NLM_F_ACK from a message nftnl writes with it (see `encode::header`).
 struct NoAck<'a, T: NlMsg>(&'a T);
+// SAFETY: writes what `T` writes (within its bound), then changes one flag in its header.
 unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
+        // SAFETY: `buf` has room for one message (NlMsg's contract), which `T` fills, header
+        // first; the header is aligned (nftnl's batch pages are, and messages are padded).
         unsafe {
             self.0.write(buf, seq, t);
             let h = buf.cast::<libc::nlmsghdr>();
@@ -29,8 +32,12 @@ unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
 
 /// DELRULE for a whole chain: no handle, so the kernel removes every rule in it.
 struct FlushChain<'a>(&'a CString, &'a CString);
+// SAFETY: a header and two names, far below nft_nlmsg_maxsize bytes, the room nftnl's batch
+// guarantees.
 unsafe impl NlMsg for FlushChain<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        // SAFETY: `buf` has room for one message (NlMsg's contract); the rule is allocated,
+        // written out and freed here; the names outlive the calls that copy them.
         unsafe {
             let r = sys::nftnl_rule_alloc();
             sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, libc::NFPROTO_INET as u32);
@@ -92,13 +99,18 @@ impl Transaction {
     /// The elements of `set`, added (after NEWSET when `create`) or deleted, in as many
     /// messages as they need.
     fn elements(&mut self, set: &NfSet, t: MsgType, what: &str) {
-        let iter = unsafe { sys::nftnl_set_elems_iter_create(set.as_ptr()) };
-        let more = Cell::new(!unsafe { sys::nftnl_set_elems_iter_cur(iter) }.is_null());
+        // SAFETY: `set` is live and unchanged until the iterator is destroyed below.
+        let (iter, any) = unsafe {
+            let iter = sys::nftnl_set_elems_iter_create(set.as_ptr());
+            (iter, !sys::nftnl_set_elems_iter_cur(iter).is_null())
+        };
+        let more = Cell::new(any);
         let verb = if t == MsgType::Add { "add" } else { "delete" };
         while more.get() {
             self.batch.add(&Elems { iter, more: &more }, t);
             self.objects.push(format!("{verb} elements of {what}"));
         }
+        // SAFETY: created above, used by no message after the loop, destroyed once.
         unsafe { sys::nftnl_set_elems_iter_destroy(iter) };
     }
 
