@@ -81,6 +81,21 @@ pub struct BackendArgs {
     pub iptables_cmd: Option<String>,
 }
 
+/// Which table, where, and where its generations are recorded: what flush, rollback and
+/// history act on.
+#[derive(Args, Debug, Clone)]
+pub struct TableArgs {
+    #[command(flatten)]
+    pub netns: NetnsArgs,
+    /// svcnat's table (settings.table of the map)
+    #[arg(long, default_value = DEFAULT_TABLE)]
+    pub table: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Format {
     /// nftables text for `nft -f` (replaces svcnat's table when loaded)
@@ -220,34 +235,22 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
     )]
     Flush {
         #[command(flatten)]
-        netns: NetnsArgs,
-        /// The table to remove (settings.table of the map)
-        #[arg(long, default_value = DEFAULT_TABLE)]
-        table: String,
-        #[command(flatten)]
-        state: StateArgs,
-        #[command(flatten)]
-        backend: BackendArgs,
+        at: TableArgs,
     },
     /// Re-install an earlier generation, in one transaction
     #[command(after_help = concat!(
-        "Without --to: the newest recorded generation older than the installed one; with nothing \
-installed (after flush), the newest recorded one. Generations store resolved addresses, so a \
+        "Without --to: the newest recorded generation that differs from what is installed now; \
+after `flush`, what the flush removed. The rollback is recorded as a new generation (reason \
+rollback), so a second rollback undoes the first. Generations store resolved addresses, so a \
 rollback installs exactly what was installed then.\n\n",
         "Exit codes: 0 rolled back, 1 kernel/namespace/state error, 2 no such generation.\n\nExamples:\n",
         "  svcnat rollback --netns proxy1\n  svcnat rollback --to 3"))]
     Rollback {
-        #[command(flatten)]
-        netns: NetnsArgs,
         /// The generation to re-install (see `svcnat history`)
         #[arg(long, value_name = "GEN")]
         to: Option<u64>,
-        #[arg(long, default_value = DEFAULT_TABLE)]
-        table: String,
         #[command(flatten)]
-        state: StateArgs,
-        #[command(flatten)]
-        backend: BackendArgs,
+        at: TableArgs,
     },
     /// List the recorded generations of a namespace (the last 10 applies)
     #[command(
@@ -255,16 +258,10 @@ rollback installs exactly what was installed then.\n\n",
     )]
     History {
         #[command(flatten)]
-        netns: NetnsArgs,
-        #[arg(long, default_value = DEFAULT_TABLE)]
-        table: String,
-        #[command(flatten)]
-        state: StateArgs,
+        at: TableArgs,
         /// Print JSON instead of a table
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        backend: BackendArgs,
     },
     /// Show what svcnat's table holds: services, targets and counters
     #[command(

@@ -2,7 +2,9 @@
 //! code; errors go back to main, which prints them and maps them to exit codes. Every
 //! change to the kernel goes through `ops` (`ops::sync` for installs).
 
-use crate::cli::{BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, plan};
+use crate::cli::{
+    BackendArgs, BackendName, Cli, Command, Format, NetnsArgs, StateArgs, TableArgs, plan,
+};
 use crate::error::{Error, Result};
 use crate::kernel::{self, Connection, netns::NetnsSpec};
 use crate::ops::{self, Desired, Session, SyncPath, Synced};
@@ -59,6 +61,27 @@ fn sysctl_note(enabled: &[&str], disabled: &[&str]) -> String {
         ));
     }
     out
+}
+
+/// What flush, rollback and history act on: the target, a session that enters the
+/// namespace when needed, and the table's name with its place for messages.
+struct AtTable {
+    target: ops::Target,
+    session: Session<Connection>,
+    table: String,
+    place: String,
+}
+
+fn at_table(at: TableArgs) -> Result<AtTable> {
+    let target = target(&at.state, &at.backend)?;
+    let netns = netns_spec(&at.netns)?;
+    let place = place(&target, netns.as_ref(), &at.table);
+    Ok(AtTable {
+        session: Session::new(Connection::nothing(netns)),
+        target,
+        table: at.table,
+        place,
+    })
 }
 
 fn netns_spec(args: &NetnsArgs) -> Result<Option<NetnsSpec>> {
@@ -340,16 +363,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Flush {
-            netns,
-            table,
-            state,
-            backend,
-        } => {
-            let t = target(&state, &backend)?;
-            let netns = netns_spec(&netns)?;
-            let mut session = Session::new(Connection::nothing(netns.clone()));
-            let place = place(&t, netns.as_ref(), &table);
+        Command::Flush { at } => {
+            let AtTable {
+                target: t,
+                mut session,
+                table,
+                place,
+            } = at_table(at)?;
             match ops::flush(&mut session, &t, &table)? {
                 Some(flushed) => {
                     let off = if flushed.disabled.is_empty() {
@@ -374,16 +394,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Rollback {
-            netns,
-            to,
-            table,
-            state,
-            backend,
-        } => {
-            let t = target(&state, &backend)?;
-            let netns = netns_spec(&netns)?;
-            let mut session = Session::new(Connection::nothing(netns.clone()));
+        Command::Rollback { to, at } => {
+            let AtTable {
+                target: t,
+                mut session,
+                table,
+                place,
+            } = at_table(at)?;
             let r = ops::rollback(&mut session, &t, &table, to)?;
             let from = r.from.map_or("nothing installed".to_owned(), |g| {
                 format!("generation {g}")
@@ -394,8 +411,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 (_, None) => "not recorded".to_owned(),
             };
             println!(
-                "svcnat: rolled back {} from {from} to generation {} ({}, {}, {} service(s)): {now}; {} {}{}",
-                place(&t, netns.as_ref(), &table),
+                "svcnat: rolled back {place} from {from} to generation {} ({}, {}, {} service(s)): {now}; {} {}{}",
                 r.to.number(),
                 r.to.head.reason.name(),
                 r.to.head.time,
@@ -409,16 +425,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::History {
-            netns,
-            table,
-            state,
-            json,
-            backend,
-        } => {
-            let t = target(&state, &backend)?;
-            let netns = netns_spec(&netns)?;
-            let mut session = Session::new(Connection::nothing(netns.clone()));
+        Command::History { at, json } => {
+            let AtTable {
+                target: t,
+                mut session,
+                table,
+                place,
+            } = at_table(at)?;
             let (entries, current, table_there) = ops::history(&mut session, &t, &table)?;
             if json {
                 let v = serde_json::json!({ "installed": current, "generations": entries });
@@ -428,10 +441,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 );
                 return Ok(0);
             }
-            println!(
-                "generations of {} (newest last; * installed):",
-                place(&t, netns.as_ref(), &table)
-            );
+            println!("generations of {place} (newest last; * installed):");
             println!(
                 "     gen  time                  reason           confirmed  changed  services  source"
             );

@@ -96,6 +96,13 @@ impl MapKind {
     pub fn from_dnat_name(name: &str) -> Option<MapKind> {
         MapKind::ALL.into_iter().find(|k| k.dnat_name() == name)
     }
+    /// The map a service's listen key goes in: by address (a virtual IP) or by port alone.
+    pub fn of(s: &Service) -> MapKind {
+        match s.listen.addr {
+            Some(_) => MapKind::Vip(s.family),
+            None => MapKind::Port(s.family),
+        }
+    }
     /// The family of the services the map holds (and so of their targets).
     pub fn family(self) -> Family {
         match self {
@@ -149,6 +156,17 @@ pub struct DnatElem {
     pub key: MapKey,
     pub target: SocketAddr,
     pub service: crate::short::Short,
+}
+
+impl DnatElem {
+    /// `key → s`'s one target, commented with its name (a direct service: `is_direct`).
+    pub fn of(key: MapKey, s: &Service) -> DnatElem {
+        DnatElem {
+            key,
+            target: s.targets[0].addr,
+            service: crate::short::Short::new(&s.name),
+        }
+    }
 }
 
 /// `map acct4 { type ipv4_addr . inet_service : counter }`: target → its named counter.
@@ -336,10 +354,6 @@ pub fn lower(plan: &Plan) -> Ruleset {
     // were copied about three times over, and counting them first was a pass of its own
     // over the plan. Room not written to is address space only, never touched; a map's
     // list keeps its room (the process, or the next apply of `svcnat run`, frees it).
-    let kind_of = |s: &Service| match s.listen.addr {
-        Some(_) => MapKind::Vip(s.family),
-        None => MapKind::Port(s.family),
-    };
     let index_of = |kind: MapKind| MapKind::ALL.iter().position(|k| *k == kind).expect("known");
     let (mut masquerades, mut localhost) = (false, false);
     let mut service_chains = Vec::new();
@@ -366,16 +380,12 @@ pub fn lower(plan: &Plan) -> Ruleset {
                 if dnat_maps[i].elements.capacity() == 0 {
                     dnat_maps[i].elements.reserve_exact(plan.services.len());
                 }
-                dnat_maps[i].elements.push(DnatElem {
-                    key,
-                    target: s.targets[0].addr,
-                    service: crate::short::Short::new(&s.name),
-                });
+                dnat_maps[i].elements.push(DnatElem::of(key, s));
             } else if let Some(chain) = &chain {
                 maps[i].elements.push((key, chain.clone()));
             }
         };
-        add(kind_of(s), key);
+        add(MapKind::of(s), key);
         if s.localhost {
             add(MapKind::Loopback, MapKey { addr: None, ..key });
         }

@@ -8,7 +8,7 @@
 //! `SVCNAT-` chains and the jumps to them is ever named in a restore input.
 
 use crate::error::{Error, Result};
-use crate::kernel::meta::TableMeta;
+use crate::kernel::meta::{Field, TableMeta};
 use crate::plan::{Family, Plan, Service, Target};
 use crate::render::iptables::{CHAIN_PREFIX, render};
 use crate::validate::{Listen, Proto};
@@ -175,18 +175,10 @@ pub fn parse_meta(o: &Owned) -> Option<TableMeta> {
     let rule = o.rules.iter().find(|r| r.contains(META_PREFIX))?;
     let text = rule.split_once(META_PREFIX)?.1.trim_end_matches('"');
     let mut meta = TableMeta::default();
-    for kv in text.split_whitespace() {
-        match kv.split_once('=') {
-            Some(("generation", g)) => meta.generation = g.parse().ok(),
-            Some(("digest", d)) if d != "-" => meta.digest = Some(d.to_owned()),
-            Some(("sysctls", s)) => {
-                meta.enabled_sysctls = s
-                    .split(',')
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
-            _ => {}
+    for (word, value) in text.split_whitespace().filter_map(|kv| kv.split_once('=')) {
+        // `-` stands for no digest (an empty value would not survive the comment's quoting).
+        if let (Some(field), false) = (Field::of_word(word), value == "-") {
+            meta.set(field, value);
         }
     }
     Some(meta)

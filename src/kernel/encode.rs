@@ -18,19 +18,12 @@ pub fn encode_rule(
     let mut known: Option<Family> = None;
     let mut need = |out: &mut Vec<Expr>, f: Family| {
         if known != Some(f) {
-            out.push(Expr::MetaLoad {
-                key: META_NFPROTO,
-                dreg: 1,
-            });
+            out.push(meta_load(META_NFPROTO));
             let p = match f {
                 Family::V4 => NFPROTO_IPV4,
                 Family::V6 => NFPROTO_IPV6,
             };
-            out.push(Expr::Cmp {
-                op: CMP_EQ,
-                sreg: 1,
-                data: vec![p],
-            });
+            out.push(cmp(CMP_EQ, vec![p]));
             known = Some(f);
         }
     };
@@ -48,11 +41,7 @@ pub fn encode_rule(
                             len: 1,
                             dreg: 1,
                         },
-                        Expr::Cmp {
-                            op,
-                            sreg: 1,
-                            data: vec![127],
-                        },
+                        cmp(op, vec![127]),
                     ],
                     Family::V6 => [
                         Expr::Payload {
@@ -61,11 +50,7 @@ pub fn encode_rule(
                             len: 16,
                             dreg: 1,
                         },
-                        Expr::Cmp {
-                            op,
-                            sreg: 1,
-                            data: std::net::Ipv6Addr::LOCALHOST.octets().to_vec(),
-                        },
+                        cmp(op, std::net::Ipv6Addr::LOCALHOST.octets().to_vec()),
                     ],
                 });
             }
@@ -77,11 +62,7 @@ pub fn encode_rule(
                     len: 1,
                     dreg: 1,
                 });
-                out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: vec![127],
-                });
+                out.push(cmp(CMP_EQ, vec![127]));
             }
             Stmt::FibDaddrLocal => {
                 out.push(Expr::Fib {
@@ -89,54 +70,23 @@ pub fn encode_rule(
                     result: FIB_RESULT_ADDRTYPE,
                     dreg: 1,
                 });
-                out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: RTN_LOCAL.to_ne_bytes().to_vec(),
-                });
+                out.push(cmp(CMP_EQ, RTN_LOCAL.to_ne_bytes().to_vec()));
             }
             Stmt::IifnameNotLo => {
                 let mut name = vec![0u8; 16];
                 name[..2].copy_from_slice(b"lo");
-                out.push(Expr::MetaLoad {
-                    key: META_IIFNAME,
-                    dreg: 1,
-                });
-                out.push(Expr::Cmp {
-                    op: CMP_NEQ,
-                    sreg: 1,
-                    data: name,
-                });
+                out.push(meta_load(META_IIFNAME));
+                out.push(cmp(CMP_NEQ, name));
             }
             Stmt::CtNotDnat | Stmt::CtDnat => {
                 // `ct status ! dnat` / `ct status dnat`: the DNAT bit, clear or set.
                 let op = if *s == Stmt::CtDnat { CMP_NEQ } else { CMP_EQ };
-                out.push(Expr::CtLoad {
-                    key: CT_STATUS,
-                    dreg: 1,
-                });
-                out.push(Expr::Bitwise {
-                    sreg: 1,
-                    dreg: 1,
-                    mask: CT_STATUS_DNAT.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                out.push(Expr::Cmp {
-                    op,
-                    sreg: 1,
-                    data: vec![0; 4],
-                });
+                let load = ct_load(CT_STATUS);
+                out.extend(masked_compare(load, CT_STATUS_DNAT, op, 0));
             }
             Stmt::CtDirection { reply } => {
-                out.push(Expr::CtLoad {
-                    key: CT_DIRECTION,
-                    dreg: 1,
-                });
-                out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: vec![u8::from(*reply)],
-                });
+                out.push(ct_load(CT_DIRECTION));
+                out.push(cmp(CMP_EQ, vec![u8::from(*reply)]));
             }
             Stmt::CountTarget { family, reply } => {
                 need(&mut out, *family);
@@ -162,15 +112,8 @@ pub fn encode_rule(
                 });
             }
             Stmt::L4proto(p) => {
-                out.push(Expr::MetaLoad {
-                    key: META_L4PROTO,
-                    dreg: 1,
-                });
-                out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: vec![p.number()],
-                });
+                out.push(meta_load(META_L4PROTO));
+                out.push(cmp(CMP_EQ, vec![p.number()]));
             }
             Stmt::Vmap(kind) => {
                 load_key(&mut out, &mut need, *kind);
@@ -212,21 +155,8 @@ pub fn encode_rule(
             }),
             Stmt::MarkSet(m) => out.extend(mark_set(*m)),
             Stmt::MarkTest(m) => {
-                out.push(Expr::MetaLoad {
-                    key: META_MARK,
-                    dreg: 1,
-                });
-                out.push(Expr::Bitwise {
-                    sreg: 1,
-                    dreg: 1,
-                    mask: m.to_ne_bytes().to_vec(),
-                    xor: vec![0; 4],
-                });
-                out.push(Expr::Cmp {
-                    op: CMP_EQ,
-                    sreg: 1,
-                    data: m.to_ne_bytes().to_vec(),
-                });
+                let load = meta_load(META_MARK);
+                out.extend(masked_compare(load, *m, CMP_EQ, *m));
             }
             Stmt::Masquerade => out.push(Expr::Masq),
             Stmt::Drop => out.push(Expr::Verdict { code: VERDICT_DROP }),
@@ -300,13 +230,44 @@ fn load_key(out: &mut Vec<Expr>, need: &mut dyn FnMut(&mut Vec<Expr>, Family), k
     });
 }
 
+/// Compare register 1 with `data` by `op`.
+fn cmp(op: u32, data: impl Into<Vec<u8>>) -> Expr {
+    Expr::Cmp {
+        op,
+        sreg: 1,
+        data: data.into(),
+    }
+}
+
+/// Load meta key `key` into register 1.
+fn meta_load(key: u32) -> Expr {
+    Expr::MetaLoad { key, dreg: 1 }
+}
+
+/// Load conntrack key `key` into register 1.
+fn ct_load(key: u32) -> Expr {
+    Expr::CtLoad { key, dreg: 1 }
+}
+
+/// `load` into register 1, keep the bits of `mask`, compare them with `value` by `op`:
+/// `meta mark & 0x10 == 0x10`, `ct status & dnat != 0`.
+fn masked_compare(load: Expr, mask: u32, op: u32, value: u32) -> [Expr; 3] {
+    [
+        load,
+        Expr::Bitwise {
+            sreg: 1,
+            dreg: 1,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        cmp(op, value.to_ne_bytes().to_vec()),
+    ]
+}
+
 /// `meta mark set meta mark | MARK`
 fn mark_set(m: u32) -> [Expr; 3] {
     [
-        Expr::MetaLoad {
-            key: META_MARK,
-            dreg: 1,
-        },
+        meta_load(META_MARK),
         Expr::Bitwise {
             sreg: 1,
             dreg: 1,

@@ -23,7 +23,52 @@ fn put(out: &mut Vec<u8>, ty: u8, value: &str) {
     out.extend_from_slice(v);
 }
 
+/// One field of the record; the iptables backend keeps the same fields as `word=value` in a
+/// rule comment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Generation,
+    Digest,
+    EnabledSysctls,
+}
+
+impl Field {
+    fn of_type(ty: u8) -> Option<Field> {
+        match ty {
+            GENERATION => Some(Field::Generation),
+            DIGEST => Some(Field::Digest),
+            ENABLED_SYSCTLS => Some(Field::EnabledSysctls),
+            _ => None,
+        }
+    }
+
+    /// The field's name in the iptables backend's comment.
+    pub fn of_word(word: &str) -> Option<Field> {
+        match word {
+            "generation" => Some(Field::Generation),
+            "digest" => Some(Field::Digest),
+            "sysctls" => Some(Field::EnabledSysctls),
+            _ => None,
+        }
+    }
+}
+
 impl TableMeta {
+    /// Set `field` from its text; an unreadable generation number reads as none.
+    pub fn set(&mut self, field: Field, value: &str) {
+        match field {
+            Field::Generation => self.generation = value.parse().ok(),
+            Field::Digest => self.digest = Some(value.to_owned()),
+            Field::EnabledSysctls => {
+                self.enabled_sysctls = value
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         if let Some(g) = self.generation {
@@ -46,18 +91,8 @@ impl TableMeta {
             let Some(value) = udata.get(i + 2..i + 2 + len) else {
                 break;
             };
-            let value = String::from_utf8_lossy(value).into_owned();
-            match ty {
-                GENERATION => meta.generation = value.parse().ok(),
-                DIGEST => meta.digest = Some(value),
-                ENABLED_SYSCTLS => {
-                    meta.enabled_sysctls = value
-                        .split(',')
-                        .filter(|k| !k.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                }
-                _ => {}
+            if let Some(field) = Field::of_type(ty) {
+                meta.set(field, &String::from_utf8_lossy(value));
             }
             i += 2 + len;
         }

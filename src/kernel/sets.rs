@@ -137,10 +137,7 @@ impl NfSet {
     pub fn dnat_map(table: &str, kind: MapKind, size: u32) -> NfSet {
         let s = NfSet::new(table, kind.dnat_name(), dnat_map_id(kind));
         let (key_type, key_addr_len) = Self::key_type(kind);
-        let (addr_type, addr_len) = match kind.family() {
-            Family::V4 => (TYPE_IPV4, 4),
-            Family::V6 => (TYPE_IPV6, 16),
-        };
+        let (addr_type, addr_len) = addr_type(kind.family());
         s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
         s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
         s.set_u32(sys::NFTNL_SET_KEY_LEN, key_addr_len + 8);
@@ -176,8 +173,7 @@ impl NfSet {
     /// An anonymous constant map `slot : addr . port` for `numgen random mod N`.
     pub fn slot_map(table: &str, id: u32, slots: &[SocketAddr]) -> NfSet {
         let s = NfSet::new(table, "__map%d", id);
-        let v4 = slots[0].is_ipv4();
-        let (addr_type, addr_len) = if v4 { (TYPE_IPV4, 4) } else { (TYPE_IPV6, 16) };
+        let (addr_type, addr_len) = addr_type(Family::of(&slots[0].ip()));
         s.set_u32(
             sys::NFTNL_SET_FLAGS,
             (libc::NFT_SET_ANONYMOUS | libc::NFT_SET_CONSTANT | libc::NFT_SET_MAP) as u32,
@@ -217,10 +213,7 @@ impl NfSet {
             crate::ruleset::account_map_name(family),
             account_map_id(family),
         );
-        let (addr_type, addr_len) = match family {
-            Family::V4 => (TYPE_IPV4, 4),
-            Family::V6 => (TYPE_IPV6, 16),
-        };
+        let (addr_type, addr_len) = addr_type(family);
         s.set_u32(sys::NFTNL_SET_FLAGS, NFT_SET_OBJECT);
         s.set_u32(
             sys::NFTNL_SET_KEY_TYPE,
@@ -272,6 +265,14 @@ impl NfSet {
 
     pub fn as_ptr(&self) -> *mut sys::nftnl_set {
         self.ptr.as_ptr()
+    }
+}
+
+/// nft's datatype of an address of `family`, and its length in bytes.
+fn addr_type(family: Family) -> (u32, u32) {
+    match family {
+        Family::V4 => (TYPE_IPV4, 4),
+        Family::V6 => (TYPE_IPV6, 16),
     }
 }
 

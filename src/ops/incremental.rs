@@ -327,12 +327,7 @@ impl Change {
             .zip(&records)
             .map(|(s, r)| {
                 let key = r.key().expect("a checked protocol");
-                let elem = DnatElem {
-                    key,
-                    target: s.targets[0].addr,
-                    service: crate::short::Short::new(&s.name),
-                };
-                (r.map_kind(), elem)
+                (r.map_kind(), DnatElem::of(key, s))
             })
             .collect();
         Ok(Change {

@@ -300,6 +300,16 @@ fn next_number(dir: &StateDir, installed: Option<u64>) -> Result<u64> {
     Ok(newest.max(installed).unwrap_or(0) + 1)
 }
 
+/// What the table records about generation `number`: its digest and the sysctls svcnat
+/// switched on (so that flush switches off only those).
+fn table_meta(number: u64, d: &Desired, changes: &sysctl::Changes) -> TableMeta {
+    TableMeta {
+        generation: Some(number),
+        digest: Some(d.digest.clone()),
+        enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+    }
+}
+
 fn header(
     number: u64,
     reason: Reason,
@@ -357,11 +367,7 @@ fn full(
             return Ok(synced);
         }
         let number = next_number(dir, installed_gen)?;
-        let meta = TableMeta {
-            generation: Some(number),
-            digest: Some(desired.digest.clone()),
-            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
-        };
+        let meta = table_meta(number, &desired, &changes);
         let head = header(
             number,
             reason,
@@ -398,14 +404,7 @@ fn full(
                 ..
             }) if g == genid && table == plan.table => {
                 synced.read_back = false;
-                Some(Installed {
-                    ruleset,
-                    counters: Default::default(),
-                    unrecognized: Vec::new(),
-                    objects: Default::default(),
-                    meta,
-                    bookkeeping: true,
-                })
+                Some(Installed::known(ruleset, meta))
             }
             _ => k.read_table(&plan.table)?,
         };
@@ -432,11 +431,7 @@ fn full(
             return Ok(synced);
         }
         let number = next_number(dir, installed_gen)?;
-        let meta = TableMeta {
-            generation: Some(number),
-            digest: Some(desired.digest.clone()),
-            enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
-        };
+        let meta = table_meta(number, &desired, &changes);
         let changed = report.services.len();
         let head = header(number, reason, confirmed, changed, &desired, backend);
         // Written and synced before the commit, put in place after it: a refused commit

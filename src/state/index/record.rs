@@ -64,17 +64,13 @@ impl Record {
             }
             None => {}
         }
-        let kind = match s.listen.addr {
-            Some(_) => MapKind::Vip(s.family),
-            None => MapKind::Port(s.family),
-        };
         Record {
             section,
             name: hash(s.name.as_bytes()),
             addr,
             port: s.listen.port,
             proto: s.proto.number(),
-            kind: kind_index(kind),
+            kind: kind_index(MapKind::of(s)),
             flags,
             len: len as u32,
         }
