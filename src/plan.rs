@@ -36,8 +36,8 @@ pub struct Target {
     pub weight: u32,
 }
 
-/// A service's targets: most services have one, held inline (a separate allocation for
-/// each of 50,000 services cost ~2 ms of malloc, free and page faults per apply).
+/// A service's targets: most services have one, held inline (not an allocation of its own
+/// per service).
 pub type Targets = smallvec::SmallVec<[Target; 1]>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,8 +67,8 @@ fn addr_str<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Erro
 }
 
 /// `ADDR:PORT` (`*:PORT` without an address) written by hand into a stack buffer, as
-/// `Display` writes it: a 50,000-service generation formats 100,000 of them, and core::fmt
-/// was a third of writing its 8 MB of JSON (on the core the kernel's commit needs).
+/// `Display` writes it: a generation formats two per service, and core::fmt was a large
+/// share of writing the record's JSON.
 struct AddrText {
     buf: [u8; 64],
     len: usize,

@@ -69,15 +69,15 @@ impl Source {
     }
 }
 
-/// Services parsed per toml call: enough that the per-call cost fades (one call per
-/// service is ~10% slower), few enough that the document tree stays near 200 kB.
+/// Services parsed per toml call: enough that the per-call cost fades, few enough that
+/// the document tree stays small.
 const SECTION_SERVICES: usize = 64;
 
 /// Parse the map's text. A syntax or shape error is located and explained.
 ///
 /// The text is parsed a section at a time, each starting at a `[[service]]` header: toml
-/// builds a document tree before deserializing, about 3.4 kB per service, so a
-/// 50,000-service map as one document would peak near 170 MB. TOML's meaning is unchanged:
+/// builds a document tree before deserializing, a few kB per service, so a large map as
+/// one document would peak at many times its own size. TOML's meaning is unchanged:
 /// a top-level `[[service]]` header only ever appends to the `service` array.
 pub fn parse(src: &Source) -> Result<RawMap, MapError> {
     let mut services = Vec::new();

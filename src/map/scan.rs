@@ -1,7 +1,7 @@
 //! Stage 1's shortcut: the plain `[[service]]` sections most maps are made of, read
-//! without building a TOML document. The `toml` crate spends about half of a large map's
-//! check building and walking a document tree (~3 kB per service); these sections are a
-//! few `key = "string"` lines.
+//! without building a TOML document. The `toml` crate spends much of a large map's check
+//! building and walking a document tree (a few kB per service); these sections are a few
+//! `key = "string"` lines.
 //!
 //! Only a strict subset is taken: each line a header `[[service]]`, blank, a comment, or
 //! one of the service's known keys with a one-line basic string (no escapes), an unsigned

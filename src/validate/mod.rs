@@ -29,8 +29,8 @@ pub struct TargetSpec {
     pub field: TargetAt,
 }
 
-/// `service[N]`: a service's place in the map, formatted only for an error message (a
-/// string per service and target costs ~5 ms at 50,000 services).
+/// `service[N]`: a service's place in the map, formatted only for an error message (not a
+/// string per service and target, for maps without mistakes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceAt(pub usize);
 
@@ -130,8 +130,8 @@ fn check_in_one_pass(source: &Source) -> Result<Checked, Vec<MapError>> {
     checker.finish(settings)
 }
 
-/// Duplicate indexes sized for a section of ~80 bytes each: growing them as services come
-/// was a twentieth of a 50,000-service check.
+/// Duplicate indexes sized up front for a section of ~80 bytes each, instead of grown (and
+/// rehashed) as services come.
 fn capacity(text_len: usize) -> usize {
     (text_len / 80).min(1 << 22)
 }
@@ -157,8 +157,8 @@ struct Checker<'s> {
 
 /// How a checker finds a name or a listen key used twice.
 enum Duplicates {
-    /// As each service comes, by hash → index into `services` (a few bytes per service;
-    /// maps of cloned names cost ~8 MB at 50,000 services). A hash shared by two different
+    /// As each service comes, by hash → index into `services` (a few bytes per service,
+    /// where maps of cloned names would hold every name twice). A hash shared by two different
     /// keys is checked against the service itself, and falls back to a scan.
     Indexed {
         names: HashMap<u64, u32, Prehashed>,

@@ -13,14 +13,13 @@ use toml::Spanned;
 const PARTS_FROM: usize = 1 << 20;
 
 /// Parts of a map, taken in turn by whichever thread is free. With two fixed halves, one
-/// thread waited for the other: a new thread waits 0.1-3 ms for the second core on this
-/// VM, and either may be held up meanwhile. With 16 parts (~3,000 services each at
-/// 50,000) the one left waiting waits for one part at most.
+/// thread waited for the other (a new thread may wait for a core, and either may be held
+/// up meanwhile); with 16 parts the one left waiting waits for one part at most.
 const PARTS: usize = 16;
 
 /// A large map checked in `PARTS` parts, split at `[[service]]` headers, by two threads;
-/// then the sorted hashes of each thread's names and listen keys merged (~0.1 ms at 50,000
-/// services, where one pass takes ~30). Only for a map without mistakes: at the first sign
+/// then the sorted hashes of each thread's names and listen keys merged (a small fraction
+/// of one pass over the map). Only for a map without mistakes: at the first sign
 /// of one — any error in a part, settings in two, a name or listen key hash seen twice —
 /// None, and the caller checks the whole map in one pass, which reports every error in
 /// file order with the same words.

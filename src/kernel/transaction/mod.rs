@@ -63,8 +63,8 @@ fn cstring(s: &str) -> CString {
     CString::new(s).expect("validated names have no NUL")
 }
 
-/// Elements per group of messages: libnftnl's objects for more at once would hold ~300
-/// bytes each until serialised (15 MB for 50,000).
+/// Elements per group of messages: libnftnl holds each element as an object of a few hundred
+/// bytes until it is serialised, so a whole large map at once would hold it all twice.
 const CHUNK: usize = 2048;
 
 /// A batch and, for each message in it, what it does.
@@ -143,8 +143,7 @@ impl Transaction {
         }
     }
 
-    /// `items` into a set's elements, `CHUNK` at a time: libnftnl holds ~300 bytes per
-    /// element until it is serialised, 15 MB for 50,000 at once.
+    /// `items` into a set's elements, `CHUNK` at a time (see `CHUNK`).
     fn elements_chunked<T>(
         &mut self,
         items: &[T],

@@ -4,7 +4,7 @@
 use super::Index;
 use crate::map::sections::{GROUP, hash};
 
-/// A map this large (1 MB, ~12,000 services) is compared from both ends at once.
+/// A map this large (1 MB, some 12,000 services) is compared from both ends at once.
 const PARALLEL_FROM: usize = 1 << 20;
 
 /// The sections `at..at + removed` of the indexed map are now the text `region`.

@@ -1,8 +1,8 @@
 //! The index of the last apply: for each `[[service]]` section of the map (`sections`), a
 //! hash of its text and what its service put in the kernel. With it the next apply of the
-//! same map with a few sections changed parses and sends only those (`quick`): at 50,000
-//! services a full parse is ~55 ms and reading the table back ~60, while finding the
-//! changed sections here is ~0.5 ms.
+//! same map with a few sections changed parses and sends only those (`ops::incremental`):
+//! finding the changed sections is far cheaper than parsing the whole map and reading the
+//! table back (figures: results/bench.md).
 //!
 //! The file (`index` in the namespace's state directory) is a cache: it is written without
 //! fsync, carries a checksum, and is trusted only while the kernel's ruleset generation id
@@ -38,7 +38,7 @@ impl Records {
     }
 
     /// Whether a record outside `skip` has the name or the listen key of one of `new`: a
-    /// tight walk over the bytes (~3 ns a record), as this is every service of the map.
+    /// tight walk over the bytes, as this is every service of the map.
     pub fn clash(&self, skip: std::ops::Range<usize>, new: &[Record]) -> bool {
         const LISTEN: std::ops::Range<usize> = 16..35; // addr, port, proto
         const FAMILY: u8 = flag::ADDR | flag::V6;
@@ -199,7 +199,7 @@ impl<'b> Reader<'b> {
 
 /// The checksum at the end of the file: of its header, of its records by the hash of each
 /// run of `GROUP` of them (`record_sums`), and of its groups. A splice in place hashes
-/// again only the runs it changes (~2.8 kB each) instead of all 2 MB of records.
+/// again only the runs it changes instead of all the records.
 fn checksum(header: &[u8], sums: &[u64], groups_raw: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = twox_hash::XxHash3_64::new();

@@ -23,7 +23,7 @@ pub enum Written {
 impl Index {
     /// This index with records `at..at + removed` replaced by `new`, under `head`, written
     /// to `dir` without building it in memory: in place when the layout stays the same (a
-    /// few hundred bytes instead of 2 MB at 50,000 services; a crash half-way leaves a file
+    /// few hundred bytes instead of the whole index; a crash half-way leaves a file
     /// whose checksum fails, so a full apply), else as a new file. `text` is the map now,
     /// in which record `at` starts at byte `start`: the groups around the change are hashed
     /// from it again (all that follow it, when the number of records changed). Written in
@@ -314,9 +314,8 @@ fn write_parts(dir: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
 
 /// Write `bytes` at `at` in pieces of at most 64 KiB. The page cache takes a write's length
 /// as the folio size to use (up to 2 MB), and ext4 walks every block of a folio on each
-/// write into it: a splice's few small writes into an index written whole took ~6 µs
-/// each, against ~1.2 µs in a 64 KiB folio. Once written back, a folio goes to disk whole,
-/// too.
+/// write into it, so a splice's small writes into an index written in one piece would each
+/// pay for the whole folio. Once written back, a folio goes to disk whole, too.
 fn write_in_pieces(f: &std::fs::File, bytes: &[u8], at: usize) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     const PIECE: usize = 64 * 1024;
