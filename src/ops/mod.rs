@@ -580,6 +580,12 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
         let generation = match dir.numbers()?.last() {
             Some(_) => {
                 let number = next_number(&dir, installed)?;
+                // Services changed = the services the flush removed, as recorded for the
+                // generation it removed (0 when that record is gone).
+                let removed = match installed {
+                    Some(n) => dir.generation(n)?.map_or(0, |g| g.plan.services.len()),
+                    None => 0,
+                };
                 let empty = Desired {
                     plan: Plan {
                         table: table.to_owned(),
@@ -590,7 +596,7 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
                     source: "flush".into(),
                     sections: None,
                 };
-                let head = header(number, Reason::Flush, true, 0, &empty, &t.backend);
+                let head = header(number, Reason::Flush, true, removed, &empty, &t.backend);
                 dir.record(&Generation {
                     head,
                     plan: &empty.plan,

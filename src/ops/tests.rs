@@ -55,6 +55,12 @@ impl Lab {
         entries.iter().map(|e| (e.number, e.reason)).collect()
     }
 
+    /// Services changed, per generation, as `history` shows them.
+    fn changed(&mut self) -> Vec<usize> {
+        let (entries, _, _) = history(&mut self.session, &self.target, "svcnat").unwrap();
+        entries.iter().map(|e| e.changed).collect()
+    }
+
     fn rules(&self) -> Option<crate::ruleset::Ruleset> {
         self.kernel().ruleset("svcnat").cloned()
     }
@@ -159,6 +165,8 @@ fn rollback_after_flush_brings_back_what_the_flush_removed() {
         .unwrap();
     assert_eq!(flushed.generation, Some(4));
     assert_eq!(lab.rules(), None);
+    // A's two services added, B's third, the rollback took it away, the flush removed two.
+    assert_eq!(lab.changed(), [2, 1, 1, 2]);
 
     let r = rollback(&mut lab.session, &lab.target, "svcnat", None).unwrap();
     assert_eq!((r.from, r.to.number()), (None, 3), "what the flush removed");
