@@ -126,6 +126,16 @@ fn report(
         for o in &done.objects {
             eprintln!("  {o}");
         }
+        let read = done
+            .timings
+            .read_ms
+            .map_or("not read back".to_owned(), |ms| {
+                format!("read back in {ms:.2} ms")
+            });
+        eprintln!(
+            "svcnat: kernel: table {read}, commit {:.2} ms",
+            done.timings.commit_ms
+        );
     }
     let generation = done
         .generation

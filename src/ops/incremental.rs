@@ -140,7 +140,10 @@ pub(super) fn apply(
         new: &change.new,
         sizes: &size,
     };
-    let objects = match k.commit(elements, genid) {
+    let started = std::time::Instant::now();
+    let committed = k.commit(elements, genid);
+    let commit_ms = started.elapsed().as_secs_f64() * 1e3;
+    let objects = match committed {
         Ok(objects) => objects,
         // Refused, so nothing changed: the full path retries, or reports why.
         Err(_) => return Ok(Err(FullReason::Refused)),
@@ -212,6 +215,10 @@ pub(super) fn apply(
             specs: change.specs,
             digest,
         }),
+        timings: super::Timings {
+            read_ms: None,
+            commit_ms,
+        },
         ..Synced::new(SyncPath::Incremental, services, head.table)
     };
     Ok(Ok((synced, last)))

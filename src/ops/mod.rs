@@ -113,6 +113,7 @@ impl Synced {
             read_back: false,
             desired: None,
             splice: None,
+            timings: Timings::default(),
         }
     }
 
@@ -202,6 +203,26 @@ pub struct Synced {
     pub desired: Option<Desired>,
     /// The incremental path's change, for a caller that keeps the whole plan.
     pub splice: Option<incremental::Spliced>,
+    /// How long reading the table back (when it was) and the kernel's commit took, for
+    /// `-v` and the benchmark.
+    pub timings: Timings,
+}
+
+/// Milliseconds spent waiting on the kernel in one sync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    /// Reading svcnat's table back (None: not read, known from the last commit or index).
+    pub read_ms: Option<f64>,
+    /// From sending the batch to the kernel's last answer.
+    pub commit_ms: f64,
+}
+
+/// Run `f`, adding its milliseconds to `total`.
+fn timed<T>(total: &mut f64, f: impl FnOnce() -> T) -> T {
+    let started = std::time::Instant::now();
+    let out = f();
+    *total += started.elapsed().as_secs_f64() * 1e3;
+    out
 }
 
 pub use incremental::Spliced;
@@ -406,7 +427,10 @@ fn full(
                 synced.read_back = false;
                 Some(Installed::known(ruleset, meta))
             }
-            _ => k.read_table(&plan.table)?,
+            _ => {
+                let read_ms = synced.timings.read_ms.get_or_insert(0.0);
+                timed(read_ms, || k.read_table(&plan.table))?
+            }
         };
         let owned = before
             .as_ref()
@@ -449,7 +473,8 @@ fn full(
                 meta: &meta,
             },
         };
-        let objects = match k.commit(change, genid) {
+        let committed = timed(&mut synced.timings.commit_ms, || k.commit(change, genid));
+        let objects = match committed {
             Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => {
                 retries += 1;
                 continue;
