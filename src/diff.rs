@@ -82,6 +82,55 @@ fn field_changes(want: &Service, have: &Service) -> Vec<FieldChange> {
     out
 }
 
+/// What `compare` counts, without a line per service (a first apply of a large map adds
+/// every service, and formatting each was a large share of the apply).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Services added, removed or changed.
+    pub changed: usize,
+    /// No service changes and no drift.
+    pub in_sync: bool,
+}
+
+/// The nft backend: `compare`'s tally.
+pub fn tally(desired: &Plan, installed: Option<&Installed>) -> Tally {
+    tally_lifted(desired, installed.map(|i| (lift(&i.ruleset), drift(i))))
+}
+
+/// `compare_lifted`'s tally: a service is unchanged when everything `compare` reports of
+/// it (listen, protocol, targets, masquerade, localhost) is equal.
+pub fn tally_lifted(desired: &Plan, installed: Option<(Plan, Vec<String>)>) -> Tally {
+    let (have, drift) = installed.unwrap_or_default();
+    let have_by_name: HashMap<&str, &Service> =
+        have.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut kept = 0;
+    let mut changed = 0;
+    for want in &desired.services {
+        match have_by_name.get(want.name.as_str()) {
+            Some(h) if same(want, h) => kept += 1,
+            Some(_) => {
+                kept += 1;
+                changed += 1
+            }
+            None => changed += 1,
+        }
+    }
+    // Every installed service not kept is removed.
+    changed += have.services.len() - kept;
+    Tally {
+        changed,
+        in_sync: changed == 0 && drift.is_empty(),
+    }
+}
+
+fn same(want: &Service, have: &Service) -> bool {
+    want.listen == have.listen
+        && want.proto == have.proto
+        && want.targets == have.targets
+        && want.masquerade == have.masquerade
+        && want.localhost == have.localhost
+}
+
 /// The nft backend: compare with a dump of svcnat's table.
 pub fn compare(desired: &Plan, installed: Option<&Installed>) -> Report {
     let lifted = installed.map(|i| (lift(&i.ruleset), drift(i)));
@@ -174,4 +223,63 @@ pub fn human(r: &Report, place: &str) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{Source, parse};
+    use crate::resolve::Resolver;
+    use crate::validate::validate;
+
+    fn plan(text: &str) -> Plan {
+        let src = Source::new("m.toml", text);
+        let raw = parse(&src).unwrap();
+        let checked = validate(src, raw).unwrap();
+        Resolver::new(Default::default()).resolve(&checked).unwrap()
+    }
+
+    /// The tally counts what `compare` lists, for adds, removals, each field's change and
+    /// drift.
+    #[test]
+    fn tally_counts_what_compare_lists() {
+        let svc = |name: &str, rest: &str| format!("[[service]]\nname = \"{name}\"\n{rest}\n");
+        let base = [
+            svc("a", "listen = 80\ntargets = [\"10.0.0.1:80\"]"),
+            svc(
+                "b",
+                "listen = \"10.9.0.1:81\"\ntargets = [\"10.0.0.1:80\", \"10.0.0.2:80\"]",
+            ),
+            svc(
+                "c",
+                "listen = 82\nprotocol = \"udp\"\ntargets = [\"10.0.0.1:53\"]",
+            ),
+        ];
+        let have = plan(&base.concat());
+        let variants = [
+            base.concat(),
+            base[..2].concat(),
+            base.concat() + &svc("d", "listen = 83\ntargets = [\"10.0.0.4:80\"]"),
+            base.concat().replace("10.0.0.2:80", "10.0.0.3:80"),
+            base.concat().replace("listen = 80", "listen = 90"),
+            base.concat().replace("\"udp\"", "\"tcp\""),
+            base.concat()
+                .replace("name = \"a\"\n", "name = \"a\"\nmasquerade = false\n"),
+            base.concat()
+                .replace("name = \"c\"\n", "name = \"c\"\nlocalhost = true\n"),
+            base.concat().replace("name = \"b\"", "name = \"e\""),
+        ];
+        for (i, text) in variants.iter().enumerate() {
+            let want = plan(text);
+            for drift in [vec![], vec!["+ rule".to_owned()]] {
+                let report = compare_lifted(&want, Some((have.clone(), drift.clone())));
+                let tally = tally_lifted(&want, Some((have.clone(), drift)));
+                assert_eq!(tally.changed, report.services.len(), "variant {i}");
+                assert_eq!(tally.in_sync, report.in_sync, "variant {i}");
+            }
+            let none = tally_lifted(&want, None);
+            assert_eq!(none.changed, want.services.len());
+            assert_eq!(none.in_sync, compare_lifted(&want, None).in_sync);
+        }
+    }
 }

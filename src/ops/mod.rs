@@ -379,9 +379,9 @@ fn full(
             .map(|v| v.meta.enabled_sysctls.clone())
             .unwrap_or_default();
         let installed_gen = view.as_ref().and_then(|v| v.meta.generation);
-        let report = diff::compare_lifted(plan, view.map(|v| (v.plan, v.drift)));
+        let tally = diff::tally_lifted(plan, view.map(|v| (v.plan, v.drift)));
         let changes = sysctl::prepare(k, &needed, &owned)?;
-        if let Some(g) = unchanged(dir, &report, &changes, installed_gen) {
+        if let Some(g) = unchanged(dir, tally, &changes, installed_gen) {
             synced.path = SyncPath::Unchanged;
             synced.generation = Some(g);
             synced.desired = Some(desired);
@@ -389,14 +389,7 @@ fn full(
         }
         let number = next_number(dir, installed_gen)?;
         let meta = table_meta(number, &desired, &changes);
-        let head = header(
-            number,
-            reason,
-            confirmed,
-            report.services.len(),
-            &desired,
-            backend,
-        );
+        let head = header(number, reason, confirmed, tally.changed, &desired, backend);
         let record = dir.prepare(&Generation { head, plan })?;
         synced.messages = xtables::apply(tool, plan, &meta)?;
         synced.replaced = true;
@@ -405,7 +398,7 @@ fn full(
         dir.prune()?;
         Index::remove(&dir.path);
         synced.generation = Some(number);
-        synced.changed = report.services.len();
+        synced.changed = tally.changed;
         synced.desired = Some(desired);
         return Ok(synced);
     }
@@ -437,9 +430,9 @@ fn full(
             .map(|b| &b.meta.enabled_sysctls[..])
             .unwrap_or(&[]);
         let changes = sysctl::prepare(k, &needed, owned)?;
-        let report = diff::compare(plan, before.as_ref());
+        let tally = diff::tally(plan, before.as_ref());
         let installed_gen = before.as_ref().and_then(|b| b.meta.generation);
-        if let Some(g) = unchanged(dir, &report, &changes, installed_gen) {
+        if let Some(g) = unchanged(dir, tally, &changes, installed_gen) {
             synced.path = SyncPath::Unchanged;
             synced.generation = Some(g);
             if let Some(b) = before {
@@ -456,7 +449,7 @@ fn full(
         }
         let number = next_number(dir, installed_gen)?;
         let meta = table_meta(number, &desired, &changes);
-        let changed = report.services.len();
+        let changed = tally.changed;
         let head = header(number, reason, confirmed, changed, &desired, backend);
         // Written and synced before the commit, put in place after it: a refused commit
         // leaves no record, an accepted one is recorded before the command says so.
@@ -507,13 +500,13 @@ fn full(
 /// nothing recorded.
 fn unchanged(
     dir: &StateDir,
-    report: &diff::Report,
+    tally: diff::Tally,
     changes: &sysctl::Changes,
     installed: Option<u64>,
 ) -> Option<u64> {
     let g = installed?;
     let recorded = dir.numbers().ok()?.contains(&g);
-    (report.in_sync && changes.enable.is_empty() && changes.disable.is_empty() && recorded)
+    (tally.in_sync && changes.enable.is_empty() && changes.disable.is_empty() && recorded)
         .then_some(g)
 }
 
