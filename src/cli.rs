@@ -7,7 +7,6 @@ use crate::plan::Plan;
 use crate::resolve::{Resolver, parse_add_host};
 use crate::validate::{self, DEFAULT_TABLE};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::io::Read;
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
@@ -127,6 +126,13 @@ pub enum Command {
         /// Print only the summary line, not every service
         #[arg(short, long)]
         quiet: bool,
+        /// Check the map without resolving host names (no resolver needed; family mismatches
+        /// between a name's addresses and the service are then found only by apply)
+        #[arg(long)]
+        no_resolve: bool,
+        /// Accept a map that defines no service (as `apply --allow-empty` would)
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Replace svcnat's table with the map's rules, in one netlink transaction
     #[command(after_help = concat!(
@@ -156,6 +162,9 @@ not stop the wait. For changing a remote host's rules without locking yourself o
         /// Commit-confirmed: roll back unless `svcnat confirm` (or Enter) comes within SECONDS
         #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86400))]
         confirm: Option<u64>,
+        /// Apply a map that defines no service (removes every service); refused otherwise
+        #[arg(long)]
+        allow_empty: bool,
         #[command(flatten)]
         backend: BackendArgs,
     },
@@ -200,6 +209,10 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (inside the namespace)
         #[arg(long, value_name = "ADDR:PORT")]
         metrics: Option<std::net::SocketAddr>,
+        /// Accept a map that defines no service (at start or on reload); refused otherwise,
+        /// and the running rules stay
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
     #[command(
@@ -280,50 +293,14 @@ rollback installs exactly what was installed then.\n\n",
     },
 }
 
-/// Read the map named by -f, $SVCNAT_MAP, or ./svcnat.toml.
+/// Read the map named by -f, $SVCNAT_MAP, or ./svcnat.toml (see `map::read`).
 pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
-    let path = map_path(file);
-    let read_error = |source| Error::ReadMap {
-        path: path.clone(),
-        source,
-    };
-    if path.as_os_str() == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .map_err(read_error)?;
-        return utf8_source("-".to_owned(), bytes);
-    }
-    read_map_file(&path)
+    crate::map::read::read(&map_path(file))
 }
 
 /// The map in the file at `path`.
 pub fn read_map_file(path: &std::path::Path) -> Result<Source> {
-    let bytes = std::fs::read(path).map_err(|source| Error::ReadMap {
-        path: path.to_owned(),
-        source,
-    })?;
-    utf8_source(path.display().to_string(), bytes)
-}
-
-/// The map as text; else where its first byte that is not UTF-8 is.
-fn utf8_source(name: String, bytes: Vec<u8>) -> Result<Source> {
-    let e = match String::from_utf8(bytes) {
-        Ok(text) => return Ok(Source::new(name, text)),
-        Err(e) => e,
-    };
-    let at = e.utf8_error().valid_up_to();
-    let bytes = e.as_bytes();
-    let before = String::from_utf8_lossy(&bytes[..at]);
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Err(Error::Map(vec![crate::error::MapError {
-        file: name,
-        line: before.matches('\n').count() + 1,
-        col: before[line_start..].chars().count() + 1,
-        field: "text".to_owned(),
-        message: format!("byte 0x{:02x} is not UTF-8", bytes[at]),
-        hint: "save the map as UTF-8, the only encoding TOML allows".to_owned(),
-    }]))
+    crate::map::read::read(path)
 }
 
 /// The map's path: -f, else $SVCNAT_MAP, else ./svcnat.toml.
@@ -334,6 +311,16 @@ pub fn map_path(file: Option<&PathBuf>) -> PathBuf {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("svcnat.toml")),
     }
+}
+
+/// A resolver with the `--add-host` entries and, under `--netns NAME`, the namespace's own
+/// hosts file (/etc/netns/NAME/hosts), as `ip netns exec NAME` would show it.
+pub fn resolver_in(args: &MapArgs, netns: &NetnsArgs) -> Result<Resolver> {
+    let r = resolver(args)?;
+    Ok(match netns.netns.as_deref() {
+        Some(name) if !name.contains('/') && !name.starts_with("pid:") => r.with_netns_hosts(name),
+        _ => r,
+    })
 }
 
 /// A resolver with the `--add-host` entries.
@@ -385,23 +372,4 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_map_that_is_not_utf8_is_located() {
-        let Err(Error::Map(errors)) =
-            utf8_source("m.toml".into(), b"# ok\nname = \"a\xe9b\"\n".to_vec())
-        else {
-            panic!("not UTF-8 is a map error");
-        };
-        assert_eq!(
-            errors[0].to_string(),
-            "m.toml:2:10: text: byte 0xe9 is not UTF-8\n  fix: save the map as UTF-8, the only encoding TOML allows"
-        );
-        assert!(utf8_source("m.toml".into(), "é\n".into()).is_ok());
-    }
 }

@@ -29,6 +29,7 @@ fn target(state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
                 ops::Backend::Iptables(crate::xtables::Tool::new(backend.iptables_cmd.as_deref()))
             }
         },
+        allow_empty: false,
     })
 }
 
@@ -179,8 +180,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             health_check,
             health_interval,
             metrics,
+            allow_empty,
         } => {
-            let resolver = crate::cli::resolver(&map)?;
+            let resolver = crate::cli::resolver_in(&map, &netns)?;
             let port_mapping = std::env::var("PORT_MAPPING")
                 .ok()
                 .filter(|v| !v.trim().is_empty());
@@ -211,6 +213,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 target: ops::Target {
                     state_root,
                     backend: ops::Backend::Nft,
+                    allow_empty,
                 },
                 resolve_interval,
                 health: health_check.map(|_| health_interval),
@@ -223,7 +226,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             json,
             backend,
         } => {
-            let plan = plan(&map)?;
+            let resolver = crate::cli::resolver_in(&map, &netns)?;
+            let source = crate::cli::read_map(map.file.as_ref())?;
+            let (plan, _) = crate::cli::plan_from_source(source, resolver)?;
             let t = target(&StateArgs { state_dir: None }, &backend)?;
             let netns = netns_spec(&netns)?;
             let report = match t.backend {
@@ -275,8 +280,34 @@ pub fn run(cli: Cli) -> Result<i32> {
             print!("{text}");
             Ok(0)
         }
-        Command::Check { map, quiet } => {
-            let plan = plan(&map)?;
+        Command::Check {
+            map,
+            no_resolve: true,
+            allow_empty,
+            ..
+        } => {
+            let source = crate::cli::read_map(map.file.as_ref())?;
+            let checked = crate::validate::check(source).map_err(Error::Map)?;
+            if checked.services.is_empty() && !allow_empty {
+                return Err(ops::empty_map(&checked.source.name));
+            }
+            println!(
+                "ok: {} service(s), table inet {} (host names not resolved)",
+                checked.services.len(),
+                checked.table
+            );
+            Ok(0)
+        }
+        Command::Check {
+            map,
+            quiet,
+            allow_empty,
+            ..
+        } => {
+            let (plan, source) = crate::cli::plan_and_source(&map)?;
+            if plan.services.is_empty() && !allow_empty {
+                return Err(ops::empty_map(&source.name));
+            }
             if !quiet {
                 print!("{}", describe_plan(&plan));
             }
@@ -293,14 +324,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             state,
             verbose,
             confirm,
+            allow_empty,
             backend,
         } => {
             let started = Instant::now();
-            let resolver = crate::cli::resolver(&map)?;
+            let resolver = crate::cli::resolver_in(&map, &netns)?;
             let source = crate::cli::read_map(map.file.as_ref())?;
             // A map error is reported before a usage error: parse first when the flags are off.
             let t = match target(&state, &backend) {
-                Ok(t) => t,
+                Ok(t) => ops::Target { allow_empty, ..t },
                 Err(e) => {
                     Desired::from_map(&source, &resolver)?;
                     return Err(e);

@@ -41,12 +41,12 @@ pub enum Error {
     #[error("{}", join_map_errors(.0))]
     Map(Vec<MapError>),
 
-    #[error(
-        "cannot read service map {path}: {source}\n  fix: pass the map with -f FILE, set $SVCNAT_MAP, or create ./svcnat.toml"
-    )]
+    /// The map cannot be read (missing, not a regular file, too large, unreadable).
+    #[error("cannot read service map {}: {problem}\n  fix: {hint}", path.display())]
     ReadMap {
         path: PathBuf,
-        source: std::io::Error,
+        problem: String,
+        hint: String,
     },
 
     /// Wrong flags or arguments that clap itself cannot catch.
@@ -74,6 +74,12 @@ pub enum Error {
         errno: nix::errno::Errno,
         hint: Option<String>,
     },
+
+    /// The map (or --table) names a table that svcnat did not create.
+    #[error(
+        "table inet {table} was not created by svcnat, and svcnat changes only tables it created (they carry the comment \"managed by svcnat\"); nothing was changed\n  fix: name another table with [settings] table = \"...\" (or --table); if it is an svcnat table from an old version, delete it with `nft delete table inet {table}` and apply again"
+    )]
+    ForeignTable { table: String },
 
     /// The ruleset changed between reading it and sending the batch (the kernel refused the
     /// batch for its generation id); the caller re-reads and retries.
@@ -123,7 +129,10 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Map(_) | Error::ReadMap { .. } | Error::Usage(_) => 2,
+            Error::Map(_)
+            | Error::ReadMap { .. }
+            | Error::Usage(_)
+            | Error::ForeignTable { .. } => 2,
             Error::Netns { .. }
             | Error::Sysctl { .. }
             | Error::KernelRejected { .. }

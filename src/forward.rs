@@ -12,9 +12,10 @@ use crate::validate::{
     CheckedMap, DEFAULT_TABLE, Listen, Proto, ServiceSpec, TargetSpec, parse_host_port,
 };
 
-/// Split a list of specs: commas or whitespace separate them.
+/// Split a list of specs: commas, semicolons or whitespace (newlines too) separate them,
+/// as users of the netfilter proxy image write `PORT_MAPPING`.
 pub fn split(list: &str) -> Vec<String> {
-    list.split(|c: char| c == ',' || c.is_whitespace())
+    list.split(|c: char| c == ',' || c == ';' || c.is_whitespace())
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
@@ -30,29 +31,41 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
         let at = format!("service[{}]", i + 1);
         let start = offset;
         offset += spec.len() + 1;
+        // Every message quotes the mapping as written.
         let fail = |col: usize, field: &str, message: String| {
             source.error(
                 &(start + col..start + col),
                 format!("{at}.{field}"),
-                message,
-                "write [PROTO/]PORT:HOST:PORT, e.g. 8080:host.docker.internal:8080 or udp/53:10.0.0.2:53",
+                format!("{spec:?}: {message}"),
+                "write [PROTO/]PORT:HOST:PORT[/PROTO], e.g. 8080:host.docker.internal:8080, udp/53:10.0.0.2:53 or 53:10.0.0.2:53/udp",
             )
         };
-        let (proto, rest, rest_at) = match spec.split_once('/') {
-            Some(("tcp", r)) => (Proto::Tcp, r, 4),
-            Some(("udp", r)) => (Proto::Udp, r, 4),
-            Some((p, _)) => {
+        // Docker's suffix, `8080:host:8080/udp`, or svcnat's prefix, `udp/8080:host:8080`.
+        let (spec, suffix) = match spec.rsplit_once('/') {
+            Some((body, "tcp")) if body.contains(':') => (body, Some(Proto::Tcp)),
+            Some((body, "udp")) if body.contains(':') => (body, Some(Proto::Udp)),
+            _ => (spec.as_str(), None),
+        };
+        let (proto, rest, rest_at) = match (spec.split_once('/'), suffix) {
+            (None, Some(p)) => (p, spec, 0),
+            (Some((p, _)), Some(_)) => {
                 errors.push(fail(
                     0,
                     "protocol",
-                    format!("unknown protocol {p:?} in {spec:?}"),
+                    format!("names a protocol twice ({p}/ and a suffix)"),
                 ));
                 continue;
             }
-            None => (Proto::Tcp, spec.as_str(), 0),
+            (Some(("tcp", r)), None) => (Proto::Tcp, r, 4),
+            (Some(("udp", r)), None) => (Proto::Udp, r, 4),
+            (Some((p, _)), None) => {
+                errors.push(fail(0, "protocol", format!("unknown protocol {p:?}")));
+                continue;
+            }
+            (None, None) => (Proto::Tcp, spec, 0),
         };
         let Some((port, target)) = rest.split_once(':') else {
-            errors.push(fail(0, "listen", format!("{spec:?} is not PORT:HOST:PORT")));
+            errors.push(fail(0, "listen", "is not PORT:HOST:PORT".into()));
             continue;
         };
         let port = match port.parse::<u16>() {
@@ -103,7 +116,8 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
             }],
             masquerade: true,
             localhost: false,
-            listen_span: span,
+            listen_span: span.clone(),
+            name_span: span,
         });
     }
     if services.is_empty() && errors.is_empty() {
@@ -155,9 +169,37 @@ mod tests {
     #[test]
     fn port_mapping_lists() {
         assert_eq!(
-            split("8080:a:8080, 5201:a:5201  udp/53:b:53"),
-            ["8080:a:8080", "5201:a:5201", "udp/53:b:53"]
+            split("8080:a:8080, 5201:a:5201  udp/53:b:53;\n54:c:54/udp"),
+            ["8080:a:8080", "5201:a:5201", "udp/53:b:53", "54:c:54/udp"]
         );
+    }
+
+    #[test]
+    fn dockers_protocol_suffix() {
+        let m = checked(
+            &specs(&[
+                "53:10.0.0.2:5353/udp",
+                "80:10.0.0.2:8080/tcp",
+                "[::1]:1/udp",
+            ]),
+            "$PORT_MAPPING",
+        );
+        let errs = m.unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("\"[::1]:1/udp\""), "{}", errs[0]);
+        let m = checked(
+            &specs(&["53:10.0.0.2:5353/udp", "80:10.0.0.2:8080/tcp"]),
+            "$PORT_MAPPING",
+        )
+        .unwrap();
+        assert_eq!(
+            (m.services[0].proto, m.services[0].listen.port),
+            (Proto::Udp, 53)
+        );
+        assert_eq!(m.services[0].targets[0].port, 5353);
+        assert_eq!(m.services[1].proto, Proto::Tcp);
+        let e = checked(&specs(&["udp/53:a:53/udp"]), "$PORT_MAPPING").unwrap_err();
+        assert!(e[0].message.contains("names a protocol twice"), "{}", e[0]);
     }
 
     #[test]

@@ -14,17 +14,37 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 pub struct Resolver {
     /// `--add-host` entries; they win over the system resolver.
     pub overrides: HashMap<String, IpAddr>,
+    /// The target namespace's own hosts file (/etc/netns/NAME/hosts), which `ip netns exec`
+    /// shows its programs as /etc/hosts: after `overrides`, before the system resolver.
+    pub netns_hosts: HashMap<String, Vec<IpAddr>>,
 }
 
 impl Resolver {
     pub fn new(overrides: HashMap<String, IpAddr>) -> Self {
-        Resolver { overrides }
+        Resolver {
+            overrides,
+            netns_hosts: HashMap::new(),
+        }
     }
 
-    /// All addresses of `name`, overrides first; the order the resolver gives otherwise.
+    /// The entries of the hosts file of namespace `name` (/etc/netns/NAME/hosts), when it
+    /// has one.
+    pub fn with_netns_hosts(mut self, name: &str) -> Self {
+        let path = std::path::Path::new("/etc/netns").join(name).join("hosts");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            self.netns_hosts = parse_hosts(&text);
+        }
+        self
+    }
+
+    /// All addresses of `name`: `--add-host`, then the namespace's hosts file, then the
+    /// system resolver (in its order).
     fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, String> {
         if let Some(ip) = self.overrides.get(name) {
             return Ok(vec![*ip]);
+        }
+        if let Some(ips) = self.netns_hosts.get(name) {
+            return Ok(ips.clone());
         }
         match (name, 0u16).to_socket_addrs() {
             Ok(addrs) => {
@@ -109,6 +129,21 @@ impl Resolver {
     /// One service's plan, but for its name (left empty: the caller moves or copies it,
     /// see `resolve_into`).
     fn resolve_service(&self, src: &Source, spec: &ServiceSpec) -> Result<Service, Vec<MapError>> {
+        let service = self.resolve_family(src, spec)?;
+        // Known only now for a bare port: its family is its targets'.
+        if service.localhost && service.family == Family::V6 {
+            return Err(vec![src.error(
+                &spec.listen_span,
+                format!("service[{}].localhost", spec.targets[0].field.service),
+                "localhost = true needs an IPv4 service (it adds 127.0.0.1:PORT; IPv6 has no routable loopback), and this service's targets are IPv6",
+                "remove localhost, or use IPv4 targets",
+            )]);
+        }
+        Ok(service)
+    }
+
+    /// `resolve_service` before its last check.
+    fn resolve_family(&self, src: &Source, spec: &ServiceSpec) -> Result<Service, Vec<MapError>> {
         // Addresses only (the common case): nothing to look up, nothing to collect first.
         if spec.targets.iter().all(|t| matches!(t.host, Host::Ip(_))) {
             let family = match spec.listen.addr {
@@ -226,9 +261,54 @@ pub fn parse_add_host(s: &str) -> Result<(String, IpAddr), String> {
     Ok((name.to_owned(), ip))
 }
 
+/// A hosts file: `IP NAME [ALIAS...]` per line, `#` comments; every address of a name in
+/// the file's order.
+fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
+    let mut out: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let Some(Ok(ip)) = words.next().map(str::parse::<IpAddr>) else {
+            continue;
+        };
+        for name in words {
+            let ips = out.entry(name.to_owned()).or_default();
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_namespace_hosts_file() {
+        let h = parse_hosts("# x\n10.0.0.5 db db.local # the database\nfd00::5 db\nbad line\n");
+        assert_eq!(
+            h["db"],
+            [
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(h["db.local"].len(), 1);
+        assert!(!h.contains_key("bad"));
+        let mut r = Resolver::new(HashMap::new());
+        r.netns_hosts = h;
+        assert_eq!(
+            r.lookup("db").unwrap()[0],
+            "10.0.0.5".parse::<IpAddr>().unwrap()
+        );
+        r.overrides.insert("db".into(), "10.9.9.9".parse().unwrap());
+        assert_eq!(
+            r.lookup("db").unwrap(),
+            ["10.9.9.9".parse::<IpAddr>().unwrap()]
+        );
+    }
     use crate::map::{Source, parse};
     use crate::validate::validate;
 

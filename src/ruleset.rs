@@ -39,7 +39,7 @@ pub const MASQ_MARK: u32 = 0x0000_2000;
 /// Prefix of the per-service chains: `svc-NAME`.
 pub const SERVICE_CHAIN_PREFIX: &str = "svc-";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
     pub table: String,
     /// Named verdict maps, in creation order.

@@ -87,7 +87,7 @@ fn every_mistake_is_located_named_and_fixable() {
         (
             "[[service]]\nname = \"a\"\nlisten = \"8080\"\ntargets = [\"10.0.0.2:80\"]\nprotocl = \"udp\"\n",
             ":5:1: service[1].protocl: unknown field `protocl`",
-            "allowed here: name, listen, protocol",
+            "did you mean `protocol`? Allowed here: name, listen, protocol",
         ),
         (
             "[[service]]\nname = \"a\"\nlisten = \"8080\"\nprotocol = \"sctp\"\ntargets = [\"10.0.0.2:80\"]\n",
@@ -121,8 +121,8 @@ fn every_mistake_is_located_named_and_fixable() {
         ),
         (
             "[[service]]\nname = \"a\"\nlisten = \"8080\"\ntargets = \"10.0.0.2:80\"\n",
-            ":4:11: service[1].targets: invalid type",
-            "use the type the service-map reference",
+            ":4:11: service[1].targets: `targets` must be an array of targets, not a string",
+            "write targets = [\"HOST:PORT\"]",
         ),
         ("[[service]\n", ":1:", "correct the TOML syntax"),
     ];

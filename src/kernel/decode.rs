@@ -5,8 +5,8 @@
 //! drift, never guessed at.
 
 use super::expr::*;
-use super::meta::TableMeta;
-use super::netlink::{Msg, Netlink};
+use super::meta::{TableMeta, is_owner_mark};
+use super::netlink::{Msg, Netlink, attrs};
 use super::recognize::{decode_hook, decode_key, decode_rule, decode_target};
 use super::sets::GENERATION_SET;
 use super::wire::attr_bytes;
@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 
 // The string attributes that name what a dump request asks for (linux/netfilter/nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -107,22 +108,44 @@ struct RawElem {
 }
 
 /// Only the table and svcnat's bookkeeping: Ok(None) when the table is absent, else what
-/// the element of `set generation` records (default when the set is missing).
+/// the element of `set generation` records (default when the set is missing). A table
+/// svcnat did not create is an error (`owned`).
 pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
-    if !table_exists(nl, table)? {
+    let Some(udata) = table_userdata(nl, table)? else {
         return Ok(None);
-    }
-    let elems = set_elements(nl, table, GENERATION_SET)?.unwrap_or_default();
-    Ok(Some(meta_from(&elems)))
+    };
+    let elems = set_elements(nl, table, GENERATION_SET)?;
+    owned(table, &udata, elems.is_some())?;
+    Ok(Some(meta_from(&elems.unwrap_or_default())))
 }
 
-fn table_exists(nl: &mut Netlink, table: &str) -> Result<bool> {
-    nl.dump(
+/// The table's userdata (empty when it has none); None when the table does not exist.
+fn table_userdata(nl: &mut Netlink, table: &str) -> Result<Option<Vec<u8>>> {
+    let mut udata = Vec::new();
+    let exists = nl.dump(
         libc::NFT_MSG_GETTABLE,
         0,
         &[(NFTA_TABLE_NAME, table)],
-        |_| Ok(()),
-    )
+        |m: &Msg| {
+            if let Some((_, u)) = attrs(m.bytes()).find(|(kind, _)| *kind == NFTA_TABLE_USERDATA) {
+                udata = u.to_vec();
+            }
+            Ok(())
+        },
+    )?;
+    Ok(exists.then_some(udata))
+}
+
+/// svcnat reads (and so changes) a table only when it made it: the table carries svcnat's
+/// comment, or its bookkeeping set (made before the comment was).
+fn owned(table: &str, udata: &[u8], bookkeeping: bool) -> Result<()> {
+    if is_owner_mark(udata) || bookkeeping {
+        Ok(())
+    } else {
+        Err(Error::ForeignTable {
+            table: table.to_owned(),
+        })
+    }
 }
 
 /// What the element of `set generation` records (the key is the generation number).
@@ -200,9 +223,9 @@ fn set_elements(nl: &mut Netlink, table: &str, set: &str) -> Result<Option<Vec<R
 /// Read svcnat's table; Ok(None) when it does not exist.
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     // The table itself: absent means svcnat has nothing installed here.
-    if !table_exists(nl, table)? {
+    let Some(udata) = table_userdata(nl, table)? else {
         return Ok(None);
-    }
+    };
 
     let mut chains = Vec::new();
     nl.dump(
@@ -262,6 +285,8 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
             if ok { Ok(()) } else { Err(parse_err("set")) }
         },
     )?;
+
+    owned(table, &udata, set_names.iter().any(|n| n == GENERATION_SET))?;
 
     let mut elements: HashMap<String, Vec<RawElem>> = HashMap::new();
     for set in &set_names {

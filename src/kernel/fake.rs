@@ -31,6 +31,9 @@ pub struct FakeKernel {
     pub commits: usize,
     pub last_commit: Vec<String>,
     pub cookie: u64,
+    /// Tables another program made (no svcnat mark): reading them is refused, as the live
+    /// kernel's decoder refuses.
+    pub foreign: Vec<String>,
 }
 
 impl FakeKernel {
@@ -54,6 +57,15 @@ impl FakeKernel {
     pub fn meta(&self, table: &str) -> Option<&TableMeta> {
         self.tables.get(table).map(|(_, m)| m)
     }
+
+    fn owned(&self, table: &str) -> Result<()> {
+        if self.foreign.iter().any(|t| t == table) {
+            return Err(Error::ForeignTable {
+                table: table.to_owned(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Enter for FakeKernel {
@@ -72,10 +84,12 @@ impl Kernel for FakeKernel {
     }
 
     fn table_meta(&mut self, table: &str) -> Result<Option<TableMeta>> {
+        self.owned(table)?;
         Ok(self.meta(table).cloned())
     }
 
     fn read_table(&mut self, table: &str) -> Result<Option<Installed>> {
+        self.owned(table)?;
         Ok(self
             .tables
             .get(table)

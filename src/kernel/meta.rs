@@ -1,9 +1,29 @@
-//! What svcnat records on its own table (the table's userdata), so the kernel itself says
-//! what is installed, even without the state directory: the generation number, the digest
-//! of the map it came from, and the sysctls svcnat switched on.
+//! What svcnat records on its own table, so the kernel itself says what is installed, even
+//! without the state directory: the generation number, the digest of the map it came from,
+//! and the sysctls svcnat switched on (userdata of the `generation` set's element); and
+//! that the table is svcnat's at all (the table's comment, `OWNER_COMMENT`).
 //!
 //! Stored as userdata TLVs (type, length, value) of private types; nft interprets only type
 //! 0 (a comment) and prints the table unchanged.
+
+/// The comment svcnat gives every table it creates (`nft list` shows it): svcnat changes a
+/// table only when it carries this comment, or svcnat's bookkeeping set (tables made by
+/// versions before the comment), so that `[settings] table = "firewalld"` can never touch
+/// another program's table.
+pub const OWNER_COMMENT: &str = "managed by svcnat";
+
+/// The table userdata nft writes for `comment "TEXT"`: TLV type 0, the text with its NUL.
+pub fn comment_udata(text: &str) -> Vec<u8> {
+    let mut out = vec![0, text.len() as u8 + 1];
+    out.extend_from_slice(text.as_bytes());
+    out.push(0);
+    out
+}
+
+/// Whether a table's userdata is svcnat's mark.
+pub fn is_owner_mark(udata: &[u8]) -> bool {
+    udata == comment_udata(OWNER_COMMENT)
+}
 
 const GENERATION: u8 = 0xf1;
 const DIGEST: u8 = 0xf2;

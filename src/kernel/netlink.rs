@@ -24,24 +24,26 @@ pub struct Netlink {
     buf: Vec<u32>,
 }
 
-/// The generation id in a NEWGEN message (`msg`, from its nlmsghdr on): nfgenmsg, then
-/// attributes, of which NFTA_GEN_ID (1) is a big-endian u32.
-pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
-    let u16_at = |i: usize| u16::from_ne_bytes([msg[i], msg[i + 1]]);
+/// The top-level attributes of an nf_tables message (`msg`, from its nlmsghdr on: then
+/// nfgenmsg, then the attributes): (type without its flags, payload). Stops at the first
+/// attribute that does not fit.
+pub(super) fn attrs(msg: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
-    while at + 8 <= msg.len() {
-        let len = u16_at(at) as usize;
-        if u16_at(at + 2) & 0x3fff == 1 && len == 8 {
-            return Some(u32::from_be_bytes([
-                msg[at + 4],
-                msg[at + 5],
-                msg[at + 6],
-                msg[at + 7],
-            ]));
-        }
+    std::iter::from_fn(move || {
+        let head = msg.get(at..at + 4)?;
+        let len = u16::from_ne_bytes([head[0], head[1]]) as usize;
+        let kind = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
+        let payload = msg.get(at + 4..at + len.max(4))?;
         at += len.next_multiple_of(4).max(4);
-    }
-    None
+        Some((kind, payload))
+    })
+}
+
+/// The generation id in a NEWGEN message: NFTA_GEN_ID (1), a big-endian u32.
+pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
+    attrs(msg)
+        .find(|(kind, payload)| *kind == 1 && payload.len() == 4)
+        .map(|(_, p)| u32::from_be_bytes([p[0], p[1], p[2], p[3]]))
 }
 
 /// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).

@@ -9,7 +9,9 @@ pub use crate::short::Short;
 pub use raw::{ListenText, RawMap, RawService, RawSettings, RawTarget, RawTargets};
 pub use sections::Sections;
 
+mod lint;
 mod raw;
+pub mod read;
 mod scan;
 pub mod sections;
 use std::ops::Range;
@@ -73,26 +75,33 @@ impl Source {
 /// the document tree stays small.
 const SECTION_SERVICES: usize = 64;
 
-/// Parse the map's text. A syntax or shape error is located and explained.
+/// Parse the map's text. Every syntax and shape error is located and explained (all of
+/// them, not only the first: see `parse_part`).
 ///
 /// The text is parsed a section at a time, each starting at a `[[service]]` header: toml
 /// builds a document tree before deserializing, a few kB per service, so a large map as
 /// one document would peak at many times its own size. TOML's meaning is unchanged:
 /// a top-level `[[service]]` header only ever appends to the `service` array.
-pub fn parse(src: &Source) -> Result<RawMap, MapError> {
+pub fn parse(src: &Source) -> Result<RawMap, Vec<MapError>> {
     let mut services = Vec::new();
-    let settings = parse_each(src, |s| services.push(s))?;
+    let mut errors = Vec::new();
+    let settings = parse_each(src, |s| services.push(s), &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     Ok(RawMap { settings, services })
 }
 
 /// Parse the map section by section (see `parse`), handing each service to `each` as soon
-/// as its section is parsed; the settings, wherever they were, at the end.
+/// as its section is parsed; the settings, wherever they were, at the end. Mistakes go to
+/// `errors`, and the services around them still reach `each`.
 pub fn parse_each(
     src: &Source,
     each: impl FnMut(Spanned<RawService>),
-) -> Result<Option<Spanned<RawSettings>>, MapError> {
+    errors: &mut Vec<MapError>,
+) -> Option<Spanned<RawSettings>> {
     let headers = service_headers(&src.text);
-    parse_part(src, &headers, 0..src.text.len(), each)
+    parse_part(src, &headers, 0..src.text.len(), each, errors)
 }
 
 /// Where the map's `[[service]]` headers start (see `parse_part`).
@@ -101,25 +110,30 @@ pub fn headers(src: &Source) -> Vec<usize> {
 }
 
 /// `parse_each` for the part `range` of the map: from its start (0, or one of `headers`,
-/// the map's) to its end (a header, or the end of the text).
+/// the map's) to its end (a header, or the end of the text). Groups of sections are read
+/// at once; a group that does not parse is read again one section at a time, so that each
+/// good section is used and each bad one is examined by `lint` for all its mistakes.
 pub fn parse_part(
     src: &Source,
     headers: &[usize],
     range: Range<usize>,
     mut each: impl FnMut(Spanned<RawService>),
-) -> Result<Option<Spanned<RawSettings>>, MapError> {
+    errors: &mut Vec<MapError>,
+) -> Option<Spanned<RawSettings>> {
     let (lo, hi) = (range.start, range.end);
     let first = headers.partition_point(|&h| h < lo);
     let last = headers.partition_point(|&h| h < hi);
-    let starts: Vec<usize> = headers[first..last]
-        .iter()
-        .copied()
-        .step_by(SECTION_SERVICES)
-        .collect();
+    let sections = &headers[first..last];
+    let starts: Vec<usize> = sections.iter().copied().step_by(SECTION_SERVICES).collect();
     let bounds = std::iter::once(lo)
         .chain(starts.iter().copied())
         .zip(starts.iter().copied().chain(std::iter::once(hi)));
-    let mut settings: Option<Spanned<RawSettings>> = None;
+    let mut part = Part {
+        src,
+        settings: None,
+        later_headers: starts.first().copied(),
+        errors,
+    };
     for (i, (start, end)) in bounds.enumerate() {
         // Plain service sections are read directly; anything else by the toml crate.
         if i > 0
@@ -128,43 +142,95 @@ pub fn parse_part(
             services.into_iter().for_each(&mut each);
             continue;
         }
-        let part = toml::from_str::<RawMap>(&src.text[start..end]).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            let span = span.start + start..span.end + start;
-            let message = e.message().trim().to_owned();
-            let field = field_at(&src.text, span.start);
-            let hint = hint_for(&message, &field);
-            src.error(&span, field, message, hint)
-        })?;
-        if let Some(s) = part.settings {
+        if let Ok(raw) = toml::from_str::<RawMap>(&src.text[start..end]) {
+            part.take(raw, start, i == 0, &mut each);
+            continue;
+        }
+        // One section at a time (the text before the first header is one too).
+        let inner =
+            sections.partition_point(|&h| h <= start)..sections.partition_point(|&h| h < end);
+        let cuts: Vec<usize> = sections[inner].to_vec();
+        let pieces = std::iter::once(start)
+            .chain(cuts.iter().copied())
+            .zip(cuts.iter().copied().chain(std::iter::once(end)));
+        for (s, e) in pieces {
+            match toml::from_str::<RawMap>(&src.text[s..e]) {
+                Ok(raw) => part.take(raw, s, s == lo && i == 0, &mut each),
+                Err(serde_error) => {
+                    let found = lint::mistakes(src, s..e);
+                    if found.is_empty() {
+                        part.errors.push(located(src, &serde_error, s));
+                    } else {
+                        part.errors.extend(found);
+                    }
+                }
+            }
+        }
+    }
+    part.settings
+}
+
+/// What `parse_part` gathers besides the services.
+struct Part<'a, 'e> {
+    src: &'a Source,
+    settings: Option<Spanned<RawSettings>>,
+    /// Where the first `[[service]]` header of the part is, if any.
+    later_headers: Option<usize>,
+    errors: &'e mut Vec<MapError>,
+}
+
+impl Part<'_, '_> {
+    /// A piece of the map that parsed, at byte `start`; `head`: the piece before the first
+    /// header.
+    fn take(
+        &mut self,
+        raw: RawMap,
+        start: usize,
+        head: bool,
+        each: &mut impl FnMut(Spanned<RawService>),
+    ) {
+        if let Some(s) = raw.settings {
             let span = s.span().start + start..s.span().end + start;
-            if settings.is_some() {
-                return Err(src.error(
+            if self.settings.is_some() {
+                self.errors.push(self.src.error(
                     &span,
                     "settings",
                     "duplicate key `settings`",
                     "keep one [settings] table",
                 ));
+            } else {
+                let mut inner = s.into_inner();
+                inner.table = inner.table.map(|t| shift(t, start));
+                self.settings = Some(Spanned::new(span, inner));
             }
-            let mut inner = s.into_inner();
-            inner.table = inner.table.map(|t| shift(t, start));
-            settings = Some(Spanned::new(span, inner));
         }
-        if i == 0 && !part.services.is_empty() && !starts.is_empty() {
+        if head
+            && !raw.services.is_empty()
+            && let Some(h) = self.later_headers
+        {
             // `service = [ … ]` and then `[[service]]`: TOML forbids extending it.
-            let at = starts[0]..starts[0] + 11;
-            return Err(src.error(
-                &at,
+            self.errors.push(self.src.error(
+                &(h..h + 11),
                 "service",
                 "`service` is already defined as an inline array",
                 "write every service as a [[service]] table",
             ));
+            return;
         }
-        for s in part.services {
+        for s in raw.services {
             each(shift_service(s, start));
         }
     }
-    Ok(settings)
+}
+
+/// serde's error for the piece at `start`, located in the whole text.
+fn located(src: &Source, e: &toml::de::Error, start: usize) -> MapError {
+    let span = e.span().unwrap_or(0..0);
+    let span = span.start + start..span.end + start;
+    let message = e.message().trim().to_owned();
+    let field = field_at(&src.text, span.start);
+    let hint = hint_for(&message, &field);
+    src.error(&span, field, message, hint)
 }
 
 fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {
@@ -254,7 +320,7 @@ fn service_headers_lexed(text: &str) -> Vec<usize> {
 /// Name the field at a byte offset from the source text alone (parsing failed, so there is
 /// no tree): the last table header before it, numbered for `[[service]]`, and the key on the
 /// line, if any.
-fn field_at(text: &str, offset: usize) -> String {
+pub(super) fn field_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let mut section = String::new();
@@ -306,7 +372,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> MapError {
-        parse(&Source::new("m.toml", text)).unwrap_err()
+        parse(&Source::new("m.toml", text)).unwrap_err().remove(0)
     }
 
     #[test]

@@ -94,6 +94,10 @@ impl Draft {
             return None;
         }
         at = skip_ws(b, at + 1, to);
+        if at >= to {
+            // `key =` and nothing after it: toml reports it.
+            return None;
+        }
         let end = match key {
             b"name" | b"protocol" => {
                 let (value, end) = string(text, at, to)?;

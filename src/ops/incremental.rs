@@ -113,6 +113,9 @@ pub(super) fn apply(
         Ok(change) => change,
         Err(why) => return Ok(Err(why)),
     };
+    if index.records.len() - change.removed + change.plan.services.len() == 0 {
+        return Ok(Err(FullReason::EmptyMap));
+    }
     if change.gone.is_empty() && change.new.is_empty() {
         // Only text between services changed (comments, blank lines): the kernel holds
         // what the map asks. The index is rewritten on the next full apply.

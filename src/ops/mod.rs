@@ -57,6 +57,10 @@ impl Backend {
 pub struct Target {
     pub state_root: PathBuf,
     pub backend: Backend,
+    /// Install a map that defines no service (removing every service svcnat installed);
+    /// refused otherwise, as an empty file is far more often a mistake (an editor's
+    /// truncation, a wrong path) than a wish.
+    pub allow_empty: bool,
 }
 
 /// A way into one namespace's kernel, and what this process committed there last.
@@ -156,6 +160,30 @@ impl Desired {
             sections: sections.filter(|_| !names),
         })
     }
+}
+
+/// `desired`, unless it defines no service and that was not asked for.
+fn refuse_empty(desired: Desired, allow_empty: bool) -> Result<Desired> {
+    if allow_empty || !desired.plan.services.is_empty() {
+        return Ok(desired);
+    }
+    Err(empty_map(&desired.source))
+}
+
+/// The refusal of a map (`file`) that defines no service.
+pub fn empty_map(file: &str) -> Error {
+    Error::Map(vec![crate::error::MapError {
+        file: file.to_owned(),
+        line: 1,
+        col: 1,
+        field: "service".into(),
+        message: "the map defines no service: applying it would remove every service svcnat \
+                  installed"
+            .into(),
+        hint: "add [[service]] sections; to remove every service on purpose, pass \
+               --allow-empty (or run `svcnat flush`)"
+            .into(),
+    }])
 }
 
 /// What the caller asks `sync` to install.
@@ -279,12 +307,13 @@ pub fn sync<E: Enter>(
                         }
                     }
                 };
-                full(k, &dir, &t.backend, parse()?, why, reason, true, last)
+                let desired = refuse_empty(parse()?, t.allow_empty)?;
+                full(k, &dir, &t.backend, desired, why, reason, true, last)
             });
             // A mistake in the map is the first thing to tell, before a namespace that
             // cannot be entered.
             if result.is_err() && !entered {
-                parse()?;
+                refuse_empty(parse()?, t.allow_empty)?;
             }
             result
         }

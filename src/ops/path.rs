@@ -46,6 +46,8 @@ pub enum FullReason {
     Refused,
     /// Too many incremental generations in a row: a whole one is recorded again.
     LongChain,
+    /// The map would leave no service: the full path refuses it without --allow-empty.
+    EmptyMap,
 }
 
 impl SyncPath {
@@ -59,7 +61,7 @@ impl SyncPath {
 }
 
 impl FullReason {
-    pub const ALL: [FullReason; 14] = [
+    pub const ALL: [FullReason; 15] = [
         FullReason::NotAMapFile,
         FullReason::IptablesBackend,
         FullReason::Confirm,
@@ -74,6 +76,7 @@ impl FullReason {
         FullReason::MapError,
         FullReason::Refused,
         FullReason::LongChain,
+        FullReason::EmptyMap,
     ];
 
     /// A label for metrics and logs.
@@ -93,6 +96,7 @@ impl FullReason {
             FullReason::MapError => "map-error",
             FullReason::Refused => "refused",
             FullReason::LongChain => "long-chain",
+            FullReason::EmptyMap => "empty-map",
         }
     }
 
@@ -115,6 +119,7 @@ impl FullReason {
             FullReason::MapError => "the changed services do not check",
             FullReason::Refused => "the kernel refused the element changes",
             FullReason::LongChain => "many incremental generations in a row",
+            FullReason::EmptyMap => "the map leaves no service",
         }
     }
 }

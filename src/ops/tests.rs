@@ -19,11 +19,22 @@ impl Lab {
         Lab {
             session: Session::new(FakeKernel::new()),
             target: Target {
+                allow_empty: false,
                 state_root: root.clone(),
                 backend: Backend::Nft,
             },
             root,
         }
+    }
+
+    /// A lab whose namespace forwards already (so no sysctl needs switching on).
+    fn forwarding(name: &str) -> Lab {
+        let mut lab = Lab::new(name);
+        lab.session
+            .kernel
+            .sysctls
+            .insert(IP_FORWARD.key, "1".into());
+        lab
     }
 
     /// `svcnat apply` of `text`, as commands does it: the text for the incremental path,
@@ -88,11 +99,7 @@ fn map(n: usize, changed: Option<usize>) -> String {
 
 #[test]
 fn first_apply_is_full_for_want_of_an_index_then_changes_go_incremental() {
-    let mut lab = Lab::new("paths");
-    lab.session
-        .kernel
-        .sysctls
-        .insert(IP_FORWARD.key, "1".into());
+    let mut lab = Lab::forwarding("paths");
     let done = lab.apply(&map(20, None)).unwrap();
     assert_eq!(done.path, SyncPath::Full(FullReason::NoIndex));
     assert_eq!((done.generation, done.changed), (Some(1), 20));
@@ -118,11 +125,7 @@ fn first_apply_is_full_for_want_of_an_index_then_changes_go_incremental() {
 
 #[test]
 fn identical_applies_record_nothing() {
-    let mut lab = Lab::new("same");
-    lab.session
-        .kernel
-        .sysctls
-        .insert(IP_FORWARD.key, "1".into());
+    let mut lab = Lab::forwarding("same");
     lab.apply(&map(3, None)).unwrap();
     let commits = lab.kernel().commits;
     for _ in 0..4 {
@@ -141,11 +144,7 @@ fn identical_applies_record_nothing() {
 
 #[test]
 fn rollback_after_flush_brings_back_what_the_flush_removed() {
-    let mut lab = Lab::new("flush");
-    lab.session
-        .kernel
-        .sysctls
-        .insert(IP_FORWARD.key, "1".into());
+    let mut lab = Lab::forwarding("flush");
     let (a, b) = (map(2, None), map(3, None));
     lab.apply(&a).unwrap();
     let rules_a = lab.rules();
@@ -194,11 +193,7 @@ fn rollback_after_flush_brings_back_what_the_flush_removed() {
 
 #[test]
 fn a_refused_commit_records_nothing_and_changes_nothing() {
-    let mut lab = Lab::new("refused");
-    lab.session
-        .kernel
-        .sysctls
-        .insert(IP_FORWARD.key, "1".into());
+    let mut lab = Lab::forwarding("refused");
     lab.apply(&map(2, None)).unwrap();
     let before = lab.rules();
     lab.session.kernel.reject_next = true;
@@ -237,4 +232,66 @@ fn a_needed_sysctl_is_switched_on_and_a_read_only_one_stops_everything() {
         .unwrap();
     assert_eq!(flushed.disabled, ["net.ipv4.ip_forward"]);
     assert_eq!(lab.kernel().sysctls[IP_FORWARD.key], "0");
+}
+
+#[test]
+fn a_table_svcnat_did_not_create_is_never_changed() {
+    let mut lab = Lab::forwarding("foreign");
+    // Another program's table of that name, with its own content.
+    let theirs = crate::ruleset::Ruleset {
+        table: "svcnat".into(),
+        ..Default::default()
+    };
+    lab.session
+        .kernel
+        .tables
+        .insert("svcnat".into(), (theirs.clone(), TableMeta::default()));
+    lab.session.kernel.foreign.push("svcnat".into());
+    let e = lab.apply(&map(2, None)).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("was not created by svcnat"), "{e}");
+    let e = flush(&mut lab.session, &lab.target, "svcnat").unwrap_err();
+    assert!(matches!(e, Error::ForeignTable { .. }), "{e}");
+    assert_eq!(lab.rules(), Some(theirs), "their table is as it was");
+    assert_eq!(lab.session.kernel.commits, 0, "nothing was sent");
+    let recorded = walk(&lab.root)
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+        })
+        .count();
+    assert_eq!(recorded, 0, "nothing recorded");
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn an_empty_map_is_refused_unless_allowed() {
+    let mut lab = Lab::forwarding("empty");
+    lab.apply(&map(2, None)).unwrap();
+    let before = lab.rules();
+    for text in ["", "# only a comment\n", "\n\n", "[settings]\n"] {
+        let e = lab.apply(text).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{text:?}");
+        assert!(e.to_string().contains("defines no service"), "{e}");
+        assert!(e.to_string().contains("--allow-empty"), "{e}");
+        assert_eq!(lab.rules(), before, "{text:?}: nothing changed");
+    }
+    lab.target.allow_empty = true;
+    let done = lab.apply("# nothing\n").unwrap();
+    assert_eq!(done.services, 0);
+    assert_eq!(lab.rules().map(|r| r.dnat_maps.len()), Some(0));
 }

@@ -15,6 +15,8 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
         let _ = writeln!(out, "table inet {0}\ndelete table inet {0}", rs.table);
     }
     let _ = writeln!(out, "table inet {} {{", rs.table);
+    // The mark of a table svcnat made (see `kernel::meta::OWNER_COMMENT`).
+    let _ = writeln!(out, "\tcomment \"{}\"", crate::kernel::meta::OWNER_COMMENT);
     let mut first = true;
     let mut sep = |out: &mut String| {
         if !std::mem::take(&mut first) {

@@ -16,7 +16,7 @@ pub struct View<'a> {
 }
 
 /// Counts since start.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     /// Syncs by the path they took (`SyncPath::name`), and full ones by reason.
     pub unchanged: u64,

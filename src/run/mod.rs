@@ -24,15 +24,16 @@ use crate::plan::Plan;
 use crate::resolve::Resolver;
 use crate::state::Reason;
 use crate::validate::{self, CheckedMap};
-use metrics::{Stats, View};
+use metrics::Stats;
 use nix::sys::signal::Signal;
 use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
-use wake::{poll_timeout, serve_scrape};
+use wake::poll_timeout;
 
 mod metrics;
+mod scrape;
 mod wake;
 
 /// Where the services come from.
@@ -77,20 +78,28 @@ struct Runner {
     /// was committed there last.
     session: Session<Connection>,
     stats: Stats,
+    /// Something the metrics show changed since they were last published.
+    dirty: bool,
 }
 
-fn load(from: &MapFrom) -> Result<(CheckedMap, Option<Sections>)> {
+fn load(from: &MapFrom, allow_empty: bool) -> Result<(CheckedMap, Option<Sections>)> {
     match from {
-        MapFrom::File(path) => load_source(crate::cli::read_map_file(path)?),
+        MapFrom::File(path) => load_source(crate::cli::read_map_file(path)?, allow_empty),
         MapFrom::Forwards { specs, origin } => forward::checked(specs, origin)
             .map(|c| (c, None))
             .map_err(Error::Map),
     }
 }
 
-fn load_source(source: Source) -> Result<(CheckedMap, Option<Sections>)> {
+/// The map checked, and its sections; a map without services is refused unless
+/// `allow_empty` (an editor that truncates the file before writing it must not remove
+/// every service).
+fn load_source(source: Source, allow_empty: bool) -> Result<(CheckedMap, Option<Sections>)> {
     let sections = Sections::of(&source.text);
     let checked = validate::check(source).map_err(Error::Map)?;
+    if checked.services.is_empty() && !allow_empty {
+        return Err(ops::empty_map(&checked.source.name));
+    }
     Ok((checked, sections))
 }
 
@@ -147,6 +156,7 @@ impl Runner {
     }
 
     fn log_synced(&mut self, done: &Synced, why: &str) {
+        self.dirty = true;
         self.stats.count(done.path);
         match done.path {
             SyncPath::Unchanged => log::info(&format!(
@@ -168,6 +178,7 @@ impl Runner {
 
     /// Install the effective plan if it differs from what is installed.
     fn sync(&mut self, reason: Reason, why: &str) {
+        self.dirty = true;
         let plan = self.effective();
         if self.installed.as_ref() == Some(&plan) {
             return;
@@ -222,7 +233,7 @@ impl Runner {
         let resolver = &self.opts.resolver;
         let mut parsed: Option<CheckedMap> = None;
         let mut parse = || {
-            let (checked, sections) = load_source(source.clone())?;
+            let (checked, sections) = load_source(source.clone(), true)?;
             let plan = resolver.resolve(&checked).map_err(Error::Map)?;
             let names = checked.uses_names();
             let desired = Desired {
@@ -315,11 +326,12 @@ impl Runner {
     }
 
     fn reload(&mut self, why: &str) {
+        self.dirty = true;
         self.file_stamp = stamp(&self.opts.from);
         if self.reload_map_file(why) {
             return;
         }
-        let (checked, sections) = match load(&self.opts.from) {
+        let (checked, sections) = match load(&self.opts.from, self.opts.target.allow_empty) {
             Ok(c) => c,
             Err(e) => {
                 self.stats.reload_errors += 1;
@@ -350,6 +362,7 @@ impl Runner {
     }
 
     fn check_health(&mut self) {
+        self.dirty = true;
         let targets: Vec<SocketAddr> = {
             let mut all: Vec<SocketAddr> = self
                 .resolved
@@ -387,27 +400,21 @@ impl Runner {
         self.sync(Reason::Health, "health change");
     }
 
-    fn metrics(&self) -> String {
-        let table = self.resolved.table.clone();
-        let installed = kernel::show(self.opts.netns.as_ref(), &table)
-            .ok()
-            .flatten();
-        let (counters, objects) = installed
-            .map(|i| (i.counters, i.objects))
-            .unwrap_or_default();
-        metrics::render(&self.view(), &counters, &objects)
+    /// What the metrics show, as of now.
+    fn snapshot(&self) -> scrape::Snapshot {
+        scrape::Snapshot {
+            resolved: self.resolved.clone(),
+            installed: self.installed.clone(),
+            health: self.health.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 
-impl Runner {
-    fn view(&self) -> View<'_> {
-        View {
-            resolved: &self.resolved,
-            installed: self.installed.as_ref(),
-            health: &self.health,
-            stats: &self.stats,
-        }
-    }
+/// The identity (device, inode) of a namespace file, while it exists.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Run until SIGTERM/SIGINT. Returns the process exit code.
@@ -418,7 +425,7 @@ pub fn run(opts: Options) -> Result<i32> {
         Signal::SIGHUP,
         Signal::SIGCHLD,
     ])?;
-    let (checked, sections) = load(&opts.from)?;
+    let (checked, sections) = load(&opts.from, opts.target.allow_empty)?;
     let resolved = opts.resolver.resolve(&checked).map_err(Error::Map)?;
     let listener = match opts.metrics {
         Some(addr) => {
@@ -426,8 +433,6 @@ pub fn run(opts: Options) -> Result<i32> {
             let l = kernel::in_namespace(opts.netns.as_ref(), || {
                 TcpListener::bind(addr).map_err(|e| Error::io(format!("--metrics {addr}"), e))
             })?;
-            l.set_nonblocking(true)
-                .map_err(|e| Error::io("--metrics", e))?;
             log::info(&format!("metrics on http://{addr}/metrics"));
             Some(l)
         }
@@ -446,6 +451,7 @@ pub fn run(opts: Options) -> Result<i32> {
         session: Session::new(Connection::for_reloads(opts.netns.clone())),
         failed_open: HashSet::new(),
         stats: Stats::default(),
+        dirty: false,
         opts,
     };
     r.sync(Reason::Apply, "start");
@@ -461,15 +467,23 @@ pub fn run(opts: Options) -> Result<i32> {
     if r.opts.health.is_some() {
         r.check_health();
     }
+    let published = listener.map(|l| scrape::start(l, r.opts.netns.clone(), r.snapshot()));
+    let netns_file = r
+        .opts
+        .netns
+        .as_ref()
+        .map(|n| (n.label.clone(), file_id(&n.path)));
     loop {
+        if let (Some(p), true) = (&published, std::mem::take(&mut r.dirty)) {
+            p.set(r.snapshot());
+        }
         let now = Instant::now();
         let mut deadline = next_resolve.min(next_stat);
         if let Some(h) = next_health {
             deadline = deadline.min(h);
         }
-        let scrape = wake::wait(
+        wake::wait(
             &signals,
-            listener.as_ref(),
             poll_timeout(deadline.saturating_duration_since(now)),
         );
         for sig in crate::signals::pending(&signals) {
@@ -495,12 +509,20 @@ pub fn run(opts: Options) -> Result<i32> {
                 _ => {}
             }
         }
-        if let (Some(l), true) = (&listener, scrape) {
-            serve_scrape(l, || r.metrics());
-        }
         let now = Instant::now();
         if now >= next_stat {
             next_stat = now + Duration::from_secs(1);
+            // `ip netns del` removes the name; the namespace lives on while svcnat holds it,
+            // but nobody can reach it any more, and its rules go with it when svcnat ends.
+            if let Some((label, Some(id))) = &netns_file
+                && r.opts.netns.as_ref().map(|n| file_id(&n.path)) != Some(Some(*id))
+            {
+                log::error(&format!(
+                    "network namespace {label} is gone (deleted, or its name now points elsewhere): \
+                     nothing is left to keep in sync there; exiting"
+                ));
+                return Ok(1);
+            }
             if stamp(&r.opts.from) != r.file_stamp {
                 r.reload("map file changed");
             }

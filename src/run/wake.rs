@@ -1,26 +1,18 @@
-//! What wakes `svcnat run`'s loop: signals, read from a signalfd (`signals`); a scrape of
-//! `--metrics`; and poll's timeout for the next timer.
+//! What wakes `svcnat run`'s loop: signals, read from a signalfd (`signals`), and poll's
+//! timeout for the next timer. (Scrapes of `--metrics` are served on threads of their own:
+//! `scrape`.)
 
 use nix::sys::signalfd::SignalFd;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-/// Sleep until a signal arrives on `signals`, a scraper connects to `listener`, or
-/// `timeout_ms` passes; whether a scraper is waiting.
-pub(super) fn wait(signals: &SignalFd, listener: Option<&TcpListener>, timeout_ms: i32) -> bool {
+/// Sleep until a signal arrives on `signals` or `timeout_ms` passes.
+pub(super) fn wait(signals: &SignalFd, timeout_ms: i32) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-    if let Some(l) = listener {
-        fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
-    }
+    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
     let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX);
     // EINTR and the like: the loop looks again.
     let _ = poll(&mut fds, timeout);
-    fds.get(1)
-        .and_then(|p| p.revents())
-        .is_some_and(|r| !r.is_empty())
 }
 
 /// Reap every child that has ended: as PID 1 of a container, svcnat inherits orphans.
@@ -31,27 +23,6 @@ pub(super) fn reap_children() {
             break;
         }
     }
-}
-
-pub(super) fn serve_scrape(listener: &TcpListener, body: impl FnOnce() -> String) {
-    let Ok((mut conn, _)) = listener.accept() else {
-        return;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = conn.set_write_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 1024];
-    let n = conn.read(&mut buf).unwrap_or(0);
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let response = if request.starts_with("GET /metrics ") {
-        let body = body();
-        format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        "HTTP/1.0 404 Not Found\r\nContent-Length: 17\r\nConnection: close\r\n\r\ntry GET /metrics\n".to_owned()
-    };
-    let _ = conn.write_all(response.as_bytes());
 }
 
 /// poll(2)'s timeout in milliseconds for `left`, rounded up: rounded down, the last

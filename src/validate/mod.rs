@@ -65,6 +65,7 @@ pub struct ServiceSpec {
     pub masquerade: bool,
     pub localhost: bool,
     pub listen_span: Range<usize>,
+    pub name_span: Range<usize>,
 }
 
 /// A map that passed every check; only host names remain to be resolved.
@@ -123,11 +124,33 @@ pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
 
 type Checked = (String, Vec<ServiceSpec>, bool);
 
+/// At most this many mistakes are listed; the rest are counted.
+const MAX_ERRORS: usize = 50;
+
+/// Every mistake of the map, shape and meaning alike: the services that parse are checked
+/// even when others do not, and all mistakes come back ordered by place.
 fn check_in_one_pass(source: &Source) -> Result<Checked, Vec<MapError>> {
     let mut checker = Checker::new(source, capacity(source.text.len()), seed());
-    let settings =
-        crate::map::parse_each(source, |s| checker.service(s.into_inner())).map_err(|e| vec![e])?;
-    checker.finish(settings)
+    let mut errors = Vec::new();
+    let settings = crate::map::parse_each(source, |s| checker.service(s.into_inner()), &mut errors);
+    let checked = checker.finish(settings);
+    if errors.is_empty() {
+        return checked;
+    }
+    errors.extend(checked.err().unwrap_or_default());
+    errors.sort_by_key(|e| (e.line, e.col));
+    errors.dedup();
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        let next = errors[MAX_ERRORS].clone();
+        errors.truncate(MAX_ERRORS);
+        errors.push(MapError {
+            message: format!("{more} more mistake(s) after this one, not listed"),
+            hint: "fix these first".into(),
+            ..next
+        });
+    }
+    Err(errors)
 }
 
 /// Duplicate indexes sized up front for a section of ~80 bytes each, instead of grown (and
@@ -297,13 +320,13 @@ impl<'s> Checker<'s> {
         let source = self.source;
         let line_of = |s: &ServiceSpec| source.line_col(s.listen_span.start).0;
         if let Some(first) = find(&self.services, names, name_hash, |s| s.name == svc.name) {
+            let first_line = source.line_col(self.services[first].name_span.start).0;
             let e = source.error(
-                &svc.listen_span,
+                &svc.name_span,
                 format!("{at}.name"),
                 format!(
-                    "service name {:?} is already used by the service at line {}",
+                    "service name {:?} is already used by the service at line {first_line}",
                     svc.name,
-                    line_of(&self.services[first])
                 ),
                 "give every service a unique name",
             );
@@ -416,6 +439,18 @@ fn check_service(
             None
         }
     };
+    if let Some(Listen {
+        addr: Some(addr), ..
+    }) = &listen
+        && addr.is_loopback()
+    {
+        errors.push(src.error(
+            &listen_span,
+            format!("{at}.listen"),
+            format!("{addr} is a loopback address: traffic to it never passes prerouting, so svcnat's DNAT cannot see it"),
+            "listen on a port alone (\"8080\") and add localhost = true to answer on 127.0.0.1 too",
+        ));
+    }
     let localhost = raw.localhost.unwrap_or(false);
     if let Some(l) = &listen
         && localhost
@@ -503,6 +538,7 @@ fn check_service(
         masquerade: raw.masquerade.unwrap_or(default_masquerade),
         localhost,
         listen_span,
+        name_span,
     })
 }
 #[cfg(test)]

@@ -175,8 +175,14 @@ fn check_part(
     let collected = (std::mem::take(all_names), std::mem::take(all_listens));
     let mut checker = Checker::collecting(source, slots, collected, seed);
     checker.seen = seen;
-    let settings =
-        crate::map::parse_part(source, headers, range, |s| checker.service(s.into_inner()));
+    let mut parse_errors = Vec::new();
+    let settings = crate::map::parse_part(
+        source,
+        headers,
+        range,
+        |s| checker.service(s.into_inner()),
+        &mut parse_errors,
+    );
     let Checker {
         errors,
         seen,
@@ -194,7 +200,7 @@ fn check_part(
     };
     (*all_names, *all_listens) = (names, listens);
     Part {
-        settings: settings.ok().filter(|_| errors.is_empty()),
+        settings: (errors.is_empty() && parse_errors.is_empty()).then_some(settings),
         seen,
         explicit_masquerade,
         slots,

@@ -4,7 +4,7 @@
 
 use super::elems::DnatElems;
 use super::encode::{encode_rule, key_bytes};
-use super::meta::TableMeta;
+use super::meta::{OWNER_COMMENT, TableMeta, comment_udata};
 use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
 use crate::ruleset::{BaseHook, Chain, DnatElem, MapKey, MapKind, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
@@ -26,6 +26,34 @@ unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
             self.0.write(buf, seq, t);
             let h = buf.cast::<libc::nlmsghdr>();
             (*h).nlmsg_flags &= !(libc::NLM_F_ACK as u16);
+        }
+    }
+}
+
+/// NEWTABLE carrying svcnat's comment (`meta::OWNER_COMMENT`), which marks the table as
+/// svcnat's: the nftnl crate's table has no userdata.
+struct NewTable<'a>(&'a CString);
+// SAFETY: a header, a name and a short comment, far below nft_nlmsg_maxsize bytes, the room
+// nftnl's batch guarantees.
+unsafe impl NlMsg for NewTable<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        let udata = comment_udata(OWNER_COMMENT);
+        // SAFETY: `buf` has room for one message (NlMsg's contract); the table is allocated,
+        // written out and freed here; the name and userdata outlive the calls that copy them.
+        unsafe {
+            let t = sys::nftnl_table_alloc();
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, libc::NFPROTO_INET as u32);
+            sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.0.as_ptr());
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, 0);
+            sys::nftnl_table_set_data(
+                t,
+                sys::NFTNL_TABLE_USERDATA as u16,
+                udata.as_ptr().cast(),
+                udata.len() as u32,
+            );
+            let h = header(buf, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, seq);
+            sys::nftnl_table_nlmsg_build_payload(h, t);
+            sys::nftnl_table_free(t);
         }
     }
 }
@@ -227,8 +255,14 @@ impl Transaction {
     pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta) {
         self.table = Some(rs.table.clone());
         self.delete_table(&rs.table);
-        let table = Table::new(cstring(&rs.table), ProtoFamily::Inet);
-        self.add(&table, MsgType::Add, format!("add table inet {}", rs.table));
+        let name = cstring(&rs.table);
+        self.add(
+            &NewTable(&name),
+            MsgType::Add,
+            format!("add table inet {}", rs.table),
+        );
+        // Chains name their table through this (it is not sent).
+        let table = Table::new(&name, ProtoFamily::Inet);
         let names: Vec<CString> = rs.chains.iter().map(|c| cstring(&c.name)).collect();
         let chains: Vec<nftnl::Chain> = rs
             .chains

@@ -1,0 +1,175 @@
+//! Reading the map's bytes: from a regular file or standard input, never more than
+//! `MAX_MAP_BYTES`, and only UTF-8. A FIFO without a writer would block for ever and
+//! `/dev/zero` never ends, so anything but a regular file is refused before it is read.
+
+use super::Source;
+use crate::error::{Error, MapError, Result};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// The largest map svcnat reads: 32 MiB, eight times a 50,000-service map.
+pub const MAX_MAP_BYTES: u64 = 32 << 20;
+
+/// The map in the file at `path` (`-`: standard input).
+pub fn read(path: &Path) -> Result<Source> {
+    if path.as_os_str() == "-" {
+        let bytes = read_capped(std::io::stdin().lock(), path)?;
+        return utf8_source("-".to_owned(), bytes);
+    }
+    let refuse = |problem: String, hint: &str| Error::ReadMap {
+        path: path.to_owned(),
+        problem,
+        hint: hint.to_owned(),
+    };
+    // O_NONBLOCK: opening a FIFO does not wait for a writer (it is refused just below);
+    // on a regular file the flag does nothing.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| io_refusal(path, e))?;
+    let meta = file.metadata().map_err(|e| io_refusal(path, e))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(refuse(
+            format!("it is {what}"),
+            "name a regular file with -f, or pass the map on standard input with -f -",
+        ));
+    }
+    if meta.len() > MAX_MAP_BYTES {
+        return Err(too_large(path, meta.len()));
+    }
+    let bytes = read_capped(file, path)?;
+    utf8_source(path.display().to_string(), bytes)
+}
+
+/// Up to `MAX_MAP_BYTES` of `r`; more is refused (a file may grow while it is read).
+fn read_capped(r: impl Read, path: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    r.take(MAX_MAP_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_refusal(path, e))?;
+    if bytes.len() as u64 > MAX_MAP_BYTES {
+        return Err(too_large(path, bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+fn too_large(path: &Path, len: u64) -> Error {
+    Error::ReadMap {
+        path: path.to_owned(),
+        problem: format!(
+            "it is larger than {} MiB ({}{} bytes)",
+            MAX_MAP_BYTES >> 20,
+            if len > MAX_MAP_BYTES { "over " } else { "" },
+            len.min(MAX_MAP_BYTES)
+        ),
+        hint: "a map of 50,000 services is about 4 MiB: check that this is the map you meant"
+            .to_owned(),
+    }
+}
+
+fn io_refusal(path: &Path, e: std::io::Error) -> Error {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "pass the map with -f FILE, set $SVCNAT_MAP, or create ./svcnat.toml"
+        }
+        std::io::ErrorKind::PermissionDenied => "make the map readable by the user svcnat runs as",
+        _ if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            "the path is a loop of symbolic links: point -f at the map file itself"
+        }
+        _ => "name a readable regular file with -f",
+    };
+    Error::ReadMap {
+        path: path.to_owned(),
+        problem: e.to_string(),
+        hint: hint.to_owned(),
+    }
+}
+
+/// The map as text; else where its first byte that is not UTF-8 is.
+pub fn utf8_source(name: String, bytes: Vec<u8>) -> Result<Source> {
+    let e = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(Source::new(name, text)),
+        Err(e) => e,
+    };
+    let at = e.utf8_error().valid_up_to();
+    let bytes = e.as_bytes();
+    let before = String::from_utf8_lossy(&bytes[..at]);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let binary = bytes.iter().take(4096).filter(|b| **b == 0).count() > 0;
+    Err(Error::Map(vec![MapError {
+        file: name,
+        line: before.matches('\n').count() + 1,
+        col: before[line_start..].chars().count() + 1,
+        field: "text".to_owned(),
+        message: format!("byte 0x{:02x} is not UTF-8", bytes[at]),
+        hint: if binary {
+            "this looks like a binary file, not a TOML service map: check the path".to_owned()
+        } else {
+            "save the map as UTF-8, the only encoding TOML allows".to_owned()
+        },
+    }]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_that_is_not_utf8_is_located() {
+        let Err(Error::Map(errors)) =
+            utf8_source("m.toml".into(), b"# ok\nname = \"a\xe9b\"\n".to_vec())
+        else {
+            panic!("not UTF-8 is a map error");
+        };
+        assert_eq!(
+            errors[0].to_string(),
+            "m.toml:2:10: text: byte 0xe9 is not UTF-8\n  fix: save the map as UTF-8, the only encoding TOML allows"
+        );
+        assert!(utf8_source("m.toml".into(), "é\n".into()).is_ok());
+    }
+
+    #[test]
+    fn only_regular_files_and_at_most_the_cap() {
+        let dir = std::env::temp_dir().join(format!("svcnat-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let loop_a = dir.join("a");
+        std::os::unix::fs::symlink(dir.join("b"), &loop_a).unwrap();
+        std::os::unix::fs::symlink(&loop_a, dir.join("b")).unwrap();
+        let cases = [
+            (fifo.as_path(), "it is a FIFO"),
+            (dir.as_path(), "it is a directory"),
+            (Path::new("/dev/zero"), "it is a device"),
+            (loop_a.as_path(), "Too many levels of symbolic links"),
+            (Path::new("/nonexistent/map.toml"), "No such file"),
+        ];
+        for (path, want) in cases {
+            let e = read(path).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+            assert!(e.to_string().contains(want), "{path:?}: {e}");
+        }
+        let big = dir.join("big.toml");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(MAX_MAP_BYTES + 1).unwrap();
+        let e = read(&big).unwrap_err();
+        assert!(e.to_string().contains("larger than 32 MiB"), "{e}");
+        let capped = read_capped(std::io::repeat(b'#').take(MAX_MAP_BYTES + 10), &big);
+        assert!(capped.is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
