@@ -127,16 +127,24 @@ fn report(
         for o in &done.objects {
             eprintln!("  {o}");
         }
-        let read = done
-            .timings
-            .read_ms
-            .map_or("not read back".to_owned(), |ms| {
-                format!("read back in {ms:.2} ms")
-            });
-        eprintln!(
-            "svcnat: kernel: table {read}, commit {:.2} ms",
-            done.timings.commit_ms
-        );
+        match t.backend {
+            ops::Backend::Nft => {
+                let read = done
+                    .timings
+                    .read_ms
+                    .map_or("not read back".to_owned(), |ms| {
+                        format!("read back in {ms:.2} ms")
+                    });
+                eprintln!(
+                    "svcnat: kernel: table {read}, commit {:.2} ms",
+                    done.timings.commit_ms
+                );
+            }
+            ops::Backend::Iptables(ref tool) => eprintln!(
+                "svcnat: {}: {} restore line(s), read back with {0}-save",
+                tool.cmd, done.messages
+            ),
+        }
     }
     let generation = done
         .generation
@@ -231,7 +239,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let (plan, _) = crate::cli::plan_from_source(source, resolver)?;
             let t = target(&StateArgs { state_dir: None }, &backend)?;
             let netns = netns_spec(&netns)?;
-            let report = match t.backend {
+            let mut report = match t.backend {
                 ops::Backend::Nft => {
                     let installed = kernel::show(netns.as_ref(), &plan.table)?;
                     crate::diff::compare(&plan, installed.as_ref())
@@ -241,6 +249,23 @@ pub fn run(cli: Cli) -> Result<i32> {
                     crate::diff::compare_lifted(&plan, view.map(|v| (v.plan, v.drift)))
                 }
             };
+            // A sysctl the rules need that reads 0 is drift too: the rules are in place but
+            // the traffic they redirect goes nowhere.
+            let off = kernel::in_namespace(netns.as_ref(), || {
+                let locals = kernel::local_addresses();
+                let needed = kernel::sysctl::required(&plan, &|ip| locals.contains(ip));
+                Ok(needed
+                    .into_iter()
+                    .filter(|s| kernel::sysctl::read(s).is_ok_and(|v| v != "1"))
+                    .collect::<Vec<_>>())
+            })?;
+            for s in off {
+                report.drift.push(format!(
+                    "- sysctl {} = 1 (it is 0; {} need it)",
+                    s.key, s.why
+                ));
+                report.in_sync = false;
+            }
             if json {
                 println!(
                     "{}",
@@ -260,6 +285,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 .file
                 .as_ref()
                 .map_or_else(|| "the map".to_owned(), |p| p.display().to_string());
+            let families: &[Family] = match format {
+                Format::Nft => &[Family::V4, Family::V6],
+                Format::Iptables => &[Family::V4],
+                Format::Ip6tables => &[Family::V6],
+            };
+            print!("{}", render::sysctl_comment(&plan, families));
             let text = match format {
                 Format::Nft => render::nft::render(&ruleset::lower(&plan), true),
                 Format::Iptables | Format::Ip6tables => {

@@ -75,6 +75,16 @@ pub enum Error {
         hint: Option<String>,
     },
 
+    /// svcnat's rules are installed by the other backend: applying would leave both.
+    #[error(
+        "svcnat's rules are already installed here by {installed}; applying with {wanted} would leave both in place, nothing was changed\n  fix: {fix}"
+    )]
+    BackendsMixed {
+        installed: String,
+        wanted: String,
+        fix: String,
+    },
+
     /// The map (or --table) names a table that svcnat did not create.
     #[error(
         "table inet {table} was not created by svcnat, and svcnat changes only tables it created (they carry the comment \"managed by svcnat\"); nothing was changed\n  fix: name another table with [settings] table = \"...\" (or --table); if it is an svcnat table from an old version, delete it with `nft delete table inet {table}` and apply again"
@@ -102,6 +112,10 @@ pub enum Error {
     /// refused table is left as it was.
     #[error("{tool} failed, that table is unchanged: {message}")]
     KernelRejectedText { tool: String, message: String },
+
+    /// An iptables command could not be run at all.
+    #[error("iptables: {message}\n  fix: {hint}")]
+    Iptables { message: String, hint: String },
 
     /// Talking to netlink failed (socket, send, receive, unexpected reply).
     #[error("netlink: {0}")]
@@ -132,7 +146,8 @@ impl Error {
             Error::Map(_)
             | Error::ReadMap { .. }
             | Error::Usage(_)
-            | Error::ForeignTable { .. } => 2,
+            | Error::ForeignTable { .. }
+            | Error::BackendsMixed { .. } => 2,
             Error::Netns { .. }
             | Error::Sysctl { .. }
             | Error::KernelRejected { .. }
@@ -141,6 +156,7 @@ impl Error {
             | Error::NothingPending
             | Error::KernelRejectedText { .. }
             | Error::Netlink(_)
+            | Error::Iptables { .. }
             | Error::Io { .. } => 1,
         }
     }

@@ -16,6 +16,8 @@ pub mod commands;
 pub mod diff;
 pub mod error;
 pub mod forward;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod health;
 pub mod kernel;
 pub mod lift;

@@ -17,6 +17,8 @@ pub struct Resolver {
     /// The target namespace's own hosts file (/etc/netns/NAME/hosts), which `ip netns exec`
     /// shows its programs as /etc/hosts: after `overrides`, before the system resolver.
     pub netns_hosts: HashMap<String, Vec<IpAddr>>,
+    /// Never ask the system resolver (fuzzing, tests): names not given above fail.
+    pub offline: bool,
 }
 
 impl Resolver {
@@ -24,6 +26,7 @@ impl Resolver {
         Resolver {
             overrides,
             netns_hosts: HashMap::new(),
+            offline: false,
         }
     }
 
@@ -45,6 +48,9 @@ impl Resolver {
         }
         if let Some(ips) = self.netns_hosts.get(name) {
             return Ok(ips.clone());
+        }
+        if self.offline {
+            return Err("not resolved (no resolver asked)".into());
         }
         match (name, 0u16).to_socket_addrs() {
             Ok(addrs) => {

@@ -51,7 +51,10 @@ impl Tool {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Netlink(format!("cannot run {program}: {e} (install the iptables package, or pass --iptables-cmd)")))?;
+            .map_err(|e| Error::Iptables {
+                message: format!("cannot run {program}: {e}"),
+                hint: "install the iptables package, or pass --iptables-cmd iptables-legacy|iptables-nft (svcnat runs CMD-save and CMD-restore)".into(),
+            })?;
         if let Some(text) = input {
             child
                 .stdin
@@ -64,9 +67,15 @@ impl Tool {
             .wait_with_output()
             .map_err(|e| Error::io(format!("running {program}"), e))?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            let message = if stderr.is_empty() {
+                format!("exited with {} and said nothing", out.status)
+            } else {
+                stderr
+            };
             return Err(Error::KernelRejectedText {
-                tool: program,
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                tool: format!("{program} {}", args.join(" ")),
+                message,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -89,6 +98,18 @@ impl Tool {
         )
         .map(|_| ())
     }
+}
+
+/// The iptables flavour (`iptables-legacy`, `iptables-nft`) that holds svcnat's SVCNAT-*
+/// chains in this namespace, if any does; flavours not installed are passed over.
+pub fn holder() -> Option<&'static str> {
+    ["iptables-legacy", "iptables-nft"].into_iter().find(|cmd| {
+        let tool = Tool::new(Some(cmd));
+        [Family::V4, Family::V6].into_iter().any(|f| {
+            tool.save(f, "nat")
+                .is_ok_and(|text| !owned(&text).chains.is_empty())
+        })
+    })
 }
 
 /// What svcnat owns in one table of an iptables-save text.
@@ -198,13 +219,17 @@ fn restore_input(table: &str, have: &Owned, want: &Owned) -> Option<String> {
     for c in want.chains.iter().chain(stale.iter().copied()) {
         out.push_str(&format!(":{c} - [0:0]\n"));
     }
+    let (have_jumps, want_jumps): (HashSet<&String>, HashSet<&String>) =
+        (have.jumps.iter().collect(), want.jumps.iter().collect());
+    // Every jump not wanted goes, duplicates too (each -D removes one).
+    let mut kept: HashSet<&String> = HashSet::new();
     for j in &have.jumps {
-        if !want.jumps.contains(j) {
+        if !want_jumps.contains(j) || !kept.insert(j) {
             out.push_str(&format!("-D{}\n", &j[2..]));
         }
     }
     for j in &want.jumps {
-        if !have.jumps.contains(j) {
+        if !have_jumps.contains(j) {
             out.push_str(&format!("{j}\n"));
         }
     }
@@ -311,9 +336,21 @@ fn field<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
 /// packets of the jumps into its chain: NAT rules see a connection's first packet).
 pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<String, (u64, u64)>) {
     let mut services: Vec<Service> = Vec::new();
+    // By name: a service has a rule per hook, all pointing at its chain.
+    let mut by_name: HashMap<String, usize> = HashMap::new();
     let mut counters: HashMap<String, (u64, u64)> = HashMap::new();
     for (family, inst) in [(Family::V4, v4), (Family::V6, v6)] {
         let nat = &inst.nat;
+        // Each chain's rules, in order: one pass over the table, not one per service.
+        let mut by_chain: HashMap<&str, Vec<&String>> = HashMap::new();
+        for r in &nat.rules {
+            if let Some(chain) = r
+                .strip_prefix("-A ")
+                .and_then(|r| r.split_whitespace().next())
+            {
+                by_chain.entry(chain).or_default().push(r);
+            }
+        }
         for rule in &nat.rules {
             let Some(name) = field(rule, "--comment").and_then(|c| c.strip_prefix("service "))
             else {
@@ -329,8 +366,8 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
                 c.1 += b;
             }
             let loopback = rule.contains(" -d 127.0.0.0/8 ") || rule.contains(" -d ::1/128 ");
-            if let Some(s) = services.iter_mut().find(|s| s.name == name) {
-                s.localhost |= hook == "SVCNAT-OUTPUT" && loopback;
+            if let Some(&i) = by_name.get(name) {
+                services[i].localhost |= hook == "SVCNAT-OUTPUT" && loopback;
                 continue;
             }
             let proto = match field(rule, "-p") {
@@ -348,11 +385,7 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
             let mut targets: Vec<(SocketAddr, f64)> = Vec::new();
             let mut remaining = 1.0;
             let mut masquerade = false;
-            for r in nat
-                .rules
-                .iter()
-                .filter(|r| r.starts_with(&format!("-A {chain} ")))
-            {
+            for r in by_chain.get(chain).map_or(&[][..], |rs| &rs[..]) {
                 if r.contains("-j MARK") && !r.contains(" -s ") {
                     masquerade = true;
                 }
@@ -376,6 +409,7 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
                 continue;
             }
             let least = targets.iter().map(|t| t.1).fold(f64::MAX, f64::min);
+            by_name.insert(name.to_owned(), services.len());
             services.push(Service {
                 name: name.to_owned(),
                 proto,
@@ -447,21 +481,25 @@ pub fn drift(v4: &Installed, v6: &Installed, lifted: &Plan) -> Vec<String> {
         for (table, have) in [("nat", &inst.nat), ("filter", &inst.filter)] {
             let want = wanted(&text, table);
             let is_meta = |r: &&String| r.contains(META_PREFIX);
-            let have_lines: Vec<&String> = have
+            // Counted, not just present: a rule or jump twice in the kernel (a render
+            // restored twice) is drift too.
+            let mut count: HashMap<&String, i64> = HashMap::new();
+            for r in have.rules.iter().chain(&have.jumps).filter(|r| !is_meta(r)) {
+                *count.entry(r).or_default() += 1;
+            }
+            for r in want.rules.iter().chain(&want.jumps) {
+                *count.entry(r).or_default() -= 1;
+            }
+            for r in have
                 .rules
                 .iter()
                 .chain(&have.jumps)
-                .filter(|r| !is_meta(r))
-                .collect();
-            let want_lines: Vec<&String> = want.rules.iter().chain(&want.jumps).collect();
-            for r in &have_lines {
-                if !want_lines.contains(r) {
-                    out.push(format!("+ {table}: {r}"));
-                }
-            }
-            for r in &want_lines {
-                if !have_lines.contains(r) {
-                    out.push(format!("- {table}: {r}"));
+                .chain(&want.rules)
+                .chain(&want.jumps)
+            {
+                let Some(n) = count.remove(r) else { continue };
+                for _ in 0..n.abs() {
+                    out.push(format!("{} {table}: {r}", if n > 0 { "+" } else { "-" }));
                 }
             }
         }

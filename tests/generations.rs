@@ -172,7 +172,7 @@ fn the_last_ten_generations_are_kept_as_whole_files() {
     assert_eq!(h["installed"], 12);
     // Every file is complete JSON with the resolved plan; no temporary file is left.
     let dirs = must(&format!(
-        "grep -l {} {}/*/netns",
+        "grep -lx {} {}/*/netns",
         ns.name,
         state_root().display()
     ));

@@ -235,3 +235,59 @@ fn rollback_keeps_to_the_backend_that_installed_a_generation() {
         "{err}"
     );
 }
+
+/// A jump restored twice (a render loaded by hand twice) is drift, and the next apply
+/// leaves one; the other backend's rules are never installed over; a command that cannot
+/// be run says what failed.
+#[test]
+fn duplicates_are_drift_and_backends_never_mix() {
+    if !require_root() {
+        return;
+    }
+    for cmd in FLAVOURS {
+        let ns = Netns::new("dup");
+        let map = "rulesets/dual-stack.toml";
+        svc_ok(&ns, cmd, &["apply", "-f", map]);
+        ns.exec_ok(&format!("{cmd} -t nat -A PREROUTING -j SVCNAT-PREROUTING"));
+        let (code, out, err) = svc(&ns, cmd, &["diff", "-f", map]);
+        assert_eq!(code, 1, "{cmd}: a duplicate jump is drift: {out}{err}");
+        assert!(
+            out.contains("+ nat: -A PREROUTING -j SVCNAT-PREROUTING"),
+            "{cmd}: {out}"
+        );
+        svc_ok(&ns, cmd, &["apply", "-f", map]);
+        let jumps = save(&ns, cmd)
+            .lines()
+            .filter(|l| *l == "-A PREROUTING -j SVCNAT-PREROUTING")
+            .count();
+        assert_eq!(jumps, 1, "{cmd}: apply leaves one jump");
+        let (code, out, err) = svc(&ns, cmd, &["diff", "-f", map]);
+        assert_eq!(code, 0, "{cmd}: {out}{err}");
+
+        // The nft backend refuses to install beside svcnat's iptables rules.
+        let before = ns.ruleset();
+        let (code, _, err) = svcnat(&["apply", "-f", map, "--netns", &ns.name]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(err.contains(cmd) && err.contains("fix:"), "{cmd}: {err}");
+        assert_eq!(ns.ruleset(), before, "{cmd}: nothing changed");
+    }
+    // The other way round.
+    let ns = Netns::new("mix");
+    apply_map("rulesets/dual-stack.toml", &ns);
+    let (code, _, err) = svc(
+        &ns,
+        "iptables-legacy",
+        &["apply", "-f", "rulesets/dual-stack.toml"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("table inet svcnat") && err.contains("svcnat flush"),
+        "{err}"
+    );
+    let (code, _, err) = svc(&ns, "/bin/false", &["show"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot run /bin/false-save") && err.contains("fix:"),
+        "{err}"
+    );
+}

@@ -663,3 +663,23 @@ fn watched_local_addresses_follow_the_namespace() {
     let gone = get();
     assert!(!gone.contains(&b) && !gone.contains(&v6), "{gone:?}");
 }
+
+/// A sysctl the installed rules need, switched off behind svcnat's back, is drift.
+#[test]
+fn diff_reports_a_needed_sysctl_that_is_off() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("sysdrift");
+    let map = "rulesets/dual-stack.toml";
+    apply_map(map, &ns);
+    let (code, out, err) = svcnat(&["diff", "-f", map, "--netns", &ns.name]);
+    assert_eq!(code, 0, "{out}{err}");
+    ns.exec_ok("sysctl -qw net.ipv4.ip_forward=0");
+    let (code, out, err) = svcnat(&["diff", "-f", map, "--netns", &ns.name]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("sysctl net.ipv4.ip_forward = 1 (it is 0"),
+        "{out}"
+    );
+}

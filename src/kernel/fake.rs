@@ -34,6 +34,8 @@ pub struct FakeKernel {
     /// Tables another program made (no svcnat mark): reading them is refused, as the live
     /// kernel's decoder refuses.
     pub foreign: Vec<String>,
+    /// The iptables flavour that holds svcnat's iptables rules, if any.
+    pub iptables: Option<&'static str>,
 }
 
 impl FakeKernel {
@@ -186,6 +188,10 @@ impl Kernel for FakeKernel {
 
     fn local_addresses(&mut self) -> Vec<IpAddr> {
         self.locals.clone()
+    }
+
+    fn iptables_holder(&mut self) -> Option<&'static str> {
+        self.iptables
     }
 
     fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String> {

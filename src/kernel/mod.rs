@@ -78,6 +78,8 @@ pub trait Kernel {
     fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>>;
     /// The addresses of the namespace's interfaces.
     fn local_addresses(&mut self) -> Vec<IpAddr>;
+    /// The iptables flavour holding svcnat's SVCNAT-* chains here, if any.
+    fn iptables_holder(&mut self) -> Option<&'static str>;
     fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String>;
     /// Get ready to write `value` (fails, before anything changed, where it cannot be).
     fn open_sysctl(
@@ -164,6 +166,10 @@ impl Kernel for Live {
 
     fn local_addresses(&mut self) -> Vec<IpAddr> {
         self.locals.get().to_vec()
+    }
+
+    fn iptables_holder(&mut self) -> Option<&'static str> {
+        crate::xtables::holder()
     }
 
     fn read_sysctl(&mut self, s: &'static Sysctl) -> Result<String> {

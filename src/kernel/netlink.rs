@@ -28,7 +28,17 @@ pub struct Netlink {
 /// nfgenmsg, then the attributes): (type without its flags, payload). Stops at the first
 /// attribute that does not fit.
 pub(super) fn attrs(msg: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut at = std::mem::size_of::<libc::nlmsghdr>() + 4;
+    nested(
+        msg.get(std::mem::size_of::<libc::nlmsghdr>() + 4..)
+            .unwrap_or_default(),
+    )
+}
+
+/// The attributes packed in `payload` (a message's, or a nested attribute's): (type
+/// without its flags, payload). Stops at the first attribute that does not fit.
+pub(super) fn nested(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let msg = payload;
+    let mut at = 0;
     std::iter::from_fn(move || {
         let head = msg.get(at..at + 4)?;
         let len = u16::from_ne_bytes([head[0], head[1]]) as usize;
@@ -50,6 +60,25 @@ pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
 pub struct Msg(Vec<u32>);
 
 impl Msg {
+    /// A copy of one message, when `bytes` holds it whole: its header's length covers at
+    /// least the header and nfgenmsg, and no more than `bytes` (libnftnl's parsers trust
+    /// that length).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Msg> {
+        let min = std::mem::size_of::<libc::nlmsghdr>() + 4;
+        if bytes.len() < min {
+            return None;
+        }
+        let len = Header::of(bytes).len;
+        (min..=bytes.len())
+            .contains(&len)
+            .then(|| copy_msg(&bytes[..len]))
+    }
+
+    /// The message type (subsystem in the high byte, message in the low one).
+    pub fn kind(&self) -> u16 {
+        Header::of(self.bytes()).kind
+    }
+
     /// The message for libnftnl's `*_nlmsg_parse`: aligned, and `nlmsg_len` bytes long.
     pub fn as_nlmsghdr(&self) -> *const libc::nlmsghdr {
         self.0.as_ptr().cast()

@@ -274,7 +274,7 @@ fn nearest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     known
         .iter()
         .map(|k| (edits(&key, k), *k))
-        .filter(|(d, k)| *d <= 2 || (key.len() >= 4 && k.starts_with(&key[..4])))
+        .filter(|(d, k)| *d <= 2 || key.get(..4).is_some_and(|p| k.starts_with(p)))
         .min()
         .map(|(_, k)| k)
 }

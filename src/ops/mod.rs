@@ -402,6 +402,16 @@ fn full(
     if let Backend::Iptables(tool) = backend {
         // iptables-restore cannot carry a ruleset genid; the writer lock still serialises
         // svcnat's own writers, and iptables' --wait lock the legacy ones.
+        if k.table_meta(&plan.table).ok().flatten().is_some() {
+            return Err(Error::BackendsMixed {
+                installed: format!("the nft backend (table inet {})", plan.table),
+                wanted: format!("the iptables backend ({})", tool.cmd),
+                fix: format!(
+                    "remove it first with `svcnat flush --table {}`, or keep using the nft backend",
+                    plan.table
+                ),
+            });
+        }
         let view = xtables::view(tool, &plan.table)?;
         let owned = view
             .as_ref()
@@ -454,6 +464,18 @@ fn full(
                 timed(read_ms, || k.read_table(&plan.table))?
             }
         };
+        if before.is_none()
+            && let Some(cmd) = k.iptables_holder()
+        {
+            // A first nft install over svcnat's iptables rules would run both.
+            return Err(Error::BackendsMixed {
+                installed: format!("the iptables backend (SVCNAT-* chains, {cmd})"),
+                wanted: "the nft backend".into(),
+                fix: format!(
+                    "remove them first with `svcnat flush --backend iptables --iptables-cmd {cmd}`, or keep using --backend iptables"
+                ),
+            });
+        }
         let owned = before
             .as_ref()
             .map(|b| &b.meta.enabled_sysctls[..])

@@ -295,3 +295,17 @@ fn an_empty_map_is_refused_unless_allowed() {
     assert_eq!(done.services, 0);
     assert_eq!(lab.rules().map(|r| r.dnat_maps.len()), Some(0));
 }
+
+#[test]
+fn the_nft_backend_does_not_install_over_svcnats_iptables_rules() {
+    let mut lab = Lab::forwarding("mixed");
+    lab.session.kernel.iptables = Some("iptables-legacy");
+    let e = lab.apply(&map(2, None)).unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    let text = e.to_string();
+    assert!(
+        text.contains("iptables-legacy") && text.contains("svcnat flush --backend iptables"),
+        "{text}"
+    );
+    assert_eq!(lab.rules(), None, "nothing installed");
+}

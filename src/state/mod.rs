@@ -334,7 +334,17 @@ impl StateDir {
                         at = s.base;
                         splices.push(s);
                     }
-                    _ => return Ok(None),
+                    _ => {
+                        if at != n {
+                            // Say which file took the later generations with it.
+                            eprintln!(
+                                "svcnat: note: skipping generation {n}: {} records it as changes to generation {at}, whose {} is unreadable or gone",
+                                self.splice_path(n).display(),
+                                self.gen_path(at).display()
+                            );
+                        }
+                        return Ok(None);
+                    }
                 },
             }
         };

@@ -120,6 +120,18 @@ pub enum Expr {
     Other(String),
 }
 
+/// A string libnftnl returned: null (an attribute the message did not carry) reads as "".
+///
+/// # Safety
+/// `p` is null or a NUL-terminated string that lives for the call.
+unsafe fn text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: the caller's promise above; the string is copied out.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
 /// Set attribute `attr` of an expression being built (libnftnl's `set_u32` is this call with
 /// the value's four bytes).
 fn set_bytes(e: NonNull<sys::nftnl_expr>, attr: u32, data: &[u8]) {
@@ -287,7 +299,7 @@ impl Expr {
                 super::wire::attr_bytes(p, len)
             };
             let name_ptr = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
-            let name = CStr::from_ptr(name_ptr).to_string_lossy().into_owned();
+            let name = text(name_ptr);
             match name.as_str() {
                 "meta" if is_set(sys::NFTNL_EXPR_META_DREG) => Expr::MetaLoad {
                     key: u32_of(sys::NFTNL_EXPR_META_KEY),
@@ -327,12 +339,10 @@ impl Expr {
                     sreg: u32_of(sys::NFTNL_EXPR_LOOKUP_SREG),
                     dreg: is_set(sys::NFTNL_EXPR_LOOKUP_DREG)
                         .then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)),
-                    set: CStr::from_ptr(sys::nftnl_expr_get_str(
+                    set: text(sys::nftnl_expr_get_str(
                         e,
                         sys::NFTNL_EXPR_LOOKUP_SET as u16,
-                    ))
-                    .to_string_lossy()
-                    .into_owned(),
+                    )),
                     // The kernel does not echo transaction-local ids back.
                     set_id: 0,
                 },
@@ -360,12 +370,10 @@ impl Expr {
                 },
                 "objref" if is_set(sys::NFTNL_EXPR_OBJREF_SET_NAME) => Expr::Objref {
                     sreg: u32_of(sys::NFTNL_EXPR_OBJREF_SET_SREG),
-                    set: CStr::from_ptr(sys::nftnl_expr_get_str(
+                    set: text(sys::nftnl_expr_get_str(
                         e,
                         sys::NFTNL_EXPR_OBJREF_SET_NAME as u16,
-                    ))
-                    .to_string_lossy()
-                    .into_owned(),
+                    )),
                     set_id: 0,
                 },
                 "counter" => Expr::Counter {

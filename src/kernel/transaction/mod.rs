@@ -376,6 +376,14 @@ impl Transaction {
     }
 }
 
+/// The messages that install `rs` (after deleting any table of its name), back to back:
+/// what fuzzing of the decoder starts from.
+pub fn install_bytes(rs: &Ruleset, meta: &TableMeta) -> Vec<u8> {
+    let mut tx = Transaction::new();
+    tx.replace_table(rs, meta);
+    tx.batch.finalize().iter().flatten().copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

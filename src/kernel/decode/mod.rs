@@ -1,0 +1,193 @@
+//! The kernel's copy of svcnat's table → Ruleset. Dumps tables, chains, maps with their
+//! elements, named counters and rules with their expressions over the netlink socket,
+//! parsed with libnftnl's own parsers; `recognize` finds svcnat's statements in them. A rule
+//! that is not exactly what svcnat writes (edited by hand with `nft`) is kept aside as
+//! drift, never guessed at.
+
+use super::expr::*;
+use super::meta::{TableMeta, is_owner_mark};
+use super::netlink::{Msg, Netlink, attrs};
+use super::sets::GENERATION_SET;
+use crate::error::{Error, Result};
+use crate::ruleset::Ruleset;
+use lift::meta_from;
+use nftnl::nftnl_sys::libc;
+use parse::{Dump, RawElem};
+use std::collections::HashMap;
+
+mod lift;
+mod parse;
+
+// The string attributes that name what a dump request asks for (linux/netfilter/nf_tables.h).
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+
+/// What the kernel holds in svcnat's table.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub ruleset: Ruleset,
+    /// Per chain: the (packets, bytes) of its counter, when it has one.
+    pub counters: HashMap<String, (u64, u64)>,
+    /// Rules svcnat did not write.
+    pub unrecognized: Vec<UnknownRule>,
+    /// Named counters: name → (packets, bytes).
+    pub objects: HashMap<String, (u64, u64)>,
+    /// What svcnat recorded on the table (generation, digest, sysctls it switched on).
+    pub meta: TableMeta,
+    /// Whether svcnat's bookkeeping set exists (a table without it was not made by this
+    /// version of svcnat, and is replaced whole).
+    pub bookkeeping: bool,
+}
+
+impl Installed {
+    /// A table known without reading it back (what a commit left, or a fake kernel's):
+    /// svcnat's own objects only, no counters.
+    pub fn known(ruleset: Ruleset, meta: TableMeta) -> Installed {
+        Installed {
+            ruleset,
+            counters: HashMap::new(),
+            unrecognized: Vec::new(),
+            objects: HashMap::new(),
+            meta,
+            bookkeeping: true,
+        }
+    }
+}
+
+/// A rule in svcnat's table that is not one svcnat writes.
+#[derive(Debug, Clone)]
+pub struct UnknownRule {
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: Vec<Expr>,
+}
+
+impl std::fmt::Display for UnknownRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "chain {} handle {}:", self.chain, self.handle)?;
+        for e in &self.exprs {
+            write!(f, " {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Only the table and svcnat's bookkeeping: Ok(None) when the table is absent, else what
+/// the element of `set generation` records (default when the set is missing). A table
+/// svcnat did not create is an error (`owned`).
+pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
+    let Some(udata) = table_userdata(nl, table)? else {
+        return Ok(None);
+    };
+    let elems = set_elements(nl, table, GENERATION_SET)?;
+    owned(table, &udata, elems.is_some())?;
+    Ok(Some(meta_from(&elems.unwrap_or_default())))
+}
+
+/// The table's userdata (empty when it has none); None when the table does not exist.
+fn table_userdata(nl: &mut Netlink, table: &str) -> Result<Option<Vec<u8>>> {
+    let mut udata = Vec::new();
+    let exists = nl.dump(
+        libc::NFT_MSG_GETTABLE,
+        0,
+        &[(NFTA_TABLE_NAME, table)],
+        |m: &Msg| {
+            if let Some((_, u)) = attrs(m.bytes()).find(|(kind, _)| *kind == NFTA_TABLE_USERDATA) {
+                udata = u.to_vec();
+            }
+            Ok(())
+        },
+    )?;
+    Ok(exists.then_some(udata))
+}
+
+/// svcnat reads (and so changes) a table only when it made it: the table carries svcnat's
+/// comment, or its bookkeeping set (made before the comment was).
+fn owned(table: &str, udata: &[u8], bookkeeping: bool) -> Result<()> {
+    if is_owner_mark(udata) || bookkeeping {
+        Ok(())
+    } else {
+        Err(Error::ForeignTable {
+            table: table.to_owned(),
+        })
+    }
+}
+
+/// The elements of one set of the table; Ok(None) when the set does not exist.
+fn set_elements(nl: &mut Netlink, table: &str, set: &str) -> Result<Option<Vec<RawElem>>> {
+    let mut dump = Dump::default();
+    let exists = nl.dump(
+        libc::NFT_MSG_GETSETELEM,
+        libc::NLM_F_DUMP,
+        &[
+            (NFTA_SET_ELEM_LIST_TABLE, table),
+            (NFTA_SET_ELEM_LIST_SET, set),
+        ],
+        |m: &Msg| dump.elements(m),
+    )?;
+    Ok(exists.then(|| dump.elements.remove(set).unwrap_or_default()))
+}
+
+/// Read svcnat's table; Ok(None) when it does not exist.
+pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
+    // The table itself: absent means svcnat has nothing installed here.
+    let Some(udata) = table_userdata(nl, table)? else {
+        return Ok(None);
+    };
+    let mut dump = Dump::default();
+    nl.dump(
+        libc::NFT_MSG_GETCHAIN,
+        libc::NLM_F_DUMP,
+        &[(NFTA_CHAIN_TABLE, table)],
+        |m: &Msg| dump.chain(m, table),
+    )?;
+    nl.dump(
+        libc::NFT_MSG_GETSET,
+        libc::NLM_F_DUMP,
+        &[(NFTA_SET_TABLE, table)],
+        |m: &Msg| dump.set(m),
+    )?;
+    owned(
+        table,
+        &udata,
+        dump.set_names.iter().any(|n| n == GENERATION_SET),
+    )?;
+    for set in dump.set_names.clone() {
+        let elements = set_elements(nl, table, &set)?.unwrap_or_default();
+        dump.elements.insert(set, elements);
+    }
+    nl.dump(
+        libc::NFT_MSG_GETRULE,
+        libc::NLM_F_DUMP,
+        &[(NFTA_RULE_TABLE, table)],
+        |m: &Msg| dump.rule(m, table),
+    )?;
+    // Named counters (per-target accounting) and their values.
+    nl.dump(
+        libc::NFT_MSG_GETOBJ,
+        libc::NLM_F_DUMP,
+        &[(NFTA_OBJ_TABLE, table)],
+        |m: &Msg| dump.object(m, table),
+    )?;
+    Ok(Some(lift::installed(table, dump)))
+}
+
+/// The model of `table` from raw dump replies (netlink messages back to back), whatever
+/// they hold: what fuzzing feeds the decoder. Messages that do not parse are errors;
+/// nothing may panic.
+pub fn from_messages(table: &str, bytes: &[u8]) -> Result<Installed> {
+    let mut dump = Dump::default();
+    for m in mnl::NlMessages::new(bytes) {
+        let m = m.map_err(|e| Error::Netlink(format!("malformed message: {e}")))?;
+        if let Some(m) = Msg::from_bytes(m) {
+            dump.message(&m, table)?;
+        }
+    }
+    Ok(lift::installed(table, dump))
+}
