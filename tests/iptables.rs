@@ -271,6 +271,21 @@ fn duplicates_are_drift_and_backends_never_mix() {
         assert!(err.contains(cmd) && err.contains("fix:"), "{cmd}: {err}");
         assert_eq!(ns.ruleset(), before, "{cmd}: nothing changed");
     }
+    // flush with the flavour that holds nothing says which one does.
+    let ns = Netns::new("flavour");
+    svc_ok(
+        &ns,
+        "iptables-legacy",
+        &["apply", "-f", "rulesets/dual-stack.toml"],
+    );
+    let (code, _, err) = svc(&ns, "iptables-nft", &["flush"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("chains are in iptables-legacy")
+            && err.contains("--iptables-cmd iptables-legacy"),
+        "{err}"
+    );
+    svc_ok(&ns, "iptables-legacy", &["flush"]);
     // The other way round.
     let ns = Netns::new("mix");
     apply_map("rulesets/dual-stack.toml", &ns);

@@ -481,7 +481,7 @@ fn diff_reads_like_a_plan_and_reports_hand_edits_as_drift() {
     );
     assert!(
         out.contains("+ rule svcnat did not write, in chain prerouting handle")
-            && out.contains("[ cmp eq reg 1 0x0016 ] [ immediate reg 0 accept ]"),
+            && out.contains(": tcp dport 22 accept\n"),
         "{out}"
     );
     let v: serde_json::Value = serde_json::from_str(

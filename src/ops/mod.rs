@@ -602,6 +602,13 @@ pub fn digest(text: impl AsRef<[u8]>) -> String {
 fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<Vec<&'static str>>> {
     if let Backend::Iptables(tool) = backend {
         let Some(meta) = xtables::flush(tool)? else {
+            // Nothing in this flavour: say so if the other one holds svcnat's chains.
+            if let Some(other) = k.iptables_holder().filter(|o| *o != tool.cmd) {
+                return Err(Error::Usage(format!(
+                    "nothing of svcnat's in {}: its SVCNAT-* chains are in {other}\n  fix: svcnat flush --backend iptables --iptables-cmd {other}",
+                    tool.cmd
+                )));
+            }
             return Ok(None);
         };
         let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;

@@ -70,11 +70,13 @@ pub struct UnknownRule {
 
 impl std::fmt::Display for UnknownRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "chain {} handle {}:", self.chain, self.handle)?;
-        for e in &self.exprs {
-            write!(f, " {e}")?;
-        }
-        Ok(())
+        write!(
+            f,
+            "chain {} handle {}: {}",
+            self.chain,
+            self.handle,
+            words(&self.exprs)
+        )
     }
 }
 

@@ -10,6 +10,8 @@ use std::ffi::{CStr, CString};
 use std::ptr::NonNull;
 
 mod display;
+mod words;
+pub use words::words;
 
 // Kernel ABI numbers (include/uapi/linux/netfilter/nf_tables.h and friends).
 pub const META_MARK: u32 = 3;
