@@ -163,7 +163,7 @@ fn sigkill_during_a_run_reload_leaves_old_or_new_whole() {
         };
         std::fs::write(format!("{}.new", live.path()), next).unwrap();
         std::fs::rename(format!("{}.new", live.path()), live.path()).unwrap();
-        let _ = nix_kill(run.id(), "HUP");
+        hangup(run.id());
         std::thread::sleep(Duration::from_millis(moments.next(300)));
         let _ = run.kill();
         let _ = run.wait();
@@ -175,10 +175,10 @@ fn sigkill_during_a_run_reload_leaves_old_or_new_whole() {
     }
 }
 
-fn nix_kill(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
+/// Send SIGHUP to `pid`.
+fn hangup(pid: u32) {
+    // SAFETY: kill(2) on a child this test started and has not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
 }
 
 /// A fresh directory under the test's temporary directory.
