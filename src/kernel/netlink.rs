@@ -25,28 +25,12 @@ pub struct Netlink {
 }
 
 /// The top-level attributes of an nf_tables message (`msg`, from its nlmsghdr on: then
-/// nfgenmsg, then the attributes): (type without its flags, payload). Stops at the first
-/// attribute that does not fit.
+/// nfgenmsg, then the attributes).
 pub(super) fn attrs(msg: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    nested(
+    super::wire::nested(
         msg.get(std::mem::size_of::<libc::nlmsghdr>() + 4..)
             .unwrap_or_default(),
     )
-}
-
-/// The attributes packed in `payload` (a message's, or a nested attribute's): (type
-/// without its flags, payload). Stops at the first attribute that does not fit.
-pub(super) fn nested(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let msg = payload;
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        let head = msg.get(at..at + 4)?;
-        let len = u16::from_ne_bytes([head[0], head[1]]) as usize;
-        let kind = u16::from_ne_bytes([head[2], head[3]]) & 0x3fff;
-        let payload = msg.get(at + 4..at + len.max(4))?;
-        at += len.next_multiple_of(4).max(4);
-        Some((kind, payload))
-    })
 }
 
 /// The generation id in a NEWGEN message: NFTA_GEN_ID (1), a big-endian u32.
@@ -56,7 +40,7 @@ pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
         .map(|(_, p)| u32::from_be_bytes([p[0], p[1], p[2], p[3]]))
 }
 
-/// One reply message (copied, 4-byte aligned so nftnl's parsers may read it).
+/// One reply message, copied out of the receive buffer.
 pub struct Msg(Vec<u32>);
 
 impl Msg {
@@ -79,10 +63,6 @@ impl Msg {
         Header::of(self.bytes()).kind
     }
 
-    /// The message for libnftnl's `*_nlmsg_parse`: aligned, and `nlmsg_len` bytes long.
-    pub fn as_nlmsghdr(&self) -> *const libc::nlmsghdr {
-        self.0.as_ptr().cast()
-    }
     pub fn bytes(&self) -> &[u8] {
         let all: &[u8] = bytemuck::cast_slice(&self.0);
         &all[..Header::of(all).len.min(all.len())]

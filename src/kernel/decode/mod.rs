@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ruleset::Ruleset;
 use lift::meta_from;
 use nftnl::nftnl_sys::libc;
+pub use parse::set_key;
 use parse::{Dump, RawElem};
 use std::collections::HashMap;
 
@@ -192,4 +193,49 @@ pub fn from_messages(table: &str, bytes: &[u8]) -> Result<Installed> {
         }
     }
     Ok(lift::installed(table, dump))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What svcnat sends to install each bundled map, read back by the decoder, is the
+    /// ruleset it came from: the messages of a batch have the format of a dump's replies,
+    /// so encoder and decoder are held to each other without a kernel (the kernel tests
+    /// hold them to real dumps).
+    #[test]
+    fn the_install_messages_of_every_bundled_map_decode_to_its_ruleset() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rulesets");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let bytes = crate::fuzz::install_messages(&text).expect("bundled maps check");
+            let checked =
+                crate::validate::check(crate::map::Source::new("m.toml", text.as_str())).unwrap();
+            let mut resolver = crate::resolve::Resolver::new(
+                [(
+                    "host.docker.internal".to_owned(),
+                    "172.17.0.1".parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            );
+            resolver.offline = true;
+            let plan = resolver.resolve(&checked).unwrap();
+            let mut want = crate::ruleset::lower(&plan);
+            // The decoder lists elements in key order, as the kernel hands them out.
+            want.dnat_maps.iter_mut().for_each(|m| m.elements.sort());
+            want.maps.iter_mut().for_each(|m| m.elements.sort());
+            let got = from_messages(&want.table, &bytes).unwrap();
+            assert_eq!(got.ruleset, want, "{}", path.display());
+            assert!(got.unrecognized.is_empty(), "{}", path.display());
+            assert_eq!(got.meta.generation, Some(1));
+            n += 1;
+        }
+        assert!(n >= 4);
+    }
 }

@@ -1,14 +1,15 @@
-//! One dump reply message at a time, read with libnftnl's own parsers into plain values
-//! (`Dump`): chains, sets, set elements, rules with their expressions, named counters.
-//! Every string and byte string is copied out before the parsed object is freed.
+//! One dump reply message at a time, read in safe Rust into plain values (`Dump`): chains,
+//! sets, set elements, rules with their expressions, named counters. Only the attributes
+//! svcnat uses are read; lengths are never trusted (`wire`), so a malformed message is an
+//! error or a value, never a crash. (libnftnl's parsers trust their input: fed arbitrary
+//! bytes they read past strings or call exit(), see fuzz/known/.)
 
 use crate::error::{Error, Result};
 use crate::kernel::expr::Expr;
-use crate::kernel::netlink::{Msg, attrs, nested};
-use crate::kernel::wire::attr_bytes;
-use nftnl::nftnl_sys::{self as sys, libc};
+use crate::kernel::netlink::{Msg, attrs};
+use crate::kernel::wire::{be32, be64, data_value, find, nested, text};
+use nftnl::nftnl_sys::libc;
 use std::collections::HashMap;
-use std::ffi::CStr;
 
 pub(super) struct RawChain {
     pub name: String,
@@ -37,176 +38,160 @@ pub(super) struct Dump {
     pub objects: HashMap<String, (u64, u64)>,
 }
 
-fn cstr(p: *const libc::c_char) -> String {
-    if p.is_null() {
-        String::new()
-    } else {
-        // SAFETY: libnftnl's string getters return null or a NUL-terminated string owned by
-        // the object it was read from, which outlives this copy.
-        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-    }
-}
-
-/// Whether every expression of a rule message names its type (a NUL-terminated
-/// NFTA_EXPR_NAME): libnftnl 1.2 looks the name up without checking it is there, so a
-/// message without one would crash it. The kernel always sends one; this keeps a
-/// malformed message an error.
-fn expressions_named(m: &Msg) -> bool {
-    const NFTA_RULE_EXPRESSIONS: u16 = 4;
-    const NFTA_EXPR_NAME: u16 = 1;
-    attrs(m.bytes())
-        .filter(|(kind, _)| *kind == NFTA_RULE_EXPRESSIONS)
-        .flat_map(|(_, list)| nested(list))
-        .all(|(_, expr)| {
-            nested(expr).any(|(kind, name)| {
-                kind == NFTA_EXPR_NAME
-                    && name.len() >= 2
-                    && name.ends_with(&[0])
-                    && !name[..name.len() - 1].contains(&0)
-            })
-        })
-}
-
 fn parse_err(what: &str) -> Error {
     Error::Netlink(format!("cannot parse the kernel's {what} message"))
 }
 
+/// A message's attribute `kind` as a string, or the error naming the message.
+fn required(m: &Msg, kind: u16, what: &str) -> Result<String> {
+    top(m, kind).map(text).ok_or_else(|| parse_err(what))
+}
+
+fn top(m: &Msg, kind: u16) -> Option<&[u8]> {
+    attrs(m.bytes()).find(|(k, _)| *k == kind).map(|(_, v)| v)
+}
+
+/// A set's name as the rest of the dump refers to it. The kernel names anonymous sets
+/// (`__map0`); a batch of svcnat's own carries the template `__map%d` and a transaction
+/// id instead, which tells them apart (what the decoder reads there: the fuzz seeds and
+/// the encode-decode test).
+pub fn set_key(name: String, id: Option<u32>) -> String {
+    match id {
+        Some(id) if name.contains('%') => format!("{name}#{id}"),
+        _ => name,
+    }
+}
+
+// The attributes read below (linux/netfilter/nf_tables.h).
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ID: u16 = 10;
+const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+const NFTA_SET_DESC: u16 = 9;
+const NFTA_SET_DESC_SIZE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_OBJREF: u16 = 9;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
+const NFT_OBJECT_COUNTER: u32 = 1;
+
 impl Dump {
     /// A NEWCHAIN message; chains of other tables are passed over.
     pub fn chain(&mut self, m: &Msg, table: &str) -> Result<()> {
-        // SAFETY: `m` is one whole, aligned message (`Msg` guarantees it); the parsed chain
-        // is freed after its last use and every string is copied out first.
-        unsafe {
-            let c = sys::nftnl_chain_alloc();
-            let ok = sys::nftnl_chain_nlmsg_parse(m.as_nlmsghdr(), c) >= 0;
-            let get = |a: u32| sys::nftnl_chain_is_set(c, a as u16);
-            if ok && cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16)) == table {
-                self.chains.push(RawChain {
-                    name: cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
-                    hook: get(sys::NFTNL_CHAIN_HOOKNUM).then(|| {
-                        (
-                            sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
-                            sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
-                            cstr(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
-                        )
-                    }),
-                });
-            }
-            sys::nftnl_chain_free(c);
-            if ok { Ok(()) } else { Err(parse_err("chain")) }
+        if required(m, NFTA_CHAIN_TABLE, "chain")? != table {
+            return Ok(());
         }
+        let name = required(m, NFTA_CHAIN_NAME, "chain")?;
+        let hook = top(m, NFTA_CHAIN_HOOK).and_then(|h| {
+            let num = find(h, NFTA_HOOK_HOOKNUM).and_then(be32)?;
+            let prio = find(h, NFTA_HOOK_PRIORITY).and_then(be32).unwrap_or(0) as i32;
+            let kind = top(m, NFTA_CHAIN_TYPE).map(text).unwrap_or_default();
+            Some((num, prio, kind))
+        });
+        self.chains.push(RawChain { name, hook });
+        Ok(())
     }
 
     /// A NEWSET message (the dump asked for the table's sets only).
     pub fn set(&mut self, m: &Msg) -> Result<()> {
-        // SAFETY: as in `chain`.
-        unsafe {
-            let s = sys::nftnl_set_alloc();
-            let ok = sys::nftnl_set_nlmsg_parse(m.as_nlmsghdr(), s) >= 0;
-            if ok {
-                let name = cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16));
-                if sys::nftnl_set_is_set(s, sys::NFTNL_SET_DESC_SIZE as u16) {
-                    let size = sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DESC_SIZE as u16);
-                    self.set_sizes.insert(name.clone(), size);
-                }
-                self.set_names.push(name);
-            }
-            sys::nftnl_set_free(s);
-            if ok { Ok(()) } else { Err(parse_err("set")) }
+        let name = set_key(
+            required(m, NFTA_SET_NAME, "set")?,
+            top(m, NFTA_SET_ID).and_then(be32),
+        );
+        let size = top(m, NFTA_SET_DESC)
+            .and_then(|d| find(d, NFTA_SET_DESC_SIZE))
+            .and_then(be32);
+        if let Some(size) = size {
+            self.set_sizes.insert(name.clone(), size);
         }
+        self.set_names.push(name);
+        Ok(())
     }
 
     /// A NEWSETELEM message: elements of the set it names.
     pub fn elements(&mut self, m: &Msg) -> Result<()> {
-        // SAFETY: as in `chain`; the element iterator is destroyed before the set, and each
-        // element's bytes are copied out while both live.
-        unsafe {
-            let s = sys::nftnl_set_alloc();
-            if sys::nftnl_set_elems_nlmsg_parse(m.as_nlmsghdr(), s) < 0 {
-                sys::nftnl_set_free(s);
-                return Err(parse_err("set element"));
-            }
-            let set = cstr(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16));
-            let out = self.elements.entry(set).or_default();
-            let it = sys::nftnl_set_elems_iter_create(s);
-            let mut e = sys::nftnl_set_elems_iter_next(it);
-            while !e.is_null() {
-                let bytes = |attr: u32| {
-                    let mut len = 0u32;
-                    let p = sys::nftnl_set_elem_get(e, attr as u16, &mut len);
-                    attr_bytes(p, len)
-                };
-                let text = |attr: u32| {
-                    sys::nftnl_set_elem_is_set(e, attr as u16)
-                        .then(|| cstr(sys::nftnl_set_elem_get_str(e, attr as u16)))
-                };
-                out.push(RawElem {
-                    key: bytes(sys::NFTNL_SET_ELEM_KEY),
-                    data: bytes(sys::NFTNL_SET_ELEM_DATA),
-                    udata: bytes(sys::NFTNL_SET_ELEM_USERDATA),
-                    chain: text(sys::NFTNL_SET_ELEM_CHAIN),
-                    objref: text(sys::NFTNL_SET_ELEM_OBJREF),
-                });
-                e = sys::nftnl_set_elems_iter_next(it);
-            }
-            sys::nftnl_set_elems_iter_destroy(it);
-            sys::nftnl_set_free(s);
-            Ok(())
+        let set = set_key(
+            required(m, NFTA_SET_ELEM_LIST_SET, "set element")?,
+            top(m, NFTA_SET_ELEM_LIST_SET_ID).and_then(be32),
+        );
+        let out = self.elements.entry(set).or_default();
+        let list = top(m, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap_or_default();
+        // Every attribute of the list is an element, whatever its type: the kernel sends
+        // NFTA_LIST_ELEM, libnftnl numbers them 1, 2, 3 (the kernel reads them either way).
+        for (_, e) in nested(list) {
+            let data = find(e, NFTA_SET_ELEM_DATA).unwrap_or_default();
+            let chain = find(data, NFTA_DATA_VERDICT)
+                .and_then(|v| find(v, NFTA_VERDICT_CHAIN))
+                .map(text);
+            out.push(RawElem {
+                key: find(e, NFTA_SET_ELEM_KEY)
+                    .map(data_value)
+                    .unwrap_or_default(),
+                data: data_value(data),
+                udata: find(e, NFTA_SET_ELEM_USERDATA)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default(),
+                chain,
+                objref: find(e, NFTA_SET_ELEM_OBJREF).map(text),
+            });
         }
+        Ok(())
     }
 
     /// A NEWRULE message; rules of other tables are passed over.
     pub fn rule(&mut self, m: &Msg, table: &str) -> Result<()> {
-        if !expressions_named(m) {
-            return Err(parse_err("rule"));
+        if required(m, NFTA_RULE_TABLE, "rule")? != table {
+            return Ok(());
         }
-        // SAFETY: as in `chain`; each expression is read (`Expr::parse` copies) while the
-        // rule and the iterator live.
-        unsafe {
-            let r = sys::nftnl_rule_alloc();
-            if sys::nftnl_rule_nlmsg_parse(m.as_nlmsghdr(), r) < 0 {
-                sys::nftnl_rule_free(r);
-                return Err(parse_err("rule"));
-            }
-            if cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16)) == table {
-                let chain = cstr(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
-                let handle = sys::nftnl_rule_get_u64(r, sys::NFTNL_RULE_HANDLE as u16);
-                let it = sys::nftnl_expr_iter_create(r);
-                let mut exprs = Vec::new();
-                let mut e = sys::nftnl_expr_iter_next(it);
-                while !e.is_null() {
-                    exprs.push(Expr::parse(e));
-                    e = sys::nftnl_expr_iter_next(it);
-                }
-                sys::nftnl_expr_iter_destroy(it);
-                self.rules.push((chain, handle, exprs));
-            }
-            sys::nftnl_rule_free(r);
-            Ok(())
-        }
+        let chain = required(m, NFTA_RULE_CHAIN, "rule")?;
+        let handle = top(m, NFTA_RULE_HANDLE).and_then(be64).unwrap_or(0);
+        let list = top(m, NFTA_RULE_EXPRESSIONS).unwrap_or_default();
+        let exprs = nested(list)
+            .map(|(_, e)| {
+                let name = find(e, NFTA_EXPR_NAME).map(text).unwrap_or_default();
+                Expr::from_attrs(&name, find(e, NFTA_EXPR_DATA).unwrap_or_default())
+            })
+            .collect();
+        self.rules.push((chain, handle, exprs));
+        Ok(())
     }
 
     /// A NEWOBJ message: a named counter of `table` (other objects are passed over).
     pub fn object(&mut self, m: &Msg, table: &str) -> Result<()> {
-        // SAFETY: as in `chain`.
-        unsafe {
-            let o = sys::nftnl_obj_alloc();
-            let ok = sys::nftnl_obj_nlmsg_parse(m.as_nlmsghdr(), o) >= 0;
-            if ok
-                && cstr(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_TABLE as u16)) == table
-                && sys::nftnl_obj_get_u32(o, sys::NFTNL_OBJ_TYPE as u16) == 1
-            {
-                self.objects.insert(
-                    cstr(sys::nftnl_obj_get_str(o, sys::NFTNL_OBJ_NAME as u16)),
-                    (
-                        sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_PKTS as u16),
-                        sys::nftnl_obj_get_u64(o, sys::NFTNL_OBJ_CTR_BYTES as u16),
-                    ),
-                );
-            }
-            sys::nftnl_obj_free(o);
-            if ok { Ok(()) } else { Err(parse_err("object")) }
+        if required(m, NFTA_OBJ_TABLE, "object")? != table
+            || top(m, NFTA_OBJ_TYPE).and_then(be32) != Some(NFT_OBJECT_COUNTER)
+        {
+            return Ok(());
         }
+        let name = required(m, NFTA_OBJ_NAME, "object")?;
+        let data = top(m, NFTA_OBJ_DATA).unwrap_or_default();
+        let value = |kind| find(data, kind).and_then(be64).unwrap_or(0);
+        self.objects.insert(
+            name,
+            (value(NFTA_COUNTER_PACKETS), value(NFTA_COUNTER_BYTES)),
+        );
+        Ok(())
     }
 
     /// Any of the messages above, by its type; other types are passed over.

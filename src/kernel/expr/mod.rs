@@ -122,18 +122,6 @@ pub enum Expr {
     Other(String),
 }
 
-/// A string libnftnl returned: null (an attribute the message did not carry) reads as "".
-///
-/// # Safety
-/// `p` is null or a NUL-terminated string that lives for the call.
-unsafe fn text(p: *const std::ffi::c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // SAFETY: the caller's promise above; the string is copied out.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
 /// Set attribute `attr` of an expression being built (libnftnl's `set_u32` is this call with
 /// the value's four bytes).
 fn set_bytes(e: NonNull<sys::nftnl_expr>, attr: u32, data: &[u8]) {
@@ -285,124 +273,103 @@ impl Expr {
         ptr
     }
 
-    /// Read an expression the kernel dumped.
-    ///
-    /// # Safety
-    /// `e` must point to a valid expression of a parsed rule.
-    pub unsafe fn parse(e: *const sys::nftnl_expr) -> Expr {
-        // SAFETY: the caller's promise above; every getter copies what it reads, and the
-        // name libnftnl returns is its static, NUL-terminated expression name.
-        unsafe {
-            let u32_of = |attr: u32| sys::nftnl_expr_get_u32(e, attr as u16);
-            let is_set = |attr: u32| sys::nftnl_expr_is_set(e, attr as u16);
-            let bytes_of = |attr: u32| -> Vec<u8> {
-                let mut len = 0u32;
-                let p = sys::nftnl_expr_get(e, attr as u16, &mut len);
-                super::wire::attr_bytes(p, len)
-            };
-            let name_ptr = sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16);
-            let name = text(name_ptr);
-            match name.as_str() {
-                "meta" if is_set(sys::NFTNL_EXPR_META_DREG) => Expr::MetaLoad {
-                    key: u32_of(sys::NFTNL_EXPR_META_KEY),
-                    dreg: u32_of(sys::NFTNL_EXPR_META_DREG),
-                },
-                "meta" => Expr::MetaSet {
-                    key: u32_of(sys::NFTNL_EXPR_META_KEY),
-                    sreg: u32_of(sys::NFTNL_EXPR_META_SREG),
-                },
-                "cmp" => Expr::Cmp {
-                    op: u32_of(sys::NFTNL_EXPR_CMP_OP),
-                    sreg: u32_of(sys::NFTNL_EXPR_CMP_SREG),
-                    data: bytes_of(sys::NFTNL_EXPR_CMP_DATA),
-                },
-                "payload" if is_set(sys::NFTNL_EXPR_PAYLOAD_DREG) => Expr::Payload {
-                    base: u32_of(sys::NFTNL_EXPR_PAYLOAD_BASE),
-                    offset: u32_of(sys::NFTNL_EXPR_PAYLOAD_OFFSET),
-                    len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
-                    dreg: u32_of(sys::NFTNL_EXPR_PAYLOAD_DREG),
-                },
-                "bitwise" => Expr::Bitwise {
-                    sreg: u32_of(sys::NFTNL_EXPR_BITWISE_SREG),
-                    dreg: u32_of(sys::NFTNL_EXPR_BITWISE_DREG),
-                    mask: bytes_of(sys::NFTNL_EXPR_BITWISE_MASK),
-                    xor: bytes_of(sys::NFTNL_EXPR_BITWISE_XOR),
-                },
-                "fib" => Expr::Fib {
-                    flags: u32_of(sys::NFTNL_EXPR_FIB_FLAGS),
-                    result: u32_of(sys::NFTNL_EXPR_FIB_RESULT),
-                    dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
-                },
-                "ct" if is_set(sys::NFTNL_EXPR_CT_DREG) => Expr::CtLoad {
-                    key: u32_of(sys::NFTNL_EXPR_CT_KEY),
-                    dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
-                },
-                "lookup" => Expr::Lookup {
-                    sreg: u32_of(sys::NFTNL_EXPR_LOOKUP_SREG),
-                    dreg: is_set(sys::NFTNL_EXPR_LOOKUP_DREG)
-                        .then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)),
-                    set: text(sys::nftnl_expr_get_str(
-                        e,
-                        sys::NFTNL_EXPR_LOOKUP_SET as u16,
-                    )),
-                    // The kernel does not echo transaction-local ids back.
-                    set_id: 0,
-                },
-                "numgen"
-                    if u32_of(sys::NFTNL_EXPR_NG_TYPE) == NG_RANDOM
-                        && u32_of(sys::NFTNL_EXPR_NG_OFFSET) == 0 =>
-                {
-                    Expr::Numgen {
-                        dreg: u32_of(sys::NFTNL_EXPR_NG_DREG),
-                        modulus: u32_of(sys::NFTNL_EXPR_NG_MODULUS),
-                    }
-                }
-                "immediate" if u32_of(sys::NFTNL_EXPR_IMM_DREG) == REG_VERDICT => {
-                    if is_set(sys::NFTNL_EXPR_IMM_CHAIN) {
-                        Expr::Other("immediate jump/goto".into())
-                    } else {
-                        Expr::Verdict {
-                            code: u32_of(sys::NFTNL_EXPR_IMM_VERDICT) as i32,
+    /// An expression as a rule message carries it: its name and its NFTA_EXPR_DATA
+    /// attributes (kernel headers: nft_*_attributes). Anything svcnat never writes, or
+    /// writes otherwise, becomes `Other`; an attribute that is missing reads as 0, as
+    /// libnftnl's getters give it.
+    pub fn from_attrs(name: &str, data: &[u8]) -> Expr {
+        use super::wire::{be32, be64, data_value, find, text};
+        let u = |kind: u16| find(data, kind).and_then(be32).unwrap_or(0);
+        let is = |kind: u16| find(data, kind).is_some();
+        let bytes = |kind: u16| find(data, kind).map(data_value).unwrap_or_default();
+        match name {
+            "meta" if is(1) => Expr::MetaLoad {
+                key: u(2),
+                dreg: u(1),
+            },
+            "meta" => Expr::MetaSet {
+                key: u(2),
+                sreg: u(3),
+            },
+            "cmp" => Expr::Cmp {
+                op: u(2),
+                sreg: u(1),
+                data: bytes(3),
+            },
+            "payload" if is(1) => Expr::Payload {
+                base: u(2),
+                offset: u(3),
+                len: u(4),
+                dreg: u(1),
+            },
+            "bitwise" => Expr::Bitwise {
+                sreg: u(1),
+                dreg: u(2),
+                mask: bytes(4),
+                xor: bytes(5),
+            },
+            "fib" => Expr::Fib {
+                flags: u(3),
+                result: u(2),
+                dreg: u(1),
+            },
+            "ct" if is(1) => Expr::CtLoad {
+                key: u(2),
+                dreg: u(1),
+            },
+            "lookup" => Expr::Lookup {
+                sreg: u(2),
+                dreg: is(3).then(|| u(3)),
+                set: crate::kernel::decode::set_key(
+                    find(data, 1).map(text).unwrap_or_default(),
+                    find(data, 4).and_then(be32),
+                ),
+                // The kernel does not echo transaction-local ids back.
+                set_id: 0,
+            },
+            "numgen" if u(3) == NG_RANDOM && u(4) == 0 => Expr::Numgen {
+                dreg: u(1),
+                modulus: u(2),
+            },
+            "immediate" => {
+                let value = find(data, 2).unwrap_or_default();
+                match find(value, 2) {
+                    // A verdict: into the verdict register.
+                    Some(verdict) if u(1) == REG_VERDICT => {
+                        if find(verdict, 2).is_some() {
+                            Expr::Other("immediate jump/goto".into())
+                        } else {
+                            Expr::Verdict {
+                                code: find(verdict, 1).and_then(be32).unwrap_or(0) as i32,
+                            }
                         }
                     }
+                    _ => Expr::Immediate {
+                        dreg: u(1),
+                        data: data_value(value),
+                    },
                 }
-                "immediate" => Expr::Immediate {
-                    dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG),
-                    data: bytes_of(sys::NFTNL_EXPR_IMM_DATA),
-                },
-                "objref" if is_set(sys::NFTNL_EXPR_OBJREF_SET_NAME) => Expr::Objref {
-                    sreg: u32_of(sys::NFTNL_EXPR_OBJREF_SET_SREG),
-                    set: text(sys::nftnl_expr_get_str(
-                        e,
-                        sys::NFTNL_EXPR_OBJREF_SET_NAME as u16,
-                    )),
-                    set_id: 0,
-                },
-                "counter" => Expr::Counter {
-                    packets: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16),
-                    bytes: sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16),
-                },
-                "masq" => Expr::Masq,
-                // The kernel echoes max registers equal to the min ones.
-                "nat"
-                    if u32_of(sys::NFTNL_EXPR_NAT_TYPE) == NAT_DNAT
-                        && (!is_set(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX)
-                            || u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX)
-                                == u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN))
-                        && (!is_set(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX)
-                            || u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX)
-                                == u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN)) =>
-                {
-                    Expr::Nat {
-                        family: u32_of(sys::NFTNL_EXPR_NAT_FAMILY),
-                        reg_addr: u32_of(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN),
-                        reg_proto: u32_of(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN),
-                        flags: is_set(sys::NFTNL_EXPR_NAT_FLAGS)
-                            .then(|| u32_of(sys::NFTNL_EXPR_NAT_FLAGS)),
-                    }
-                }
-                other => Expr::Other(other.to_owned()),
             }
+            "objref" if is(4) => Expr::Objref {
+                sreg: u(3),
+                set: find(data, 4).map(text).unwrap_or_default(),
+                set_id: 0,
+            },
+            "counter" => Expr::Counter {
+                packets: find(data, 2).and_then(be64).unwrap_or(0),
+                bytes: find(data, 1).and_then(be64).unwrap_or(0),
+            },
+            "masq" => Expr::Masq,
+            // The kernel echoes max registers equal to the min ones.
+            "nat" if u(1) == NAT_DNAT && (!is(4) || u(4) == u(3)) && (!is(6) || u(6) == u(5)) => {
+                Expr::Nat {
+                    family: u(2),
+                    reg_addr: u(3),
+                    reg_proto: u(5),
+                    flags: is(7).then(|| u(7)),
+                }
+            }
+            other => Expr::Other(other.to_owned()),
         }
     }
 
@@ -471,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn build_then_parse_round_trips() {
+    fn build_then_read_round_trips() {
         let samples = [
             Expr::MetaLoad {
                 key: META_L4PROTO,
@@ -516,14 +483,23 @@ mod tests {
             },
         ];
         for x in samples {
+            // What libnftnl serialises for it, read back by `from_attrs`.
             let p = x.build();
-            // SAFETY: `p` was just built and is owned here; parsed, then freed once.
-            let back = unsafe {
-                let back = Expr::parse(p.as_ptr());
+            let mut buf = vec![0u8; 4096];
+            // SAFETY: `p` was just built and is owned here; libnftnl writes its attributes
+            // (far below 4 KiB) into `buf` through a header it builds there, then `p` is
+            // freed once.
+            let len = unsafe {
+                let h = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), 0, 0, 0, 0);
+                sys::nftnl_expr_build_payload(h, p.as_ptr());
                 sys::nftnl_expr_free(p.as_ptr());
-                back
+                (*h).nlmsg_len as usize
             };
-            assert_eq!(back, x);
+            // Skip nlmsghdr (16) and nfgenmsg (4): NFTA_EXPR_NAME, NFTA_EXPR_DATA follow.
+            let payload = &buf[20..len];
+            let name = super::super::wire::find(payload, 1).map(super::super::wire::text);
+            let data = super::super::wire::find(payload, 2).unwrap_or_default();
+            assert_eq!(Expr::from_attrs(&name.unwrap_or_default(), data), x);
         }
     }
 }
