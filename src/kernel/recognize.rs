@@ -271,11 +271,16 @@ pub fn decode_rule(
                 (Stmt::DnatTo(SocketAddr::new(decode_ip(addr)?, port)), 3)
             }
             (
-                Some(Expr::Numgen { .. }),
+                Some(Expr::Numgen { modulus, .. }),
                 Some(Expr::Lookup { set, .. }),
                 Some(Expr::Nat { .. }),
                 _,
-            ) => (Stmt::DnatNumgen(slots(set)?), 3),
+            ) => {
+                // One slot per value numgen can give, else it is not svcnat's (and an
+                // empty map would have no family to encode).
+                let slots = slots(set).filter(|s| !s.is_empty() && s.len() == *modulus as usize)?;
+                (Stmt::DnatNumgen(slots), 3)
+            }
             _ => return None,
         };
         out.push(stmt);
