@@ -33,6 +33,32 @@ pub(super) fn attrs(msg: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     )
 }
 
+/// The netlink messages packed in `bytes` (a receive buffer): each at least a header long
+/// and within the buffer by its own length; a length that breaks either rule is an error
+/// and ends the walk. (mnl's iterator trusts the padding after the last message.)
+pub fn messages(bytes: &[u8]) -> impl Iterator<Item = std::io::Result<&[u8]>> {
+    let header = std::mem::size_of::<libc::nlmsghdr>();
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = rest.get(..4).map_or(0, |b| {
+            u32::from_ne_bytes(b.try_into().expect("4 bytes")) as usize
+        });
+        if len < header || len > rest.len() {
+            rest = &[];
+            return Some(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a message of {len} bytes in a buffer of {}", bytes.len()),
+            )));
+        }
+        let message = &rest[..len];
+        rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+        Some(Ok(message))
+    })
+}
+
 /// The generation id in a NEWGEN message: NFTA_GEN_ID (1), a big-endian u32.
 pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
     attrs(msg)
@@ -84,7 +110,7 @@ struct Header {
 }
 
 impl Header {
-    /// `bytes` starts with a whole header: `mnl::NlMessages` yields only such messages.
+    /// `bytes` starts with a whole header: `messages` yields only such messages.
     fn of(bytes: &[u8]) -> Header {
         let u32_at = |i: usize| u32::from_ne_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         Header {
@@ -291,7 +317,7 @@ impl Netlink {
                 }
             };
             let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
-            for m in mnl::NlMessages::new(bytes) {
+            for m in messages(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
                 if Header::of(m).kind != NLMSG_ERROR {
                     continue;
@@ -357,7 +383,7 @@ impl Netlink {
                 .map_err(|e| Error::Netlink(format!("reading a dump failed: {e}")))?
                 .unwrap_or(0);
             let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
-            for m in mnl::NlMessages::new(bytes) {
+            for m in messages(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
                 let h = Header::of(m);
                 if h.seq != seq || h.portid != self.portid {

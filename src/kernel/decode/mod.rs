@@ -186,7 +186,7 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
 /// nothing may panic.
 pub fn from_messages(table: &str, bytes: &[u8]) -> Result<Installed> {
     let mut dump = Dump::default();
-    for m in mnl::NlMessages::new(bytes) {
+    for m in super::netlink::messages(bytes) {
         let m = m.map_err(|e| Error::Netlink(format!("malformed message: {e}")))?;
         if let Some(m) = Msg::from_bytes(m) {
             dump.message(&m, table)?;
