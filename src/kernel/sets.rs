@@ -325,6 +325,9 @@ impl Drop for NfSet {
 
 /// Build a message header without NLM_F_ACK: the kernel then answers only failures, plus one
 /// ack for the batch end; per-message acks for 100,000 objects would overflow the socket.
+///
+/// # Safety
+/// `buf` is the buffer of `NlMsg::write`: room for one whole message, aligned.
 pub(super) unsafe fn header(
     buf: *mut c_void,
     msg: i32,

@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::ruleset::Ruleset;
 use lift::meta_from;
 use nftnl::nftnl_sys::libc;
-pub use parse::set_key;
 use parse::{Dump, RawElem};
 use std::collections::HashMap;
 

@@ -5,7 +5,7 @@
 //! bytes they read past strings or call exit(), see fuzz/known/.)
 
 use crate::error::{Error, Result};
-use crate::kernel::expr::Expr;
+use crate::kernel::expr::{Expr, set_key};
 use crate::kernel::netlink::{Msg, attrs};
 use crate::kernel::wire::{be32, be64, data_value, find, nested, text};
 use nftnl::nftnl_sys::libc;
@@ -49,17 +49,6 @@ fn required(m: &Msg, kind: u16, what: &str) -> Result<String> {
 
 fn top(m: &Msg, kind: u16) -> Option<&[u8]> {
     attrs(m.bytes()).find(|(k, _)| *k == kind).map(|(_, v)| v)
-}
-
-/// A set's name as the rest of the dump refers to it. The kernel names anonymous sets
-/// (`__map0`); a batch of svcnat's own carries the template `__map%d` and a transaction
-/// id instead, which tells them apart (what the decoder reads there: the fuzz seeds and
-/// the encode-decode test).
-pub fn set_key(name: String, id: Option<u32>) -> String {
-    match id {
-        Some(id) if name.contains('%') => format!("{name}#{id}"),
-        _ => name,
-    }
 }
 
 // The attributes read below (linux/netfilter/nf_tables.h).

@@ -122,6 +122,17 @@ pub enum Expr {
     Other(String),
 }
 
+/// A set's name as the rest of the dump refers to it. The kernel names anonymous sets
+/// (`__map0`); a batch of svcnat's own carries the template `__map%d` and a transaction
+/// id instead, which tells them apart (what the decoder reads there: the fuzz seeds and
+/// the encode-decode test).
+pub fn set_key(name: String, id: Option<u32>) -> String {
+    match id {
+        Some(id) if name.contains('%') => format!("{name}#{id}"),
+        _ => name,
+    }
+}
+
 /// Set attribute `attr` of an expression being built (libnftnl's `set_u32` is this call with
 /// the value's four bytes).
 fn set_bytes(e: NonNull<sys::nftnl_expr>, attr: u32, data: &[u8]) {
@@ -320,7 +331,7 @@ impl Expr {
             "lookup" => Expr::Lookup {
                 sreg: u(2),
                 dreg: is(3).then(|| u(3)),
-                set: crate::kernel::decode::set_key(
+                set: set_key(
                     find(data, 1).map(text).unwrap_or_default(),
                     find(data, 4).and_then(be32),
                 ),
