@@ -13,7 +13,8 @@ const AFTER_HELP: &str = "\
 Exit codes:
   0  success
   1  runtime or kernel error (the kernel is left as it was)
-  2  invalid input or usage: the map, a flag, a host that does not resolve
+  2  invalid input or usage: the map, a flag, a host that does not resolve, a table svcnat
+     did not create
 
 Examples:
   svcnat render -f rulesets/skupper-ingress.toml --add-host host.docker.internal=10.0.0.1
@@ -146,7 +147,8 @@ services, and nothing else has changed the namespace's ruleset since, only those
 terminal) keeps them; otherwise, or on Ctrl-C, it re-installs what was there before. Losing the terminal does \
 not stop the wait. For changing a remote host's rules without locking yourself out.\n\n",
         "Exit codes: 0 applied (and confirmed), 1 kernel/namespace/sysctl error (nothing changed) or not confirmed \
-(rolled back), 2 invalid map.\n\nExamples:\n",
+(rolled back), 2 invalid map (also one without services, unless --allow-empty), a table svcnat did not \
+create, or svcnat's rules from the other backend in place.\n\nExamples:\n",
         "  svcnat apply -f map.toml\n  svcnat apply -f map.toml --netns proxy1 --add-host host.docker.internal=172.17.0.1\n",
         "  svcnat apply -f map.toml --confirm 60"))]
     Apply {
@@ -229,7 +231,7 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         "Lines read like a plan: `+ service …` apply would add, `- service …` it would remove, \
 `~ service NAME: FIELD FROM -> TO` it would change. Drift is what was changed in svcnat's table \
 without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
-        "Exit codes: 0 in sync, 1 differs (or a runtime error), 2 invalid map.\n\nExamples:\n",
+        "Exit codes: 0 in sync, 1 differs (or a runtime error), 2 invalid map, or a table svcnat did not create.\n\nExamples:\n",
         "  svcnat diff -f map.toml\n  svcnat diff -f map.toml --netns proxy1 --json"))]
     Diff {
         #[command(flatten)]
@@ -244,7 +246,7 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
     },
     /// Remove everything svcnat installed (its table); exit 0 also when there was nothing
     #[command(
-        after_help = "Exit codes: 0 flushed or nothing there, 1 kernel/namespace error.\n\nExample:\n  svcnat flush --netns proxy1"
+        after_help = "Exit codes: 0 flushed or nothing there, 1 kernel/namespace error, 2 a table svcnat did not create, or svcnat's iptables chains are in the other flavour (the message names it).\n\nExample:\n  svcnat flush --netns proxy1"
     )]
     Flush {
         #[command(flatten)]
@@ -278,7 +280,7 @@ rollback installs exactly what was installed then.\n\n",
     },
     /// Show what svcnat's table holds: services, targets and counters
     #[command(
-        after_help = "Exit codes: 0 shown (also when empty), 1 kernel/namespace error.\n\nExamples:\n  svcnat show\n  svcnat show --netns proxy1 --json"
+        after_help = "Exit codes: 0 shown (also when empty), 1 kernel/namespace error, 2 a table svcnat did not create.\n\nExamples:\n  svcnat show\n  svcnat show --netns proxy1 --json"
     )]
     Show {
         #[command(flatten)]
