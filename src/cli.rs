@@ -142,7 +142,7 @@ net.ipv4.conf.all.route_localnet for localhost = true services; if /proc/sys is 
 fails before changing anything and prints the sysctl to set.\n\n",
         "When the map differs from the last one applied only in a few [[service]] sections of one-target \
 services, and nothing else has changed the namespace's ruleset since, only those sections are read and sent \
-(-v says so): changing one service of 50,000 takes a few milliseconds. Anything else is a full apply.\n\n",
+(-v says so): changing one service of 50,000 sends 4 netlink messages. Anything else is a full apply.\n\n",
         "With --confirm SECONDS the new rules are installed, then svcnat waits: `svcnat confirm` (or Enter on a \
 terminal) keeps them; otherwise, or on Ctrl-C, it re-installs what was there before. Losing the terminal does \
 not stop the wait. For changing a remote host's rules without locking yourself out.\n\n",
