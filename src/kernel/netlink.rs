@@ -18,10 +18,9 @@ pub struct Netlink {
     sock: mnl::Socket,
     portid: u32,
     seq: u32,
-    /// The receive buffer, in u32 words to be aligned for `nlmsghdr`. Allocated zeroed
-    /// (fresh pages from the kernel, so a kept socket's buffer holds no memory until a reply
-    /// lands in it).
-    buf: Vec<u32>,
+    /// The receive buffer. Allocated zeroed (fresh pages from the kernel, so a kept
+    /// socket's buffer holds no memory until a reply lands in it).
+    buf: Vec<u8>,
 }
 
 /// The top-level attributes of an nf_tables message (`msg`, from its nlmsghdr on: then
@@ -67,12 +66,11 @@ pub(super) fn newgen_id(msg: &[u8]) -> Option<u32> {
 }
 
 /// One reply message, copied out of the receive buffer.
-pub struct Msg(Vec<u32>);
+pub struct Msg(Vec<u8>);
 
 impl Msg {
     /// A copy of one message, when `bytes` holds it whole: its header's length covers at
-    /// least the header and nfgenmsg, and no more than `bytes` (libnftnl's parsers trust
-    /// that length).
+    /// least the header and nfgenmsg, and no more than `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Option<Msg> {
         let min = std::mem::size_of::<libc::nlmsghdr>() + 4;
         if bytes.len() < min {
@@ -81,7 +79,7 @@ impl Msg {
         let len = Header::of(bytes).len;
         (min..=bytes.len())
             .contains(&len)
-            .then(|| copy_msg(&bytes[..len]))
+            .then(|| Msg(bytes[..len].to_vec()))
     }
 
     /// The message type (subsystem in the high byte, message in the low one).
@@ -90,15 +88,8 @@ impl Msg {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        let all: &[u8] = bytemuck::cast_slice(&self.0);
-        &all[..Header::of(all).len.min(all.len())]
+        &self.0
     }
-}
-
-fn copy_msg(bytes: &[u8]) -> Msg {
-    let mut words = vec![0u32; bytes.len().div_ceil(4)];
-    bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-    Msg(words)
 }
 
 /// The fields of a `struct nlmsghdr` svcnat reads, from its bytes (host byte order).
@@ -185,7 +176,7 @@ impl Netlink {
             sock,
             portid,
             seq: 1,
-            buf: vec![0; RECV_BUF / 4],
+            buf: vec![0; RECV_BUF],
         })
     }
 
@@ -197,7 +188,7 @@ impl Netlink {
         } else {
             MsgFlags::empty()
         };
-        let buf = bytemuck::cast_slice_mut(&mut self.buf);
+        let buf = &mut self.buf[..];
         match nix::sys::socket::recv(self.sock.as_raw_fd(), buf, flags) {
             Ok(n) => Ok(Some(n)),
             Err(nix::Error::EAGAIN) if dont_wait => Ok(None),
@@ -316,7 +307,7 @@ impl Netlink {
                     )));
                 }
             };
-            let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
+            let bytes = &self.buf[..n];
             for m in messages(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
                 if Header::of(m).kind != NLMSG_ERROR {
@@ -382,7 +373,7 @@ impl Netlink {
                 .recv(false)
                 .map_err(|e| Error::Netlink(format!("reading a dump failed: {e}")))?
                 .unwrap_or(0);
-            let bytes = &bytemuck::cast_slice::<u32, u8>(&self.buf)[..n];
+            let bytes = &self.buf[..n];
             for m in messages(bytes) {
                 let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
                 let h = Header::of(m);
@@ -402,7 +393,7 @@ impl Netlink {
                             ))),
                         };
                     }
-                    _ => each(&copy_msg(m))?,
+                    _ => each(&Msg(m.to_vec()))?,
                 }
             }
         }
