@@ -90,6 +90,30 @@ impl Tool {
         )
     }
 
+    /// Whether this command is iptables-nft (whose built-in chains exist only once used).
+    fn is_nft(&self) -> Result<bool> {
+        Ok(self
+            .run(self.cmd.clone(), &["--version"], None)?
+            .contains("nf_tables"))
+    }
+
+    /// After a flush, delete the built-in chains that held nothing but svcnat's jumps, so
+    /// iptables-nft's `nat` table is left as svcnat found it (legacy's built-in chains
+    /// always exist). `-X` of a built-in chain is iptables-nft's own way (1.8.7+); the kernel
+    /// refuses it for a chain that gained a rule since, and that refusal is fine to ignore.
+    fn drop_idle_builtins(&self, family: Family, had: &Installed) -> Result<()> {
+        let idle = [("nat", &had.nat), ("filter", &had.filter)]
+            .into_iter()
+            .flat_map(|(table, o)| o.only_ours.iter().map(move |c| (table, c)));
+        let mut nft = None;
+        for (table, chain) in idle {
+            if *nft.get_or_insert(self.is_nft()?) {
+                let _ = self.run(self.base(family), &["-w", "-t", table, "-X", chain], None);
+            }
+        }
+        Ok(())
+    }
+
     pub fn restore(&self, family: Family, input: &str) -> Result<()> {
         self.run(
             format!("{}-restore", self.base(family)),
@@ -123,6 +147,9 @@ pub struct Owned {
     pub jumps: Vec<String>,
     /// Packet and byte counters per rule line.
     pub counters: HashMap<String, (u64, u64)>,
+    /// Built-in chains with policy ACCEPT whose only rules are jumps into svcnat's chains:
+    /// iptables-nft creates such a chain on svcnat's first jump, and nothing else needs it.
+    pub only_ours: Vec<String>,
 }
 
 /// Strip iptables-save's `[packets:bytes] ` prefix.
@@ -138,11 +165,17 @@ fn split_counters(line: &str) -> (Option<(u64, u64)>, &str) {
 
 pub fn owned(save: &str) -> Owned {
     let mut o = Owned::default();
+    // Built-in chains with policy ACCEPT, and those holding a rule that is not svcnat's jump.
+    let mut accepting: Vec<&str> = Vec::new();
+    let mut foreign: HashSet<&str> = HashSet::new();
     for line in save.lines() {
         if let Some(decl) = line.strip_prefix(':') {
-            let name = decl.split_whitespace().next().unwrap_or("");
+            let mut words = decl.split_whitespace();
+            let name = words.next().unwrap_or("");
             if name.starts_with(CHAIN_PREFIX) {
                 o.chains.push(name.to_owned());
+            } else if words.next() == Some("ACCEPT") {
+                accepting.push(name);
             }
             continue;
         }
@@ -159,12 +192,23 @@ pub fn owned(save: &str) -> Owned {
         } else if target.is_some_and(|t| t.starts_with(CHAIN_PREFIX)) {
             o.jumps.push(rule.to_owned());
         } else {
+            foreign.insert(chain);
             continue;
         }
         if let Some(c) = counters {
             o.counters.insert(rule.to_owned(), c);
         }
     }
+    o.only_ours = accepting
+        .into_iter()
+        .filter(|c| !foreign.contains(c))
+        .filter(|c| {
+            o.jumps
+                .iter()
+                .any(|j| j.split_whitespace().nth(1) == Some(*c))
+        })
+        .map(str::to_owned)
+        .collect();
     o
 }
 
@@ -318,6 +362,7 @@ pub fn flush(tool: &Tool) -> Result<Option<TableMeta>> {
         if !input.is_empty() {
             tool.restore(family, &input)?;
             meta.get_or_insert_with(TableMeta::default);
+            tool.drop_idle_builtins(family, &have)?;
         }
     }
     Ok(meta)

@@ -306,3 +306,32 @@ fn duplicates_are_drift_and_backends_never_mix() {
         "{err}"
     );
 }
+
+#[test]
+fn iptables_nft_flush_removes_the_builtin_chains_only_svcnat_used() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("iptb");
+    // Someone else's rule in ip nat OUTPUT: that chain must stay, with its rule.
+    ns.exec_ok("iptables-nft -t nat -A OUTPUT -d 127.0.0.11/32 -p udp --dport 53 -j DNAT --to-destination 127.0.0.11:41234");
+    svc_ok(
+        &ns,
+        "iptables-nft",
+        &["apply", "-f", "rulesets/dual-stack.toml"],
+    );
+    let applied = ns.exec_ok("nft list ruleset");
+    assert!(
+        applied.contains("table ip6 nat") && applied.contains("chain POSTROUTING"),
+        "{applied}"
+    );
+    svc_ok(&ns, "iptables-nft", &["flush"]);
+    let after = ns.exec_ok("nft list ruleset");
+    let chains: Vec<&str> = after
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("chain "))
+        .collect();
+    assert_eq!(chains, ["chain OUTPUT {"], "{after}");
+    assert!(after.contains("dport 53"), "{after}");
+}

@@ -62,6 +62,12 @@ pub fn render(plan: &Plan, family: Family, source: &str) -> String {
         services.len(),
         family.name()
     );
+    // iptables-restore can append a rule but not "append unless present", so no restore
+    // input can be both a first install and a re-install: say so where the user reads it.
+    let _ = writeln!(
+        out,
+        "# restore it once: a second restore adds a second jump to each built-in chain; re-apply with svcnat apply --backend iptables"
+    );
     out.push_str("*nat\n");
     let mut chains = vec!["SVCNAT-PREROUTING".to_owned(), "SVCNAT-OUTPUT".to_owned()];
     if masq {
