@@ -81,6 +81,15 @@ pub struct BackendArgs {
     pub iptables_cmd: Option<String>,
 }
 
+/// What a change does to the connections it moves (apply, run, rollback, flush).
+#[derive(Args, Debug, Clone)]
+pub struct FlowArgs {
+    /// After a change that removes targets, delete the conntrack entries still pinned to
+    /// them, so their clients' next packets reach the targets now installed
+    #[arg(long, value_enum, value_name = "PROTOS", default_value_t = crate::conntrack::Cleanup::Udp)]
+    pub conntrack_cleanup: crate::conntrack::Cleanup,
+}
+
 /// Which table, where, and where its generations are recorded: what flush, rollback and
 /// history act on.
 #[derive(Args, Debug, Clone)]
@@ -169,6 +178,8 @@ create, or svcnat's rules from the other backend in place.\n\nExamples:\n",
         allow_empty: bool,
         #[command(flatten)]
         backend: BackendArgs,
+        #[command(flatten)]
+        flows: FlowArgs,
     },
     /// The proxy container's entrypoint: apply, then keep the rules in sync until SIGTERM
     #[command(after_help = concat!(
@@ -215,6 +226,8 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         /// and the running rules stay
         #[arg(long)]
         allow_empty: bool,
+        #[command(flatten)]
+        flows: FlowArgs,
     },
     /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
     #[command(
@@ -251,6 +264,8 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
     Flush {
         #[command(flatten)]
         at: TableArgs,
+        #[command(flatten)]
+        flows: FlowArgs,
     },
     /// Re-install an earlier generation, in one transaction
     #[command(after_help = concat!(
@@ -266,6 +281,8 @@ rollback installs exactly what was installed then.\n\n",
         to: Option<u64>,
         #[command(flatten)]
         at: TableArgs,
+        #[command(flatten)]
+        flows: FlowArgs,
     },
     /// List the recorded generations of a namespace (the last 10 applies)
     #[command(

@@ -30,6 +30,7 @@ fn target(state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
             }
         },
         allow_empty: false,
+        conntrack: crate::conntrack::Cleanup::default(),
     })
 }
 
@@ -166,14 +167,22 @@ fn report(
         n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
     };
     format!(
-        "svcnat: applied {} service(s) to {place} as {generation} ({} changed): {} {unit}, {}, {ms:.1} ms{}{}",
+        "svcnat: applied {} service(s) to {place} as {generation} ({} changed): {} {unit}, {}, {ms:.1} ms{}{}{}",
         done.services,
         done.changed,
         done.messages,
         done.how(),
         sysctl_note(&done.enabled, &done.disabled),
-        retried
+        retried,
+        flows_note(done.flows.as_ref())
     )
+}
+
+/// `; deleted 2 stale conntrack entries (…)` when a change removed targets.
+fn flows_note(flows: Option<&ops::FlowsCleared>) -> String {
+    flows
+        .map(|f| format!("; {}", f.describe()))
+        .unwrap_or_default()
 }
 
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
@@ -189,6 +198,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             health_interval,
             metrics,
             allow_empty,
+            flows,
         } => {
             let resolver = crate::cli::resolver_in(&map, &netns)?;
             let port_mapping = std::env::var("PORT_MAPPING")
@@ -222,6 +232,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     state_root,
                     backend: ops::Backend::Nft,
                     allow_empty,
+                    conntrack: flows.conntrack_cleanup,
                 },
                 resolve_interval,
                 health: health_check.map(|_| health_interval),
@@ -357,13 +368,18 @@ pub fn run(cli: Cli) -> Result<i32> {
             confirm,
             allow_empty,
             backend,
+            flows,
         } => {
             let started = Instant::now();
             let resolver = crate::cli::resolver_in(&map, &netns)?;
             let source = crate::cli::read_map(map.file.as_ref())?;
             // A map error is reported before a usage error: parse first when the flags are off.
             let t = match target(&state, &backend) {
-                Ok(t) => ops::Target { allow_empty, ..t },
+                Ok(t) => ops::Target {
+                    allow_empty,
+                    conntrack: flows.conntrack_cleanup,
+                    ..t
+                },
                 Err(e) => {
                     Desired::from_map(&source, &resolver)?;
                     return Err(e);
@@ -436,13 +452,14 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
-        Command::Flush { at } => {
+        Command::Flush { at, flows } => {
             let AtTable {
-                target: t,
+                target: mut t,
                 mut session,
                 table,
                 place,
             } = at_table(at)?;
+            t.conntrack = flows.conntrack_cleanup;
             match ops::flush(&mut session, &t, &table)? {
                 Some(flushed) => {
                     let off = if flushed.disabled.is_empty() {
@@ -461,19 +478,21 @@ pub fn run(cli: Cli) -> Result<i32> {
                             )
                         })
                         .unwrap_or_default();
-                    println!("svcnat: removed {place}{recorded}{off}");
+                    let flows = flows_note(flushed.flows.as_ref());
+                    println!("svcnat: removed {place}{recorded}{off}{flows}");
                 }
                 None => println!("svcnat: nothing to flush: nothing installed in {place}"),
             }
             Ok(0)
         }
-        Command::Rollback { to, at } => {
+        Command::Rollback { to, at, flows } => {
             let AtTable {
-                target: t,
+                target: mut t,
                 mut session,
                 table,
                 place,
             } = at_table(at)?;
+            t.conntrack = flows.conntrack_cleanup;
             let r = ops::rollback(&mut session, &t, &table, to)?;
             let from = r.from.map_or("nothing installed".to_owned(), |g| {
                 format!("generation {g}")
@@ -484,7 +503,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 (_, None) => "not recorded".to_owned(),
             };
             println!(
-                "svcnat: rolled back {place} from {from} to generation {} ({}, {}, {} service(s)): {now}; {} {}{}",
+                "svcnat: rolled back {place} from {from} to generation {} ({}, {}, {} service(s)): {now}; {} {}{}{}",
                 r.to.number(),
                 r.to.head.reason.name(),
                 r.to.head.time,
@@ -494,7 +513,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                     ops::Backend::Nft => "netlink messages",
                     ops::Backend::Iptables(_) => "iptables-restore lines",
                 },
-                sysctl_note(&r.done.enabled, &r.done.disabled)
+                sysctl_note(&r.done.enabled, &r.done.disabled),
+                flows_note(r.done.flows.as_ref())
             );
             Ok(0)
         }

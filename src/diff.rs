@@ -94,13 +94,15 @@ pub struct Tally {
 
 /// The nft backend: `compare`'s tally.
 pub fn tally(desired: &Plan, installed: Option<&Installed>) -> Tally {
-    tally_lifted(desired, installed.map(|i| (lift(&i.ruleset), drift(i))))
+    let lifted = installed.map(|i| (lift(&i.ruleset), drift(i)));
+    tally_lifted(desired, lifted.as_ref().map(|(p, d)| (p, &d[..])))
 }
 
 /// `compare_lifted`'s tally: a service is unchanged when everything `compare` reports of
 /// it (listen, protocol, targets, masquerade, localhost) is equal.
-pub fn tally_lifted(desired: &Plan, installed: Option<(Plan, Vec<String>)>) -> Tally {
-    let (have, drift) = installed.unwrap_or_default();
+pub fn tally_lifted(desired: &Plan, installed: Option<(&Plan, &[String])>) -> Tally {
+    let none = Plan::default();
+    let (have, drift) = installed.unwrap_or((&none, &[]));
     let have_by_name: HashMap<&str, &Service> =
         have.services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut kept = 0;
@@ -273,7 +275,7 @@ mod tests {
             let want = plan(text);
             for drift in [vec![], vec!["+ rule".to_owned()]] {
                 let report = compare_lifted(&want, Some((have.clone(), drift.clone())));
-                let tally = tally_lifted(&want, Some((have.clone(), drift)));
+                let tally = tally_lifted(&want, Some((&have, &drift[..])));
                 assert_eq!(tally.changed, report.services.len(), "variant {i}");
                 assert_eq!(tally.in_sync, report.in_sync, "variant {i}");
             }

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod conntrack;
 pub mod diff;
 pub mod error;
 pub mod forward;

@@ -3,9 +3,6 @@
 
 mod common;
 use common::*;
-use std::io::BufRead;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Lab {
@@ -39,67 +36,6 @@ fn lab() -> Lab {
         client,
         proxy,
         _servers: servers,
-    }
-}
-
-/// A running `svcnat run` and everything it logged so far.
-struct Running {
-    proc: Proc,
-    log: Arc<Mutex<String>>,
-}
-
-impl Running {
-    fn start(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name]).args(args);
-        cmd.env("SVCNAT_STATE_DIR", state_root())
-            .env_remove("SVCNAT_FORWARD")
-            .env_remove("PORT_MAPPING");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let sink = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                let mut l = sink.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let r = Running {
-            proc: Proc { child },
-            log,
-        };
-        r.wait_log("INFO applied", Duration::from_secs(10));
-        r
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let start = Instant::now();
-        while !self.log().contains(needle) {
-            assert!(
-                start.elapsed() < timeout,
-                "no {needle:?} in the log within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.proc.pid() as i32, sig) };
     }
 }
 

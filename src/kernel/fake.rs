@@ -36,6 +36,8 @@ pub struct FakeKernel {
     pub foreign: Vec<String>,
     /// The iptables flavour that holds svcnat's iptables rules, if any.
     pub iptables: Option<&'static str>,
+    /// The conntrack table.
+    pub flows: Vec<crate::conntrack::Flow>,
 }
 
 impl FakeKernel {
@@ -218,6 +220,20 @@ impl Kernel for FakeKernel {
         let value = String::from_utf8_lossy(w.value).trim().to_owned();
         self.sysctls.insert(w.sysctl.key, value);
         w.write()
+    }
+
+    fn clear_conntrack(
+        &mut self,
+        protos: &[crate::validate::Proto],
+        stale: &dyn Fn(&crate::conntrack::Flow) -> bool,
+    ) -> Result<super::conntrack::Cleared> {
+        let examined = self.flows.len();
+        self.flows
+            .retain(|f| !(f.dst_nat && protos.contains(&f.proto) && stale(f)));
+        Ok(super::conntrack::Cleared {
+            examined,
+            deleted: examined - self.flows.len(),
+        })
     }
 }
 

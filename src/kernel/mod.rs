@@ -8,6 +8,7 @@
 //! tested without root.
 
 mod connection;
+pub mod conntrack;
 pub mod decode;
 mod elems;
 pub mod encode;
@@ -89,6 +90,12 @@ pub trait Kernel {
         why: String,
     ) -> Result<PendingWrite>;
     fn write_sysctl(&mut self, w: PendingWrite) -> Result<()>;
+    /// Delete the conntrack entries of `protos` that `stale` picks (see `crate::conntrack`).
+    fn clear_conntrack(
+        &mut self,
+        protos: &[crate::validate::Proto],
+        stale: &dyn Fn(&crate::conntrack::Flow) -> bool,
+    ) -> Result<conntrack::Cleared>;
 }
 
 /// Something that runs code with a `Kernel` of one namespace: a `Connection` (entering the
@@ -187,6 +194,14 @@ impl Kernel for Live {
 
     fn write_sysctl(&mut self, w: PendingWrite) -> Result<()> {
         w.write()
+    }
+
+    fn clear_conntrack(
+        &mut self,
+        protos: &[crate::validate::Proto],
+        stale: &dyn Fn(&crate::conntrack::Flow) -> bool,
+    ) -> Result<conntrack::Cleared> {
+        conntrack::clear(&mut self.nl, protos, stale)
     }
 }
 

@@ -117,25 +117,37 @@ impl Header {
 /// attribute per `(type, value)`, each NUL-terminated and padded to 4 bytes as netlink
 /// wants. All svcnat's dump requests name a table (and a set) this way.
 fn request(msg_type: i32, flags: i32, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(64);
-    m.extend_from_slice(&0u32.to_ne_bytes()); // length, filled in below
+    let mut body = Vec::with_capacity(32);
+    for (attr, value) in attrs {
+        let mut v = value.as_bytes().to_vec();
+        v.push(0);
+        put_attr(&mut body, *attr, &v);
+    }
     let kind = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg_type as u16;
+    message(kind, flags, seq, libc::NFPROTO_INET as u8, &body)
+}
+
+/// One netfilter netlink message: nlmsghdr (`kind`: subsystem << 8 | message, NLM_F_REQUEST
+/// and `flags`), nfgenmsg (`family`, version 0, res_id 0), then `attrs` as encoded.
+pub fn message(kind: u16, flags: i32, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20 + attrs.len());
+    let total = (20 + attrs.len()) as u32;
+    m.extend_from_slice(&total.to_ne_bytes());
     m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&((libc::NLM_F_REQUEST | flags) as u16).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // portid: the kernel fills it in
-    m.extend_from_slice(&[libc::NFPROTO_INET as u8, 0, 0, 0]); // nfgenmsg: family, v0, res_id
-    for (attr, value) in attrs {
-        let len = 4 + value.len() + 1;
-        m.extend_from_slice(&(len as u16).to_ne_bytes());
-        m.extend_from_slice(&attr.to_ne_bytes());
-        m.extend_from_slice(value.as_bytes());
-        m.push(0);
-        m.resize(m.len().next_multiple_of(4), 0);
-    }
-    let total = m.len() as u32;
-    m[..4].copy_from_slice(&total.to_ne_bytes());
+    m.extend_from_slice(&[family, 0, 0, 0]);
+    m.extend_from_slice(attrs);
     m
+}
+
+/// Append one attribute (type, then `value`, padded to 4 bytes) to `out`.
+pub fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 fn nl_error(bytes: &[u8]) -> (u32, i32) {
@@ -360,13 +372,29 @@ impl Netlink {
         msg_type: i32,
         flags: i32,
         attrs: &[(u16, &str)],
-        mut each: impl FnMut(&Msg) -> Result<()>,
+        each: impl FnMut(&Msg) -> Result<()>,
     ) -> Result<bool> {
         self.seq += 1;
-        let seq = self.seq;
-        let req = request(msg_type, flags | libc::NLM_F_ACK, seq, attrs);
+        let req = request(msg_type, flags | libc::NLM_F_ACK, self.seq, attrs);
+        self.dump_with(&req, each)
+    }
+
+    /// The next sequence number, for a request built with `message`.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Send the request `req` (built with `message`, carrying this socket's latest
+    /// sequence number) and hand each reply to `each` until the kernel says it is done.
+    pub fn dump_with(
+        &mut self,
+        req: &[u8],
+        mut each: impl FnMut(&Msg) -> Result<()>,
+    ) -> Result<bool> {
+        let seq = Header::of(req).seq;
         self.sock
-            .send(&req)
+            .send(req)
             .map_err(|e| Error::Netlink(format!("sending a dump request failed: {e}")))?;
         loop {
             let n = self
@@ -397,6 +425,47 @@ impl Netlink {
                 }
             }
         }
+    }
+
+    /// Send `requests` (each built with `message` and NLM_F_ACK, numbered from `first_seq`
+    /// up) in sends of a few at a time, and return the errno of each one the kernel
+    /// refused, by its index. The kernel handles the messages of one send in order and
+    /// acks each.
+    pub fn send_acked(&mut self, requests: &[Vec<u8>]) -> Result<Vec<(usize, i32)>> {
+        const PER_SEND: usize = 64;
+        let mut refused = Vec::new();
+        for (chunk_no, chunk) in requests.chunks(PER_SEND).enumerate() {
+            let seqs: Vec<u32> = chunk.iter().map(|r| Header::of(r).seq).collect();
+            let bytes: Vec<u8> = chunk.concat();
+            self.sock.send(&bytes).map_err(|e| {
+                Error::Netlink(format!("sending {} request(s) failed: {e}", chunk.len()))
+            })?;
+            let mut pending = chunk.len();
+            while pending > 0 {
+                let n = self
+                    .recv(false)
+                    .map_err(|e| Error::Netlink(format!("reading acks failed: {e}")))?
+                    .unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                for m in messages(&self.buf[..n]) {
+                    let m = m.map_err(|e| Error::Netlink(format!("malformed reply: {e}")))?;
+                    let h = Header::of(m);
+                    if h.kind != NLMSG_ERROR || h.portid != self.portid {
+                        continue;
+                    }
+                    let (seq, code) = nl_error(m);
+                    if let Some(i) = seqs.iter().position(|s| *s == seq) {
+                        pending -= 1;
+                        if code != 0 {
+                            refused.push((chunk_no * PER_SEND + i, -code));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(refused)
     }
 }
 

@@ -51,7 +51,7 @@ pub fn apply_confirmed<E: Enter>(
         let done = full(
             k,
             &dir,
-            &t.backend,
+            t,
             desired,
             FullReason::Confirm,
             Reason::Apply,
@@ -105,14 +105,7 @@ pub fn apply_confirmed<E: Enter>(
         if dir.claim_pending("expired")?.is_none() {
             return Ok(Confirmation::Confirmed); // confirm won the race
         }
-        let to = restore(
-            k,
-            &dir,
-            &t.backend,
-            &table,
-            previous,
-            Reason::ConfirmTimeout,
-        )?;
+        let to = restore(k, &dir, t, &table, previous, Reason::ConfirmTimeout)?;
         Ok(Confirmation::RolledBack { to, why })
     })
 }

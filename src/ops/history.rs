@@ -1,7 +1,7 @@
 //! `history` and `rollback`: the recorded generations, and installing one of them again.
 
 use super::FullReason;
-use super::{Backend, Desired, Session, Synced, Target, current_meta, full, remove, state_dir};
+use super::{Desired, Session, Synced, Target, current_meta, full, remove, state_dir};
 use crate::error::{Error, Result};
 use crate::kernel::Enter;
 use crate::state::{Generation, Reason, StateDir};
@@ -147,7 +147,7 @@ pub fn rollback<E: Enter>(
         let done = full(
             k,
             &dir,
-            &t.backend,
+            t,
             desired,
             FullReason::NotAMapFile,
             Reason::Rollback,
@@ -168,13 +168,13 @@ pub fn rollback<E: Enter>(
 pub(super) fn restore(
     k: &mut dyn crate::kernel::Kernel,
     dir: &StateDir,
-    backend: &Backend,
+    t: &super::Target,
     table: &str,
     previous: Option<u64>,
     reason: Reason,
 ) -> Result<Option<u64>> {
     let Some(n) = previous else {
-        remove(k, backend, table)?;
+        remove(k, &t.backend, table)?;
         return Ok(None);
     };
     let g = dir.generation(n)?.ok_or_else(|| Error::State {
@@ -192,7 +192,7 @@ pub(super) fn restore(
     full(
         k,
         dir,
-        backend,
+        t,
         desired,
         FullReason::NotAMapFile,
         reason,

@@ -53,6 +53,7 @@ pub(super) fn apply(
     on_top_of: Option<u64>,
     last: &mut Option<LastCommit>,
     reason: Reason,
+    cleanup: crate::conntrack::Cleanup,
 ) -> Result<Attempt> {
     // What the kernel holds must be what the index describes: nobody committed since.
     let genid = k.genid()?;
@@ -153,6 +154,8 @@ pub(super) fn apply(
     };
 
     // Committed: from here on, failures are real.
+    let watch = crate::conntrack::Watch::elements(&change.gone, &change.new, cleanup);
+    let flows = super::clear_stale_flows(k, &watch);
     let changed = change.removed.max(change.plan.services.len());
     dir.record_splice(&Splice {
         head: Header {
@@ -222,6 +225,7 @@ pub(super) fn apply(
             read_ms: None,
             commit_ms,
         },
+        flows,
         ..Synced::new(SyncPath::Incremental, services, head.table)
     };
     Ok(Ok((synced, last)))

@@ -20,6 +20,7 @@ impl Lab {
             session: Session::new(FakeKernel::new()),
             target: Target {
                 allow_empty: false,
+                conntrack: crate::conntrack::Cleanup::Udp,
                 state_root: root.clone(),
                 backend: Backend::Nft,
             },
@@ -308,4 +309,59 @@ fn the_nft_backend_does_not_install_over_svcnats_iptables_rules() {
         "{text}"
     );
     assert_eq!(lab.rules(), None, "nothing installed");
+}
+
+use crate::conntrack::Flow;
+
+#[test]
+fn every_path_that_removes_a_target_deletes_its_stale_flows() {
+    use crate::validate::Proto;
+    let mut lab = Lab::forwarding("flows");
+    let map = |dns: &str, web: &str| {
+        format!(
+            "[[service]]\nname = \"dns\"\nlisten = \"10.9.0.1:53\"\nprotocol = \"udp\"\ntargets = [\"{dns}\"]\n\n\
+             [[service]]\nname = \"web\"\nlisten = \"10.9.0.2:80\"\ntargets = [\"{web}\"]\n"
+        )
+    };
+    let first = lab.apply(&map("10.0.0.2:53", "10.0.0.5:80")).unwrap();
+    assert!(first.flows.is_none(), "nothing was installed before");
+    let pinned = Flow::dnat(Proto::Udp, "10.9.0.1:53", "10.0.0.2:53");
+    let tcp = Flow::dnat(Proto::Tcp, "10.9.0.2:80", "10.0.0.5:80");
+    lab.session.kernel.flows = vec![pinned.clone(), tcp.clone()];
+
+    // The incremental path (one-target services): the UDP flow goes, TCP is not asked for.
+    let moved = lab.apply(&map("10.0.0.3:53", "10.0.0.6:80")).unwrap();
+    assert_eq!(moved.path, SyncPath::Incremental);
+    assert_eq!(moved.flows.as_ref().map(|f| f.deleted), Some(1));
+    assert_eq!(lab.kernel().flows, std::slice::from_ref(&tcp));
+
+    // The full path (a second target makes the shape change), with TCP asked for.
+    lab.target.conntrack = crate::conntrack::Cleanup::All;
+    let now = Flow::dnat(Proto::Udp, "10.9.0.1:53", "10.0.0.3:53");
+    lab.session.kernel.flows = vec![now.clone(), tcp.clone()];
+    let full = lab
+        .apply(&map("10.0.0.3:53", "10.0.0.7:80\", \"10.0.0.8:80"))
+        .unwrap();
+    assert!(matches!(full.path, SyncPath::Full(_)), "{:?}", full.path);
+    assert_eq!(full.flows.as_ref().map(|f| f.deleted), Some(1));
+    assert_eq!(
+        lab.kernel().flows,
+        std::slice::from_ref(&now),
+        "the kept UDP target's flow stays"
+    );
+
+    // Flush: every flow of every service it removed.
+    let flushed = flush(&mut lab.session, &lab.target, "svcnat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(flushed.flows.map(|f| f.deleted), Some(1));
+    assert!(lab.kernel().flows.is_empty());
+
+    // Off: nothing is looked at.
+    lab.target.conntrack = crate::conntrack::Cleanup::Off;
+    lab.apply(&map("10.0.0.2:53", "10.0.0.5:80")).unwrap();
+    lab.session.kernel.flows = vec![pinned.clone()];
+    let off = lab.apply(&map("10.0.0.4:53", "10.0.0.5:80")).unwrap();
+    assert!(off.flows.is_none());
+    assert_eq!(lab.kernel().flows, [pinned]);
 }

@@ -26,6 +26,8 @@ pub struct Stats {
     pub resolution_errors: u64,
     pub reload_errors: u64,
     pub last_apply: u64,
+    /// Stale conntrack entries deleted after commits that removed targets.
+    pub conntrack_deleted: u64,
 }
 
 impl Stats {
@@ -201,6 +203,12 @@ pub fn render(
             "counter",
             "Reloads rejected because the new map was invalid.",
             stats.reload_errors,
+        ),
+        (
+            "svcnat_conntrack_entries_deleted_total",
+            "counter",
+            "Conntrack entries still pinned to a removed target, deleted after the commit.",
+            stats.conntrack_deleted,
         ),
         (
             "svcnat_last_apply_timestamp_seconds",

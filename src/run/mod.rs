@@ -174,6 +174,13 @@ impl Runner {
         for s in &done.enabled {
             log::info(&format!("enabled {s}"));
         }
+        if let Some(f) = &done.flows {
+            self.stats.conntrack_deleted += f.deleted as u64;
+            match f.error {
+                None => log::info(&f.describe()),
+                Some(_) => log::warn(&f.describe()),
+            }
+        }
     }
 
     /// Install the effective plan if it differs from what is installed.

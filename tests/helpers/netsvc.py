@@ -8,6 +8,9 @@
   netsvc.py echoed HOST PORT BYTES  sends BYTES random bytes, exits 0 if they come back
   netsvc.py stream HOST PORT SECS   one connection echoing for SECS seconds; prints "ready"
                                     once data flows, exits 0 if every byte came back intact
+  netsvc.py udpname ADDR PORT NAME  UDP server answering every datagram with "NAME"
+  netsvc.py udpping HOST PORT SECS  one UDP socket (one conntrack entry) sending every 100 ms
+                                    for SECS seconds; prints "UNIXTIME NAME" per answer
 
 The servers bind and listen before anything else, and never do reverse DNS (the stall of
 python's http.server in a namespace without DNS).
@@ -136,6 +139,28 @@ def main():
                 i += 1
                 time.sleep(0.01)
         print("streamed", received, flush=True)
+    elif cmd == "udpname":
+        addr, port, name = sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, port))
+        while True:
+            _, peer = s.recvfrom(2048)
+            s.sendto(name, peer)
+    elif cmd == "udpping":
+        import time
+        host, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.1)
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            s.sendto(b"ping", (host, port))
+            sent = time.monotonic()
+            try:
+                name, _ = s.recvfrom(2048)
+                print("%.3f %s" % (time.time(), name.decode()), flush=True)
+            except (socket.timeout, ConnectionRefusedError):
+                pass
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - sent)))
     else:
         sys.exit("unknown command " + cmd)
 
