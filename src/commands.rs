@@ -31,6 +31,7 @@ fn target(state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
         },
         allow_empty: false,
         conntrack: crate::conntrack::Cleanup::default(),
+        one_shot: true,
     })
 }
 
@@ -233,6 +234,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     backend: ops::Backend::Nft,
                     allow_empty,
                     conntrack: flows.conntrack_cleanup,
+                    one_shot: false,
                 },
                 resolve_interval,
                 health: health_check.map(|_| health_interval),

@@ -305,42 +305,43 @@ fn a_reload_sends_only_the_changed_sections() {
     );
     let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
     assert_eq!(code, 0, "{diff}");
-    // Each reload recorded its generation, the second in the file made after the first's
-    // log line: each can be installed again.
-    for (generation, answer) in [("2", "b"), ("3", "a")] {
-        svcnat_ok(&["rollback", "--netns", &lab.proxy.name, "--to", generation]);
-        eventually(
-            &lab.client,
-            "http://10.94.0.11:8080",
-            answer,
-            Duration::from_secs(3),
+    // One-shot writers beside run are refused (run would put its table back at once),
+    // and change nothing.
+    let before = lab.proxy.ruleset();
+    for args in [
+        vec!["rollback", "--to", "2"],
+        vec!["apply", "-f", "rulesets/host-ports.toml"],
+        vec!["flush"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--netns", &lab.proxy.name]);
+        let (code, _, err) = svcnat(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("`svcnat run` keeps table inet svcnat"),
+            "{err}"
         );
     }
-
-    // Somebody else's apply in the namespace: the next reload must not splice its change
-    // into a plan the kernel no longer holds; it goes the full way and restores the map.
-    let other = TempFile::new(
-        "quick-other.toml",
-        &map_with(8081).replace("name = \"s7\"", "name = \"other\""),
+    assert_eq!(
+        without_counters(&lab.proxy.ruleset()),
+        without_counters(&before)
     );
-    svcnat_ok(&["apply", "-f", other.path(), "--netns", &lab.proxy.name]);
     std::fs::write(&map.0, map_with(8081)).unwrap();
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    let reloads = |log: &str| log.matches("(SIGHUP) as generation").count();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while reloads(&run.log()) < 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = run.log();
-    assert_eq!(reloads(&log), 3, "{log}");
-    assert_eq!(
-        log.matches("only the changed sections of the map were read")
-            .count(),
-        2,
-        "{log}"
+    eventually(
+        &lab.client,
+        "http://10.94.0.11:8080",
+        "b",
+        Duration::from_secs(3),
     );
-    let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
-    assert_eq!(code, 0, "{diff}");
+    assert_eq!(
+        run.log()
+            .matches("only the changed sections of the map were read")
+            .count(),
+        3,
+        "{}",
+        run.log()
+    );
 
     // An invalid change keeps the running rules, as a full reload would.
     std::fs::write(
@@ -360,6 +361,20 @@ fn a_reload_sends_only_the_changed_sections() {
         Duration::from_secs(3),
     );
     run.signal(libc::SIGINT);
+    run.wait_log("removed svcnat's rules", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(100));
+
+    // Each reload recorded its generation, the second in the file made after the first's
+    // log line: each can be installed again once run is gone.
+    for (generation, answer) in [("2", "b"), ("3", "a")] {
+        svcnat_ok(&["rollback", "--netns", &lab.proxy.name, "--to", generation]);
+        eventually(
+            &lab.client,
+            "http://10.94.0.11:8080",
+            answer,
+            Duration::from_secs(3),
+        );
+    }
 }
 
 /// `svcnat run --netns NAME` keeps its netlink socket between reloads. When the namespace
@@ -696,4 +711,83 @@ fn as_pid_1_it_reaps_orphans() {
     );
     unsafe { libc::kill(pid1, libc::SIGTERM) };
     run.wait_log("removed svcnat's rules", Duration::from_secs(2));
+}
+
+/// How long until `ns` holds svcnat's table again, polled without a process per look.
+fn table_back_within(ns: &Netns, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if ns.exec("nft list table inet svcnat").status.success() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "table not back within {timeout:?}"
+        );
+    }
+}
+
+#[test]
+fn run_puts_its_table_back_after_a_flush_a_delete_or_a_hand_edit() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let map = TempFile::new(
+        "heal.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8080\"]\n",
+    );
+    let run = Running::start(&lab.proxy, &[bin(), "run", "-f", map.path()], &[]);
+    let url = "http://10.94.0.11:8080";
+    assert_eq!(get(&lab.client, url).as_deref(), Some("a"));
+    // Another program's table in the same namespace: svcnat's repairs never touch it.
+    lab.proxy
+        .exec_ok("nft add table ip other && nft add chain ip other c");
+
+    // A firewall reload.
+    lab.proxy.exec_ok("nft flush ruleset");
+    let took = table_back_within(&lab.proxy, Duration::from_secs(2));
+    run.wait_log("was changed by nft (pid", Duration::from_secs(2));
+    run.wait_log("repaired", Duration::from_secs(2));
+    assert_eq!(get(&lab.client, url).as_deref(), Some("a"), "{}", run.log());
+    eprintln!("back after `nft flush ruleset` within {took:?}");
+
+    // The table deleted by name.
+    lab.proxy.exec_ok("nft delete table inet svcnat");
+    table_back_within(&lab.proxy, Duration::from_secs(2));
+    assert_eq!(get(&lab.client, url).as_deref(), Some("a"));
+
+    // One map element deleted by hand: drift, put back.
+    let rules = || without_generation(&without_counters(&lab.proxy.ruleset()));
+    let before = rules();
+    lab.proxy
+        .exec_ok("nft delete element inet svcnat dnat-port4 { tcp . 8080 }");
+    eventually(&lab.client, url, "a", Duration::from_secs(2));
+    let start = Instant::now();
+    while rules() != before {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", run.log());
+    }
+    assert_eq!(
+        run.log().matches("INFO repaired").count(),
+        3,
+        "{}",
+        run.log()
+    );
+    // svcnat's own reloads are not repairs.
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8081\"]\n",
+    )
+    .unwrap();
+    eventually(&lab.client, url, "b", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        run.log().matches("INFO repaired").count(),
+        3,
+        "{}",
+        run.log()
+    );
+    let history = svcnat_ok(&["history", "--netns", &lab.proxy.name]);
+    assert_eq!(history.matches("repair").count(), 3, "{history}");
+    run.signal(libc::SIGTERM);
 }

@@ -52,6 +52,11 @@ impl Connection {
     pub fn netns(&self) -> Option<&NetnsSpec> {
         self.netns.as_ref()
     }
+
+    /// The port id of the kept socket (svcnat's commits come from it), if one is kept.
+    pub fn portid(&self) -> Option<u32> {
+        self.kept.as_ref().map(|l| l.nl.portid())
+    }
 }
 
 impl Enter for Connection {

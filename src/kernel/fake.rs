@@ -38,6 +38,8 @@ pub struct FakeKernel {
     pub iptables: Option<&'static str>,
     /// The conntrack table.
     pub flows: Vec<crate::conntrack::Flow>,
+    /// Tables a `svcnat run` keeps.
+    pub kept: Vec<String>,
 }
 
 impl FakeKernel {
@@ -220,6 +222,10 @@ impl Kernel for FakeKernel {
         let value = String::from_utf8_lossy(w.value).trim().to_owned();
         self.sysctls.insert(w.sysctl.key, value);
         w.write()
+    }
+
+    fn kept_by_run(&mut self, table: &str) -> Result<bool> {
+        Ok(self.kept.iter().any(|t| t == table))
     }
 
     fn clear_conntrack(

@@ -14,7 +14,9 @@ mod elems;
 pub mod encode;
 pub mod expr;
 pub mod fake;
+pub mod keeper;
 pub mod meta;
+pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod recognize;
@@ -90,6 +92,8 @@ pub trait Kernel {
         why: String,
     ) -> Result<PendingWrite>;
     fn write_sysctl(&mut self, w: PendingWrite) -> Result<()>;
+    /// Whether a `svcnat run` keeps `table` here (see `keeper`).
+    fn kept_by_run(&mut self, table: &str) -> Result<bool>;
     /// Delete the conntrack entries of `protos` that `stale` picks (see `crate::conntrack`).
     fn clear_conntrack(
         &mut self,
@@ -202,6 +206,11 @@ impl Kernel for Live {
         stale: &dyn Fn(&crate::conntrack::Flow) -> bool,
     ) -> Result<conntrack::Cleared> {
         conntrack::clear(&mut self.nl, protos, stale)
+    }
+
+    fn kept_by_run(&mut self, table: &str) -> Result<bool> {
+        // Already inside the namespace: the current one.
+        keeper::kept(None, table)
     }
 }
 

@@ -192,6 +192,12 @@ impl Netlink {
         })
     }
 
+    /// The socket's netlink port id: the kernel's notifications of this socket's commits
+    /// carry it.
+    pub fn portid(&self) -> u32 {
+        self.portid
+    }
+
     /// Receive into the buffer; `Ok(None)` when `dont_wait` and nothing is queued.
     fn recv(&mut self, dont_wait: bool) -> std::result::Result<Option<usize>, nix::Error> {
         use nix::sys::socket::MsgFlags;

@@ -126,6 +126,7 @@ pub fn rollback<E: Enter>(
 ) -> Result<RolledBack> {
     let last = &mut s.last;
     s.kernel.enter(|k| {
+        t.refuse_beside_run(k, table)?;
         let dir = state_dir(t, k)?;
         let _lock = dir.lock()?;
         let current = current_meta(k, &t.backend, table)?.and_then(|m| m.generation);

@@ -53,7 +53,7 @@ pub(super) fn apply(
     on_top_of: Option<u64>,
     last: &mut Option<LastCommit>,
     reason: Reason,
-    cleanup: crate::conntrack::Cleanup,
+    target: &super::Target,
 ) -> Result<Attempt> {
     // What the kernel holds must be what the index describes: nobody committed since.
     let genid = k.genid()?;
@@ -76,6 +76,7 @@ pub(super) fn apply(
             (index, meta)
         }
     };
+    target.refuse_beside_run(k, &index.head.table)?;
     if meta.generation != Some(index.head.generation)
         || meta.digest.as_deref() != Some(index.head.digest.as_str())
     {
@@ -154,7 +155,7 @@ pub(super) fn apply(
     };
 
     // Committed: from here on, failures are real.
-    let watch = crate::conntrack::Watch::elements(&change.gone, &change.new, cleanup);
+    let watch = crate::conntrack::Watch::elements(&change.gone, &change.new, target.conntrack);
     let flows = super::clear_stale_flows(k, &watch);
     let changed = change.removed.max(change.plan.services.len());
     dir.record_splice(&Splice {

@@ -64,6 +64,20 @@ pub struct Target {
     pub allow_empty: bool,
     /// Which stale conntrack entries a sync that removes targets deletes.
     pub conntrack: Cleanup,
+    /// A one-shot command: it refuses to change a table that `svcnat run` keeps (run
+    /// would put its own back at once). False for `run` itself.
+    pub one_shot: bool,
+}
+
+impl Target {
+    /// Refuse, before anything changes, when this one-shot command would change a table
+    /// that `svcnat run` keeps (the nft backend: run has no other).
+    fn refuse_beside_run(&self, k: &mut dyn Kernel, table: &str) -> Result<()> {
+        if self.one_shot && matches!(self.backend, Backend::Nft) && k.kept_by_run(table)? {
+            return Err(crate::kernel::keeper::kept_by_run(table));
+        }
+        Ok(())
+    }
 }
 
 /// A way into one namespace's kernel, and what this process committed there last.
@@ -357,15 +371,7 @@ pub fn sync<E: Enter>(
                     Backend::Iptables(_) => FullReason::IptablesBackend,
                     Backend::Nft => {
                         let attempt = incremental::apply(
-                            k,
-                            &dir,
-                            name,
-                            text,
-                            resolver,
-                            on_top_of,
-                            last,
-                            reason,
-                            t.conntrack,
+                            k, &dir, name, text, resolver, on_top_of, last, reason, t,
                         )?;
                         match attempt {
                             Ok((done, next)) => {
@@ -464,6 +470,7 @@ fn full(
 ) -> Result<Synced> {
     let backend = &t.backend;
     let plan = &desired.plan;
+    t.refuse_beside_run(k, &plan.table)?;
     let locals = k.local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
     let mut synced = Synced::new(SyncPath::Full(why), plan.services.len(), plan.table.clone());
@@ -731,6 +738,7 @@ pub struct Flushed {
 pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Option<Flushed>> {
     s.last = None;
     s.kernel.enter(|k| {
+        t.refuse_beside_run(k, table)?;
         let dir = state_dir(t, k)?;
         let _lock = dir.lock()?;
         let installed = current_meta(k, &t.backend, table)?.and_then(|m| m.generation);

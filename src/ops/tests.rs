@@ -21,6 +21,7 @@ impl Lab {
             target: Target {
                 allow_empty: false,
                 conntrack: crate::conntrack::Cleanup::Udp,
+                one_shot: true,
                 state_root: root.clone(),
                 backend: Backend::Nft,
             },
@@ -364,4 +365,27 @@ fn every_path_that_removes_a_target_deletes_its_stale_flows() {
     let off = lab.apply(&map("10.0.0.4:53", "10.0.0.5:80")).unwrap();
     assert!(off.flows.is_none());
     assert_eq!(lab.kernel().flows, [pinned]);
+}
+
+#[test]
+fn one_shot_changes_are_refused_while_run_keeps_the_table() {
+    let mut lab = Lab::forwarding("kept");
+    let map = "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.0.0.2:80\"]\n";
+    lab.apply(map).unwrap();
+    let before = lab.rules();
+    lab.session.kernel.kept = vec!["svcnat".into()];
+    let other = map.replace("10.0.0.2", "10.0.0.3");
+    for result in [
+        lab.apply(&other).map(|_| ()),
+        flush(&mut lab.session, &lab.target, "svcnat").map(|_| ()),
+        rollback(&mut lab.session, &lab.target, "svcnat", Some(1)).map(|_| ()),
+    ] {
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("`svcnat run` keeps table inet svcnat"), "{e}");
+    }
+    assert_eq!(lab.rules(), before);
+    // run itself changes it.
+    lab.target.one_shot = false;
+    lab.apply(&other).unwrap();
+    assert_ne!(lab.rules(), before);
 }

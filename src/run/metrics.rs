@@ -28,6 +28,8 @@ pub struct Stats {
     pub last_apply: u64,
     /// Stale conntrack entries deleted after commits that removed targets.
     pub conntrack_deleted: u64,
+    /// Times run put its table back after another program changed or deleted it.
+    pub repairs: u64,
 }
 
 impl Stats {
@@ -203,6 +205,12 @@ pub fn render(
             "counter",
             "Reloads rejected because the new map was invalid.",
             stats.reload_errors,
+        ),
+        (
+            "svcnat_repairs_total",
+            "counter",
+            "Times svcnat put its table back after another program changed or deleted it.",
+            stats.repairs,
         ),
         (
             "svcnat_conntrack_entries_deleted_total",

@@ -16,6 +16,8 @@
 use crate::error::{Error, Result};
 use crate::forward;
 use crate::health;
+use crate::kernel::Enter;
+use crate::kernel::monitor::Monitor;
 use crate::kernel::{self, Connection, netns::NetnsSpec};
 use crate::log;
 use crate::map::{Sections, Source};
@@ -80,7 +82,21 @@ struct Runner {
     stats: Stats,
     /// Something the metrics show changed since they were last published.
     dirty: bool,
+    /// nf_tables notifications: another program changing svcnat's table (None: could not
+    /// subscribe; the periodic check still repairs).
+    monitor: Option<Monitor>,
+    /// A repair waiting out its debounce: when it runs, when the change was seen, and who.
+    repair: Option<(Instant, Instant, Vec<String>)>,
+    /// The generation the table holds after run's last successful sync.
+    last_generation: Option<u64>,
 }
+
+/// Notifications of one change come in a burst (a firewall reload deletes and re-adds many
+/// tables in a few transactions): wait this long after the first before repairing once.
+const REPAIR_DEBOUNCE: Duration = Duration::from_millis(20);
+/// The backstop to the monitor: how often `run` checks that its table is still the one it
+/// committed (missed notifications, or no monitor at all).
+const TABLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 fn load(from: &MapFrom, allow_empty: bool) -> Result<(CheckedMap, Option<Sections>)> {
     match from {
@@ -157,6 +173,7 @@ impl Runner {
 
     fn log_synced(&mut self, done: &Synced, why: &str) {
         self.dirty = true;
+        self.last_generation = done.generation;
         self.stats.count(done.path);
         match done.path {
             SyncPath::Unchanged => log::info(&format!(
@@ -180,6 +197,81 @@ impl Runner {
                 None => log::info(&f.describe()),
                 Some(_) => log::warn(&f.describe()),
             }
+        }
+    }
+
+    /// The table svcnat keeps here.
+    fn table(&self) -> String {
+        self.installed
+            .as_ref()
+            .map_or(self.checked.table.clone(), |p| p.table.clone())
+    }
+
+    /// Take in what the nf_tables monitor saw: a change by someone else schedules a repair.
+    fn watch_table(&mut self, now: Instant) {
+        let table = self.table();
+        let own = self.session.kernel.portid();
+        let Some(m) = &mut self.monitor else {
+            return;
+        };
+        let seen = m.read(&table, own);
+        if !seen.any() {
+            return;
+        }
+        let mut who = seen.by;
+        if seen.overrun {
+            who.push("unknown (notifications were lost)".into());
+        }
+        match &mut self.repair {
+            Some((_, _, all)) => all.extend(who),
+            None => self.repair = Some((now + REPAIR_DEBOUNCE, now, who)),
+        }
+    }
+
+    /// The backstop: the table's recorded generation, read back, must be what run committed.
+    fn check_table(&mut self, now: Instant) {
+        let (Some(want), None) = (self.synced_generation(), &self.repair) else {
+            return;
+        };
+        let table = self.table();
+        let have = self
+            .session
+            .kernel
+            .enter(|k| k.table_meta(&table))
+            .ok()
+            .map(|m| m.and_then(|m| m.generation));
+        if have.is_some_and(|g| g != Some(want)) {
+            self.repair = Some((
+                now,
+                now,
+                vec!["unknown (found by the periodic check)".into()],
+            ));
+        }
+    }
+
+    /// The generation run last installed, if it knows it.
+    fn synced_generation(&self) -> Option<u64> {
+        self.installed.as_ref()?;
+        self.last_generation
+    }
+
+    /// Put the table back whole after someone else changed it.
+    fn repair(&mut self, seen_at: Instant, who: Vec<String>) {
+        let mut who = who;
+        who.dedup();
+        log::warn(&format!(
+            "table inet {} was changed by {}: re-installing it",
+            self.table(),
+            who.join(", ")
+        ));
+        self.installed = None;
+        self.sync(Reason::Repair, "repair");
+        if self.installed.is_some() {
+            self.stats.repairs += 1;
+            log::info(&format!(
+                "repaired {:.1} ms after the change was seen",
+                seen_at.elapsed().as_secs_f64() * 1e3
+            ));
         }
     }
 
@@ -434,6 +526,8 @@ pub fn run(opts: Options) -> Result<i32> {
     ])?;
     let (checked, sections) = load(&opts.from, opts.target.allow_empty)?;
     let resolved = opts.resolver.resolve(&checked).map_err(Error::Map)?;
+    // Held until run ends: one-shot writers refuse to change the table meanwhile.
+    let _keeper = kernel::keeper::Keeper::claim(opts.netns.as_ref(), &checked.table)?;
     let listener = match opts.metrics {
         Some(addr) => {
             // Listen inside the proxy's namespace, where the scraper reaches it.
@@ -459,7 +553,21 @@ pub fn run(opts: Options) -> Result<i32> {
         failed_open: HashSet::new(),
         stats: Stats::default(),
         dirty: false,
+        monitor: None,
+        repair: None,
+        last_generation: None,
         opts,
+    };
+    // Subscribed before the first apply: a change made right after it is not missed.
+    r.monitor = match Monitor::open(r.opts.netns.as_ref()) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            log::warn(&format!(
+                "{e}; changes by other programs are found by a check every {}s instead",
+                TABLE_CHECK_EVERY.as_secs()
+            ));
+            None
+        }
     };
     r.sync(Reason::Apply, "start");
     if r.installed.is_none() {
@@ -471,6 +579,7 @@ pub fn run(opts: Options) -> Result<i32> {
     let mut next_resolve = started + r.opts.resolve_interval;
     let mut next_health = r.opts.health.map(|i| started + i);
     let mut next_stat = started + Duration::from_secs(1);
+    let mut next_table_check = started + TABLE_CHECK_EVERY;
     if r.opts.health.is_some() {
         r.check_health();
     }
@@ -485,12 +594,16 @@ pub fn run(opts: Options) -> Result<i32> {
             p.set(r.snapshot());
         }
         let now = Instant::now();
-        let mut deadline = next_resolve.min(next_stat);
+        let mut deadline = next_resolve.min(next_stat).min(next_table_check);
         if let Some(h) = next_health {
             deadline = deadline.min(h);
         }
+        if let Some((at, _, _)) = &r.repair {
+            deadline = deadline.min(*at);
+        }
         wake::wait(
             &signals,
+            r.monitor.as_ref().map(Monitor::fd),
             poll_timeout(deadline.saturating_duration_since(now)),
         );
         for sig in crate::signals::pending(&signals) {
@@ -517,6 +630,17 @@ pub fn run(opts: Options) -> Result<i32> {
             }
         }
         let now = Instant::now();
+        r.watch_table(now);
+        if now >= next_table_check {
+            next_table_check = now + TABLE_CHECK_EVERY;
+            r.check_table(now);
+        }
+        if let Some((at, seen_at, _)) = &r.repair
+            && now >= *at
+        {
+            let (seen_at, who) = (*seen_at, r.repair.take().map(|r| r.2).unwrap_or_default());
+            r.repair(seen_at, who);
+        }
         if now >= next_stat {
             next_stat = now + Duration::from_secs(1);
             // `ip netns del` removes the name; the namespace lives on while svcnat holds it,

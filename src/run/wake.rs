@@ -1,15 +1,19 @@
-//! What wakes `svcnat run`'s loop: signals, read from a signalfd (`signals`), and poll's
-//! timeout for the next timer. (Scrapes of `--metrics` are served on threads of their own:
+//! What wakes `svcnat run`'s loop: signals, read from a signalfd (`signals`), nf_tables
+//! notifications (`kernel::monitor`), and poll's timeout for the next timer. (Scrapes of `--metrics` are served on threads of their own:
 //! `scrape`.)
 
 use nix::sys::signalfd::SignalFd;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-/// Sleep until a signal arrives on `signals` or `timeout_ms` passes.
-pub(super) fn wait(signals: &SignalFd, timeout_ms: i32) {
+/// Sleep until a signal arrives on `signals`, the nf_tables monitor has news, or
+/// `timeout_ms` passes.
+pub(super) fn wait(signals: &SignalFd, monitor: Option<BorrowedFd>, timeout_ms: i32) {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Some(m) = monitor {
+        fds.push(PollFd::new(m, PollFlags::POLLIN));
+    }
     let timeout = PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX);
     // EINTR and the like: the loop looks again.
     let _ = poll(&mut fds, timeout);

@@ -59,6 +59,8 @@ pub enum Reason {
     /// `svcnat flush` (or `svcnat run` stopping) removed the table: the generation installs
     /// nothing, and `rollback` after it re-installs the one before.
     Flush,
+    /// `svcnat run` put its table back after another program changed or deleted it.
+    Repair,
 }
 
 impl Reason {
@@ -71,6 +73,7 @@ impl Reason {
             Reason::ReResolve => "re-resolve",
             Reason::ConfirmTimeout => "confirm-timeout",
             Reason::Flush => "flush",
+            Reason::Repair => "repair",
         }
     }
 }
