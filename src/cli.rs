@@ -228,6 +228,11 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         allow_empty: bool,
         #[command(flatten)]
         flows: FlowArgs,
+        /// Make the table owned by this process (Linux 5.12+): no other program can change
+        /// or delete it, `nft flush ruleset` passes it over, and it goes when svcnat exits —
+        /// also when killed (without it, a killed run leaves its rules for the next one)
+        #[arg(long)]
+        owner: bool,
     },
     /// Keep a commit-confirmed apply (`apply --confirm`) that is waiting in this namespace
     #[command(

@@ -32,6 +32,7 @@ fn target(state: &StateArgs, backend: &BackendArgs) -> Result<ops::Target> {
         allow_empty: false,
         conntrack: crate::conntrack::Cleanup::default(),
         one_shot: true,
+        owner: false,
     })
 }
 
@@ -200,6 +201,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             metrics,
             allow_empty,
             flows,
+            owner,
         } => {
             let resolver = crate::cli::resolver_in(&map, &netns)?;
             let port_mapping = std::env::var("PORT_MAPPING")
@@ -235,6 +237,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                     allow_empty,
                     conntrack: flows.conntrack_cleanup,
                     one_shot: false,
+                    owner,
                 },
                 resolve_interval,
                 health: health_check.map(|_| health_interval),

@@ -791,3 +791,63 @@ fn run_puts_its_table_back_after_a_flush_a_delete_or_a_hand_edit() {
     assert_eq!(history.matches("repair").count(), 3, "{history}");
     run.signal(libc::SIGTERM);
 }
+
+#[test]
+fn with_owner_nobody_else_can_change_the_table_and_it_goes_with_run() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let map = TempFile::new(
+        "owner.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8080\"]\n",
+    );
+    let run = Running::start(
+        &lab.proxy,
+        &[bin(), "run", "-f", map.path(), "--owner"],
+        &[],
+    );
+    let url = "http://10.94.0.11:8080";
+    assert_eq!(get(&lab.client, url).as_deref(), Some("a"));
+    assert!(
+        lab.proxy.ruleset().contains("flags owner"),
+        "{}",
+        lab.proxy.ruleset()
+    );
+    // A firewall reload passes it over: nothing to repair, no gap.
+    lab.proxy.exec_ok("nft flush ruleset");
+    assert!(
+        lab.proxy
+            .exec("nft list table inet svcnat")
+            .status
+            .success()
+    );
+    let o = lab.proxy.exec("nft delete table inet svcnat");
+    assert!(!o.status.success(), "the kernel must refuse");
+    assert_eq!(get(&lab.client, url).as_deref(), Some("a"));
+    // Reads still work from other processes.
+    let shown = svcnat_ok(&["show", "--netns", &lab.proxy.name]);
+    assert!(shown.contains("web"), "{shown}");
+    // A reload is committed by the owner.
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8081\"]\n",
+    )
+    .unwrap();
+    eventually(&lab.client, url, "b", Duration::from_secs(3));
+    assert!(!run.log().contains("repair"), "{}", run.log());
+    // Killed, it takes its table with it.
+    run.signal(libc::SIGKILL);
+    let start = Instant::now();
+    while lab
+        .proxy
+        .exec("nft list table inet svcnat")
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "table left behind"
+        );
+    }
+}

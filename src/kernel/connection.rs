@@ -17,6 +17,8 @@ pub struct Connection {
     keep: bool,
     /// Whether to watch the local addresses (else they are read at each call).
     watch: bool,
+    /// Whether to keep the socket after a failed call (else a fresh one is opened).
+    hold: bool,
     /// The namespace the kept socket belongs to: device and inode of its nsfs file (not
     /// reused while the socket holds the namespace).
     ns: Option<(u64, u64)>,
@@ -34,6 +36,13 @@ impl Connection {
         Connection::new(netns, true, true)
     }
 
+    /// Keep the socket also after a call failed: a table owned by the socket
+    /// (NFT_TABLE_F_OWNER) goes when the socket closes.
+    pub fn holding(mut self) -> Connection {
+        self.hold = true;
+        self
+    }
+
     /// Keep the socket for the rest of a one-shot command.
     pub fn one_shot(netns: Option<NetnsSpec>) -> Connection {
         Connection::new(netns, true, false)
@@ -44,6 +53,7 @@ impl Connection {
             netns,
             keep,
             watch,
+            hold: false,
             ns: None,
             kept: None,
         }
@@ -92,7 +102,7 @@ impl Enter for Connection {
             };
             live.nl.drain();
             let out = f(live);
-            if out.is_err() {
+            if out.is_err() && !self.hold {
                 self.kept = None;
             }
             out

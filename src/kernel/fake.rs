@@ -116,7 +116,7 @@ impl Kernel for FakeKernel {
         let mut tables = self.tables.clone();
         let mut objects = Vec::new();
         match change {
-            Change::Replace { ruleset, meta } => {
+            Change::Replace { ruleset, meta, .. } => {
                 objects.push(format!("replace table inet {}", ruleset.table));
                 tables.insert(ruleset.table.clone(), (ruleset.clone(), meta.clone()));
             }

@@ -39,10 +39,12 @@ pub use connection::{Connection, LocalAddresses};
 
 /// One change to svcnat's table, committed as one transaction.
 pub enum Change<'a> {
-    /// Delete the table (if any) and create `ruleset` whole.
+    /// Delete the table (if any) and create `ruleset` whole; `owned`: owned by the
+    /// committing socket (NFT_TABLE_F_OWNER).
     Replace {
         ruleset: &'a Ruleset,
         meta: &'a TableMeta,
+        owned: bool,
     },
     /// Turn `installed` into `ruleset` by changing only map elements and service chains
     /// (`transaction::can_update` says when that is possible).
@@ -153,7 +155,11 @@ impl Kernel for Live {
     fn commit(&mut self, change: Change<'_>, genid: u32) -> Result<Vec<String>> {
         let mut tx = Transaction::new();
         match change {
-            Change::Replace { ruleset, meta } => tx.replace_table(ruleset, meta),
+            Change::Replace {
+                ruleset,
+                meta,
+                owned,
+            } => tx.replace_table(ruleset, meta, owned),
             Change::Update {
                 installed,
                 ruleset,

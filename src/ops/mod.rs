@@ -67,6 +67,8 @@ pub struct Target {
     /// A one-shot command: it refuses to change a table that `svcnat run` keeps (run
     /// would put its own back at once). False for `run` itself.
     pub one_shot: bool,
+    /// Make the table owned by the committing socket (NFT_TABLE_F_OWNER: `run --owner`).
+    pub owner: bool,
 }
 
 impl Target {
@@ -541,7 +543,10 @@ fn full(
                 ..
             }) if g == genid && table == plan.table => {
                 synced.read_back = false;
-                Some(Installed::known(ruleset, meta))
+                // This process committed it last, as `t` asks: owned by its socket if so.
+                let mut known = Installed::known(ruleset, meta);
+                known.owner = t.owner.then_some(0);
+                Some(known)
             }
             _ => {
                 let read_ms = synced.timings.read_ms.get_or_insert(0.0);
@@ -594,7 +599,12 @@ fn full(
         // Written and synced before the commit, put in place after it: a refused commit
         // leaves no record, an accepted one is recorded before the command says so.
         let record = dir.prepare(&Generation { head, plan })?;
-        synced.replaced = !before.as_ref().is_some_and(|b| can_update(b, &rs));
+        // A table is owned from its creation on: asking for ownership (or giving it up)
+        // replaces it.
+        let owned_as_wanted = |b: &Installed| b.owner.is_some() == t.owner;
+        synced.replaced = !before
+            .as_ref()
+            .is_some_and(|b| can_update(b, &rs) && owned_as_wanted(b));
         let change = match &before {
             Some(b) if !synced.replaced => Change::Update {
                 installed: b,
@@ -604,6 +614,7 @@ fn full(
             _ => Change::Replace {
                 ruleset: &rs,
                 meta: &meta,
+                owned: t.owner,
             },
         };
         let committed = timed(&mut synced.timings.commit_ms, || k.commit(change, genid));

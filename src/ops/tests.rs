@@ -22,6 +22,7 @@ impl Lab {
                 allow_empty: false,
                 conntrack: crate::conntrack::Cleanup::Udp,
                 one_shot: true,
+                owner: false,
                 state_root: root.clone(),
                 backend: Backend::Nft,
             },

@@ -549,7 +549,10 @@ pub fn run(opts: Options) -> Result<i32> {
         installed: None,
         sections,
         synced: None,
-        session: Session::new(Connection::for_reloads(opts.netns.clone())),
+        session: Session::new(match opts.target.owner {
+            true => Connection::for_reloads(opts.netns.clone()).holding(),
+            false => Connection::for_reloads(opts.netns.clone()),
+        }),
         failed_open: HashSet::new(),
         stats: Stats::default(),
         dirty: false,

@@ -188,5 +188,6 @@ fn lift(
         unrecognized,
         meta: TableMeta::default(),
         bookkeeping: false,
+        owner: None,
     }
 }

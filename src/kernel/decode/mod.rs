@@ -20,7 +20,12 @@ mod parse;
 
 // The string attributes that name what a dump request asks for (linux/netfilter/nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 3;
 const NFTA_TABLE_USERDATA: u16 = 6;
+const NFTA_TABLE_OWNER: u16 = 10;
+/// The table belongs to one netlink socket (Linux ≥ 5.12): nobody else may change it,
+/// `nft flush ruleset` passes it over, and it goes when that socket closes.
+pub const NFT_TABLE_F_OWNER: u32 = 2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -43,6 +48,8 @@ pub struct Installed {
     /// Whether svcnat's bookkeeping set exists (a table without it was not made by this
     /// version of svcnat, and is replaced whole).
     pub bookkeeping: bool,
+    /// The netlink port id that owns the table (NFT_TABLE_F_OWNER), if one does.
+    pub owner: Option<u32>,
 }
 
 impl Installed {
@@ -56,6 +63,7 @@ impl Installed {
             objects: HashMap::new(),
             meta,
             bookkeeping: true,
+            owner: None,
         }
     }
 }
@@ -84,7 +92,7 @@ impl std::fmt::Display for UnknownRule {
 /// the element of `set generation` records (default when the set is missing). A table
 /// svcnat did not create is an error (`owned`).
 pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
-    let Some(udata) = table_userdata(nl, table)? else {
+    let Some(TableAttrs { udata, .. }) = table_attrs(nl, table)? else {
         return Ok(None);
     };
     let elems = set_elements(nl, table, GENERATION_SET)?;
@@ -92,21 +100,41 @@ pub fn table_meta(nl: &mut Netlink, table: &str) -> Result<Option<TableMeta>> {
     Ok(Some(meta_from(&elems.unwrap_or_default())))
 }
 
-/// The table's userdata (empty when it has none); None when the table does not exist.
-fn table_userdata(nl: &mut Netlink, table: &str) -> Result<Option<Vec<u8>>> {
-    let mut udata = Vec::new();
+/// What the table message says of the table itself.
+struct TableAttrs {
+    /// Its userdata (empty when it has none).
+    udata: Vec<u8>,
+    /// The owning socket's port id, when NFT_TABLE_F_OWNER is set.
+    owner: Option<u32>,
+}
+
+/// The table's own attributes; None when the table does not exist.
+fn table_attrs(nl: &mut Netlink, table: &str) -> Result<Option<TableAttrs>> {
+    let mut t = TableAttrs {
+        udata: Vec::new(),
+        owner: None,
+    };
+    let mut flags = 0;
     let exists = nl.dump(
         libc::NFT_MSG_GETTABLE,
         0,
         &[(NFTA_TABLE_NAME, table)],
         |m: &Msg| {
-            if let Some((_, u)) = attrs(m.bytes()).find(|(kind, _)| *kind == NFTA_TABLE_USERDATA) {
-                udata = u.to_vec();
+            for (kind, value) in attrs(m.bytes()) {
+                match kind {
+                    NFTA_TABLE_USERDATA => t.udata = value.to_vec(),
+                    NFTA_TABLE_FLAGS => flags = super::wire::be32(value).unwrap_or(0),
+                    NFTA_TABLE_OWNER => t.owner = super::wire::be32(value),
+                    _ => {}
+                }
             }
             Ok(())
         },
     )?;
-    Ok(exists.then_some(udata))
+    if flags & NFT_TABLE_F_OWNER == 0 {
+        t.owner = None;
+    }
+    Ok(exists.then_some(t))
 }
 
 /// svcnat reads (and so changes) a table only when it made it: the table carries svcnat's
@@ -139,7 +167,7 @@ fn set_elements(nl: &mut Netlink, table: &str, set: &str) -> Result<Option<Vec<R
 /// Read svcnat's table; Ok(None) when it does not exist.
 pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
     // The table itself: absent means svcnat has nothing installed here.
-    let Some(udata) = table_userdata(nl, table)? else {
+    let Some(TableAttrs { udata, owner }) = table_attrs(nl, table)? else {
         return Ok(None);
     };
     let mut dump = Dump::default();
@@ -177,7 +205,9 @@ pub fn dump(nl: &mut Netlink, table: &str) -> Result<Option<Installed>> {
         &[(NFTA_OBJ_TABLE, table)],
         |m: &Msg| dump.object(m, table),
     )?;
-    Ok(Some(lift::installed(table, dump)))
+    let mut installed = lift::installed(table, dump);
+    installed.owner = owner;
+    Ok(Some(installed))
 }
 
 /// The model of `table` from raw dump replies (netlink messages back to back), whatever

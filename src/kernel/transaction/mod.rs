@@ -31,8 +31,9 @@ unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
 }
 
 /// NEWTABLE carrying svcnat's comment (`meta::OWNER_COMMENT`), which marks the table as
-/// svcnat's: the nftnl crate's table has no userdata.
-struct NewTable<'a>(&'a CString);
+/// svcnat's (the nftnl crate's table has no userdata), and its flags: NFT_TABLE_F_OWNER
+/// for `run --owner`.
+struct NewTable<'a>(&'a CString, u32);
 // SAFETY: a header, a name and a short comment, far below nft_nlmsg_maxsize bytes, the room
 // nftnl's batch guarantees.
 unsafe impl NlMsg for NewTable<'_> {
@@ -44,7 +45,7 @@ unsafe impl NlMsg for NewTable<'_> {
             let t = sys::nftnl_table_alloc();
             sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FAMILY as u16, libc::NFPROTO_INET as u32);
             sys::nftnl_table_set_str(t, sys::NFTNL_TABLE_NAME as u16, self.0.as_ptr());
-            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, 0);
+            sys::nftnl_table_set_u32(t, sys::NFTNL_TABLE_FLAGS as u16, self.1);
             sys::nftnl_table_set_data(
                 t,
                 sys::NFTNL_TABLE_USERDATA as u16,
@@ -251,15 +252,25 @@ impl Transaction {
         chain
     }
 
-    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew.
-    pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta) {
+    /// Replace svcnat's table with `rs`: delete whatever is there, define it anew (owned by
+    /// the committing socket when `owned`).
+    pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta, owned: bool) {
         self.table = Some(rs.table.clone());
         self.delete_table(&rs.table);
         let name = cstring(&rs.table);
+        let flags = if owned {
+            super::decode::NFT_TABLE_F_OWNER
+        } else {
+            0
+        };
         self.add(
-            &NewTable(&name),
+            &NewTable(&name, flags),
             MsgType::Add,
-            format!("add table inet {}", rs.table),
+            format!(
+                "add table inet {}{}",
+                rs.table,
+                if owned { " { flags owner; }" } else { "" }
+            ),
         );
         // Chains name their table through this (it is not sent).
         let table = Table::new(&name, ProtoFamily::Inet);
@@ -380,7 +391,7 @@ impl Transaction {
 /// what fuzzing of the decoder starts from.
 pub fn install_bytes(rs: &Ruleset, meta: &TableMeta) -> Vec<u8> {
     let mut tx = Transaction::new();
-    tx.replace_table(rs, meta);
+    tx.replace_table(rs, meta, false);
     tx.batch.finalize().iter().flatten().copied().collect()
 }
 
