@@ -120,6 +120,9 @@ fn report(
 ) -> String {
     let place = place(t, netns, &done.table);
     let ms = started.elapsed().as_secs_f64() * 1e3;
+    for w in done.warnings.iter().flatten() {
+        eprintln!("svcnat: {w}");
+    }
     if verbose {
         match done.path {
             SyncPath::Full(why) => {
@@ -156,8 +159,9 @@ fn report(
         });
     if done.path == SyncPath::Unchanged {
         return format!(
-            "svcnat: unchanged: {place} already holds these {} service(s) ({generation}); nothing recorded, {ms:.1} ms",
-            done.services
+            "svcnat: unchanged: {place} already holds these {} service(s) ({generation}); nothing recorded, {ms:.1} ms{}",
+            done.services,
+            outside_note(&done.outside)
         );
     }
     let unit = match t.backend {
@@ -169,15 +173,22 @@ fn report(
         n => format!(" (the ruleset changed meanwhile: re-read and retried {n}x)"),
     };
     format!(
-        "svcnat: applied {} service(s) to {place} as {generation} ({} changed): {} {unit}, {}, {ms:.1} ms{}{}{}",
+        "svcnat: applied {} service(s) to {place} as {generation} ({} changed): {} {unit}, {}, {ms:.1} ms{}{}{}{}",
         done.services,
         done.changed,
         done.messages,
         done.how(),
         sysctl_note(&done.enabled, &done.disabled),
         retried,
-        flows_note(done.flows.as_ref())
+        flows_note(done.flows.as_ref()),
+        outside_note(&done.outside)
     )
+}
+
+/// `; added its accept to DOCKER-USER (iptables-nft)` when something outside the table
+/// changed.
+fn outside_note(outside: &[String]) -> String {
+    outside.iter().map(|o| format!("; {o}")).collect()
 }
 
 /// `; deleted 2 stale conntrack entries (…)` when a change removed targets.
@@ -358,6 +369,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             if !quiet {
                 print!("{}", describe_plan(&plan));
             }
+            // Where the kernel can be read (root), also what this namespace's other
+            // firewalls would do to the services.
+            let warnings = crate::kernel::within(None, |k| {
+                let locals = crate::kernel::Kernel::local_addresses(k);
+                Ok(ops::forward_warnings(k, &plan, &locals))
+            })
+            .unwrap_or_default();
+            for w in warnings {
+                eprintln!("svcnat: {w}");
+            }
             println!(
                 "ok: {} service(s), table inet {}",
                 plan.services.len(),
@@ -484,7 +505,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                         })
                         .unwrap_or_default();
                     let flows = flows_note(flushed.flows.as_ref());
-                    println!("svcnat: removed {place}{recorded}{off}{flows}");
+                    let outside = outside_note(&flushed.outside);
+                    println!("svcnat: removed {place}{recorded}{off}{flows}{outside}");
                 }
                 None => println!("svcnat: nothing to flush: nothing installed in {place}"),
             }

@@ -148,6 +148,7 @@ pub fn compare_lifted(desired: &Plan, installed: Option<(Plan, Vec<String>)>) ->
                 table: desired.table.clone(),
                 services: Vec::new(),
                 accounting: desired.accounting,
+                forward_accept: desired.forward_accept,
             },
             Vec::new(),
         )

@@ -134,6 +134,7 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
             table: DEFAULT_TABLE.to_owned(),
             services,
             accounting: false,
+            forward_accept: false,
         })
     } else {
         Err(errors)

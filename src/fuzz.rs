@@ -61,6 +61,7 @@ pub fn install_messages(text: &str) -> Option<Vec<u8>> {
         generation: Some(1),
         digest: Some("seed".into()),
         enabled_sysctls: Vec::new(),
+        forward_accept: false,
     };
     Some(crate::kernel::transaction::install_bytes(&ruleset, &meta))
 }

@@ -17,6 +17,7 @@ pub mod conntrack;
 pub mod diff;
 pub mod error;
 pub mod forward;
+pub mod forward_drop;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod health;

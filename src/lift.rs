@@ -121,6 +121,8 @@ pub fn lift(rs: &Ruleset) -> Plan {
         table: rs.table.clone(),
         services,
         accounting: !rs.accounts.is_empty(),
+        // Not in svcnat's table: it is a rule in Docker's chain (`forward_drop`).
+        forward_accept: false,
     }
 }
 

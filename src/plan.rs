@@ -207,6 +207,10 @@ pub struct Plan {
     /// or `run --metrics`).
     #[serde(default)]
     pub accounting: bool,
+    /// Install (and own) an accept for DNATed connections in Docker's DOCKER-USER chain
+    /// (`settings.forward_accept`; see `forward_drop`).
+    #[serde(default)]
+    pub forward_accept: bool,
 }
 
 impl Plan {
@@ -289,6 +293,7 @@ mod tests {
                 },
             ],
             accounting: true,
+            forward_accept: false,
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert_eq!(serde_json::from_str::<Plan>(&json).unwrap(), plan);

@@ -87,6 +87,7 @@ impl Resolver {
                 table: map.table.clone(),
                 services,
                 accounting: map.accounting,
+                forward_accept: map.forward_accept,
             })
         } else {
             Err(errors)
@@ -102,6 +103,7 @@ impl Resolver {
             table,
             services: specs,
             accounting,
+            forward_accept,
         } = map;
         let mut errors = Vec::new();
         // Collected in place: each service is written where its spec was read, in the
@@ -125,6 +127,7 @@ impl Resolver {
                     table,
                     services,
                     accounting,
+                    forward_accept,
                 },
                 source,
             )),

@@ -40,6 +40,11 @@ pub struct FakeKernel {
     pub flows: Vec<crate::conntrack::Flow>,
     /// Tables a `svcnat run` keeps.
     pub kept: Vec<String>,
+    /// Other firewalls' forward chains that stop forwarded packets.
+    pub blocks: Vec<crate::forward_drop::Block>,
+    /// svcnat's accept in DOCKER-USER (there only when `docker_user` is).
+    pub docker_user: bool,
+    pub docker_user_accept: bool,
 }
 
 impl FakeKernel {
@@ -222,6 +227,21 @@ impl Kernel for FakeKernel {
         let value = String::from_utf8_lossy(w.value).trim().to_owned();
         self.sysctls.insert(w.sysctl.key, value);
         w.write()
+    }
+
+    fn forward_blocks(&mut self, _own: &str) -> Result<Vec<crate::forward_drop::Block>> {
+        Ok(self.blocks.clone())
+    }
+
+    fn docker_user_accept(&mut self, want: bool) -> Result<Vec<String>> {
+        if !self.docker_user || self.docker_user_accept == want {
+            return Ok(Vec::new());
+        }
+        self.docker_user_accept = want;
+        Ok(vec![format!(
+            "{} DOCKER-USER accept",
+            if want { "added" } else { "removed" }
+        )])
     }
 
     fn kept_by_run(&mut self, table: &str) -> Result<bool> {

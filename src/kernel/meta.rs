@@ -28,12 +28,16 @@ pub fn is_owner_mark(udata: &[u8]) -> bool {
 const GENERATION: u8 = 0xf1;
 const DIGEST: u8 = 0xf2;
 const ENABLED_SYSCTLS: u8 = 0xf0;
+const FORWARD_ACCEPT: u8 = 0xf3;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableMeta {
     pub generation: Option<u64>,
     pub digest: Option<String>,
     pub enabled_sysctls: Vec<String>,
+    /// svcnat keeps its accept in Docker's DOCKER-USER chain (`settings.forward_accept`),
+    /// to remove when it no longer should.
+    pub forward_accept: bool,
 }
 
 fn put(out: &mut Vec<u8>, ty: u8, value: &str) {
@@ -50,6 +54,7 @@ pub enum Field {
     Generation,
     Digest,
     EnabledSysctls,
+    ForwardAccept,
 }
 
 impl Field {
@@ -58,6 +63,7 @@ impl Field {
             GENERATION => Some(Field::Generation),
             DIGEST => Some(Field::Digest),
             ENABLED_SYSCTLS => Some(Field::EnabledSysctls),
+            FORWARD_ACCEPT => Some(Field::ForwardAccept),
             _ => None,
         }
     }
@@ -68,6 +74,7 @@ impl Field {
             "generation" => Some(Field::Generation),
             "digest" => Some(Field::Digest),
             "sysctls" => Some(Field::EnabledSysctls),
+            "forward_accept" => Some(Field::ForwardAccept),
             _ => None,
         }
     }
@@ -86,6 +93,7 @@ impl TableMeta {
                     .map(str::to_owned)
                     .collect()
             }
+            Field::ForwardAccept => self.forward_accept = value == "1",
         }
     }
 
@@ -99,6 +107,9 @@ impl TableMeta {
         }
         if !self.enabled_sysctls.is_empty() {
             put(&mut out, ENABLED_SYSCTLS, &self.enabled_sysctls.join(","));
+        }
+        if self.forward_accept {
+            put(&mut out, FORWARD_ACCEPT, "1");
         }
         out
     }
@@ -133,6 +144,7 @@ mod tests {
                 "net.ipv4.ip_forward".into(),
                 "net.ipv4.conf.all.route_localnet".into(),
             ],
+            forward_accept: true,
         };
         let mut bytes = vec![0, 3, b'h', b'i', b'!'];
         bytes.extend(m.encode());

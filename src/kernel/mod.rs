@@ -14,6 +14,7 @@ mod elems;
 pub mod encode;
 pub mod expr;
 pub mod fake;
+pub mod forward_hook;
 pub mod keeper;
 pub mod meta;
 pub mod monitor;
@@ -94,6 +95,12 @@ pub trait Kernel {
         why: String,
     ) -> Result<PendingWrite>;
     fn write_sysctl(&mut self, w: PendingWrite) -> Result<()>;
+    /// Base chains of other tables (not `own`) on the forward hook that stop forwarded
+    /// packets.
+    fn forward_blocks(&mut self, own: &str) -> Result<Vec<crate::forward_drop::Block>>;
+    /// Make svcnat's accept in Docker's DOCKER-USER present or absent (`forward_accept`);
+    /// what changed, in words.
+    fn docker_user_accept(&mut self, want: bool) -> Result<Vec<String>>;
     /// Whether a `svcnat run` keeps `table` here (see `keeper`).
     fn kept_by_run(&mut self, table: &str) -> Result<bool>;
     /// Delete the conntrack entries of `protos` that `stale` picks (see `crate::conntrack`).
@@ -212,6 +219,16 @@ impl Kernel for Live {
         stale: &dyn Fn(&crate::conntrack::Flow) -> bool,
     ) -> Result<conntrack::Cleared> {
         conntrack::clear(&mut self.nl, protos, stale)
+    }
+
+    fn forward_blocks(&mut self, own: &str) -> Result<Vec<crate::forward_drop::Block>> {
+        let mut blocks = forward_hook::blocks(&mut self.nl, own)?;
+        blocks.extend(crate::xtables::legacy_forward_blocks());
+        Ok(blocks)
+    }
+
+    fn docker_user_accept(&mut self, want: bool) -> Result<Vec<String>> {
+        crate::xtables::docker_user_accept(want)
     }
 
     fn kept_by_run(&mut self, table: &str) -> Result<bool> {

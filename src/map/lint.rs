@@ -22,6 +22,7 @@ const SETTINGS: &[(&str, Kind)] = &[
     ("table", Kind::Text),
     ("masquerade", Kind::Bool),
     ("accounting", Kind::Bool),
+    ("forward_accept", Kind::Bool),
 ];
 
 const SERVICE: &[(&str, Kind)] = &[

@@ -351,7 +351,7 @@ pub(super) fn field_at(text: &str, offset: usize) -> String {
 fn hint_for(message: &str, field: &str) -> String {
     if message.starts_with("unknown field") {
         let keys = if field.starts_with("settings") {
-            "table, masquerade, accounting"
+            "table, masquerade, accounting, forward_accept"
         } else if field.starts_with("service") {
             "name, listen, protocol, targets, masquerade, localhost (a target table: address, weight)"
         } else {

@@ -21,6 +21,7 @@ pub struct RawSettings {
     pub table: Option<Spanned<String>>,
     pub masquerade: Option<bool>,
     pub accounting: Option<bool>,
+    pub forward_accept: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -134,6 +134,8 @@ pub(super) fn apply(
         generation: Some(number),
         digest: Some(digest.clone()),
         enabled_sysctls: meta.enabled_sysctls.clone(),
+        // The settings are the index's prefix: unchanged on this path.
+        forward_accept: meta.forward_accept,
     };
     let size =
         |kind: MapKind| dnat_map_size(change.after.direct[kind_index(kind) as usize] as usize);

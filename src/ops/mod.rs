@@ -138,6 +138,8 @@ impl Synced {
             splice: None,
             timings: Timings::default(),
             flows: None,
+            warnings: None,
+            outside: Vec::new(),
         }
     }
 
@@ -206,6 +208,54 @@ pub fn empty_map(file: &str) -> Error {
     }])
 }
 
+/// What to tell about other firewalls' forward chains that would stop `plan`'s services
+/// whose targets are routed (outside the namespace). Reading them is best effort: a
+/// failure to look is not a failure to apply.
+pub fn forward_warnings(
+    k: &mut dyn Kernel,
+    plan: &Plan,
+    locals: &[std::net::IpAddr],
+) -> Vec<String> {
+    let routed = plan
+        .services
+        .iter()
+        .filter(|s| {
+            s.targets.iter().any(|t| {
+                let ip = t.addr.ip();
+                !ip.is_loopback() && !locals.contains(&ip)
+            })
+        })
+        .count();
+    if routed == 0 {
+        return Vec::new();
+    }
+    let blocks = k.forward_blocks(&plan.table).unwrap_or_default();
+    blocks
+        .iter()
+        .filter(|b| !(plan.forward_accept && b.docker_user))
+        .map(|b| {
+            let mut w = b.warning(routed);
+            if plan.forward_accept {
+                w.push_str(&format!(
+                    "\n  (forward_accept acts on Docker's DOCKER-USER chain only, and table {} {} has none)",
+                    b.family, b.table
+                ));
+            }
+            w
+        })
+        .collect()
+}
+
+/// Put svcnat's accept in DOCKER-USER in place or take it away, as `want` says, when it
+/// is wanted or was (`had`); what changed.
+fn forward_accept(k: &mut dyn Kernel, want: bool, had: bool) -> Result<Vec<String>> {
+    if want || had {
+        k.docker_user_accept(want)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
 /// What the caller asks `sync` to install.
 pub enum Request<'a> {
     /// A map file's text: the incremental path compares it with the index of the last
@@ -257,6 +307,11 @@ pub struct Synced {
     /// The conntrack entries deleted for targets the commit removed (None: none removed,
     /// or cleanup off).
     pub flows: Option<FlowsCleared>,
+    /// Other firewalls' forward chains that stop the services' routed traffic, as
+    /// warnings with their fix (`forward_drop`); None: not looked at (the incremental path).
+    pub warnings: Option<Vec<String>>,
+    /// What changed outside svcnat's table: its accept in DOCKER-USER (`forward_accept`).
+    pub outside: Vec<String>,
 }
 
 /// What deleting stale conntrack entries after a commit did.
@@ -434,6 +489,7 @@ fn table_meta(number: u64, d: &Desired, changes: &sysctl::Changes) -> TableMeta 
         generation: Some(number),
         digest: Some(d.digest.clone()),
         enabled_sysctls: changes.owned.iter().map(|k| k.to_string()).collect(),
+        forward_accept: d.plan.forward_accept,
     }
 }
 
@@ -476,6 +532,7 @@ fn full(
     let locals = k.local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
     let mut synced = Synced::new(SyncPath::Full(why), plan.services.len(), plan.table.clone());
+    synced.warnings = Some(forward_warnings(k, plan, &locals));
     // Both backends read what is installed, unless this process's last commit says it.
     synced.read_back = true;
     if let Backend::Iptables(tool) = backend {
@@ -497,15 +554,18 @@ fn full(
             .map(|v| v.meta.enabled_sysctls.clone())
             .unwrap_or_default();
         let installed_gen = view.as_ref().and_then(|v| v.meta.generation);
+        let had_accept = view.as_ref().is_some_and(|v| v.meta.forward_accept);
         let (before, drift) = match view {
             Some(v) => (Some(v.plan), Some(v.drift)),
             None => (None, None),
         };
         let tally = diff::tally_lifted(plan, before.as_ref().zip(drift.as_deref()));
         let changes = sysctl::prepare(k, &needed, &owned)?;
-        if let Some(g) = unchanged(dir, tally, &changes, installed_gen) {
+        let same_accept = had_accept == plan.forward_accept;
+        if let Some(g) = unchanged(dir, tally, &changes, installed_gen).filter(|_| same_accept) {
             synced.path = SyncPath::Unchanged;
             synced.generation = Some(g);
+            synced.outside = forward_accept(k, plan.forward_accept, false)?;
             synced.desired = Some(desired);
             return Ok(synced);
         }
@@ -518,6 +578,7 @@ fn full(
         if let Some(before) = &before {
             synced.flows = clear_stale_flows(k, &Watch::between(before, plan, t.conntrack));
         }
+        synced.outside = forward_accept(k, plan.forward_accept, had_accept)?;
         (synced.enabled, synced.disabled) = sysctl::write(k, changes)?;
         record.publish()?;
         dir.prune()?;
@@ -577,9 +638,13 @@ fn full(
             .map(|b| (crate::lift::lift(&b.ruleset), diff::drift(b)));
         let tally = diff::tally_lifted(plan, was.as_ref().map(|(p, d)| (p, &d[..])));
         let installed_gen = before.as_ref().and_then(|b| b.meta.generation);
-        if let Some(g) = unchanged(dir, tally, &changes, installed_gen) {
+        let had_accept = before.as_ref().is_some_and(|b| b.meta.forward_accept);
+        if let Some(g) = unchanged(dir, tally, &changes, installed_gen)
+            .filter(|_| had_accept == plan.forward_accept)
+        {
             synced.path = SyncPath::Unchanged;
             synced.generation = Some(g);
+            synced.outside = forward_accept(k, plan.forward_accept, false)?;
             if let Some(b) = before {
                 *last = Some(LastCommit {
                     genid,
@@ -628,6 +693,7 @@ fn full(
         if let Some((was, _)) = &was {
             synced.flows = clear_stale_flows(k, &Watch::between(was, plan, t.conntrack));
         }
+        synced.outside = forward_accept(k, plan.forward_accept, had_accept)?;
         (synced.enabled, synced.disabled) = sysctl::write(k, changes)?;
         record.publish()?;
         dir.prune()?;
@@ -700,9 +766,25 @@ pub fn digest(text: impl AsRef<[u8]>) -> String {
     )
 }
 
-/// Remove everything svcnat installed (if anything) and switch off the sysctls it switched
-/// on (the lock is held). None when nothing was there, else the sysctls switched off.
-fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<Vec<&'static str>>> {
+/// What `remove` undid besides the table: sysctls switched off, and what changed outside
+/// the table (svcnat's accept in DOCKER-USER).
+pub(super) struct Removed {
+    disabled: Vec<&'static str>,
+    outside: Vec<String>,
+}
+
+/// Remove everything svcnat installed (if anything), switch off the sysctls it switched
+/// on and take its accept out of DOCKER-USER (the lock is held). None when nothing was
+/// there.
+fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<Removed>> {
+    let undo = |k: &mut dyn Kernel, meta: &TableMeta| -> Result<Removed> {
+        let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
+        let outside = forward_accept(k, false, meta.forward_accept)?;
+        Ok(Removed {
+            disabled: sysctl::write(k, changes)?.1,
+            outside,
+        })
+    };
     if let Backend::Iptables(tool) = backend {
         let Some(meta) = xtables::flush(tool)? else {
             // Nothing in this flavour: say so if the other one holds svcnat's chains.
@@ -714,8 +796,7 @@ fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<V
             }
             return Ok(None);
         };
-        let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
-        return Ok(Some(sysctl::write(k, changes)?.1));
+        return undo(k, &meta).map(Some);
     }
     let mut retries = 0;
     loop {
@@ -723,11 +804,12 @@ fn remove(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Option<V
         let Some(meta) = k.table_meta(table)? else {
             return Ok(None);
         };
-        let changes = sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
+        // Checked before the table goes: a read-only /proc/sys fails with nothing changed.
+        sysctl::prepare(k, &[], &meta.enabled_sysctls)?;
         match k.commit(Change::Delete { table }, genid) {
             Err(Error::Stale) if retries + 1 < MAX_ATTEMPTS => retries += 1,
             Err(e) => return Err(e),
-            Ok(_) => return Ok(Some(sysctl::write(k, changes)?.1)),
+            Ok(_) => return undo(k, &meta).map(Some),
         }
     }
 }
@@ -741,6 +823,8 @@ pub struct Flushed {
     pub generation: Option<u64>,
     /// The conntrack entries of the removed services deleted (None: none recorded).
     pub flows: Option<FlowsCleared>,
+    /// What changed outside the table (svcnat's accept in DOCKER-USER taken out).
+    pub outside: Vec<String>,
 }
 
 /// flush: delete svcnat's table, switch off the sysctls svcnat switched on, and record a
@@ -753,7 +837,7 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
         let dir = state_dir(t, k)?;
         let _lock = dir.lock()?;
         let installed = current_meta(k, &t.backend, table)?.and_then(|m| m.generation);
-        let Some(disabled) = remove(k, &t.backend, table)? else {
+        let Some(Removed { disabled, outside }) = remove(k, &t.backend, table)? else {
             return Ok(None);
         };
         Index::remove(&dir.path);
@@ -778,6 +862,7 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
                         table: table.to_owned(),
                         services: Vec::new(),
                         accounting: false,
+                        forward_accept: false,
                     },
                     digest: String::new(),
                     source: "flush".into(),
@@ -796,6 +881,7 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
             disabled,
             generation,
             flows,
+            outside,
         }))
     })
 }

@@ -89,6 +89,8 @@ struct Runner {
     repair: Option<(Instant, Instant, Vec<String>)>,
     /// The generation the table holds after run's last successful sync.
     last_generation: Option<u64>,
+    /// The warnings about other firewalls last logged.
+    warned: Vec<String>,
 }
 
 /// Notifications of one change come in a burst (a firewall reload deletes and re-adds many
@@ -190,6 +192,16 @@ impl Runner {
         }
         for s in &done.enabled {
             log::info(&format!("enabled {s}"));
+        }
+        for o in &done.outside {
+            log::info(o);
+        }
+        // Told when they first appear or change, not at every reload.
+        if let Some(warnings) = done.warnings.as_ref().filter(|w| **w != self.warned) {
+            for w in warnings {
+                log::warn(w);
+            }
+            self.warned = warnings.clone();
         }
         if let Some(f) = &done.flows {
             self.stats.conntrack_deleted += f.deleted as u64;
@@ -559,6 +571,7 @@ pub fn run(opts: Options) -> Result<i32> {
         monitor: None,
         repair: None,
         last_generation: None,
+        warned: Vec::new(),
         opts,
     };
     // Subscribed before the first apply: a change made right after it is not missed.

@@ -70,6 +70,7 @@ fn generations_are_kept_newest_ten_and_atomic() {
                 table: "svcnat".into(),
                 services: vec![],
                 accounting: false,
+                forward_accept: false,
             },
         })
         .unwrap();
@@ -116,6 +117,7 @@ fn splices_rebuild_their_generation_and_keep_their_base() {
         table: "svcnat".into(),
         services: (0..5).map(svc).collect(),
         accounting: false,
+        forward_accept: false,
     };
     dir.record(&Generation {
         head: head(1, Reason::Apply),
@@ -186,6 +188,7 @@ fn confirmations_are_marked_beside_the_record() {
         table: "svcnat".into(),
         services: vec![],
         accounting: false,
+        forward_accept: false,
     };
     let unconfirmed = Header {
         confirmed: false,

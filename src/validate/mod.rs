@@ -75,6 +75,16 @@ pub struct CheckedMap {
     pub table: String,
     pub services: Vec<ServiceSpec>,
     pub accounting: bool,
+    /// `settings.forward_accept`: let svcnat's forwarded connections through Docker's
+    /// DOCKER-USER chain.
+    pub forward_accept: bool,
+}
+
+/// What `[settings]` asks beyond the table's name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    pub accounting: bool,
+    pub forward_accept: bool,
 }
 
 impl CheckedMap {
@@ -98,19 +108,20 @@ pub fn validate(source: Source, raw: RawMap) -> Result<CheckedMap, Vec<MapError>
     for s in raw.services {
         checker.service(s.into_inner());
     }
-    let (table, services, accounting) = checker.finish(raw.settings)?;
+    let (table, services, options) = checker.finish(raw.settings)?;
     Ok(CheckedMap {
         source,
         table,
         services,
-        accounting,
+        accounting: options.accounting,
+        forward_accept: options.forward_accept,
     })
 }
 
 /// Parse and check the map in one pass: each service is checked as soon as its section is
 /// parsed, so the raw services of a large map are never all held at once.
 pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
-    let (table, services, accounting) = match parts::check_in_parts(&source) {
+    let (table, services, options) = match parts::check_in_parts(&source) {
         Some(checked) => checked,
         None => check_in_one_pass(&source)?,
     };
@@ -118,11 +129,12 @@ pub fn check(source: Source) -> Result<CheckedMap, Vec<MapError>> {
         source,
         table,
         services,
-        accounting,
+        accounting: options.accounting,
+        forward_accept: options.forward_accept,
     })
 }
 
-type Checked = (String, Vec<ServiceSpec>, bool);
+type Checked = (String, Vec<ServiceSpec>, Options);
 
 /// At most this many mistakes are listed; the rest are counted.
 const MAX_ERRORS: usize = 50;
@@ -362,7 +374,7 @@ impl<'s> Checker<'s> {
     fn finish(
         mut self,
         settings: Option<toml::Spanned<crate::map::RawSettings>>,
-    ) -> Result<(String, Vec<ServiceSpec>, bool), Vec<MapError>> {
+    ) -> Result<Checked, Vec<MapError>> {
         let settings = settings.map(|s| s.into_inner()).unwrap_or_default();
         let table = match settings.table {
             None => DEFAULT_TABLE.to_owned(),
@@ -390,7 +402,11 @@ impl<'s> Checker<'s> {
             self.errors.sort_by_key(|e| (e.line, e.col));
             return Err(self.errors);
         }
-        Ok((table, self.services, settings.accounting.unwrap_or(false)))
+        let options = Options {
+            accounting: settings.accounting.unwrap_or(false),
+            forward_accept: settings.forward_accept.unwrap_or(false),
+        };
+        Ok((table, self.services, options))
     }
 }
 

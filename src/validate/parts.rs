@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn summary(c: &Checked) -> Vec<String> {
-        let mut out = vec![format!("table {} accounting {}", c.0, c.2)];
+        let mut out = vec![format!("table {} {:?}", c.0, c.2)];
         for s in &c.1 {
             out.push(format!(
                 "{} {:?}/{} masq {} {:?} {:?}",

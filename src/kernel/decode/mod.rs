@@ -17,6 +17,11 @@ use std::collections::HashMap;
 
 mod lift;
 mod parse;
+/// The attribute numbers other readers of nf_tables messages share.
+pub(in crate::kernel) use parse::{
+    NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA,
+    NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
+};
 
 // The string attributes that name what a dump request asks for (linux/netfilter/nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;
@@ -26,9 +31,7 @@ const NFTA_TABLE_OWNER: u16 = 10;
 /// The table belongs to one netlink socket (Linux ≥ 5.12): nobody else may change it,
 /// `nft flush ruleset` passes it over, and it goes when that socket closes.
 pub const NFT_TABLE_F_OWNER: u32 = 2;
-const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_SET_TABLE: u16 = 1;
-const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_OBJ_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;

@@ -52,11 +52,11 @@ fn top(m: &Msg, kind: u16) -> Option<&[u8]> {
 }
 
 // The attributes read below (linux/netfilter/nf_tables.h).
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
-const NFTA_CHAIN_HOOK: u16 = 4;
+pub(in crate::kernel) const NFTA_CHAIN_TABLE: u16 = 1;
+pub(in crate::kernel) const NFTA_CHAIN_NAME: u16 = 3;
+pub(in crate::kernel) const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_CHAIN_TYPE: u16 = 7;
-const NFTA_HOOK_HOOKNUM: u16 = 1;
+pub(in crate::kernel) const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_ID: u16 = 10;
@@ -69,14 +69,14 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_OBJREF: u16 = 9;
-const NFTA_DATA_VERDICT: u16 = 2;
+pub(in crate::kernel) const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CHAIN: u16 = 2;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
+pub(in crate::kernel) const NFTA_RULE_TABLE: u16 = 1;
+pub(in crate::kernel) const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
+pub(in crate::kernel) const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(in crate::kernel) const NFTA_EXPR_NAME: u16 = 1;
+pub(in crate::kernel) const NFTA_EXPR_DATA: u16 = 2;
 const NFTA_OBJ_TABLE: u16 = 1;
 const NFTA_OBJ_NAME: u16 = 2;
 const NFTA_OBJ_TYPE: u16 = 3;
