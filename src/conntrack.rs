@@ -74,32 +74,33 @@ pub struct Watch {
     keys: HashMap<Key, Vec<SocketAddr>>,
 }
 
-fn key_of(s: &Service) -> Key {
-    (s.family, s.proto, s.listen.addr, s.listen.port)
-}
-
-fn targets_of(s: &Service) -> Vec<SocketAddr> {
+/// A service's listen keys, each with its targets: one key, or one per port of a range
+/// (its one target shifted port by port).
+fn keys_of(s: &Service) -> Vec<(Key, Vec<SocketAddr>)> {
+    if s.listen.is_range() {
+        return s
+            .port_pairs(&s.targets[0])
+            .map(|(port, t)| ((s.family, s.proto, s.listen.addr, port), vec![t]))
+            .collect();
+    }
     let mut t: Vec<SocketAddr> = s.targets.iter().map(|t| t.addr).collect();
     t.sort();
     t.dedup();
-    t
+    vec![((s.family, s.proto, s.listen.addr, s.listen.port), t)]
 }
 
 impl Watch {
     /// The keys of `before` that lost a target in `after`, only for the protocols
     /// `cleanup` covers.
     pub fn between(before: &Plan, after: &Plan, cleanup: Cleanup) -> Watch {
-        let now: HashMap<Key, Vec<SocketAddr>> = after
-            .services
-            .iter()
-            .map(|s| (key_of(s), targets_of(s)))
-            .collect();
+        let now: HashMap<Key, Vec<SocketAddr>> = after.services.iter().flat_map(keys_of).collect();
         let mut keys = HashMap::new();
         for s in before.services.iter().filter(|s| cleanup.covers(s.proto)) {
-            let key = key_of(s);
-            let kept = now.get(&key).cloned().unwrap_or_default();
-            if targets_of(s).iter().any(|t| !kept.contains(t)) {
-                keys.insert(key, kept);
+            for (key, had) in keys_of(s) {
+                let kept = now.get(&key).cloned().unwrap_or_default();
+                if had.iter().any(|t| !kept.contains(t)) {
+                    keys.insert(key, kept);
+                }
             }
         }
         Watch { keys }
@@ -178,7 +179,7 @@ mod tests {
             name: name.into(),
             proto,
             family: Family::V4,
-            listen: Listen { addr, port },
+            listen: Listen::one(addr, port),
             targets: targets
                 .iter()
                 .map(|t| Target {

@@ -8,9 +8,7 @@
 
 use crate::error::MapError;
 use crate::map::Source;
-use crate::validate::{
-    CheckedMap, DEFAULT_TABLE, Listen, Proto, ServiceSpec, TargetSpec, parse_host_port,
-};
+use crate::validate::{CheckedMap, DEFAULT_TABLE, Listen, Proto, ServiceSpec, TargetSpec};
 
 /// Split a list of specs: commas, semicolons or whitespace (newlines too) separate them,
 /// as users of the netfilter proxy image write `PORT_MAPPING`.
@@ -68,40 +66,62 @@ pub fn checked(specs: &[String], origin: &str) -> Result<CheckedMap, Vec<MapErro
             errors.push(fail(0, "listen", "is not PORT:HOST:PORT".into()));
             continue;
         };
-        let port = match port.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => {
+        // PORT, or Docker's FIRST-LAST (its target then the same size, or no port).
+        let listen = match crate::validate::parse_ports(port) {
+            Ok((first, last)) => Listen {
+                addr: None,
+                port: first,
+                last,
+            },
+            Err(why) => {
                 errors.push(fail(
                     rest_at,
                     "listen",
-                    format!("{port:?} is not a port (1-65535)"),
+                    format!("{port:?}: {why} (a port 1-65535, or FIRST-LAST)"),
                 ));
                 continue;
             }
         };
-        let target_at = rest_at + port.to_string().len() + 1;
-        let (host, target_port) = match parse_host_port(target) {
-            Ok(t) => t,
+        let target_at = rest_at + port.len() + 1;
+        let (host, target_port) = match crate::validate::parse_host_ports(target) {
+            Ok((host, None)) => (host, listen.port),
+            Ok((host, Some((a, b)))) if u32::from(b - a) + 1 == listen.ports() => (host, a),
+            Ok((_, Some((a, b)))) => {
+                errors.push(fail(
+                    target_at,
+                    "targets[1]",
+                    format!(
+                        "{target:?} has {} port(s), the listen side {} ({})",
+                        u32::from(b - a) + 1,
+                        listen.ports(),
+                        listen.port_text()
+                    ),
+                ));
+                continue;
+            }
             Err(why) => {
                 errors.push(fail(target_at, "targets[1]", why));
                 continue;
             }
         };
-        let listen = Listen { addr: None, port };
-        if let Some(other) = services
-            .iter()
-            .find(|s| s.listen == listen && s.proto == proto)
-        {
+        let overlaps = |s: &&ServiceSpec| {
+            s.proto == proto && s.listen.port <= listen.last && listen.port <= s.listen.last
+        };
+        if let Some(other) = services.iter().find(overlaps) {
             errors.push(fail(
                 0,
                 "listen",
-                format!("{proto}/{port} is already forwarded by {:?}", other.name),
+                format!(
+                    "{proto}/{} is already forwarded by {:?}",
+                    listen.port_text(),
+                    other.name
+                ),
             ));
             continue;
         }
         let span = start + target_at..start + spec.len();
         services.push(ServiceSpec {
-            name: format!("{proto}-{port}"),
+            name: format!("{proto}-{}", listen.port_text()),
             proto,
             listen,
             targets: smallvec::smallvec![TargetSpec {
@@ -206,7 +226,13 @@ mod tests {
     #[test]
     fn errors_point_at_the_spec() {
         let errs = checked(
-            &specs(&["8080:a:8080", "sctp/9:a:9", "99999:a:1", "1:a", "8080:b:1"]),
+            &specs(&[
+                "8080:a:8080",
+                "sctp/9:a:9",
+                "99999:a:1",
+                "1:a:x",
+                "8080:b:1",
+            ]),
             "--forward",
         )
         .unwrap_err();
@@ -227,6 +253,41 @@ mod tests {
             errs[3]
                 .message
                 .contains("already forwarded by \"tcp-8080\"")
+        );
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn docker_port_ranges() {
+        let specs = split("8000-8100:a:9000-9100,6000-6010:b/udp");
+        let m = checked(&specs, "$PORT_MAPPING").unwrap();
+        let s = &m.services[0];
+        assert_eq!(
+            (s.listen.port, s.listen.last, s.targets[0].port),
+            (8000, 8100, 9000)
+        );
+        assert_eq!(s.name, "tcp-8000-8100");
+        let u = &m.services[1];
+        assert_eq!(
+            (u.proto, u.listen.last, u.targets[0].port),
+            (Proto::Udp, 6010, 6000)
+        );
+        let e = checked(&split("8000-8100:a:9000-9050"), "$PORT_MAPPING").unwrap_err();
+        assert!(
+            e[0].message.contains("has 51 port(s), the listen side 101"),
+            "{}",
+            e[0]
+        );
+        let e = checked(&split("8000-8100:a,8050:b"), "$PORT_MAPPING").unwrap_err();
+        assert!(
+            e[0].message
+                .contains("already forwarded by \"tcp-8000-8100\""),
+            "{}",
+            e[0]
         );
     }
 }

@@ -65,12 +65,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
         for (kind, key) in keys.get(c.name.as_str()).into_iter().flatten() {
             match kind {
                 MapKind::Loopback => localhost = true,
-                _ if listen.is_none() => {
-                    listen = Some(Listen {
-                        addr: key.addr,
-                        port: key.port,
-                    })
-                }
+                _ if listen.is_none() => listen = Some(Listen::one(key.addr, key.port)),
                 _ => {}
             }
         }
@@ -98,10 +93,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
                 name: e.service.to_string(),
                 proto: e.key.proto,
                 family: m.kind.family(),
-                listen: Listen {
-                    addr: e.key.addr,
-                    port: e.key.port,
-                },
+                listen: Listen::one(e.key.addr, e.key.port),
                 targets: smallvec::smallvec![Target {
                     addr: e.target,
                     weight: 1,
@@ -114,7 +106,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
     for s in &mut direct {
         s.localhost = loopback.contains(&s.name.as_str());
     }
-    services.extend(direct);
+    services.extend(merge_ranges(direct));
     // Map elements come back in the kernel's hash order: name order is the stable one.
     services.sort_by(|a, b| a.name.cmp(&b.name));
     Plan {
@@ -124,6 +116,30 @@ pub fn lift(rs: &Ruleset) -> Plan {
         // Not in svcnat's table: it is a rule in Docker's chain (`forward_drop`).
         forward_accept: false,
     }
+}
+
+/// A port range service is an element per port, all commented with its name: put
+/// consecutive ports of one name, each to the next port of one target, back together.
+fn merge_ranges(mut direct: Vec<Service>) -> Vec<Service> {
+    direct.sort_by(|a, b| (&a.name, a.listen.port).cmp(&(&b.name, b.listen.port)));
+    let mut out: Vec<Service> = Vec::with_capacity(direct.len());
+    for s in direct {
+        if let Some(prev) = out.last_mut()
+            && prev.name == s.name
+            && prev.proto == s.proto
+            && prev.localhost == s.localhost
+            && prev.listen.addr == s.listen.addr
+            && u32::from(prev.listen.last) + 1 == u32::from(s.listen.port)
+            && prev.targets[0].addr.ip() == s.targets[0].addr.ip()
+            && u32::from(prev.last_target_port(&prev.targets[0])) + 1
+                == u32::from(s.targets[0].addr.port())
+        {
+            prev.listen.last = s.listen.port;
+            continue;
+        }
+        out.push(s);
+    }
+    out
 }
 
 /// One structural difference: `expected` lacks what `actual` has (Extra), or the reverse.

@@ -54,7 +54,10 @@ pub struct Service {
 }
 
 fn listen_str<S: serde::Serializer>(l: &Listen, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(AddrText::new(l.addr, l.port).as_str())
+    match l.is_range() {
+        false => s.serialize_str(AddrText::new(l.addr, l.port).as_str()),
+        true => s.collect_str(l),
+    }
 }
 
 fn addr_str<S: serde::Serializer>(a: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
@@ -164,19 +167,37 @@ impl Service {
         )
     }
 
-    /// `10.0.0.2:80, 10.0.0.3:80*2`: weights other than 1 after a `*`.
+    /// `10.0.0.2:80, 10.0.0.3:80*2`: weights other than 1 after a `*`; a port range
+    /// service's target as its range, `10.0.0.2:9000-9100`.
     pub fn targets_text(&self) -> String {
         self.targets
             .iter()
             .map(|t| {
+                let addr = match self.listen.is_range() {
+                    false => t.addr.to_string(),
+                    true => format!("{}-{}", t.addr, self.last_target_port(t)),
+                };
                 if t.weight == 1 {
-                    t.addr.to_string()
+                    addr
                 } else {
-                    format!("{}*{}", t.addr, t.weight)
+                    format!("{addr}*{}", t.weight)
                 }
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The port `t` gets for the listen range's last port (its own port for one port).
+    pub fn last_target_port(&self, t: &Target) -> u16 {
+        t.addr.port() + (self.listen.last - self.listen.port)
+    }
+
+    /// The listen port and target of each port of the service (one pair for one port):
+    /// listen port `p` goes to the target's port shifted by `p - listen.port`.
+    pub fn port_pairs(&self, t: &Target) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+        let (first, target) = (self.listen.port, t.addr);
+        (first..=self.listen.last)
+            .map(move |p| (p, SocketAddr::new(target.ip(), target.port() + (p - first))))
     }
 
     /// Targets repeated by weight: slot i of a `numgen random mod N` map.
@@ -240,19 +261,13 @@ mod tests {
             let a: SocketAddr = a.parse().unwrap();
             let json = serde_json::to_string(&Target { addr: a, weight: 1 }).unwrap();
             assert_eq!(json, format!("{{\"addr\":\"{a}\",\"weight\":1}}"));
-            let listen = Listen {
-                addr: Some(a.ip()),
-                port: a.port(),
-            };
+            let listen = Listen::one(Some(a.ip()), a.port());
             assert_eq!(
                 AddrText::new(listen.addr, listen.port).as_str(),
                 listen.to_string()
             );
         }
-        let any = Listen {
-            addr: None,
-            port: 53,
-        };
+        let any = Listen::one(None, 53);
         assert_eq!(AddrText::new(None, 53).as_str(), any.to_string());
     }
 
@@ -265,10 +280,7 @@ mod tests {
                     name: "a".into(),
                     proto: Proto::Udp,
                     family: Family::V6,
-                    listen: Listen {
-                        addr: Some("fd00::1".parse().unwrap()),
-                        port: 53,
-                    },
+                    listen: Listen::one(Some("fd00::1".parse().unwrap()), 53),
                     targets: smallvec::smallvec![Target {
                         addr: "[fd00::2]:53".parse().unwrap(),
                         weight: 3,
@@ -280,10 +292,7 @@ mod tests {
                     name: "b".into(),
                     proto: Proto::Tcp,
                     family: Family::V4,
-                    listen: Listen {
-                        addr: None,
-                        port: 80,
-                    },
+                    listen: Listen::one(None, 80),
                     targets: smallvec::smallvec![Target {
                         addr: "10.0.0.2:80".parse().unwrap(),
                         weight: 1,

@@ -380,7 +380,19 @@ pub fn lower(plan: &Plan) -> Ruleset {
                 if dnat_maps[i].elements.capacity() == 0 {
                     dnat_maps[i].elements.reserve_exact(plan.services.len());
                 }
-                dnat_maps[i].elements.push(DnatElem::of(key, s));
+                if s.listen.is_range() {
+                    // A port range: an element per port, each to its shifted target port
+                    // (nftables cannot add an offset to a port in the DNAT itself).
+                    for (port, target) in s.port_pairs(&s.targets[0]) {
+                        dnat_maps[i].elements.push(DnatElem {
+                            key: MapKey { port, ..key },
+                            target,
+                            service: crate::short::Short::new(&s.name),
+                        });
+                    }
+                } else {
+                    dnat_maps[i].elements.push(DnatElem::of(key, s));
+                }
             } else if let Some(chain) = &chain {
                 maps[i].elements.push((key, chain.clone()));
             }

@@ -75,7 +75,11 @@ fn shown(
             .map(|t| {
                 let acct = objects.get(&crate::ruleset::counter_name(&t.addr));
                 ShownTarget {
-                    address: t.addr.to_string(),
+                    // A port range's target: its range (`10.0.0.2:9000-9100`).
+                    address: match s.listen.is_range() {
+                        false => t.addr.to_string(),
+                        true => format!("{}-{}", t.addr, s.last_target_port(t)),
+                    },
                     weight: t.weight,
                     packets: acct.map(|c| c.0),
                     bytes: acct.map(|c| c.1),

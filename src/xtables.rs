@@ -453,6 +453,23 @@ pub fn docker_user_accept(want: bool) -> Result<Vec<String>> {
     Ok(done)
 }
 
+/// A DNAT rule's `--to-destination`, as the target of listen port `first`: `IP:PORT`,
+/// `IP` alone (a range to the same ports), or `IP:FIRST-LAST/BASE` (a shifted range).
+fn destination(to: &str, first: u16) -> Option<SocketAddr> {
+    let to = to.split('/').next()?;
+    if let Ok(ip) = to.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, first));
+    }
+    let (ip, ports) = to.rsplit_once(':')?;
+    let ip = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    let port = ports.split('-').next()?.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
 fn field<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
     let at = rule.find(&format!(" {flag} "))?;
     let rest = &rule[at + flag.len() + 2..];
@@ -504,9 +521,10 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
                 Some("udp") => Proto::Udp,
                 _ => Proto::Tcp,
             };
-            let port = field(rule, "--dport")
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
+            // `--dport 8080`, or a range `--dport 8000:8100`.
+            let (port, last) = field(rule, "--dport")
+                .and_then(|p| crate::validate::parse_ports(&p.replace(':', "-")).ok())
+                .unwrap_or((0, 0));
             let addr = field(rule, "-d")
                 .filter(|_| !rule.contains(" ! -d "))
                 .and_then(|d| d.split('/').next())
@@ -519,20 +537,14 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
                 if r.contains("-j MARK") && !r.contains(" -s ") {
                     masquerade = true;
                 }
-                let Some(to) = field(r, "--to-destination") else {
-                    continue;
-                };
-                let to = to.replace(['[', ']'], "");
-                let Some((ip, port)) = to.rsplit_once(':') else {
-                    continue;
-                };
-                let (Ok(ip), Ok(port)) = (ip.parse::<IpAddr>(), port.parse::<u16>()) else {
+                let Some(to) = field(r, "--to-destination").and_then(|to| destination(to, port))
+                else {
                     continue;
                 };
                 let p = field(r, "--probability")
                     .and_then(|p| p.parse::<f64>().ok())
                     .unwrap_or(1.0);
-                targets.push((SocketAddr::new(ip, port), remaining * p));
+                targets.push((to, remaining * p));
                 remaining *= 1.0 - p;
             }
             if targets.is_empty() || port == 0 {
@@ -544,7 +556,7 @@ pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<Strin
                 name: name.to_owned(),
                 proto,
                 family,
-                listen: Listen { addr, port },
+                listen: Listen { addr, port, last },
                 targets: targets
                     .into_iter()
                     .map(|(addr, share)| Target {
@@ -669,13 +681,7 @@ mod tests {
         };
         let (plan, counters) = lift(&inst, &empty, "svcnat");
         let s = &plan.services[0];
-        assert_eq!(
-            s.listen,
-            Listen {
-                addr: None,
-                port: 80
-            }
-        );
+        assert_eq!(s.listen, Listen::one(None, 80));
         assert_eq!(
             s.targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
             [3, 1]

@@ -320,7 +320,7 @@ fn service_headers_lexed(text: &str) -> Vec<usize> {
 /// Name the field at a byte offset from the source text alone (parsing failed, so there is
 /// no tree): the last table header before it, numbered for `[[service]]`, and the key on the
 /// line, if any.
-pub(super) fn field_at(text: &str, offset: usize) -> String {
+pub(crate) fn field_at(text: &str, offset: usize) -> String {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let mut section = String::new();

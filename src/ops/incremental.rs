@@ -302,6 +302,10 @@ impl Change {
             return Err(HostNames);
         }
         let plan = resolver.resolve(&checked).map_err(|_| MapError)?;
+        // A port range is many elements: the full path's job (see `write_index`).
+        if plan.services.iter().any(|s| s.listen.is_range()) {
+            return Err(ServiceShape);
+        }
         let records: Vec<Record> = plan
             .services
             .iter()

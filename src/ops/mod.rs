@@ -740,17 +740,24 @@ fn write_index(
     generation: u64,
     genid: u32,
 ) -> Option<Index> {
-    let written = desired.sections.as_ref().and_then(|sections| {
-        Index::write(
-            &dir.path,
-            &desired.plan,
-            &desired.digest,
-            sections,
-            locals,
-            generation,
-            genid,
-        )
-    });
+    // A port range is an element per port, which the index's one record per service does
+    // not count: maps with ranges change by the full path.
+    let ranges = desired.plan.services.iter().any(|s| s.listen.is_range());
+    let written = desired
+        .sections
+        .as_ref()
+        .filter(|_| !ranges)
+        .and_then(|sections| {
+            Index::write(
+                &dir.path,
+                &desired.plan,
+                &desired.digest,
+                sections,
+                locals,
+                generation,
+                genid,
+            )
+        });
     if written.is_none() {
         Index::remove(&dir.path);
     }

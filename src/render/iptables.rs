@@ -84,7 +84,8 @@ pub fn render(plan: &Plan, family: Family, source: &str) -> String {
     for hook in ["SVCNAT-PREROUTING", "SVCNAT-OUTPUT"] {
         for s in &services {
             let p = s.proto.as_str();
-            let port = s.listen.port;
+            // A range as iptables-save prints it: `--dport 8000:8100`.
+            let port = s.listen.port_text().replace('-', ":");
             let to = service_chain(&s.name);
             let comment = format!("-m comment --comment \"service {}\"", s.name);
             match s.listen.addr {
@@ -128,9 +129,21 @@ pub fn render(plan: &Plan, family: Family, source: &str) -> String {
         }
         let mut remaining: u32 = s.targets.iter().map(|t| t.weight).sum();
         for (i, t) in s.targets.iter().enumerate() {
-            let to = match family {
-                Family::V4 => t.addr.to_string(),
-                Family::V6 => format!("[{}]:{}", t.addr.ip(), t.addr.port()),
+            let ip = match family {
+                Family::V4 => t.addr.ip().to_string(),
+                Family::V6 => format!("[{}]", t.addr.ip()),
+            };
+            // A range: the same ports (the address alone keeps the port), or shifted by
+            // DNAT's `FIRST-LAST/BASE` (the listen range's first port maps to FIRST).
+            let to = match (s.listen.is_range(), t.addr.port() == s.listen.port) {
+                (false, _) => format!("{ip}:{}", t.addr.port()),
+                (true, true) => t.addr.ip().to_string(),
+                (true, false) => format!(
+                    "{ip}:{}-{}/{}",
+                    t.addr.port(),
+                    s.last_target_port(t),
+                    s.listen.port
+                ),
             };
             if i + 1 == s.targets.len() {
                 let _ = writeln!(out, "-A {c} -p {p} -j DNAT --to-destination {to}");

@@ -102,10 +102,7 @@ fn splices_rebuild_their_generation_and_keep_their_base() {
         name: format!("s{n}"),
         proto: Proto::Tcp,
         family: crate::plan::Family::V4,
-        listen: Listen {
-            addr: None,
-            port: 1000 + n,
-        },
+        listen: Listen::one(None, 1000 + n),
         targets: smallvec::smallvec![crate::plan::Target {
             addr: format!("10.0.0.1:{n}").parse().unwrap(),
             weight: 1,

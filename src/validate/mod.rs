@@ -11,7 +11,9 @@ use std::ops::Range;
 
 mod parts;
 mod syntax;
-pub use syntax::{Host, Listen, Proto, parse_host_port, parse_listen};
+pub use syntax::{
+    Host, Listen, Proto, parse_host_port, parse_host_ports, parse_listen, parse_ports,
+};
 use syntax::{is_service_name, is_table_name};
 
 pub const DEFAULT_TABLE: &str = "svcnat";
@@ -397,6 +399,7 @@ impl<'s> Checker<'s> {
                 }
             }
         }
+        self.check_ranges(settings.accounting.unwrap_or(false));
         if !self.errors.is_empty() {
             // Settings are checked last but written first: report in file order.
             self.errors.sort_by_key(|e| (e.line, e.col));
@@ -407,6 +410,84 @@ impl<'s> Checker<'s> {
             forward_accept: settings.forward_accept.unwrap_or(false),
         };
         Ok((table, self.services, options))
+    }
+}
+
+/// At most this many ports in all the port ranges of a map together (each is a map element).
+const MAX_RANGE_PORTS: u32 = 1_000_000;
+
+impl Checker<'_> {
+    /// What only the whole map tells of its port ranges: overlaps with any other service
+    /// (the listen keys' hashes see one port each), masquerade turned off for all by the
+    /// settings, accounting, and the total size. Nothing to do without ranges.
+    fn check_ranges(&mut self, accounting: bool) {
+        let ranges: Vec<usize> = (0..self.services.len())
+            .filter(|i| self.services[*i].listen.is_range())
+            .collect();
+        let mut total = 0u32;
+        for &r in &ranges {
+            let s = &self.services[r];
+            // `service[N]`, from where the listen is written.
+            let field = crate::map::field_at(&self.source.text, s.listen_span.start);
+            let at = field.strip_suffix(".listen").unwrap_or(&field).to_owned();
+            let l = s.listen;
+            total += l.ports();
+            if let Some(other) = self.services.iter().enumerate().find(|(i, o)| {
+                *i != r
+                    && o.proto == s.proto
+                    && o.listen.addr == l.addr
+                    && o.listen.port <= l.last
+                    && l.port <= o.listen.last
+            }) {
+                let line = self.source.line_col(other.1.listen_span.start).0;
+                let e = self.source.error(
+                    &s.listen_span,
+                    format!("{at}.listen"),
+                    format!(
+                        "{}/{} overlaps service {:?} ({}, line {line})",
+                        l, s.proto, other.1.name, other.1.listen
+                    ),
+                    "each listen address, port and protocol belongs to one service: make the ranges disjoint",
+                );
+                self.errors.push(e);
+            }
+            if !s.masquerade {
+                let e = self.source.error(
+                    &s.listen_span,
+                    format!("{at}.masquerade"),
+                    format!(
+                        "a port range ({}) needs masquerade, and [settings] turns it off",
+                        l.port_text()
+                    ),
+                    "add masquerade = true to this service",
+                );
+                self.errors.push(e);
+            }
+            if accounting {
+                let e = self.source.error(
+                    &s.listen_span,
+                    format!("{at}.listen"),
+                    format!(
+                        "a port range ({}) cannot be counted by settings.accounting",
+                        l.port_text()
+                    ),
+                    "turn accounting off, or list the ports as services of their own",
+                );
+                self.errors.push(e);
+            }
+        }
+        if total > MAX_RANGE_PORTS
+            && let Some(&last) = ranges.last()
+        {
+            let s = &self.services[last];
+            let e = self.source.error(
+                &s.listen_span,
+                crate::map::field_at(&self.source.text, s.listen_span.start),
+                format!("the map's port ranges cover {total} ports, more than {MAX_RANGE_PORTS}"),
+                "use fewer or smaller ranges",
+            );
+            self.errors.push(e);
+        }
     }
 }
 
@@ -507,7 +588,40 @@ fn check_service(
             ));
         }
         slots += weight.clamp(1, MAX_WEIGHT) as usize;
-        match parse_host_port(&rt.address) {
+        // A target's ports: as written, or the service's own (none written); a range
+        // must match the listen range's size, which then maps port by port.
+        const SYNTAX: &str = "write HOST:PORT (\"10.0.0.2:80\", \"backend:80\", \"[fd00::2]:80\"), HOST alone for the service's own port(s), or HOST:FIRST-LAST with as many ports as a listen range";
+        const SIZES: &str = "give the target a range of as many ports as listen (FIRST-LAST), or no port to keep each port as it is";
+        let parsed = parse_host_ports(&rt.address)
+            .map_err(|why| (why, SYNTAX))
+            .and_then(|(host, ports)| {
+                let Some(l) = &listen else {
+                    return Ok((host, 0)); // the listen error is told already
+                };
+                match ports {
+                    None => Ok((host, l.port)),
+                    Some((a, b)) if a == b && !l.is_range() => Ok((host, a)),
+                    Some((a, b)) if a != b && u32::from(b - a) + 1 == l.ports() => Ok((host, a)),
+                    Some((a, b)) if a == b => Err((
+                        format!(
+                            "target {} has one port, but listen has the range {}",
+                            rt.address,
+                            l.port_text()
+                        ),
+                        SIZES,
+                    )),
+                    Some((a, b)) => Err((
+                        format!(
+                            "target range {a}-{b} has {} ports, but listen has {} ({})",
+                            u32::from(b - a) + 1,
+                            l.ports(),
+                            l.port_text()
+                        ),
+                        SIZES,
+                    )),
+                }
+            });
+        match parsed {
             Ok((host, port))
                 if targets
                     .iter()
@@ -527,12 +641,29 @@ fn check_service(
                 span,
                 field,
             }),
-            Err(why) => errors.push(src.error(
-                &span,
-                field.to_string(),
-                why,
-                "write HOST:PORT, e.g. \"10.0.0.2:80\", \"backend:80\" or \"[fd00::2]:80\"",
-            )),
+            Err((why, hint)) => errors.push(src.error(&span, field.to_string(), why, hint)),
+        }
+    }
+    let masquerade = raw.masquerade.unwrap_or(default_masquerade);
+    if let Some(l) = listen.filter(|l| l.is_range()) {
+        // Each port of a range is one element of svcnat's DNAT map: one target, masqueraded.
+        if raw.targets.get_ref().len() > 1 {
+            errors.push(src.error(
+                &raw.targets.span(),
+                format!("{at}.targets"),
+                format!("a port range ({}) can have one target only", l.port_text()),
+                "split it into one service per target address, or use one port per service",
+            ));
+        } else if let Some(t) = targets.first_mut() {
+            t.weight = 1; // one target: its weight means nothing
+        }
+        if !masquerade {
+            errors.push(src.error(
+                &listen_span,
+                format!("{at}.masquerade"),
+                format!("a port range ({}) needs masquerade", l.port_text()),
+                "remove masquerade = false, or list the ports as services of their own",
+            ));
         }
     }
     if slots > MAX_SLOTS {
@@ -551,7 +682,7 @@ fn check_service(
         proto,
         listen: listen?,
         targets,
-        masquerade: raw.masquerade.unwrap_or(default_masquerade),
+        masquerade,
         localhost,
         listen_span,
         name_span,

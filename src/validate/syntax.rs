@@ -41,19 +41,51 @@ impl fmt::Display for Proto {
     }
 }
 
-/// Where a service listens: a port on every local address, or one address (a virtual IP).
+/// Where a service listens: a port (or a range of ports, `port..=last`) on every local
+/// address, or on one address (a virtual IP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Listen {
     pub addr: Option<IpAddr>,
     pub port: u16,
+    /// The range's last port; `port` for one port.
+    pub last: u16,
+}
+
+impl Listen {
+    /// One port.
+    pub fn one(addr: Option<IpAddr>, port: u16) -> Listen {
+        Listen {
+            addr,
+            port,
+            last: port,
+        }
+    }
+
+    /// How many ports: 1, or the range's size.
+    pub fn ports(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.port) + 1
+    }
+
+    pub fn is_range(&self) -> bool {
+        self.last != self.port
+    }
+
+    /// `8080` or `8000-8100`.
+    pub fn port_text(&self) -> String {
+        match self.is_range() {
+            false => self.port.to_string(),
+            true => format!("{}-{}", self.port, self.last),
+        }
+    }
 }
 
 impl fmt::Display for Listen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ports = self.port_text();
         match self.addr {
-            None => write!(f, "*:{}", self.port),
-            Some(IpAddr::V4(a)) => write!(f, "{a}:{}", self.port),
-            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{}", self.port),
+            None => write!(f, "*:{ports}"),
+            Some(IpAddr::V4(a)) => write!(f, "{a}:{ports}"),
+            Some(IpAddr::V6(a)) => write!(f, "[{a}]:{ports}"),
         }
     }
 }
@@ -101,25 +133,40 @@ fn parse_port(s: &str) -> Result<u16, String> {
     }
 }
 
-/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`.
+/// `PORT` or `FIRST-LAST` (a range of at least two ports).
+pub fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    match s.split_once('-') {
+        None => parse_port(s).map(|p| (p, p)),
+        Some((a, b)) => {
+            let (a, b) = (parse_port(a.trim())?, parse_port(b.trim())?);
+            if a >= b {
+                return Err(format!(
+                    "port range {a}-{b} is empty or backwards: the first port must be lower"
+                ));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+/// `PORT`, `IPV4:PORT` or `[IPV6]:PORT`, where PORT may be a range `FIRST-LAST`.
 pub fn parse_listen(s: &str) -> Result<Listen, String> {
     let s = s.trim();
     if !s.contains(':') {
+        let (port, last) = parse_ports(s)?;
         return Ok(Listen {
             addr: None,
-            port: parse_port(s)?,
+            port,
+            last,
         });
     }
-    match parse_host_port(s)? {
-        (Host::Ip(addr), port) => {
-            if addr.is_unspecified() {
-                return Ok(Listen { addr: None, port });
-            }
-            Ok(Listen {
-                addr: Some(addr),
-                port,
-            })
-        }
+    match parse_host_ports(s)? {
+        (Host::Ip(addr), Some((port, last))) => Ok(Listen {
+            addr: (!addr.is_unspecified()).then_some(addr),
+            port,
+            last,
+        }),
+        (Host::Ip(_), None) => Err(format!("{s:?} lacks a port")),
         (Host::Name(n), _) => Err(format!(
             "listen address {n:?} is not an IP address (names are only allowed in targets)"
         )),
@@ -128,19 +175,35 @@ pub fn parse_listen(s: &str) -> Result<Listen, String> {
 
 /// `HOST:PORT` where HOST is an IPv4 address, `[IPV6]` or a DNS name.
 pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
+    match parse_host_ports(s)? {
+        (host, Some((port, last))) if port == last => Ok((host, port)),
+        (_, Some(_)) => Err(format!("{s:?}: a port range is not allowed here")),
+        (_, None) => Err(format!("{s:?} lacks a port: expected HOST:PORT")),
+    }
+}
+
+/// A target: `HOST:PORT`, `HOST:FIRST-LAST`, or `HOST` alone (the service's own ports):
+/// HOST an IPv4 address, `[IPV6]` or a DNS name. The ports: None when not written.
+pub fn parse_host_ports(s: &str) -> Result<(Host, Option<(u16, u16)>), String> {
     let s = s.trim();
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, p) = rest
-            .split_once("]:")
-            .ok_or_else(|| format!("{s:?} lacks the port after the IPv6 address"))?;
+        let (h, p) = match rest.split_once("]:") {
+            Some((h, p)) => (h, Some(p)),
+            None => (
+                rest.strip_suffix(']')
+                    .ok_or_else(|| format!("{s:?} lacks the ']' after the IPv6 address"))?,
+                None,
+            ),
+        };
         let ip: std::net::Ipv6Addr = h
             .parse()
             .map_err(|_| format!("{h:?} is not an IPv6 address"))?;
         (Host::Ip(IpAddr::V6(ip)), p)
     } else {
-        let (h, p) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?} lacks a port: expected HOST:PORT"))?;
+        let (h, p) = match s.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
         if h.contains(':') {
             return Err(format!(
                 "{s:?}: put an IPv6 address in brackets, [ADDRESS]:PORT"
@@ -153,7 +216,7 @@ pub fn parse_host_port(s: &str) -> Result<(Host, u16), String> {
         };
         (host, p)
     };
-    Ok((host, parse_port(port)?))
+    Ok((host, port.map(parse_ports).transpose()?))
 }
 
 fn is_dns_name(h: &str) -> bool {
@@ -176,12 +239,16 @@ mod tests {
 
     #[test]
     fn listen_forms() {
-        assert_eq!(
-            parse_listen("8080").unwrap(),
-            Listen {
-                addr: None,
-                port: 8080
-            }
+        assert_eq!(parse_listen("8080").unwrap(), Listen::one(None, 8080));
+        let range = parse_listen("10.0.0.1:8000-8100").unwrap();
+        assert_eq!((range.port, range.last, range.ports()), (8000, 8100, 101));
+        assert_eq!(range.to_string(), "10.0.0.1:8000-8100");
+        assert!(parse_listen("8100-8000").unwrap_err().contains("backwards"));
+        assert!(parse_listen("8000-8000").unwrap_err().contains("empty"));
+        assert!(
+            parse_listen("8000-70000")
+                .unwrap_err()
+                .contains("out of range")
         );
         assert_eq!(
             parse_listen("172.18.1.1:8083").unwrap().addr,
@@ -212,5 +279,11 @@ mod tests {
                 .unwrap_err()
                 .contains("lacks a port")
         );
+        assert_eq!(
+            parse_host_ports("10.0.0.2:9000-9100").unwrap().1,
+            Some((9000, 9100))
+        );
+        assert_eq!(parse_host_ports("backend").unwrap().1, None);
+        assert_eq!(parse_host_ports("[fd00::2]").unwrap().1, None);
     }
 }

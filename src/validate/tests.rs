@@ -96,3 +96,62 @@ fn localhost_rejected_for_ipv6() {
     .unwrap_err();
     assert_eq!(errs[0].field, "service[1].localhost");
 }
+
+#[test]
+fn port_ranges_are_checked_with_the_whole_map() {
+    let svc = |name: &str, listen: &str, targets: &str, extra: &str| {
+        format!("[[service]]\nname=\"{name}\"\nlisten=\"{listen}\"\ntargets=[{targets}]\n{extra}")
+    };
+    let ok =
+        check(&(svc("a", "8000-8100", "\"x:9000-9100\"", "") + &svc("b", "8101", "\"x\"", "")))
+            .unwrap();
+    assert_eq!(ok.services[0].targets[0].port, 9000);
+    assert_eq!(
+        ok.services[1].targets[0].port, 8101,
+        "a target without a port: the same"
+    );
+    for (text, field, words) in [
+        (
+            svc("a", "8000-8100", "\"x:9000-9050\"", ""),
+            "service[1].targets[1]",
+            "has 51 ports, but listen has 101",
+        ),
+        (
+            svc("a", "8000-8100", "\"x:80\"", ""),
+            "service[1].targets[1]",
+            "has one port, but listen has the range",
+        ),
+        (
+            svc("a", "80", "\"x:80-90\"", ""),
+            "service[1].targets[1]",
+            "has 11 ports, but listen has 1",
+        ),
+        (
+            svc("a", "8000-8100", "\"x\", \"y\"", ""),
+            "service[1].targets",
+            "one target only",
+        ),
+        (
+            svc("a", "8000-8100", "\"x\"", "masquerade=false\n"),
+            "service[1].masquerade",
+            "needs masquerade",
+        ),
+        (
+            svc("a", "8000-8100", "\"x\"", "") + &svc("b", "8050", "\"y:1\"", ""),
+            "service[1].listen",
+            "overlaps service \"b\"",
+        ),
+        (
+            "[settings]\naccounting=true\n".to_owned() + &svc("a", "8000-8100", "\"x\"", ""),
+            "service[1].listen",
+            "cannot be counted",
+        ),
+    ] {
+        let errs = check(&text).unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.field == field && e.message.contains(words)),
+            "{field} {words:?} in {errs:?}"
+        );
+    }
+}
