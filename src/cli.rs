@@ -14,7 +14,7 @@ Exit codes:
   0  success
   1  runtime or kernel error (the kernel is left as it was)
   2  invalid input or usage: the map, a flag, a host that does not resolve, a table svcnat
-     did not create
+     did not create, a table a running `svcnat run` keeps
 
 Examples:
   svcnat render -f rulesets/skupper-ingress.toml --add-host host.docker.internal=10.0.0.1
@@ -157,7 +157,10 @@ terminal) keeps them; otherwise, or on Ctrl-C, it re-installs what was there bef
 not stop the wait. For changing a remote host's rules without locking yourself out.\n\n",
         "Exit codes: 0 applied (and confirmed), 1 kernel/namespace/sysctl error (nothing changed) or not confirmed \
 (rolled back), 2 invalid map (also one without services, unless --allow-empty), a table svcnat did not \
-create, or svcnat's rules from the other backend in place.\n\nExamples:\n",
+create or that a running `svcnat run` keeps, or svcnat's rules from the other backend in place.\n\n",
+        "Targets removed from a service: their conntrack entries are deleted (--conntrack-cleanup). Another \
+firewall's forward hook that drops the services' routed traffic (Docker's FORWARD DROP) is told with its fix \
+on standard error.\n\nExamples:\n",
         "  svcnat apply -f map.toml\n  svcnat apply -f map.toml --netns proxy1 --add-host host.docker.internal=172.17.0.1\n",
         "  svcnat apply -f map.toml --confirm 60"))]
     Apply {
@@ -189,9 +192,13 @@ its compose files work by changing only `image:`); else from $SVCNAT_MAP or ./sv
         "While running: SIGHUP or a change of the map file re-reads it (an invalid map keeps the running \
 rules; when only a few sections of one-target services changed, only those are read and sent); target names are re-resolved every --resolve-interval; with --health-check tcp, targets that refuse \
 connections leave the balancing until they accept again (all down: all kept); SIGTERM or SIGINT removes \
-everything svcnat installed and exits 0. Generations go to $SVCNAT_STATE_DIR, else /run/svcnat. Logs: one line \
+everything svcnat installed and exits 0. Another program changing or deleting its table (nft flush ruleset, \
+a firewall reload) is logged with its name and PID, and the table put back within milliseconds (--owner: the \
+kernel refuses such changes instead); meanwhile one-shot apply/rollback/flush of the table refuse. \
+Generations go to $SVCNAT_STATE_DIR, else /run/svcnat. Logs: one line \
 per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only CAP_NET_ADMIN.\n\n",
-        "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 the first apply failed, 2 invalid map or flags.\n\nExamples:\n",
+        "Exit codes: 0 stopped by SIGTERM/SIGINT, 1 the first apply failed, 2 invalid map or flags, or another \
+`svcnat run` keeps the table.\n\nExamples:\n",
         "  svcnat run --forward 8080:host.docker.internal:8080 --forward 5201:host.docker.internal:5201\n",
         "  PORT_MAPPING=\"8080:host.docker.internal:8080\" svcnat run\n",
         "  svcnat run -f /etc/svcnat.toml --health-check tcp --health-interval 2s --metrics 0.0.0.0:9100"))]
@@ -264,7 +271,7 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
     },
     /// Remove everything svcnat installed (its table); exit 0 also when there was nothing
     #[command(
-        after_help = "Exit codes: 0 flushed or nothing there, 1 kernel/namespace error, 2 a table svcnat did not create, or svcnat's iptables chains are in the other flavour (the message names it).\n\nExample:\n  svcnat flush --netns proxy1"
+        after_help = "Also takes svcnat's accept out of Docker's DOCKER-USER (settings.forward_accept) and deletes the conntrack entries of the removed services (--conntrack-cleanup).\n\nExit codes: 0 flushed or nothing there, 1 kernel/namespace error, 2 a table svcnat did not create or that a running `svcnat run` keeps, or svcnat's iptables chains are in the other flavour (the message names it).\n\nExample:\n  svcnat flush --netns proxy1"
     )]
     Flush {
         #[command(flatten)]
@@ -278,7 +285,7 @@ without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
 after `flush`, what the flush removed. The rollback is recorded as a new generation (reason \
 rollback), so a second rollback undoes the first. Generations store resolved addresses, so a \
 rollback installs exactly what was installed then.\n\n",
-        "Exit codes: 0 rolled back, 1 kernel/namespace/state error, 2 no such generation.\n\nExamples:\n",
+        "Exit codes: 0 rolled back, 1 kernel/namespace/state error, 2 no such generation, or a running `svcnat run` keeps the table.\n\nExamples:\n",
         "  svcnat rollback --netns proxy1\n  svcnat rollback --to 3"))]
     Rollback {
         /// The generation to re-install (see `svcnat history`)

@@ -789,6 +789,13 @@ fn run_puts_its_table_back_after_a_flush_a_delete_or_a_hand_edit() {
     );
     let history = svcnat_ok(&["history", "--netns", &lab.proxy.name]);
     assert_eq!(history.matches("repair").count(), 3, "{history}");
+    // A second run for the same table stops at once, saying why.
+    let (code, _, err) = svcnat(&["run", "-f", map.path(), "--netns", &lab.proxy.name]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("another `svcnat run` keeps table inet svcnat"),
+        "{err}"
+    );
     run.signal(libc::SIGTERM);
 }
 
