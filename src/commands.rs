@@ -76,8 +76,12 @@ struct AtTable {
     place: String,
 }
 
-fn at_table(at: TableArgs) -> Result<AtTable> {
-    let target = target(&at.state, &at.backend)?;
+/// `flows`: for the commands that change the kernel (flush, rollback).
+fn at_table(at: TableArgs, flows: Option<crate::cli::FlowArgs>) -> Result<AtTable> {
+    let mut target = target(&at.state, &at.backend)?;
+    if let Some(f) = flows {
+        target.conntrack = f.conntrack_cleanup;
+    }
     let netns = netns_spec(&at.netns)?;
     let place = place(&target, netns.as_ref(), &at.table);
     Ok(AtTable {
@@ -480,12 +484,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Flush { at, flows } => {
             let AtTable {
-                target: mut t,
+                target: t,
                 mut session,
                 table,
                 place,
-            } = at_table(at)?;
-            t.conntrack = flows.conntrack_cleanup;
+            } = at_table(at, Some(flows))?;
             match ops::flush(&mut session, &t, &table)? {
                 Some(flushed) => {
                     let off = if flushed.disabled.is_empty() {
@@ -514,12 +517,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Rollback { to, at, flows } => {
             let AtTable {
-                target: mut t,
+                target: t,
                 mut session,
                 table,
                 place,
-            } = at_table(at)?;
-            t.conntrack = flows.conntrack_cleanup;
+            } = at_table(at, Some(flows))?;
             let r = ops::rollback(&mut session, &t, &table, to)?;
             let from = r.from.map_or("nothing installed".to_owned(), |g| {
                 format!("generation {g}")
@@ -551,7 +553,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 mut session,
                 table,
                 place,
-            } = at_table(at)?;
+            } = at_table(at, None)?;
             let (entries, current, table_there) = ops::history(&mut session, &t, &table)?;
             if json {
                 let v = serde_json::json!({ "installed": current, "generations": entries });
