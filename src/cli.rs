@@ -58,7 +58,7 @@ pub struct NetnsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct StateArgs {
-    /// Where generations and the writer lock live [default: $SVCNAT_STATE_DIR, else /var/lib/svcnat]
+    /// Where generations and the writer lock live [default: $SVCNAT_STATE_DIR, else /run/svcnat; /dev/shm/svcnat when /run is read-only]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
@@ -256,7 +256,7 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         "Lines read like a plan: `+ service …` apply would add, `- service …` it would remove, \
 `~ service NAME: FIELD FROM -> TO` it would change. Drift is what was changed in svcnat's table \
 without svcnat (a rule added or deleted with nft), in nft's words.\n\n",
-        "Exit codes: 0 in sync, 1 differs (or a runtime error), 2 invalid map, or a table svcnat did not create.\n\nExamples:\n",
+        "Exit codes: 0 in sync, 1 differs, 2 invalid map, or a table svcnat did not create, 3 runtime error (kernel, namespace, state).\n\nExamples:\n",
         "  svcnat diff -f map.toml\n  svcnat diff -f map.toml --netns proxy1 --json"))]
     Diff {
         #[command(flatten)]
@@ -295,6 +295,17 @@ rollback installs exactly what was installed then.\n\n",
         at: TableArgs,
         #[command(flatten)]
         flows: FlowArgs,
+    },
+    /// Whether svcnat's table is installed as svcnat last recorded it: a container healthcheck
+    #[command(
+        after_help = "Prints one line: what the table holds, whether that is the newest generation svcnat recorded, and whether `svcnat run` keeps it.\n\nExit codes: 0 installed as recorded (also without --check: always 0 unless it cannot look), 1 with --check: nothing installed, or the table differs from the newest record (the line says which); kernel/namespace error.\n\nExamples:\n  svcnat status --netns proxy1\n  HEALTHCHECK CMD [\"/usr/bin/svcnat\", \"status\", \"--check\"]"
+    )]
+    Status {
+        #[command(flatten)]
+        at: TableArgs,
+        /// Exit 1 when nothing is installed or the table is not what svcnat last recorded
+        #[arg(long)]
+        check: bool,
     },
     /// List the recorded generations of a namespace (the last 10 applies)
     #[command(

@@ -202,6 +202,10 @@ fn flows_note(flows: Option<&ops::FlowsCleared>) -> String {
         .unwrap_or_default()
 }
 
+/// The version of every `--json` output's shape (README, "Machine output"): raised when a
+/// key changes meaning or goes away, not when one is added.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// Run a subcommand; Ok carries the exit code (diff exits 1 when the kernel differs).
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -241,7 +245,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             } else {
                 crate::run::MapFrom::File(crate::cli::map_path(None))
             };
-            let state_root = crate::state::root_or(state.state_dir.as_deref(), "/run/svcnat");
+            let (state_root, fallback) =
+                crate::state::root_and_fallback(state.state_dir.as_deref());
+            if let Some(why) = fallback {
+                crate::log::warn(&why);
+            }
             crate::run::run(crate::run::Options {
                 from,
                 resolver,
@@ -298,9 +306,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 report.in_sync = false;
             }
             if json {
+                let mut v = serde_json::to_value(&report).expect("plain data serializes");
+                v["schema_version"] = SCHEMA_VERSION.into();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report).expect("plain data serializes")
+                    serde_json::to_string_pretty(&v).expect("plain data serializes")
                 );
             } else {
                 print!(
@@ -556,7 +566,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             } = at_table(at, None)?;
             let (entries, current, table_there) = ops::history(&mut session, &t, &table)?;
             if json {
-                let v = serde_json::json!({ "installed": current, "generations": entries });
+                // `generation` and `installed` as `show` says them: the generation the
+                // kernel holds, and whether the table is there.
+                let v = serde_json::json!({
+                    "schema_version": SCHEMA_VERSION,
+                    "table": table,
+                    "installed": table_there,
+                    "generation": current,
+                    "generations": entries,
+                });
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("plain data serializes")
@@ -587,6 +605,37 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Status { at, check } => {
+            let AtTable {
+                target: t,
+                mut session,
+                table,
+                place,
+            } = at_table(at, None)?;
+            let st = ops::status(&mut session, &t, &table)?;
+            let keeper = if st.kept_by_run {
+                ", kept by svcnat run"
+            } else {
+                ""
+            };
+            match st.problem() {
+                Some(why) => {
+                    println!("svcnat: unhealthy: {place}: {why}");
+                    Ok(if check { 1 } else { 0 })
+                }
+                None => {
+                    let records = match st.recorded {
+                        Some(_) => "the newest recorded",
+                        None => "no records here to compare with",
+                    };
+                    println!(
+                        "svcnat: healthy: {place} holds generation {} ({records}{keeper})",
+                        st.installed.map_or("-".to_owned(), |g| g.to_string())
+                    );
+                    Ok(0)
+                }
+            }
+        }
         Command::Show {
             netns,
             table,
@@ -613,6 +662,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             if json {
                 let mut v = serde_json::to_value(&shown).expect("plain data serializes");
                 v["installed"] = serde_json::Value::Bool(installed);
+                v["schema_version"] = SCHEMA_VERSION.into();
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&v).expect("plain data serializes")

@@ -10,6 +10,15 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+/// How a name that does not resolve (yet) is told: `svcnat run` waits for such names
+/// (a container starts before the host's name is in its /etc/hosts), and only for them.
+const UNRESOLVED: &str = "cannot resolve host";
+
+/// Whether `e` is a name that did not resolve (and may, later).
+pub fn is_unresolved(e: &MapError) -> bool {
+    e.message.starts_with(UNRESOLVED)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Resolver {
     /// `--add-host` entries; they win over the system resolver.
@@ -192,7 +201,7 @@ impl Resolver {
                     Err(why) => errors.push(src.error(
                         &t.span,
                         t.field.to_string(),
-                        format!("cannot resolve host {name:?}: {why}"),
+                        format!("{UNRESOLVED} {name:?}: {why}"),
                         format!("add it to /etc/hosts, pass --add-host {name}=IP, or write the IP address"),
                     )),
                 },

@@ -143,6 +143,27 @@ fn every_mistake_is_located_named_and_fixable() {
 }
 
 #[test]
+fn diff_tells_a_runtime_error_from_a_difference() {
+    // A namespace that is not there: a runtime error, 3 (1 is "differs", 2 bad input).
+    let (code, _, err) = svcnat(&[
+        "diff",
+        "-f",
+        "rulesets/host-ports.toml",
+        "--netns",
+        "svt-not-there",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, _) = svcnat(&[
+        "diff",
+        "-f",
+        "rulesets/nope.toml",
+        "--netns",
+        "svt-not-there",
+    ]);
+    assert_eq!(code, 2);
+}
+
+#[test]
 fn bad_flags_are_usage_errors() {
     let (code, _, err) = svcnat(&[
         "render",

@@ -107,7 +107,11 @@ fn the_proxies_are_svcnat_with_only_net_admin() {
 fn workloads_publish_the_ports_the_proxies_forward_to() {
     let doc = compose();
     assert_eq!(strings(&doc["services"]["nginx"]["ports"]), ["8080:80"]);
-    assert_eq!(strings(&doc["services"]["iperf3"]["ports"]), ["5201:5201"]);
+    // TCP and UDP: my-tcp-service forwards both (iperf3 -u).
+    assert_eq!(
+        strings(&doc["services"]["iperf3"]["ports"]),
+        ["5201:5201", "5201:5201/udp"]
+    );
     for client in ["curl", "iperf3-client"] {
         assert_eq!(
             strings(&doc["services"][client]["profiles"]),

@@ -28,7 +28,7 @@ fn reasons(h: &serde_json::Value) -> Vec<(u64, String)> {
         .iter()
         .map(|g| {
             (
-                g["number"].as_u64().unwrap(),
+                g["generation"].as_u64().unwrap(),
                 g["reason"].as_str().unwrap().to_owned(),
             )
         })
@@ -72,7 +72,7 @@ fn rollback_after_flush_reinstalls_what_the_flush_removed() {
     );
 
     let h = history(&ns);
-    assert_eq!(h["installed"], 5);
+    assert_eq!(h["generation"], 5);
     assert_eq!(
         reasons(&h),
         [
@@ -166,10 +166,10 @@ fn the_last_ten_generations_are_kept_as_whole_files() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["number"].as_u64().unwrap())
+        .map(|g| g["generation"].as_u64().unwrap())
         .collect();
     assert_eq!(numbers, (3..=12).collect::<Vec<_>>());
-    assert_eq!(h["installed"], 12);
+    assert_eq!(h["generation"], 12);
     // Every file is complete JSON with the resolved plan; no temporary file is left.
     let dirs = must(&format!(
         "grep -lx {} {}/*/netns",
@@ -251,8 +251,8 @@ fn twenty_concurrent_writers_leave_exactly_one_map() {
     // Every apply that changed the kernel recorded one generation, the last of them is
     // installed, and an apply that found its map installed recorded nothing.
     let h = history(&ns);
-    let newest = h["generations"].as_array().unwrap().last().unwrap()["number"].clone();
-    assert_eq!(h["installed"], newest, "{h}");
+    let newest = h["generations"].as_array().unwrap().last().unwrap()["generation"].clone();
+    assert_eq!(h["generation"], newest, "{h}");
     assert!(newest.as_u64().unwrap() <= 20, "{h}");
 }
 
@@ -365,7 +365,7 @@ fn confirmed_apply_stays() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(table(&ns).contains("svc-web-vip"));
     let h = history(&ns);
-    assert_eq!(h["installed"], 2);
+    assert_eq!(h["generation"], 2);
     assert_eq!(
         h["generations"][1]["confirmed"], true,
         "confirmed since: {h}"
@@ -431,4 +431,38 @@ fn unconfirmed_apply_rolls_back_byte_for_byte() {
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert_eq!(rules(&ns), after_a);
+}
+
+#[test]
+fn status_check_says_healthy_only_for_the_newest_record() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("stat");
+    let status = || svcnat(&["status", "--check", "--netns", &ns.name]);
+    let (code, out, _) = status();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("unhealthy") && out.contains("nothing installed"),
+        "{out}"
+    );
+    svcnat_ok(&["apply", "-f", B, "--netns", &ns.name]);
+    let (code, out, _) = status();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("healthy: table inet svcnat") && out.contains("holds generation 1"),
+        "{out}"
+    );
+    // Replaced by hand with the same rules but no record: not what svcnat installed.
+    let render = TempFile::new("status.nft", &svcnat_ok(&["render", "-f", B]));
+    ns.exec_ok(&format!("nft -f {}", render.path()));
+    let (code, out, _) = status();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("no generation record, but svcnat last recorded generation 1"),
+        "{out}"
+    );
+    // Without --check it tells, and exits 0.
+    let (code, _, _) = svcnat(&["status", "--netns", &ns.name]);
+    assert_eq!(code, 0);
 }

@@ -45,6 +45,31 @@ fn apply_show_reapply_flush() {
     let json = svcnat_ok(&["show", "--netns", &ns.name, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["installed"], true);
+    assert_eq!(v["schema_version"], 1);
+    // history and diff say the same things with the same keys.
+    let h: serde_json::Value =
+        serde_json::from_str(&svcnat_ok(&["history", "--netns", &ns.name, "--json"])).unwrap();
+    assert_eq!(
+        (&h["schema_version"], &h["installed"], &h["generation"]),
+        (&v["schema_version"], &v["installed"], &v["generation"]),
+        "{h}"
+    );
+    assert_eq!(h["generations"][0]["generation"], v["generation"], "{h}");
+    let (code, d, _) = svcnat(&[
+        "diff",
+        "-f",
+        "rulesets/skupper-ingress.toml",
+        "--add-host",
+        ADD_HOST,
+        "--netns",
+        &ns.name,
+        "--json",
+    ]);
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(
+        (code, &d["schema_version"], &d["installed"]),
+        (0, &v["schema_version"], &v["installed"])
+    );
     let services = v["services"].as_array().unwrap();
     assert_eq!(services.len(), 2, "{json}");
     assert_eq!(services[0]["name"], "my-service");

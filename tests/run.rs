@@ -858,3 +858,41 @@ fn with_owner_nobody_else_can_change_the_table_and_it_goes_with_run() {
         );
     }
 }
+
+#[test]
+fn a_name_that_does_not_resolve_yet_is_waited_for_not_a_restart_loop() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    // A private /etc/hosts for run (its own mount namespace), without the name at first.
+    let hosts = TempFile::new("hosts", "127.0.0.1 localhost\n");
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {} run --forward 8080:later.test:8080",
+        hosts.path(),
+        bin()
+    );
+    let path = hosts.path().to_owned();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        // Written in place: the bind mount shows the same file.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        writeln!(f, "10.94.0.1 later.test").unwrap();
+    });
+    let run = Running::start(&lab.proxy, &["unshare", "-m", "sh", "-c", &script], &[]);
+    writer.join().unwrap();
+    let log = run.log();
+    assert!(
+        log.contains("cannot resolve host \"later.test\"") && log.contains("retrying in 0.5s"),
+        "{log}"
+    );
+    assert_eq!(
+        get(&lab.client, "http://10.94.0.11:8080").as_deref(),
+        Some("a")
+    );
+    run.signal(libc::SIGTERM);
+}

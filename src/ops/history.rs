@@ -9,13 +9,17 @@ use crate::state::{Generation, Reason, StateDir};
 /// A recorded generation, as `history` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Entry {
+    /// The generation's number (`generation`, as `show` names the installed one).
+    #[serde(rename = "generation")]
     pub number: u64,
     pub time: String,
     pub reason: &'static str,
     pub confirmed: bool,
     /// Services added, removed or changed against what was installed before.
     pub changed: usize,
-    /// Services installed by it (0 for a flush).
+    /// Services installed by it (0 for a flush): a count, where `show`'s `services` is
+    /// the list.
+    #[serde(rename = "service_count")]
     pub services: usize,
     pub digest: String,
     pub source: String,
@@ -52,6 +56,54 @@ pub fn history<E: Enter>(
             })
             .collect();
         Ok((entries, current, meta.is_some()))
+    })
+}
+
+/// What `status` found: the generation the kernel's table records (None: no table, or a
+/// table without svcnat's record), the newest generation recorded in the state directory,
+/// and whether a `svcnat run` keeps the table.
+#[derive(Debug)]
+pub struct Status {
+    pub table: bool,
+    pub installed: Option<u64>,
+    pub recorded: Option<u64>,
+    pub kept_by_run: bool,
+}
+
+impl Status {
+    /// Healthy: the table is there, and holds the newest recorded generation (when there
+    /// are records to compare with). Else why not.
+    pub fn problem(&self) -> Option<String> {
+        match (self.table, self.installed, self.recorded) {
+            (false, _, _) => Some("nothing installed".into()),
+            (true, Some(i), Some(r)) if i != r => Some(format!(
+                "it holds generation {i}, but svcnat last recorded generation {r}: changed by another program or command"
+            )),
+            (true, None, Some(r)) => Some(format!(
+                "it holds no generation record, but svcnat last recorded generation {r}"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// status: compare the table with the newest record, without changing anything.
+pub fn status<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Status> {
+    s.kernel.enter(|k| {
+        let meta = current_meta(k, &t.backend, table)?;
+        let dir = state_dir(t, k)?;
+        let recorded = dir
+            .generations()?
+            .into_iter()
+            .filter(|g| g.plan.table == table)
+            .map(|g| g.number())
+            .max();
+        Ok(Status {
+            table: meta.is_some(),
+            installed: meta.and_then(|m| m.generation),
+            recorded,
+            kept_by_run: k.kept_by_run(table).unwrap_or(false),
+        })
     })
 }
 

@@ -31,7 +31,7 @@ mod path;
 #[cfg(test)]
 mod tests;
 pub use confirm::{Confirmation, apply_confirmed, confirm};
-pub use history::{RolledBack, history, rollback};
+pub use history::{RolledBack, Status, history, rollback, status};
 pub use path::{FullReason, SyncPath};
 
 pub const MAX_ATTEMPTS: u32 = 10;

@@ -537,7 +537,29 @@ pub fn run(opts: Options) -> Result<i32> {
         Signal::SIGCHLD,
     ])?;
     let (checked, sections) = load(&opts.from, opts.target.allow_empty)?;
-    let resolved = opts.resolver.resolve(&checked).map_err(Error::Map)?;
+    // A name that does not resolve yet (host.docker.internal before the engine wrote it)
+    // is waited for, with backoff, rather than exiting into a restart loop; nothing is
+    // installed meanwhile (`status --check` says unhealthy). Other mistakes exit 2.
+    let mut delay = Duration::from_millis(500);
+    let resolved = loop {
+        match opts.resolver.resolve(&checked) {
+            Ok(plan) => break plan,
+            Err(errors) if errors.iter().all(crate::resolve::is_unresolved) => {
+                log::warn(&format!(
+                    "{} (and {} more); retrying in {:.1}s, nothing installed until then",
+                    errors[0],
+                    errors.len() - 1,
+                    delay.as_secs_f64()
+                ));
+                if wake::wait_for_stop(&signals, delay) {
+                    log::info("stopped before anything was installed");
+                    return Ok(0);
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(errors) => return Err(Error::Map(errors)),
+        }
+    };
     // Held until run ends: one-shot writers refuse to change the table meanwhile.
     let _keeper = kernel::keeper::Keeper::claim(opts.netns.as_ref(), &checked.table)?;
     let listener = match opts.metrics {

@@ -19,6 +19,28 @@ pub(super) fn wait(signals: &SignalFd, monitor: Option<BorrowedFd>, timeout_ms: 
     let _ = poll(&mut fds, timeout);
 }
 
+/// Sleep `d`, unless SIGTERM or SIGINT comes first (then true); children that end are
+/// reaped meanwhile, SIGHUP is let pass.
+pub(super) fn wait_for_stop(signals: &SignalFd, d: Duration) -> bool {
+    let end = std::time::Instant::now() + d;
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        wait(signals, None, poll_timeout(left));
+        for sig in crate::signals::pending(signals) {
+            match sig {
+                nix::sys::signal::Signal::SIGTERM | nix::sys::signal::Signal::SIGINT => {
+                    return true;
+                }
+                nix::sys::signal::Signal::SIGCHLD => reap_children(),
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Reap every child that has ended: as PID 1 of a container, svcnat inherits orphans.
 pub(super) fn reap_children() {
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};

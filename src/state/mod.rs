@@ -8,7 +8,7 @@
 //! few services replaced, written by the incremental path), `gen-000042.confirmed` once a
 //! commit-confirmed apply is confirmed, `index`, `lock`, `netns` (how the namespace was
 //! named, for people) and `pending-confirm`. ROOT is `--state-dir`, else
-//! `$SVCNAT_STATE_DIR`, else /var/lib/svcnat. Every record is written atomically and synced
+//! `$SVCNAT_STATE_DIR`, else /run/svcnat. Every record is written atomically and synced
 //! (temporary file, fsync, rename, fsync of the directory) before the command that made
 //! it reports success: a crash leaves the old file or the new one, never a torn one.
 
@@ -23,20 +23,40 @@ mod file;
 pub mod index;
 pub use file::{PendingFile, write_atomic, write_atomic_with};
 
-pub const DEFAULT_ROOT: &str = "/var/lib/svcnat";
+/// One default for every command, `run` in a container and one-shot commands on a host
+/// alike: the records describe rules that live in the kernel, which a reboot empties too.
+/// `--state-dir /var/lib/svcnat` keeps them across reboots.
+pub const DEFAULT_ROOT: &str = "/run/svcnat";
+/// Where the records go when the default cannot be written (a read-only root filesystem
+/// without a tmpfs on /run): /dev/shm is a tmpfs in every container.
+pub const FALLBACK_ROOT: &str = "/dev/shm/svcnat";
 /// Generations kept per namespace.
 pub const KEEP: usize = 10;
 
-/// The state root: the flag, else $SVCNAT_STATE_DIR, else /var/lib/svcnat.
+/// The state root: the flag, else $SVCNAT_STATE_DIR, else /run/svcnat — or, when that
+/// cannot be written and nobody asked for it, /dev/shm/svcnat (`fallback` says so).
 pub fn root(flag: Option<&Path>) -> PathBuf {
-    root_or(flag, DEFAULT_ROOT)
+    root_and_fallback(flag).0
 }
 
-/// The state root with another last resort (`svcnat run` keeps it in /run).
-pub fn root_or(flag: Option<&Path>, default: &str) -> PathBuf {
-    flag.map(Path::to_path_buf)
+/// `root`, and the reason when it fell back from the default.
+pub fn root_and_fallback(flag: Option<&Path>) -> (PathBuf, Option<String>) {
+    if let Some(chosen) = flag
+        .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("SVCNAT_STATE_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(default))
+    {
+        return (chosen, None);
+    }
+    let default = PathBuf::from(DEFAULT_ROOT);
+    match fs::create_dir_all(&default) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) && Path::new("/dev/shm").is_dir() => (
+            PathBuf::from(FALLBACK_ROOT),
+            Some(format!(
+                "{DEFAULT_ROOT} is on a read-only filesystem ({e}): generations go to {FALLBACK_ROOT} (tmpfs); give the container a tmpfs on /run, or pass --state-dir"
+            )),
+        ),
+        _ => (default, None),
+    }
 }
 
 /// Why a generation was recorded.
