@@ -26,7 +26,7 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(
     name = "svcnat",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (libnftnl ", env!("SVCNAT_LIBNFTNL"), ")"),
     about = "Turn a service map into netfilter NAT rules, installed atomically over netlink",
     long_about = "svcnat turns a service map (TOML) into nftables NAT rules: DNAT for arriving \
 traffic (prerouting) and local processes (output), MASQUERADE for what it redirected \
@@ -235,6 +235,9 @@ per event on stderr, level from $RUST_LOG (error, warn, info, debug). Needs only
         allow_empty: bool,
         #[command(flatten)]
         flows: FlowArgs,
+        /// Log lines as text (`TIME LEVEL message`) or JSON objects (time, level, message)
+        #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text", env = "SVCNAT_LOG_FORMAT")]
+        log_format: String,
         /// Make the table owned by this process (Linux 5.12+): no other program can change
         /// or delete it, `nft flush ruleset` passes it over, and it goes when svcnat exits —
         /// also when killed (without it, a killed run leaves its rules for the next one)
@@ -306,6 +309,15 @@ rollback installs exactly what was installed then.\n\n",
         /// Exit 1 when nothing is installed or the table is not what svcnat last recorded
         #[arg(long)]
         check: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) or the man page (roff)
+    #[command(
+        after_help = "Exit codes: 0 printed.\n\nExamples:\n  svcnat completions bash > /etc/bash_completion.d/svcnat\n  svcnat completions man > /usr/share/man/man8/svcnat.8"
+    )]
+    Completions {
+        /// A shell, or `man` for the man page
+        #[arg(value_name = "SHELL|man", value_parser = ["bash", "zsh", "fish", "elvish", "powershell", "man"])]
+        what: String,
     },
     /// List the recorded generations of a namespace (the last 10 applies)
     #[command(

@@ -221,7 +221,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             allow_empty,
             flows,
             owner,
+            log_format,
         } => {
+            crate::log::use_json(log_format == "json");
             let resolver = crate::cli::resolver_in(&map, &netns)?;
             let port_mapping = std::env::var("PORT_MAPPING")
                 .ok()
@@ -603,6 +605,26 @@ pub fn run(cli: Cli) -> Result<i32> {
                 None if table_there => println!("installed: a table without a generation"),
                 None => println!("installed: nothing"),
             }
+            Ok(0)
+        }
+        Command::Completions { what } => {
+            use clap::CommandFactory;
+            let mut cmd = crate::cli::Cli::command();
+            let mut out = std::io::stdout();
+            let shell = match what.as_str() {
+                "man" => {
+                    clap_mangen::Man::new(cmd)
+                        .render(&mut out)
+                        .map_err(|e| Error::io("writing the man page", e))?;
+                    return Ok(0);
+                }
+                "bash" => clap_complete::Shell::Bash,
+                "zsh" => clap_complete::Shell::Zsh,
+                "fish" => clap_complete::Shell::Fish,
+                "elvish" => clap_complete::Shell::Elvish,
+                _ => clap_complete::Shell::PowerShell,
+            };
+            clap_complete::generate(shell, &mut cmd, "svcnat", &mut out);
             Ok(0)
         }
         Command::Status { at, check } => {

@@ -1,7 +1,22 @@
-//! One line per event on standard error: `TIME LEVEL message`. The level comes from
-//! `$RUST_LOG` (error, warn, info, debug; default info), as Rust programs usually read it.
+//! One line per event on standard error: `TIME LEVEL message`, or with `--log-format json`
+//! (or `$SVCNAT_LOG_FORMAT=json`) one JSON object per line: `{"time":…,"level":…,"message":…}`.
+//! The level comes from `$RUST_LOG` (error, warn, info, debug; default info), as Rust
+//! programs usually read it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Log JSON lines from now on (`run --log-format json`).
+pub fn use_json(on: bool) {
+    JSON.store(on, Ordering::Relaxed);
+}
+
+fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+        || std::env::var("SVCNAT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -40,12 +55,17 @@ pub fn log(level: Level, message: &str) {
             Level::Info => "INFO",
             Level::Debug => "DEBUG",
         };
-        // Several lines (a multi-error map) stay one event: continuation lines indented.
-        let message = message.replace('\n', "\n    ");
-        let line = format!(
-            "{} {name} {message}\n",
-            crate::state::rfc3339(crate::state::now())
-        );
+        let time = crate::state::rfc3339(crate::state::now());
+        let line = if json() {
+            let mut l =
+                serde_json::json!({ "time": time, "level": name, "message": message }).to_string();
+            l.push('\n');
+            l
+        } else {
+            // Several lines (a multi-error map) stay one event: continuation lines indented.
+            let message = message.replace('\n', "\n    ");
+            format!("{time} {name} {message}\n")
+        };
         // One write per event (eprintln! writes each piece on its own: six per line), so
         // that a line reaches a pipe whole, never interleaved with another writer's, and
         // whoever waits on the log is woken once for it.

@@ -200,3 +200,25 @@ fn iptables_render_notes_left_out_ipv6_services() {
         "{out}"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_same_definitions() {
+    let bash = svcnat_ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("_svcnat()")
+            && bash.contains("rollback")
+            && bash.contains("--conntrack-cleanup")
+    );
+    let checked = std::process::Command::new("bash")
+        .args(["-n", "-c", &bash])
+        .status()
+        .unwrap();
+    assert!(checked.success(), "bash -n rejects the completions");
+    let man = svcnat_ok(&["completions", "man"]);
+    assert!(
+        man.contains(".TH svcnat") && man.contains(".SH NAME"),
+        "{man}"
+    );
+    let version = svcnat_ok(&["--version"]);
+    assert!(version.contains("(libnftnl 1."), "{version}");
+}

@@ -69,9 +69,10 @@ fn the_proxies_are_svcnat_with_only_net_admin() {
             "{name}"
         );
         assert_eq!(strings(get(&s, "networks")), ["sample1"], "{name}");
+        // One image, built once: by my-service.
         assert_eq!(
             get(&s, "build")["dockerfile"].as_str(),
-            Some("compose/Containerfile")
+            (name == "my-service").then_some("compose/Containerfile")
         );
         // The command is what `svcnat run` gets: its forwards must be valid specs.
         let command = strings(get(&s, "command"));

@@ -708,3 +708,28 @@ fn diff_reports_a_needed_sysctl_that_is_off() {
         "{out}"
     );
 }
+
+#[test]
+fn without_cap_net_admin_the_error_names_the_capability() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("nocap");
+    let o = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(bin())
+        .args(["show"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs the CAP_NET_ADMIN capability"), "{err}");
+}

@@ -896,3 +896,55 @@ fn a_name_that_does_not_resolve_yet_is_waited_for_not_a_restart_loop() {
     );
     run.signal(libc::SIGTERM);
 }
+
+#[test]
+fn the_log_names_each_service_at_start_and_each_change_with_why() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let map = TempFile::new(
+        "logs.toml",
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8080\"]\n",
+    );
+    let run = Running::start(&lab.proxy, &[bin(), "run", "-f", map.path()], &[]);
+    run.wait_log(
+        "INFO service web tcp/*:8080 -> 10.94.0.1:8080",
+        Duration::from_secs(2),
+    );
+    std::fs::write(
+        &map.0,
+        "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [\"10.94.0.1:8081\"]\n\n[[service]]\nname = \"api\"\nlisten = \"9090\"\ntargets = [\"10.94.0.2:8080\"]\n",
+    )
+    .unwrap();
+    run.signal(libc::SIGHUP);
+    run.wait_log(
+        "service web: targets 10.94.0.1:8080 -> 10.94.0.1:8081 (SIGHUP)",
+        Duration::from_secs(3),
+    );
+    run.wait_log(
+        "service added (SIGHUP): api tcp/*:9090",
+        Duration::from_secs(3),
+    );
+    run.signal(libc::SIGTERM);
+    run.wait_log("removed svcnat's rules", Duration::from_secs(3));
+    drop(run); // waited for: its mark in the namespace goes with it
+
+    // The same events as JSON lines.
+    let run = Running::start_until(
+        &lab.proxy,
+        &[bin(), "run", "-f", map.path(), "--log-format", "json"],
+        &[],
+        "\"message\":\"applied",
+    );
+    run.signal(libc::SIGTERM);
+    run.wait_log("removed svcnat's rules", Duration::from_secs(3));
+    for line in run.log().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(
+            v["time"].is_string() && v["level"].is_string() && v["message"].is_string(),
+            "{line}"
+        );
+    }
+}

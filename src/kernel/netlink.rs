@@ -421,6 +421,9 @@ impl Netlink {
                         return match code {
                             0 => Ok(true),
                             c if -c == libc::ENOENT => Ok(false),
+                            c if -c == libc::EPERM => Err(Error::Netlink(
+                                "reading netfilter needs the CAP_NET_ADMIN capability in this network namespace: run as root, or give the container cap_add: [NET_ADMIN]".into(),
+                            )),
                             c => Err(Error::Netlink(format!(
                                 "dump request failed: {}",
                                 nix::errno::Errno::from_raw(-c)

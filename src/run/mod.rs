@@ -34,6 +34,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 use wake::poll_timeout;
 
+mod changes;
 mod metrics;
 mod scrape;
 mod wake;
@@ -276,9 +277,7 @@ impl Runner {
             self.table(),
             who.join(", ")
         ));
-        self.installed = None;
-        self.sync(Reason::Repair, "repair");
-        if self.installed.is_some() {
+        if self.sync_as(Reason::Repair, "repair", true) {
             self.stats.repairs += 1;
             log::info(&format!(
                 "repaired {:.1} ms after the change was seen",
@@ -289,10 +288,16 @@ impl Runner {
 
     /// Install the effective plan if it differs from what is installed.
     fn sync(&mut self, reason: Reason, why: &str) {
+        self.sync_as(reason, why, false);
+    }
+
+    /// `sync`; `force`: also when the plan is what run installed last (a repair: the kernel
+    /// no longer holds it). Whether it synced.
+    fn sync_as(&mut self, reason: Reason, why: &str, force: bool) -> bool {
         self.dirty = true;
         let plan = self.effective();
-        if self.installed.as_ref() == Some(&plan) {
-            return;
+        if !force && self.installed.as_ref() == Some(&plan) {
+            return false;
         }
         let desired = Desired {
             plan,
@@ -309,7 +314,12 @@ impl Runner {
             Ok(mut done) => {
                 self.log_synced(&done, why);
                 self.synced = done.generation.filter(|_| self.as_written());
-                self.installed = done.desired.take().map(|d| d.plan);
+                let new = done.desired.take().map(|d| d.plan);
+                if let Some(new) = &new {
+                    changes::log(self.installed.as_ref(), new, why);
+                }
+                self.installed = new;
+                true
             }
             Err(e) => {
                 self.synced = None;
@@ -317,6 +327,7 @@ impl Runner {
                 log::error(&format!(
                     "apply failed ({why}), the previous rules stay: {e}"
                 ));
+                false
             }
         }
     }
@@ -388,6 +399,13 @@ impl Runner {
                 self.log_synced(&done, why);
                 if let Some(sp) = done.splice.take() {
                     let range = sp.at..sp.at + sp.removed;
+                    if let Some(installed) = &self.installed {
+                        changes::log_splice(
+                            &installed.services[range.clone()],
+                            &sp.plan.services,
+                            why,
+                        );
+                    }
                     self.resolved
                         .services
                         .splice(range.clone(), sp.plan.services.iter().cloned());
@@ -407,6 +425,7 @@ impl Runner {
                     self.digest = d.digest;
                     self.sections = d.sections;
                     self.resolved = d.plan.clone();
+                    changes::log(self.installed.as_ref(), &d.plan, why);
                     self.installed = Some(d.plan);
                 }
                 self.synced = done.generation.filter(|_| self.as_written());

@@ -383,6 +383,11 @@ pub struct Running {
 
 impl Running {
     pub fn start(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::start_until(ns, args, env, "INFO applied")
+    }
+
+    /// `start`, waiting for `needle` in the log instead of the text format's first apply.
+    pub fn start_until(ns: &Netns, args: &[&str], env: &[(&str, &str)], needle: &str) -> Running {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &ns.name]).args(args);
         cmd.env("SVCNAT_STATE_DIR", state_root())
@@ -411,7 +416,7 @@ impl Running {
             proc: Proc { child },
             log,
         };
-        r.wait_log("INFO applied", Duration::from_secs(10));
+        r.wait_log(needle, Duration::from_secs(10));
         r
     }
 
