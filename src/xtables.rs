@@ -18,6 +18,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 
 const META_PREFIX: &str = "svcnat-meta ";
+/// Restore inputs of at least this many lines get a line on standard error first.
+const PROGRESS_LINES: usize = 100_000;
 
 /// The iptables flavour to drive: `iptables` (whatever the system's alternatives select),
 /// `iptables-legacy` or `iptables-nft`; `--iptables-cmd` picks one.
@@ -344,7 +346,17 @@ pub fn apply(tool: &Tool, plan: &Plan, meta: &TableMeta) -> Result<usize> {
             }
         }
         if !input.is_empty() {
-            lines += input.lines().count();
+            let count = input.lines().count();
+            // iptables-restore takes about a second per 100,000 lines here: say what is
+            // going on before a wait that long.
+            if count >= PROGRESS_LINES {
+                eprintln!(
+                    "svcnat: {}-restore of {count} lines ({}), which takes a few seconds…",
+                    tool.base(family),
+                    family.name()
+                );
+            }
+            lines += count;
             tool.restore(family, &input)?;
         }
     }

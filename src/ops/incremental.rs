@@ -158,7 +158,7 @@ pub(super) fn apply(
 
     // Committed: from here on, failures are real.
     let watch = crate::conntrack::Watch::elements(&change.gone, &change.new, target.conntrack);
-    let flows = super::clear_stale_flows(k, &watch);
+    let flows = super::outside::clear_stale_flows(k, &watch);
     let changed = change.removed.max(change.plan.services.len());
     dir.record_splice(&Splice {
         head: Header {
