@@ -16,7 +16,6 @@
 use crate::error::{Error, Result};
 use crate::forward;
 use crate::health;
-use crate::kernel::Enter;
 use crate::kernel::monitor::Monitor;
 use crate::kernel::{self, Connection, netns::NetnsSpec};
 use crate::log;
@@ -36,6 +35,8 @@ use wake::poll_timeout;
 
 mod changes;
 mod metrics;
+mod repair;
+use repair::TABLE_CHECK_EVERY;
 mod scrape;
 mod wake;
 
@@ -93,13 +94,6 @@ struct Runner {
     /// The warnings about other firewalls last logged.
     warned: Vec<String>,
 }
-
-/// Notifications of one change come in a burst (a firewall reload deletes and re-adds many
-/// tables in a few transactions): wait this long after the first before repairing once.
-const REPAIR_DEBOUNCE: Duration = Duration::from_millis(20);
-/// The backstop to the monitor: how often `run` checks that its table is still the one it
-/// committed (missed notifications, or no monitor at all).
-const TABLE_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 fn load(from: &MapFrom, allow_empty: bool) -> Result<(CheckedMap, Option<Sections>)> {
     match from {
@@ -218,72 +212,6 @@ impl Runner {
         self.installed
             .as_ref()
             .map_or(self.checked.table.clone(), |p| p.table.clone())
-    }
-
-    /// Take in what the nf_tables monitor saw: a change by someone else schedules a repair.
-    fn watch_table(&mut self, now: Instant) {
-        let table = self.table();
-        let own = self.session.kernel.portid();
-        let Some(m) = &mut self.monitor else {
-            return;
-        };
-        let seen = m.read(&table, own);
-        if !seen.any() {
-            return;
-        }
-        let mut who = seen.by;
-        if seen.overrun {
-            who.push("unknown (notifications were lost)".into());
-        }
-        match &mut self.repair {
-            Some((_, _, all)) => all.extend(who),
-            None => self.repair = Some((now + REPAIR_DEBOUNCE, now, who)),
-        }
-    }
-
-    /// The backstop: the table's recorded generation, read back, must be what run committed.
-    fn check_table(&mut self, now: Instant) {
-        let (Some(want), None) = (self.synced_generation(), &self.repair) else {
-            return;
-        };
-        let table = self.table();
-        let have = self
-            .session
-            .kernel
-            .enter(|k| k.table_meta(&table))
-            .ok()
-            .map(|m| m.and_then(|m| m.generation));
-        if have.is_some_and(|g| g != Some(want)) {
-            self.repair = Some((
-                now,
-                now,
-                vec!["unknown (found by the periodic check)".into()],
-            ));
-        }
-    }
-
-    /// The generation run last installed, if it knows it.
-    fn synced_generation(&self) -> Option<u64> {
-        self.installed.as_ref()?;
-        self.last_generation
-    }
-
-    /// Put the table back whole after someone else changed it.
-    fn repair(&mut self, seen_at: Instant, who: Vec<String>) {
-        let mut who = who;
-        who.dedup();
-        log::warn(&format!(
-            "table inet {} was changed by {}: re-installing it",
-            self.table(),
-            who.join(", ")
-        ));
-        if self.sync_as(Reason::Repair, "repair", true) {
-            self.stats.repairs += 1;
-            log::info(&format!(
-                "repaired {:.1} ms after the change was seen",
-                seen_at.elapsed().as_secs_f64() * 1e3
-            ));
-        }
     }
 
     /// Install the effective plan if it differs from what is installed.

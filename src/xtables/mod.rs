@@ -9,13 +9,16 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::meta::{Field, TableMeta};
-use crate::plan::{Family, Plan, Service, Target};
+use crate::plan::{Family, Plan};
 use crate::render::iptables::{CHAIN_PREFIX, render};
-use crate::validate::{Listen, Proto};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
+
+mod host;
+mod lift;
+pub use host::{docker_user_accept, legacy_forward_blocks};
+pub use lift::lift;
 
 const META_PREFIX: &str = "svcnat-meta ";
 /// Restore inputs of at least this many lines get a line on standard error first.
@@ -385,213 +388,6 @@ pub fn flush(tool: &Tool) -> Result<Option<TableMeta>> {
     Ok(meta)
 }
 
-/// Whether the legacy tables of `family` (`ip` or `ip6`) hold `table` in this namespace:
-/// asking iptables-legacy where they do not would load them.
-fn legacy_has(family: &str, table: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/thread-self/net/{family}_tables_names"))
-        .is_ok_and(|names| names.lines().any(|l| l == table))
-}
-
-/// iptables-legacy's filter FORWARD chains with policy DROP (both families), with whether
-/// Docker's DOCKER-USER chain sits beside them.
-pub fn legacy_forward_blocks() -> Vec<crate::forward_drop::Block> {
-    let mut out = Vec::new();
-    for (family, cmd) in [("ip", "iptables-legacy"), ("ip6", "ip6tables-legacy")] {
-        if !legacy_has(family, "filter") {
-            continue;
-        }
-        let Ok(save) = Tool::new(Some(cmd)).run(format!("{cmd}-save"), &["-t", "filter"], None)
-        else {
-            continue;
-        };
-        if save.lines().any(|l| l.starts_with(":FORWARD DROP")) {
-            out.push(crate::forward_drop::Block {
-                family: cmd.to_owned(),
-                table: "filter".into(),
-                chain: "FORWARD".into(),
-                how: crate::forward_drop::How::Policy,
-                docker_user: save.lines().any(|l| l.starts_with(":DOCKER-USER ")),
-            });
-        }
-    }
-    out
-}
-
-/// Make svcnat's accept in Docker's DOCKER-USER chain present (`want`) or absent, in every
-/// iptables flavour and family that has the chain. Returns what changed, in words.
-pub fn docker_user_accept(want: bool) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    let rule = crate::forward_drop::accept_rule();
-    for (family, cmd) in [
-        ("ip", "iptables-nft"),
-        ("ip6", "ip6tables-nft"),
-        ("ip", "iptables-legacy"),
-        ("ip6", "ip6tables-legacy"),
-    ] {
-        if cmd.ends_with("legacy") && !legacy_has(family, "filter") {
-            continue;
-        }
-        let tool = Tool::new(Some(cmd));
-        let with = |op: &'static str| -> Vec<&str> {
-            let mut a = vec!["-w", "-t", "filter", op, "DOCKER-USER"];
-            a.extend(rule);
-            a.extend(["-j", "ACCEPT"]);
-            a
-        };
-        // No such chain (or no such command): nothing to do in this one.
-        if tool
-            .run(
-                cmd.to_owned(),
-                &["-w", "-t", "filter", "-S", "DOCKER-USER"],
-                None,
-            )
-            .is_err()
-        {
-            continue;
-        }
-        let present = tool.run(cmd.to_owned(), &with("-C"), None).is_ok();
-        if want && !present {
-            let mut args = with("-I");
-            args.insert(5, "1");
-            tool.run(cmd.to_owned(), &args, None)?;
-            done.push(format!("added its accept to DOCKER-USER ({cmd})"));
-        } else if !want && present {
-            while tool.run(cmd.to_owned(), &with("-C"), None).is_ok() {
-                tool.run(cmd.to_owned(), &with("-D"), None)?;
-            }
-            done.push(format!("removed its accept from DOCKER-USER ({cmd})"));
-        }
-    }
-    Ok(done)
-}
-
-/// A DNAT rule's `--to-destination`, as the target of listen port `first`: `IP:PORT`,
-/// `IP` alone (a range to the same ports), or `IP:FIRST-LAST/BASE` (a shifted range).
-fn destination(to: &str, first: u16) -> Option<SocketAddr> {
-    let to = to.split('/').next()?;
-    if let Ok(ip) = to.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, first));
-    }
-    let (ip, ports) = to.rsplit_once(':')?;
-    let ip = ip
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    let port = ports.split('-').next()?.parse().ok()?;
-    Some(SocketAddr::new(ip, port))
-}
-
-fn field<'a>(rule: &'a str, flag: &str) -> Option<&'a str> {
-    let at = rule.find(&format!(" {flag} "))?;
-    let rest = &rule[at + flag.len() + 2..];
-    if let Some(q) = rest.strip_prefix('"') {
-        return q.split_once('"').map(|(v, _)| v);
-    }
-    rest.split_whitespace().next()
-}
-
-/// The services svcnat's chains implement, and each one's connection counter (the
-/// packets of the jumps into its chain: NAT rules see a connection's first packet).
-pub fn lift(v4: &Installed, v6: &Installed, table: &str) -> (Plan, HashMap<String, (u64, u64)>) {
-    let mut services: Vec<Service> = Vec::new();
-    // By name: a service has a rule per hook, all pointing at its chain.
-    let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut counters: HashMap<String, (u64, u64)> = HashMap::new();
-    for (family, inst) in [(Family::V4, v4), (Family::V6, v6)] {
-        let nat = &inst.nat;
-        // Each chain's rules, in order: one pass over the table, not one per service.
-        let mut by_chain: HashMap<&str, Vec<&String>> = HashMap::new();
-        for r in &nat.rules {
-            if let Some(chain) = r
-                .strip_prefix("-A ")
-                .and_then(|r| r.split_whitespace().next())
-            {
-                by_chain.entry(chain).or_default().push(r);
-            }
-        }
-        for rule in &nat.rules {
-            let Some(name) = field(rule, "--comment").and_then(|c| c.strip_prefix("service "))
-            else {
-                continue;
-            };
-            let (hook, chain) = (
-                rule.split_whitespace().nth(1).unwrap_or(""),
-                field(rule, "-j").unwrap_or(""),
-            );
-            let c = counters.entry(name.to_owned()).or_default();
-            if let Some((p, b)) = nat.counters.get(rule) {
-                c.0 += p;
-                c.1 += b;
-            }
-            let loopback = rule.contains(" -d 127.0.0.0/8 ") || rule.contains(" -d ::1/128 ");
-            if let Some(&i) = by_name.get(name) {
-                services[i].localhost |= hook == "SVCNAT-OUTPUT" && loopback;
-                continue;
-            }
-            let proto = match field(rule, "-p") {
-                Some("udp") => Proto::Udp,
-                _ => Proto::Tcp,
-            };
-            // `--dport 8080`, or a range `--dport 8000:8100`.
-            let (port, last) = field(rule, "--dport")
-                .and_then(|p| crate::validate::parse_ports(&p.replace(':', "-")).ok())
-                .unwrap_or((0, 0));
-            let addr = field(rule, "-d")
-                .filter(|_| !rule.contains(" ! -d "))
-                .and_then(|d| d.split('/').next())
-                .and_then(|a| a.parse::<IpAddr>().ok());
-            // Targets: the DNAT rules of the service chain, weights from probabilities.
-            let mut targets: Vec<(SocketAddr, f64)> = Vec::new();
-            let mut remaining = 1.0;
-            let mut masquerade = false;
-            for r in by_chain.get(chain).map_or(&[][..], |rs| &rs[..]) {
-                if r.contains("-j MARK") && !r.contains(" -s ") {
-                    masquerade = true;
-                }
-                let Some(to) = field(r, "--to-destination").and_then(|to| destination(to, port))
-                else {
-                    continue;
-                };
-                let p = field(r, "--probability")
-                    .and_then(|p| p.parse::<f64>().ok())
-                    .unwrap_or(1.0);
-                targets.push((to, remaining * p));
-                remaining *= 1.0 - p;
-            }
-            if targets.is_empty() || port == 0 {
-                continue;
-            }
-            let least = targets.iter().map(|t| t.1).fold(f64::MAX, f64::min);
-            by_name.insert(name.to_owned(), services.len());
-            services.push(Service {
-                name: name.to_owned(),
-                proto,
-                family,
-                listen: Listen { addr, port, last },
-                targets: targets
-                    .into_iter()
-                    .map(|(addr, share)| Target {
-                        addr,
-                        weight: (share / least).round().max(1.0) as u32,
-                    })
-                    .collect(),
-                masquerade,
-                localhost: false,
-            });
-        }
-    }
-    (
-        Plan {
-            table: table.to_owned(),
-            services,
-            accounting: false,
-            forward_accept: false,
-        },
-        counters,
-    )
-}
-
 /// What svcnat holds, read back: the services, their counters, drift and bookkeeping.
 pub struct View {
     pub plan: Plan,
@@ -665,6 +461,7 @@ pub fn drift(v4: &Installed, v6: &Installed, lifted: &Plan) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Listen;
 
     const SAVE: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n:SVCNAT-PREROUTING - [0:0]\n:SVCNAT-S-a - [0:0]\n\
 [1:60] -A PREROUTING -j SVCNAT-PREROUTING\n[0:0] -A PREROUTING -j DOCKER\n\
