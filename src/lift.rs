@@ -98,7 +98,7 @@ pub fn lift(rs: &Ruleset) -> Plan {
                     addr: e.target,
                     weight: 1,
                 }],
-                masquerade: true,
+                masquerade: m.kind.masquerades(),
                 localhost: false,
             });
         }
@@ -128,6 +128,7 @@ fn merge_ranges(mut direct: Vec<Service>) -> Vec<Service> {
             && prev.name == s.name
             && prev.proto == s.proto
             && prev.localhost == s.localhost
+            && prev.masquerade == s.masquerade
             && prev.listen.addr == s.listen.addr
             && u32::from(prev.listen.last) + 1 == u32::from(s.listen.port)
             && prev.targets[0].addr.ip() == s.targets[0].addr.ip()

@@ -21,9 +21,13 @@
 //! A new connection costs one map lookup whatever the number of services (the NAT chains see
 //! only a connection's first packet); the per-service chain is constant work.
 //!
-//! The common case, one target with masquerade and no accounting, needs no chain at all: it
-//! is one element of a DNAT map, `map dnat-port4 { … : ipv4_addr . inet_service }`, looked
-//! up by one base-chain rule (`… @dnat-port4 meta mark set … dnat ip to … map @dnat-port4`).
+//! The common case, one target and no accounting, needs no chain at all: it is one element
+//! of a DNAT map, `map dnat-port4 { … : ipv4_addr . inet_service }`, looked up by one
+//! base-chain rule (`… @dnat-port4 meta mark set … dnat ip to … map @dnat-port4`); with
+//! `masquerade = false` of the plain map beside it, whose rule sets no mark
+//! (`… @dnat-port4-plain dnat ip to … map @dnat-port4-plain`). A separate map rather than a
+//! per-element flag: the mark is set before the DNAT, by the rule, and one more lookup rule
+//! per map kind costs nothing per service.
 //! Chains are what the kernel pays for: each one is validated again at every commit that
 //! touches a rule or a `goto`, so 50,000 chains make every change cost tens of
 //! milliseconds, while 50,000 map elements are never walked. The element's comment names
@@ -61,15 +65,24 @@ pub enum MapKind {
     Port(Family),
     /// Services reachable at 127.0.0.1:PORT from this namespace (`localhost = true`).
     Loopback,
+    /// One-target virtual-IP services with `masquerade = false`: the DNAT map whose lookup
+    /// rule does not mark for masquerade (only DNAT maps have these kinds).
+    VipPlain(Family),
+    /// The same for port services.
+    PortPlain(Family),
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 5] = [
+    pub const ALL: [MapKind; 9] = [
         MapKind::Vip(Family::V4),
         MapKind::Vip(Family::V6),
         MapKind::Port(Family::V4),
         MapKind::Port(Family::V6),
         MapKind::Loopback,
+        MapKind::VipPlain(Family::V4),
+        MapKind::VipPlain(Family::V6),
+        MapKind::PortPlain(Family::V4),
+        MapKind::PortPlain(Family::V6),
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -78,6 +91,10 @@ impl MapKind {
             MapKind::Port(Family::V4) => "port4",
             MapKind::Port(Family::V6) => "port6",
             MapKind::Loopback => "lo4",
+            MapKind::VipPlain(Family::V4) => "vip4-plain",
+            MapKind::VipPlain(Family::V6) => "vip6-plain",
+            MapKind::PortPlain(Family::V4) => "port4-plain",
+            MapKind::PortPlain(Family::V6) => "port6-plain",
         }
     }
     pub fn from_name(name: &str) -> Option<MapKind> {
@@ -91,6 +108,10 @@ impl MapKind {
             MapKind::Port(Family::V4) => "dnat-port4",
             MapKind::Port(Family::V6) => "dnat-port6",
             MapKind::Loopback => "dnat-lo4",
+            MapKind::VipPlain(Family::V4) => "dnat-vip4-plain",
+            MapKind::VipPlain(Family::V6) => "dnat-vip6-plain",
+            MapKind::PortPlain(Family::V4) => "dnat-port4-plain",
+            MapKind::PortPlain(Family::V6) => "dnat-port6-plain",
         }
     }
     pub fn from_dnat_name(name: &str) -> Option<MapKind> {
@@ -103,17 +124,31 @@ impl MapKind {
             None => MapKind::Port(s.family),
         }
     }
+    /// The DNAT map a one-target service's elements go in: its listen key's, marked for
+    /// masquerade or not (`masquerade = false`: the plain one).
+    pub fn dnat_of(s: &Service) -> MapKind {
+        match (MapKind::of(s), s.masquerade) {
+            (kind, true) => kind,
+            (MapKind::Vip(f), false) => MapKind::VipPlain(f),
+            (_, false) => MapKind::PortPlain(s.family),
+        }
+    }
+    /// Whether the DNAT map's lookup rule marks connections for masquerade (the loopback
+    /// map always does: 127.0.0.1 cannot be a source elsewhere).
+    pub fn masquerades(self) -> bool {
+        !matches!(self, MapKind::VipPlain(_) | MapKind::PortPlain(_))
+    }
     /// The family of the services the map holds (and so of their targets).
     pub fn family(self) -> Family {
         match self {
-            MapKind::Vip(f) | MapKind::Port(f) => f,
+            MapKind::Vip(f) | MapKind::Port(f) | MapKind::VipPlain(f) | MapKind::PortPlain(f) => f,
             MapKind::Loopback => Family::V4,
         }
     }
     /// The address family of the key, when the key holds an address.
     pub fn key_addr_family(self) -> Option<Family> {
         match self {
-            MapKind::Vip(f) => Some(f),
+            MapKind::Vip(f) | MapKind::VipPlain(f) => Some(f),
             _ => None,
         }
     }
@@ -321,10 +356,10 @@ impl Ruleset {
     }
 }
 
-/// Whether a service is a DNAT map element rather than a chain: one target, masqueraded,
-/// and no per-service flow counter wanted (accounting off).
+/// Whether a service is a DNAT map element rather than a chain: one target, and no
+/// per-service flow counter wanted (accounting off). Masqueraded or not: each has its map.
 pub fn is_direct(s: &Service, accounting: bool) -> bool {
-    s.masquerade && !accounting && s.targets.len() == 1 && s.targets[0].weight == 1
+    !accounting && s.targets.len() == 1 && s.targets[0].weight == 1
 }
 
 pub fn service_chain(name: &str) -> String {
@@ -397,7 +432,14 @@ pub fn lower(plan: &Plan) -> Ruleset {
                 maps[i].elements.push((key, chain.clone()));
             }
         };
-        add(MapKind::of(s), key);
+        add(
+            if direct {
+                MapKind::dnat_of(s)
+            } else {
+                MapKind::of(s)
+            },
+            key,
+        );
         if s.localhost {
             add(MapKind::Loopback, MapKey { addr: None, ..key });
         }
@@ -429,6 +471,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
         };
         for f in [Family::V4, Family::V6] {
             both(Vec::new(), MapKind::Vip(f));
+            both(Vec::new(), MapKind::VipPlain(f));
         }
         if hook == BaseHook::Output {
             let lo = Stmt::DaddrLoopback {
@@ -444,7 +487,8 @@ pub fn lower(plan: &Plan) -> Ruleset {
                 family: f,
                 negate: true,
             };
-            both(vec![not_lo, Stmt::FibDaddrLocal], MapKind::Port(f));
+            both(vec![not_lo.clone(), Stmt::FibDaddrLocal], MapKind::Port(f));
+            both(vec![not_lo, Stmt::FibDaddrLocal], MapKind::PortPlain(f));
         }
         rules
     };

@@ -132,3 +132,39 @@ fn a_ten_thousand_port_range_is_one_transaction() {
     assert_eq!(code, 0, "{out}");
     eprintln!("10,000-port range applied in {took:?} (whole command)");
 }
+
+#[test]
+fn a_one_target_service_without_masquerade_is_a_plain_map_element_and_keeps_the_client() {
+    if !require_root() {
+        return;
+    }
+    let lab = lab();
+    let _peer = lab
+        ._target
+        .spawn(&["python3", &helper("netsvc.py"), "peer", "10.55.0.2", "8090"]);
+    wait_port(&lab._target, "10.55.0.2:8090", Duration::from_secs(10));
+    // Replies to the client go back through the proxy, which un-DNATs them.
+    lab._target
+        .exec_ok("ip route add 10.55.0.10/32 via 10.55.0.1");
+    for (masquerade, seen) in [(false, "10.55.0.10"), (true, "10.55.0.1")] {
+        let map = TempFile::new(
+            "keep.toml",
+            &format!(
+                "[[service]]\nname = \"keep\"\nlisten = \"8090\"\nmasquerade = {masquerade}\ntargets = [\"10.55.0.2:8090\"]\n"
+            ),
+        );
+        svcnat_ok(&["apply", "-f", map.path(), "--netns", &lab.proxy.name]);
+        assert_eq!(
+            get(&lab, 8090).as_deref(),
+            Some(seen),
+            "masquerade = {masquerade}"
+        );
+        let rules = lab.proxy.ruleset();
+        // An element either way: no chain per service.
+        assert!(!rules.contains("chain svc-keep"), "{rules}");
+        let plain = rules.contains("map dnat-port4-plain");
+        assert_eq!(plain, !masquerade, "{rules}");
+        let (code, out, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
+        assert_eq!(code, 0, "{out}");
+    }
+}

@@ -125,8 +125,9 @@ pub fn encode_rule(
                 });
             }
             Stmt::DnatMap(kind) => {
-                // Membership first, so only connections to a service get the mark; then the
-                // same key again, this time for the target's address and port.
+                // Membership first, so only connections to a service get the mark (in the
+                // maps that masquerade); then the same key again, this time for the target's
+                // address and port.
                 let lookup = |dreg| Expr::Lookup {
                     sreg: 1,
                     dreg,
@@ -135,7 +136,9 @@ pub fn encode_rule(
                 };
                 load_key(&mut out, &mut need, *kind);
                 out.push(lookup(None));
-                out.extend(mark_set(crate::ruleset::MASQ_MARK));
+                if kind.masquerades() {
+                    out.extend(mark_set(crate::ruleset::MASQ_MARK));
+                }
                 load_key(&mut out, &mut need, *kind);
                 out.push(lookup(Some(1)));
                 let addr_len = match kind.family() {

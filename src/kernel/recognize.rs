@@ -65,7 +65,9 @@ pub fn decode_target(b: &[u8]) -> Option<SocketAddr> {
 /// whose statement goes on with the mark, the key again, the data lookup and the NAT.
 fn map_lookup(set: &str, key_exprs: usize) -> Option<(Stmt, usize)> {
     if let Some(kind) = MapKind::from_dnat_name(set) {
-        return Some((Stmt::DnatMap(kind), 2 * key_exprs + 3 + 1));
+        // The mark (three expressions) only in the maps that masquerade.
+        let mark = if kind.masquerades() { 3 } else { 0 };
+        return Some((Stmt::DnatMap(kind), 2 * key_exprs + mark + 1));
     }
     Some((Stmt::Vmap(MapKind::from_name(set)?), key_exprs))
 }

@@ -390,3 +390,29 @@ fn one_shot_changes_are_refused_while_run_keeps_the_table() {
     lab.apply(&other).unwrap();
     assert_ne!(lab.rules(), before);
 }
+
+#[test]
+fn a_service_without_masquerade_changes_by_its_element_too() {
+    let mut lab = Lab::forwarding("plain");
+    let map = |t: &str| {
+        format!(
+            "[[service]]\nname = \"a\"\nlisten = \"8080\"\nmasquerade = false\ntargets = [\"{t}\"]\n\n\
+             [[service]]\nname = \"b\"\nlisten = \"8081\"\ntargets = [\"10.0.0.9:80\"]\n"
+        )
+    };
+    lab.apply(&map("10.0.0.2:80")).unwrap();
+    let moved = lab.apply(&map("10.0.0.3:80")).unwrap();
+    assert_eq!(moved.path, SyncPath::Incremental);
+    let rules = lab.rules().unwrap();
+    let plain = rules
+        .dnat_maps
+        .iter()
+        .find(|m| m.kind == crate::ruleset::MapKind::PortPlain(crate::plan::Family::V4))
+        .expect("the plain map");
+    assert_eq!(plain.elements.len(), 1);
+    assert_eq!(plain.elements[0].target, "10.0.0.3:80".parse().unwrap());
+    assert!(
+        rules.chains.iter().all(|c| !c.name.starts_with("svc-")),
+        "no chain per service"
+    );
+}

@@ -206,9 +206,12 @@ pub fn stmt_text(s: &Stmt) -> String {
         Stmt::Vmap(kind) => format!("{} vmap @{}", key_expr(*kind), kind.name()),
         Stmt::DnatMap(kind) => {
             let (key, map) = (key_expr(*kind), kind.dnat_name());
+            let mark = match kind.masquerades() {
+                true => format!("{} ", stmt_text(&Stmt::MarkSet(crate::ruleset::MASQ_MARK))),
+                false => String::new(),
+            };
             format!(
-                "{key} @{map} {} dnat {} to {key} map @{map}",
-                stmt_text(&Stmt::MarkSet(crate::ruleset::MASQ_MARK)),
+                "{key} @{map} {mark}dnat {} to {key} map @{map}",
                 ip_kw(kind.family())
             )
         }

@@ -569,7 +569,8 @@ fn check_service(
     }
     let masquerade = raw.masquerade.unwrap_or(default_masquerade);
     if let Some(l) = listen.filter(|l| l.is_range()) {
-        // Each port of a range is one element of svcnat's DNAT map: one target, masqueraded.
+        // Each port of a range is one element of a DNAT map (masqueraded or plain): one
+        // target.
         if raw.targets.get_ref().len() > 1 {
             errors.push(src.error(
                 &raw.targets.span(),
@@ -579,14 +580,6 @@ fn check_service(
             ));
         } else if let Some(t) = targets.first_mut() {
             t.weight = 1; // one target: its weight means nothing
-        }
-        if !masquerade {
-            errors.push(src.error(
-                &listen_span,
-                format!("{at}.masquerade"),
-                format!("a port range ({}) needs masquerade", l.port_text()),
-                "remove masquerade = false, or list the ports as services of their own",
-            ));
         }
     }
     if slots > MAX_SLOTS {

@@ -7,8 +7,8 @@ const MAX_RANGE_PORTS: u32 = 1_000_000;
 
 impl Checker<'_> {
     /// What only the whole map tells of its port ranges: overlaps with any other service
-    /// (the listen keys' hashes see one port each), masquerade turned off for all by the
-    /// settings, accounting, and the total size. Nothing to do without ranges.
+    /// (the listen keys' hashes see one port each), accounting, and the total size.
+    /// Nothing to do without ranges.
     pub(super) fn check_ranges(&mut self, accounting: bool) {
         let ranges: Vec<usize> = (0..self.services.len())
             .filter(|i| self.services[*i].listen.is_range())
@@ -37,18 +37,6 @@ impl Checker<'_> {
                         l, s.proto, other.1.name, other.1.listen
                     ),
                     "each listen address, port and protocol belongs to one service: make the ranges disjoint",
-                );
-                self.errors.push(e);
-            }
-            if !s.masquerade {
-                let e = self.source.error(
-                    &s.listen_span,
-                    format!("{at}.masquerade"),
-                    format!(
-                        "a port range ({}) needs masquerade, and [settings] turns it off",
-                        l.port_text()
-                    ),
-                    "add masquerade = true to this service",
                 );
                 self.errors.push(e);
             }

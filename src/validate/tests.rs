@@ -132,11 +132,6 @@ fn port_ranges_are_checked_with_the_whole_map() {
             "one target only",
         ),
         (
-            svc("a", "8000-8100", "\"x\"", "masquerade=false\n"),
-            "service[1].masquerade",
-            "needs masquerade",
-        ),
-        (
             svc("a", "8000-8100", "\"x\"", "") + &svc("b", "8050", "\"y:1\"", ""),
             "service[1].listen",
             "overlaps service \"b\"",

@@ -8,6 +8,7 @@
   netsvc.py echoed HOST PORT BYTES  sends BYTES random bytes, exits 0 if they come back
   netsvc.py stream HOST PORT SECS   one connection echoing for SECS seconds; prints "ready"
                                     once data flows, exits 0 if every byte came back intact
+  netsvc.py peer ADDR PORT          HTTP server answering every GET with the client's address
   netsvc.py udpname ADDR PORT NAME  UDP server answering every datagram with "NAME"
   netsvc.py udpping HOST PORT SECS  one UDP socket (one conntrack entry) sending every 100 ms
                                     for SECS seconds; prints "UNIXTIME NAME" per answer
@@ -49,6 +50,11 @@ def http_handler(name):
     return handle
 
 
+def peer_handler(c):
+    """Answer with the address the connection came from (what masquerade changes)."""
+    http_handler(c.getpeername()[0])(c)
+
+
 def echo(c):
     with c:
         while True:
@@ -79,6 +85,8 @@ def main():
         serve(sys.argv[2], sys.argv[3], http_handler(sys.argv[4]))
     elif cmd == "echo":
         serve(sys.argv[2], sys.argv[3], echo)
+    elif cmd == "peer":
+        serve(sys.argv[2], sys.argv[3], peer_handler)
     elif cmd == "get":
         url = sys.argv[2].removeprefix("http://").rstrip("/")
         host, _, port = url.rpartition(":")

@@ -20,7 +20,8 @@ pub use record::{Record, Tally, flag, kind_index};
 pub use write::Written;
 
 const MAGIC: &[u8; 8] = b"SVCNATIX";
-const VERSION: u32 = 3;
+// 4: nine DNAT map kinds (the plain ones of `masquerade = false` services).
+const VERSION: u32 = 4;
 const RECORD: usize = 44;
 
 /// The records, in their file form (`RECORD` bytes each), never decoded as a whole: a
@@ -282,7 +283,13 @@ impl Index {
             prefix: r.u64()?,
             prefix_len: r.u64()?,
             tally: Tally {
-                direct: [r.u32()?, r.u32()?, r.u32()?, r.u32()?, r.u32()?],
+                direct: {
+                    let mut d = [0u32; crate::ruleset::MapKind::ALL.len()];
+                    for n in &mut d {
+                        *n = r.u32()?;
+                    }
+                    d
+                },
                 remote: [r.u32()?, r.u32()?],
                 localhost: r.u32()?,
             },
@@ -361,7 +368,7 @@ pub(super) mod tests {
             prefix: 42,
             prefix_len: 10,
             tally: Tally {
-                direct: [1, 2, 3, 4, 5],
+                direct: [1, 2, 3, 4, 5, 6, 7, 8, 9],
                 remote: [6, 7],
                 localhost: 8,
             },
@@ -463,7 +470,7 @@ pub(super) mod tests {
         };
         t.add(&direct);
         t.add(&remote_chain);
-        assert_eq!(t.direct, [1, 0, 0, 0, 0]);
+        assert_eq!(t.direct, [1, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!((t.remote, t.localhost), ([1, 0], 1));
         t.sub(&direct).unwrap();
         assert_eq!(t.sub(&direct), None);

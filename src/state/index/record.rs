@@ -43,7 +43,8 @@ impl Record {
         local: &dyn Fn(&IpAddr) -> bool,
     ) -> Record {
         let mut flags = 0;
-        if is_direct(s, accounting) {
+        let direct = is_direct(s, accounting);
+        if direct {
             flags |= flag::DIRECT;
         }
         if s.reaches_out(local) {
@@ -70,7 +71,12 @@ impl Record {
             addr,
             port: s.listen.port,
             proto: s.proto.number(),
-            kind: kind_index(MapKind::of(s)),
+            // A direct service's kind is its DNAT map's (masqueraded or plain).
+            kind: kind_index(if direct {
+                MapKind::dnat_of(s)
+            } else {
+                MapKind::of(s)
+            }),
             flags,
             len: len as u32,
         }
@@ -134,7 +140,7 @@ impl Record {
 /// per family, and `localhost` services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tally {
-    pub direct: [u32; 5],
+    pub direct: [u32; MapKind::ALL.len()],
     pub remote: [u32; 2],
     pub localhost: u32,
 }
@@ -156,12 +162,16 @@ impl Tally {
 
     fn parts<'a>(&'a mut self, r: &Record) -> [(&'a mut u32, bool); 4] {
         let direct = r.has(flag::DIRECT);
-        let [vip4, vip6, port4, port6, lo4] = &mut self.direct;
-        let map = match r.kind {
-            0 => vip4,
-            1 => vip6,
-            2 => port4,
-            _ => port6,
+        let lo = kind_index(MapKind::Loopback) as usize;
+        let (maps, lo4) = self.direct.split_at_mut(lo);
+        let (lo4, plain) = lo4.split_at_mut(1);
+        let lo4 = &mut lo4[0];
+        // The record's own map: one of the four before `lo4` or the four after it (a
+        // record's kind is never `lo4` itself: a service's key goes there only besides).
+        let k = usize::from(r.kind);
+        let map = match k.cmp(&lo) {
+            std::cmp::Ordering::Less => &mut maps[k],
+            _ => &mut plain[k.saturating_sub(lo + 1).min(plain.len() - 1)],
         };
         let [r4, r6] = &mut self.remote;
         let remote = if r.family() == Family::V4 { r4 } else { r6 };
