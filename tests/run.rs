@@ -956,3 +956,28 @@ fn the_log_names_each_service_at_start_and_each_change_with_why() {
         );
     }
 }
+
+#[test]
+fn its_own_big_commit_is_not_taken_for_someone_elses_change() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("bigown");
+    // 5,000 elements: more notifications than the monitor's socket holds (ENOBUFS).
+    let mut text = String::new();
+    for i in 0..5000 {
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{i}\"\nlisten = \"172.29.{}.{}:80\"\ntargets = [\"10.94.0.2:8080\"]\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let map = TempFile::new("bigown.toml", &text);
+    let run = Running::start(&ns, &[bin(), "run", "-f", map.path()], &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!run.log().contains("re-installing"), "{}", run.log());
+    // Someone else's change is still seen, lost notifications or not.
+    ns.exec_ok("nft delete table inet svcnat");
+    run.wait_log("re-installing it", Duration::from_secs(6));
+    run.signal(libc::SIGTERM);
+}

@@ -28,41 +28,48 @@ fn lines(old: &[Service], new: &[Service], why: &str, start: bool) {
     let before: HashMap<&str, &Service> = old.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut out: Vec<String> = Vec::new();
     let mut count = 0;
-    let mut say = |line: String| {
+    // Lines are made only for the first SHOWN changes: at 50,000 services, formatting every
+    // one (to count it) left megabytes in the allocator of a process that then idles.
+    let mut say = |line: &dyn Fn() -> String| {
         count += 1;
         if out.len() < SHOWN {
-            out.push(line);
+            out.push(line());
         }
     };
     for s in new {
         match before.get(s.name.as_str()) {
-            None if start => say(format!("service {}", s.describe())),
-            None => say(format!("service added ({why}): {}", s.describe())),
+            None if start => say(&|| format!("service {}", s.describe())),
+            None => say(&|| format!("service added ({why}): {}", s.describe())),
             Some(o) if *o == s => {}
-            Some(o) if o.listen == s.listen && o.proto == s.proto => say(format!(
-                "service {}: targets {} -> {} ({why})",
-                s.name,
-                o.targets_text(),
-                s.targets_text()
-            )),
-            Some(o) => say(format!(
-                "service changed ({why}): {} -> {}",
-                o.describe(),
-                s.describe()
-            )),
+            Some(o) if o.listen == s.listen && o.proto == s.proto => say(&|| {
+                format!(
+                    "service {}: targets {} -> {} ({why})",
+                    s.name,
+                    o.targets_text(),
+                    s.targets_text()
+                )
+            }),
+            Some(o) => say(&|| {
+                format!(
+                    "service changed ({why}): {} -> {}",
+                    o.describe(),
+                    s.describe()
+                )
+            }),
         }
     }
     let now: std::collections::HashSet<&str> = new.iter().map(|s| s.name.as_str()).collect();
     for o in old.iter().filter(|o| !now.contains(o.name.as_str())) {
-        say(format!("service removed ({why}): {}", o.describe()));
+        say(&|| format!("service removed ({why}): {}", o.describe()));
     }
     for line in &out {
         log::info(line);
     }
     if count > out.len() {
-        log::info(&format!(
-            "… and {} more service change(s) ({why})",
-            count - out.len()
-        ));
+        let more = count - out.len();
+        log::info(&match start {
+            true => format!("… and {more} more service(s)"),
+            false => format!("… and {more} more service change(s) ({why})"),
+        });
     }
 }
