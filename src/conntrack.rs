@@ -93,8 +93,18 @@ impl Watch {
     /// The keys of `before` that lost a target in `after`, only for the protocols
     /// `cleanup` covers.
     pub fn between(before: &Plan, after: &Plan, cleanup: Cleanup) -> Watch {
-        let now: HashMap<Key, Vec<SocketAddr>> = after.services.iter().flat_map(keys_of).collect();
         let mut keys = HashMap::new();
+        // Nothing of a protocol asked for before: nothing to compare (a sync of TCP services
+        // with the default UDP cleanup, or cleanup off, builds no index of `after`).
+        if !before.services.iter().any(|s| cleanup.covers(s.proto)) {
+            return Watch { keys };
+        }
+        let now: HashMap<Key, Vec<SocketAddr>> = after
+            .services
+            .iter()
+            .filter(|s| cleanup.covers(s.proto))
+            .flat_map(keys_of)
+            .collect();
         for s in before.services.iter().filter(|s| cleanup.covers(s.proto)) {
             for (key, had) in keys_of(s) {
                 let kept = now.get(&key).cloned().unwrap_or_default();

@@ -6,7 +6,7 @@ use super::decode::{
     NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_DATA_VERDICT, NFTA_EXPR_DATA,
     NFTA_EXPR_NAME, NFTA_HOOK_HOOKNUM, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE,
 };
-use super::netlink::{Msg, Netlink, attrs, message};
+use super::netlink::{Msg, Netlink, attr, attrs};
 use super::wire::{be32, find, nested, text};
 use crate::error::Result;
 use crate::forward_drop::{Block, How};
@@ -37,11 +37,11 @@ fn family_name(f: u8) -> Option<&'static str> {
 fn forward_chain(m: &Msg) -> Option<ForwardChain> {
     let family = *m.bytes().get(16)?;
     family_name(family)?;
-    let hook = attrs(m.bytes()).find(|(k, _)| *k == NFTA_CHAIN_HOOK)?.1;
+    let hook = attr(m.bytes(), NFTA_CHAIN_HOOK)?;
     if be32(find(hook, NFTA_HOOK_HOOKNUM)?)? != NF_INET_FORWARD {
         return None;
     }
-    let attr = |kind| attrs(m.bytes()).find(|(k, _)| *k == kind).map(|(_, v)| v);
+    let attr = |kind| attr(m.bytes(), kind);
     Some(ForwardChain {
         family,
         table: text(attr(NFTA_CHAIN_TABLE)?),
@@ -74,17 +74,13 @@ fn catch_all(rule: &[u8]) -> Option<&'static str> {
 
 /// A dump request of `msg_type` in `family`, naming a table (and chain) when given.
 fn request(nl: &mut Netlink, msg_type: i32, family: u8, names: &[(u16, &str)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (kind, name) in names {
-        super::netlink::put_attr(&mut body, *kind, format!("{name}\0").as_bytes());
-    }
     let seq = nl.next_seq();
-    message(
-        ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg_type as u16,
+    super::netlink::request(
+        msg_type,
         libc::NLM_F_DUMP | libc::NLM_F_ACK,
         seq,
         family,
-        &body,
+        names,
     )
 }
 
@@ -96,7 +92,7 @@ pub fn blocks(nl: &mut Netlink, own: &str) -> Result<Vec<Block>> {
     let req = request(nl, libc::NFT_MSG_GETTABLE, libc::NFPROTO_UNSPEC as u8, &[]);
     nl.dump_with(&req, |m: &Msg| {
         let family = m.bytes().get(16).copied().unwrap_or(0);
-        if let Some((_, name)) = attrs(m.bytes()).find(|(k, _)| *k == NFTA_CHAIN_TABLE)
+        if let Some(name) = attr(m.bytes(), NFTA_CHAIN_TABLE)
             && family_name(family).is_some()
         {
             tables.push((family, text(name)));
@@ -116,13 +112,12 @@ pub fn blocks(nl: &mut Netlink, own: &str) -> Result<Vec<Block>> {
         nl.dump_with(&req, |m: &Msg| {
             if let Some(c) = forward_chain(m) {
                 chains.push(c);
-            } else if let (Some(f), Some(name)) = (
-                m.bytes().get(16),
-                attrs(m.bytes()).find(|(k, _)| *k == NFTA_CHAIN_NAME),
-            ) && text(name.1) == "DOCKER-USER"
-                && let Some(t) = attrs(m.bytes()).find(|(k, _)| *k == NFTA_CHAIN_TABLE)
+            } else if let (Some(f), Some(name)) =
+                (m.bytes().get(16), attr(m.bytes(), NFTA_CHAIN_NAME))
+                && text(name) == "DOCKER-USER"
+                && let Some(t) = attr(m.bytes(), NFTA_CHAIN_TABLE)
             {
-                docker_user.push((*f, text(t.1)));
+                docker_user.push((*f, text(t)));
             }
             Ok(())
         })?;

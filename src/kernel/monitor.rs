@@ -8,7 +8,7 @@
 //! Own commits are told apart by netlink port id: notifications carry the port id of the
 //! socket whose batch made them, and svcnat's commits all come from the socket `run` keeps.
 
-use super::netlink::{attrs, messages};
+use super::netlink::{attr, messages};
 use super::netns::NetnsSpec;
 use super::wire::{be32, text};
 use crate::error::{Error, Result};
@@ -103,8 +103,8 @@ fn note(touched: &mut bool, m: &[u8], table: &str, own: Option<u32>, seen: &mut 
     let family = m[16];
     match kind & 0xff {
         NFT_MSG_NEWGEN if std::mem::take(touched) => {
-            let pid = find_attr(m, NFTA_GEN_PROC_PID).and_then(be32);
-            let name = find_attr(m, NFTA_GEN_PROC_NAME).map(text);
+            let pid = attr(m, NFTA_GEN_PROC_PID).and_then(be32);
+            let name = attr(m, NFTA_GEN_PROC_NAME).map(text);
             seen.by.push(match (name, pid) {
                 (Some(n), Some(p)) => format!("{n} (pid {p})"),
                 (None, Some(p)) => format!("pid {p}"),
@@ -114,16 +114,12 @@ fn note(touched: &mut bool, m: &[u8], table: &str, own: Option<u32>, seen: &mut 
         NFT_MSG_NEWGEN => {}
         _ if family == libc::NFPROTO_INET as u8
             && Some(portid) != own
-            && find_attr(m, TABLE_ATTR).map(text).as_deref() == Some(table) =>
+            && attr(m, TABLE_ATTR).map(text).as_deref() == Some(table) =>
         {
             *touched = true;
         }
         _ => {}
     }
-}
-
-fn find_attr(m: &[u8], kind: u16) -> Option<&[u8]> {
-    attrs(m).find(|(k, _)| *k == kind).map(|(_, v)| v)
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ pub(super) fn attrs(msg: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     )
 }
 
+/// The first top-level attribute of type `kind` in message `msg`.
+pub(super) fn attr(msg: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(msg).find(|(k, _)| *k == kind).map(|(_, v)| v)
+}
+
 /// The netlink messages packed in `bytes` (a receive buffer): each at least a header long
 /// and within the buffer by its own length; a length that breaks either rule is an error
 /// and ends the walk. (mnl's iterator trusts the padding after the last message.)
@@ -113,10 +118,16 @@ impl Header {
     }
 }
 
-/// A request to the nf_tables subsystem: nlmsghdr, nfgenmsg (family inet), then one string
+/// A request to the nf_tables subsystem: nlmsghdr, nfgenmsg (`family`), then one string
 /// attribute per `(type, value)`, each NUL-terminated and padded to 4 bytes as netlink
-/// wants. All svcnat's dump requests name a table (and a set) this way.
-fn request(msg_type: i32, flags: i32, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8> {
+/// wants. All svcnat's dump requests name a table (and a set, or a chain) this way.
+pub(super) fn request(
+    msg_type: i32,
+    flags: i32,
+    seq: u32,
+    family: u8,
+    attrs: &[(u16, &str)],
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(32);
     for (attr, value) in attrs {
         let mut v = value.as_bytes().to_vec();
@@ -124,7 +135,7 @@ fn request(msg_type: i32, flags: i32, seq: u32, attrs: &[(u16, &str)]) -> Vec<u8
         put_attr(&mut body, *attr, &v);
     }
     let kind = ((libc::NFNL_SUBSYS_NFTABLES as u16) << 8) | msg_type as u16;
-    message(kind, flags, seq, libc::NFPROTO_INET as u8, &body)
+    message(kind, flags, seq, family, &body)
 }
 
 /// One netfilter netlink message: nlmsghdr (`kind`: subsystem << 8 | message, NLM_F_REQUEST
@@ -381,7 +392,13 @@ impl Netlink {
         each: impl FnMut(&Msg) -> Result<()>,
     ) -> Result<bool> {
         self.seq += 1;
-        let req = request(msg_type, flags | libc::NLM_F_ACK, self.seq, attrs);
+        let req = request(
+            msg_type,
+            flags | libc::NLM_F_ACK,
+            self.seq,
+            libc::NFPROTO_INET as u8,
+            attrs,
+        );
         self.dump_with(&req, each)
     }
 

@@ -92,12 +92,15 @@ pub fn status<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<S
     s.kernel.enter(|k| {
         let meta = current_meta(k, &t.backend, table)?;
         let dir = state_dir(t, k)?;
-        let recorded = dir
-            .generations()?
-            .into_iter()
-            .filter(|g| g.plan.table == table)
-            .map(|g| g.number())
-            .max();
+        // Newest first, and only until one of this table: a healthcheck every few seconds
+        // reads one record, not all ten (each holds a whole plan).
+        let mut recorded = None;
+        for n in dir.numbers()?.into_iter().rev() {
+            if dir.generation(n)?.is_some_and(|g| g.plan.table == table) {
+                recorded = Some(n);
+                break;
+            }
+        }
         Ok(Status {
             table: meta.is_some(),
             installed: meta.and_then(|m| m.generation),

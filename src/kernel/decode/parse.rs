@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernel::expr::{Expr, set_key};
-use crate::kernel::netlink::{Msg, attrs};
+use crate::kernel::netlink::{Msg, attr};
 use crate::kernel::wire::{be32, be64, data_value, find, nested, text};
 use nftnl::nftnl_sys::libc;
 use std::collections::HashMap;
@@ -48,7 +48,7 @@ fn required(m: &Msg, kind: u16, what: &str) -> Result<String> {
 }
 
 fn top(m: &Msg, kind: u16) -> Option<&[u8]> {
-    attrs(m.bytes()).find(|(k, _)| *k == kind).map(|(_, v)| v)
+    attr(m.bytes(), kind)
 }
 
 // The attributes read below (linux/netfilter/nf_tables.h).
