@@ -11,7 +11,7 @@
 //! the protocols asked) and deletes what `Watch::stale` picks.
 
 use crate::plan::{Family, Plan, Service};
-use crate::ruleset::{DnatElem, MapKey, MapKind};
+use crate::ruleset::{DnatElem, DnatId, MapKey};
 use crate::validate::Proto;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -123,21 +123,21 @@ impl Watch {
 
     /// The incremental path's change: DNAT elements out by key, and in.
     pub fn elements(
-        gone: &[(MapKind, MapKey)],
-        new: &[(MapKind, DnatElem)],
+        gone: &[(DnatId, MapKey)],
+        new: &[(DnatId, DnatElem)],
         cleanup: Cleanup,
     ) -> Watch {
-        let key = |kind: MapKind, k: &MapKey| (kind.family(), k.proto, k.addr, k.port);
-        let now: HashMap<Key, SocketAddr> = new
-            .iter()
-            .map(|(kind, e)| (key(*kind, &e.key), e.target))
-            .collect();
+        let key = |id: DnatId, k: &MapKey| (id.family(), k.proto, k.addr, k.port);
+        let mut now: HashMap<Key, Vec<SocketAddr>> = HashMap::new();
+        for (id, e) in new {
+            now.entry(key(*id, &e.key)).or_default().push(e.target);
+        }
         let keys = gone
             .iter()
             .filter(|(_, k)| cleanup.covers(k.proto))
-            .map(|(kind, k)| {
-                let key = key(*kind, k);
-                (key, now.get(&key).into_iter().copied().collect())
+            .map(|(id, k)| {
+                let key = key(*id, k);
+                (key, now.get(&key).cloned().unwrap_or_default())
             })
             .collect();
         Watch { keys }
@@ -277,9 +277,23 @@ mod tests {
             port: 53,
         };
         let s = svc("dns", Proto::Udp, "10.9.0.1:53", &["10.0.0.9:53"]);
-        let new = [(MapKind::Vip(Family::V4), DnatElem::of(key, &s))];
-        let w = Watch::elements(&[(MapKind::Vip(Family::V4), key)], &new, Cleanup::Udp);
+        let id = DnatId::of(&s);
+        let new: Vec<_> = DnatElem::of(key, &s).map(|e| (id, e)).collect();
+        let w = Watch::elements(&[(id, key)], &new, Cleanup::Udp);
         assert!(w.stale(&flow(Proto::Udp, "10.9.0.1:53", "10.0.0.2:53")));
         assert!(!w.stale(&flow(Proto::Udp, "10.9.0.1:53", "10.0.0.9:53")));
+        // Retargeted to two: replies from either are current.
+        let two = svc(
+            "dns",
+            Proto::Udp,
+            "10.9.0.1:53",
+            &["10.0.0.9:53", "10.0.0.8:53"],
+        );
+        let id2 = DnatId::of(&two);
+        let new: Vec<_> = DnatElem::of(key, &two).map(|e| (id2, e)).collect();
+        let w = Watch::elements(&[(id, key)], &new, Cleanup::Udp);
+        assert!(!w.stale(&flow(Proto::Udp, "10.9.0.1:53", "10.0.0.8:53")));
+        assert!(!w.stale(&flow(Proto::Udp, "10.9.0.1:53", "10.0.0.9:53")));
+        assert!(w.stale(&flow(Proto::Udp, "10.9.0.1:53", "10.0.0.2:53")));
     }
 }

@@ -6,7 +6,9 @@
 //! kernel's Ruleset and `lower(lift(kernel))`: that is drift.
 
 use crate::plan::{Family, Plan, Service, Target};
-use crate::ruleset::{Chain, DnatElem, MapKey, MapKind, Rule, Ruleset, SERVICE_CHAIN_PREFIX, Stmt};
+use crate::ruleset::{
+    Chain, DnatElem, DnatId, MapKey, MapKind, Rule, Ruleset, SERVICE_CHAIN_PREFIX, Stmt,
+};
 use crate::validate::Listen;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -80,25 +82,48 @@ pub fn lift(rs: &Ruleset) -> Plan {
             localhost,
         });
     }
-    // DNAT map elements: a service's listen key, and its loopback key with `localhost`.
+    // DNAT map elements: a service's listen key (one element per slot), and its loopback
+    // key with `localhost`.
     let mut direct: Vec<Service> = Vec::new();
     let mut loopback: Vec<&str> = Vec::new();
     for m in &rs.dnat_maps {
-        for e in m.elements.iter().filter(|e| !e.service.is_empty()) {
-            if m.kind == MapKind::Loopback {
-                loopback.push(&e.service);
+        let named = m.elements.iter().filter(|e| !e.service.is_empty());
+        if m.id.kind == MapKind::Loopback {
+            loopback.extend(named.map(|e| e.service.as_str()));
+            continue;
+        }
+        // A service's slots, in slot order; only a whole set of them is a service (one
+        // missing or doubled is drift: `differences` shows it).
+        let mut slots: HashMap<(&str, MapKey), Vec<&DnatElem>> = HashMap::new();
+        let mut order = Vec::new();
+        // Slots numgen never draws are no part of a service.
+        for e in named.filter(|e| e.slot < m.id.slots) {
+            let group = slots.entry((e.service.as_str(), e.key)).or_default();
+            if group.is_empty() {
+                order.push((e.service.as_str(), e.key));
+            }
+            group.push(e);
+        }
+        for at in order {
+            let mut group = slots.remove(&at).unwrap_or_default();
+            group.sort_by_key(|e| e.slot);
+            let whole = group.len() == usize::from(m.id.slots)
+                && group
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| usize::from(e.slot) == i);
+            if !whole {
                 continue;
             }
+            let (name, key) = at;
+            let targets: Vec<SocketAddr> = group.iter().map(|e| e.target).collect();
             direct.push(Service {
-                name: e.service.to_string(),
-                proto: e.key.proto,
-                family: m.kind.family(),
-                listen: Listen::one(e.key.addr, e.key.port),
-                targets: smallvec::smallvec![Target {
-                    addr: e.target,
-                    weight: 1,
-                }],
-                masquerade: m.kind.masquerades(),
+                name: name.to_owned(),
+                proto: key.proto,
+                family: m.id.family(),
+                listen: Listen::one(key.addr, key.port),
+                targets: weighted(&targets).into(),
+                masquerade: m.id.masquerades(),
                 localhost: false,
             });
         }
@@ -147,10 +172,10 @@ fn merge_ranges(mut direct: Vec<Service>) -> Vec<Service> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
     /// A map (by name) on one side only.
-    MissingMap(&'static str),
-    ExtraMap(&'static str),
-    MissingDnat(MapKind, DnatElem),
-    ExtraDnat(MapKind, DnatElem),
+    MissingMap(String),
+    ExtraMap(String),
+    MissingDnat(DnatId, DnatElem),
+    ExtraDnat(DnatId, DnatElem),
     MissingElement(MapKind, MapKey, String),
     ExtraElement(MapKind, MapKey, String),
     MissingChain(String),
@@ -185,10 +210,14 @@ impl Difference {
                     "" => String::new(),
                     name => format!(" comment \"{name}\""),
                 };
+                let slot = match k.slots {
+                    1 => String::new(),
+                    _ => format!(" . {}", e.slot),
+                };
                 vec![format!(
-                    "{sign} element {}: {}{comment} : {} . {}",
-                    k.dnat_name(),
-                    key_text(*k, &e.key),
+                    "{sign} element {}: {}{slot}{comment} : {} . {}",
+                    k.name(),
+                    key_text(k.kind, &e.key),
                     e.target.ip(),
                     e.target.port()
                 )]
@@ -242,8 +271,8 @@ pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
     let mut out = Vec::new();
     for kind in MapKind::ALL {
         match (expected.map(kind), actual.map(kind)) {
-            (Some(_), None) => out.push(Difference::MissingMap(kind.name())),
-            (None, Some(_)) => out.push(Difference::ExtraMap(kind.name())),
+            (Some(_), None) => out.push(Difference::MissingMap(kind.name().into())),
+            (None, Some(_)) => out.push(Difference::ExtraMap(kind.name().into())),
             (Some(e), Some(a)) => {
                 let want: HashMap<&MapKey, &String> =
                     e.elements.iter().map(|(k, c)| (k, c)).collect();
@@ -263,18 +292,24 @@ pub fn differences(expected: &Ruleset, actual: &Ruleset) -> Vec<Difference> {
             (None, None) => {}
         }
     }
-    for kind in MapKind::ALL {
-        match (expected.dnat_map(kind), actual.dnat_map(kind)) {
-            (Some(_), None) => out.push(Difference::MissingMap(kind.dnat_name())),
-            (None, Some(_)) => out.push(Difference::ExtraMap(kind.dnat_name())),
+    let mut ids: Vec<DnatId> = (expected.dnat_maps.iter())
+        .chain(&actual.dnat_maps)
+        .map(|m| m.id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        match (expected.dnat_map(id), actual.dnat_map(id)) {
+            (Some(_), None) => out.push(Difference::MissingMap(id.name().into())),
+            (None, Some(_)) => out.push(Difference::ExtraMap(id.name().into())),
             (Some(e), Some(a)) => {
                 let want: HashSet<&DnatElem> = e.elements.iter().collect();
                 let have: HashSet<&DnatElem> = a.elements.iter().collect();
                 for x in e.elements.iter().filter(|x| !have.contains(x)) {
-                    out.push(Difference::MissingDnat(kind, x.clone()));
+                    out.push(Difference::MissingDnat(id, x.clone()));
                 }
                 for x in a.elements.iter().filter(|x| !want.contains(x)) {
-                    out.push(Difference::ExtraDnat(kind, x.clone()));
+                    out.push(Difference::ExtraDnat(id, x.clone()));
                 }
             }
             (None, None) => {}
@@ -392,17 +427,18 @@ mod tests {
         let plan = &plan;
         let expected = lower(plan);
         let mut actual = expected.clone();
-        // nft add rule … svc-web-vip counter; nft delete element … dnat-lo4 { tcp . 8082 }
+        // nft delete element … dnat-vip4-n2 { 172.18.1.1 . tcp . 8083 . 1 };
+        // nft delete element … dnat-lo4 { tcp . 8082 }
         let vip = actual
-            .chains
+            .dnat_maps
             .iter_mut()
-            .find(|c| c.name == "svc-web-vip")
+            .find(|m| m.id.slots == 2)
             .unwrap();
-        vip.rules.push(Rule(vec![Stmt::Counter]));
+        vip.elements.retain(|e| e.slot != 1);
         let lo4 = actual
             .dnat_maps
             .iter_mut()
-            .find(|m| m.kind == MapKind::Loopback)
+            .find(|m| m.id.kind == MapKind::Loopback)
             .unwrap();
         lo4.elements.retain(|e| e.key.port != 8082);
         let lines: Vec<String> = differences(&expected, &actual)
@@ -412,9 +448,21 @@ mod tests {
         assert_eq!(
             lines,
             [
+                "- element dnat-vip4-n2: 172.18.1.1 . tcp . 8083 . 1 comment \"web-vip\" : 172.18.0.3 . 8000",
                 "- element dnat-lo4: tcp . 8082 comment \"web2\" : 172.18.0.3 . 8000",
-                "+ rule in chain svc-web-vip: counter"
             ]
         );
+        // A service missing a slot is no service: what is left of it is drift (here the
+        // whole map, as it was the map's only service), not a service of one target.
+        let lifted = lift(&actual);
+        assert!(
+            lifted.services.iter().all(|s| s.name != "web-vip"),
+            "{lifted:?}"
+        );
+        let drift: Vec<String> = differences(&lower(&lifted), &actual)
+            .iter()
+            .flat_map(|d| d.lines())
+            .collect();
+        assert_eq!(drift[0], "+ map dnat-vip4-n2", "{drift:?}");
     }
 }

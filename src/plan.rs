@@ -200,6 +200,11 @@ impl Service {
             .map(move |p| (p, SocketAddr::new(target.ip(), target.port() + (p - first))))
     }
 
+    /// How many slots its targets fill: the weights added up (at most `MAX_SLOTS`).
+    pub fn slot_count(&self) -> u16 {
+        self.targets.iter().map(|t| t.weight as u16).sum()
+    }
+
     /// Targets repeated by weight: slot i of a `numgen random mod N` map.
     pub fn slots(&self) -> Vec<SocketAddr> {
         self.targets

@@ -28,6 +28,18 @@
 //! (`… @dnat-port4-plain dnat ip to … map @dnat-port4-plain`). A separate map rather than a
 //! per-element flag: the mark is set before the DNAT, by the rule, and one more lookup rule
 //! per map kind costs nothing per service.
+//!
+//! Services with several targets are map elements too, one per slot: `numgen random mod N`
+//! picks slot i of N (a target of weight w has w slots), and the DNAT map of the services
+//! with N slots is keyed by `[daddr .] l4proto . dport . slot`
+//! (`map dnat-vip4-n3 { typeof ip daddr . meta l4proto . th dport . numgen random mod 3 : … }`,
+//! looked up by `… . numgen random mod 3 @dnat-vip4-n3 … dnat ip to … map @dnat-vip4-n3`).
+//! The lookup that decides the mark draws its own number: every slot of a service is in
+//! the map, so any number finds the service, and only the second draw picks the target.
+//! So a map and a lookup rule per slot count in use (services usually have 2 or 3), never
+//! per service. It replaced a chain with an anonymous numgen map per service, which the
+//! kernel pays for per service (it names each anonymous map by scanning the table's: 10,000
+//! services took 10 s; results/shapes.md).
 //! Chains are what the kernel pays for: each one is validated again at every commit that
 //! touches a rule or a `goto`, so 50,000 chains make every change cost tens of
 //! milliseconds, while 50,000 map elements are never walked. The element's comment names
@@ -172,7 +184,7 @@ pub struct VerdictMap {
 /// key → the service's one target, the element commented with the service's name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DnatMap {
-    pub kind: MapKind,
+    pub id: DnatId,
     pub elements: Vec<DnatElem>,
     /// The kernel's `size`: a hash table sized for it up front is never grown element by
     /// element (growing it was a fifth of a 50,000-service commit). See `dnat_map_size`.
@@ -186,21 +198,84 @@ pub fn dnat_map_size(elements: usize) -> u32 {
     (2 * elements).next_power_of_two().max(1024) as u32
 }
 
+/// Which DNAT map: the kind of its key, and how many slots each of its services has
+/// (1: the key alone; N > 1: the key and `numgen random mod N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DnatId {
+    pub kind: MapKind,
+    pub slots: u16,
+}
+
+impl DnatId {
+    /// The map of a direct service (`is_direct`): its listen key's kind, marked for
+    /// masquerade or not, and its slot count.
+    pub fn of(s: &Service) -> DnatId {
+        DnatId {
+            kind: MapKind::dnat_of(s),
+            slots: s.slot_count(),
+        }
+    }
+    /// The same slot count in another kind of map (the loopback one).
+    pub fn with_kind(self, kind: MapKind) -> DnatId {
+        DnatId { kind, ..self }
+    }
+    /// `dnat-vip4`, or `dnat-vip4-n3` for services of 3 slots.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self.slots {
+            1 => self.kind.dnat_name().into(),
+            n => format!("{}-n{n}", self.kind.dnat_name()).into(),
+        }
+    }
+    pub fn from_name(name: &str) -> Option<DnatId> {
+        if let Some(kind) = MapKind::from_dnat_name(name) {
+            return Some(DnatId { kind, slots: 1 });
+        }
+        let (base, n) = name.rsplit_once("-n")?;
+        // Digits only, no leading zero: one spelling per map.
+        if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let slots: u16 = n.parse().ok()?;
+        (2..=MAX_SLOTS).contains(&slots).then_some(())?;
+        Some(DnatId {
+            kind: MapKind::from_dnat_name(base)?,
+            slots,
+        })
+    }
+    pub fn masquerades(self) -> bool {
+        self.kind.masquerades()
+    }
+    pub fn family(self) -> Family {
+        self.kind.family()
+    }
+}
+
+/// The most slots a service may have (`validate::MAX_SLOTS`).
+const MAX_SLOTS: u16 = crate::validate::MAX_SLOTS as u16;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DnatElem {
     pub key: MapKey,
+    /// The `numgen` value that picks this target (0 in a map of one slot).
+    pub slot: u16,
     pub target: SocketAddr,
     pub service: crate::short::Short,
 }
 
 impl DnatElem {
-    /// `key → s`'s one target, commented with its name (a direct service: `is_direct`).
-    pub fn of(key: MapKey, s: &Service) -> DnatElem {
-        DnatElem {
-            key,
-            target: s.targets[0].addr,
-            service: crate::short::Short::new(&s.name),
-        }
+    /// The elements of direct service `s` under `key`: one per slot, each commented with
+    /// its name (a port range's come from `port_pairs`, in `lower`).
+    pub fn of(key: MapKey, s: &Service) -> impl Iterator<Item = DnatElem> + '_ {
+        s.targets
+            .iter()
+            .flat_map(|t| std::iter::repeat_n(t.addr, t.weight as usize))
+            .enumerate()
+            .map(move |(slot, target)| DnatElem {
+                key,
+                slot: slot as u16,
+                target,
+                service: crate::short::Short::new(&s.name),
+            })
     }
 }
 
@@ -328,8 +403,9 @@ pub enum Stmt {
     /// `[ip daddr .] meta l4proto . th dport vmap @MAP`
     Vmap(MapKind),
     /// `KEY @dnat-MAP meta mark set meta mark | 0x2000 dnat ip to KEY map @dnat-MAP`, KEY
-    /// being `[ip daddr .] meta l4proto . th dport`: the element's target, masqueraded.
-    DnatMap(MapKind),
+    /// being `[ip daddr .] meta l4proto . th dport [. numgen random mod N]`: the element's
+    /// target, masqueraded (not in the plain maps).
+    DnatMap(DnatId),
     /// `counter`
     Counter,
     /// `meta mark set meta mark | MARK`
@@ -351,15 +427,16 @@ impl Ruleset {
     pub fn map(&self, kind: MapKind) -> Option<&VerdictMap> {
         self.maps.iter().find(|m| m.kind == kind)
     }
-    pub fn dnat_map(&self, kind: MapKind) -> Option<&DnatMap> {
-        self.dnat_maps.iter().find(|m| m.kind == kind)
+    pub fn dnat_map(&self, id: DnatId) -> Option<&DnatMap> {
+        self.dnat_maps.iter().find(|m| m.id == id)
     }
 }
 
-/// Whether a service is a DNAT map element rather than a chain: one target, and no
-/// per-service flow counter wanted (accounting off). Masqueraded or not: each has its map.
-pub fn is_direct(s: &Service, accounting: bool) -> bool {
-    !accounting && s.targets.len() == 1 && s.targets[0].weight == 1
+/// Whether a service is DNAT map elements rather than a chain: whenever no per-service
+/// flow counter is wanted (accounting off). Masqueraded or not, one slot or many: each
+/// combination has its map.
+pub fn is_direct(_s: &Service, accounting: bool) -> bool {
+    !accounting
 }
 
 pub fn service_chain(name: &str) -> String {
@@ -377,18 +454,7 @@ pub fn lower(plan: &Plan) -> Ruleset {
             elements: Vec::new(),
         })
         .collect();
-    let mut dnat_maps: Vec<DnatMap> = MapKind::ALL
-        .into_iter()
-        .map(|kind| DnatMap {
-            kind,
-            elements: Vec::new(),
-            size: 0,
-        })
-        .collect();
-    // Each DNAT map's elements room for every service: grown by doubling, 50,000 of them
-    // were copied about three times over, and counting them first was a pass of its own
-    // over the plan. Room not written to is address space only, never touched; a map's
-    // list keeps its room (the process, or the next apply of `svcnat run`, frees it).
+    let mut dnat_maps: Vec<DnatMap> = Vec::new();
     let index_of = |kind: MapKind| MapKind::ALL.iter().position(|k| *k == kind).expect("known");
     let (mut masquerades, mut localhost) = (false, false);
     let mut service_chains = Vec::new();
@@ -396,71 +462,68 @@ pub fn lower(plan: &Plan) -> Ruleset {
         let direct = is_direct(s, plan.accounting);
         masquerades |= s.masquerade || s.localhost;
         localhost |= s.localhost;
-        // Only a service with a chain of its own has a chain name (formatting one for each
-        // of 50,000 direct services was a fifth of this function).
-        let chain = (!direct).then(|| {
-            let chain = service_chain_of(s);
-            let name = chain.name.clone();
-            service_chains.push(chain);
-            name
-        });
         let key = MapKey {
             addr: s.listen.addr,
             proto: s.proto,
             port: s.listen.port,
         };
-        let mut add = |kind: MapKind, key: MapKey| {
-            let i = index_of(kind);
-            if direct {
-                if dnat_maps[i].elements.capacity() == 0 {
-                    dnat_maps[i].elements.reserve_exact(plan.services.len());
-                }
+        if direct {
+            let id = DnatId::of(s);
+            let mut add = |id: DnatId, key: MapKey| {
+                let m = dnat_map_for(&mut dnat_maps, id, plan.services.len());
                 if s.listen.is_range() {
                     // A port range: an element per port, each to its shifted target port
                     // (nftables cannot add an offset to a port in the DNAT itself).
                     for (port, target) in s.port_pairs(&s.targets[0]) {
-                        dnat_maps[i].elements.push(DnatElem {
+                        m.elements.push(DnatElem {
                             key: MapKey { port, ..key },
+                            slot: 0,
                             target,
                             service: crate::short::Short::new(&s.name),
                         });
                     }
                 } else {
-                    dnat_maps[i].elements.push(DnatElem::of(key, s));
+                    m.elements.extend(DnatElem::of(key, s));
                 }
-            } else if let Some(chain) = &chain {
-                maps[i].elements.push((key, chain.clone()));
+            };
+            add(id, key);
+            if s.localhost {
+                add(
+                    id.with_kind(MapKind::Loopback),
+                    MapKey { addr: None, ..key },
+                );
             }
-        };
-        add(
-            if direct {
-                MapKind::dnat_of(s)
-            } else {
-                MapKind::of(s)
-            },
-            key,
-        );
-        if s.localhost {
-            add(MapKind::Loopback, MapKey { addr: None, ..key });
+            continue;
         }
+        let chain = service_chain_of(s);
+        maps[index_of(MapKind::of(s))]
+            .elements
+            .push((key, chain.name.clone()));
+        if s.localhost {
+            maps[index_of(MapKind::Loopback)]
+                .elements
+                .push((MapKey { addr: None, ..key }, chain.name.clone()));
+        }
+        service_chains.push(chain);
     }
     maps.retain(|m| !m.elements.is_empty());
-    dnat_maps.retain(|m| !m.elements.is_empty());
+    // One order whatever the services' order: by kind, then slot count.
+    dnat_maps.sort_by_key(|m| m.id);
     for m in &mut dnat_maps {
         m.size = dnat_map_size(m.elements.len());
     }
     let has = |k: MapKind| maps.iter().any(|m| m.kind == k);
-    let has_dnat = |k: MapKind| dnat_maps.iter().any(|m| m.kind == k);
 
     // Arriving traffic (prerouting) and local processes (output) look services up the same
     // way, except that only output may reach a service through 127.0.0.1.
-    // Each kind of lookup is one rule per map: the DNAT map's, then the verdict map's.
+    // Each kind of lookup is one rule per map: the DNAT maps' (by slot count), then the
+    // verdict map's.
     let lookups = |hook: BaseHook| {
         let mut rules = Vec::new();
         let mut both = |prefix: Vec<Stmt>, kind: MapKind| {
-            if has_dnat(kind) {
+            for m in dnat_maps.iter().filter(|m| m.id.kind == kind) {
                 let mut r = prefix.clone();
-                r.push(Stmt::DnatMap(kind));
+                r.push(Stmt::DnatMap(m.id));
                 rules.push(Rule(r));
             }
             if has(kind) {
@@ -583,6 +646,24 @@ pub fn lower(plan: &Plan) -> Ruleset {
         accounts,
         chains,
     }
+}
+
+/// The DNAT map `id` in `maps`, added (with room for `room` elements) when it is not yet.
+/// Room not written to is address space only, never touched: grown by doubling, 50,000
+/// elements were copied about three times over.
+fn dnat_map_for(maps: &mut Vec<DnatMap>, id: DnatId, room: usize) -> &mut DnatMap {
+    let at = match maps.iter().position(|m| m.id == id) {
+        Some(at) => at,
+        None => {
+            maps.push(DnatMap {
+                id,
+                elements: Vec::with_capacity(room * usize::from(id.slots)),
+                size: 0,
+            });
+            maps.len() - 1
+        }
+    };
+    &mut maps[at]
 }
 
 fn service_chain_of(s: &Service) -> Chain {

@@ -33,7 +33,7 @@ pub struct ShownService {
     pub targets: Vec<ShownTarget>,
     pub masquerade: bool,
     /// NAT chains see only the first packet of a connection: packets = connections. None
-    /// for a one-target service without accounting: a DNAT map element, with no counter.
+    /// for a service without accounting: DNAT map elements, with no counter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connections: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,7 +205,7 @@ pub fn human(shown: &Shown, place: &str) -> String {
         if shown.services.iter().any(|s| s.connections.is_none()) {
             let _ = writeln!(
                 out,
-                "(-: a one-target service is a DNAT map element, without a counter; `accounting = true` counts every service)"
+                "(-: without accounting a service is DNAT map elements, without a counter; `accounting = true` counts every service)"
             );
         }
     }

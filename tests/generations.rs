@@ -353,7 +353,7 @@ fn confirmed_apply_stays() {
         "{said}"
     );
     assert!(
-        table(&ns).contains("svc-web-vip"),
+        table(&ns).contains("comment \"web-vip\""),
         "the new rules are in while waiting"
     );
     // The terminal going away (SSH dropped) must not end the wait.
@@ -363,7 +363,7 @@ fn confirmed_apply_stays() {
     assert!(out.contains("confirmed generation 2"), "{out}");
     let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(table(&ns).contains("svc-web-vip"));
+    assert!(table(&ns).contains("comment \"web-vip\""));
     let h = history(&ns);
     assert_eq!(h["generation"], 2);
     assert_eq!(

@@ -267,7 +267,8 @@ fn changes_it_does_not_cover_go_the_full_way() {
     let one = TempFile::new("q5-one.toml", &plain(200));
     assert!(!apply_quick(&one, &ns));
 
-    // A second target makes the service a balanced chain: the full apply does that.
+    // A second target puts the service in a map of two slots that is not there yet: the
+    // full apply adds it.
     let two = TempFile::new(
         "q5-two.toml",
         &map(200, |i, s| {
@@ -280,11 +281,11 @@ fn changes_it_does_not_cover_go_the_full_way() {
     );
     assert!(!apply_quick(&two, &ns));
     assert!(
-        ns.exec_ok("nft list chain inet svcnat svc-s50")
-            .contains("numgen random")
+        ns.exec_ok("nft list map inet svcnat dnat-vip4-n2")
+            .contains(". 1 comment \"s50\" : 10.8.9.9 . 8080")
     );
     assert_installed(&two, &ns);
-    // ... and undoing it too (the index knows s50 is a chain now).
+    // ... and undoing it too (the map of two slots goes: the index knows s50 was in it).
     assert!(!apply_quick(&one, &ns));
     assert_installed(&one, &ns);
 
@@ -338,4 +339,84 @@ fn ipv6_udp_and_port_services_change_by_section_too() {
     );
     let ports = ns.exec_ok("nft list map inet svcnat dnat-port4");
     assert!(ports.contains("10.9.0.1 . 5354"), "{ports}");
+}
+
+#[test]
+fn balanced_services_change_by_their_slot_elements() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("quick7");
+    // 20 services over two targets, one weighted 2:1 (three slots), among one-target ones.
+    let balanced = |retarget: Option<(u32, &str)>| {
+        map(200, |i, s| {
+            Some(match i {
+                0..20 => {
+                    let second = match retarget {
+                        Some((at, to)) if at == i => to.to_owned(),
+                        _ => format!("10.9.0.{i}:8080"),
+                    };
+                    s.replace("\"]", &format!("\", \"{second}\"]"))
+                }
+                20 => s.replace(
+                    "targets = [\"10.8.0.20:8080\"]",
+                    "targets = [{ address = \"10.8.0.20:8080\", weight = 2 }, \"10.9.0.20:8080\"]",
+                ),
+                _ => s,
+            })
+        })
+    };
+    let first = TempFile::new("q7-first.toml", &balanced(None));
+    assert!(!apply_quick(&first, &ns));
+    assert_installed(&first, &ns);
+
+    // One of the two targets of s7 changes: its two slots out, two in, and the generation.
+    let moved = TempFile::new("q7-moved.toml", &balanced(Some((7, "10.7.7.7:7070"))));
+    let (code, out, err) = apply(&moved, &ns);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(QUICK) && out.contains("4 netlink messages, incremental path"),
+        "{out}\n{err}"
+    );
+    let n2 = ns.exec_ok("nft list map inet svcnat dnat-vip4-n2");
+    assert!(
+        n2.contains("172.30.0.7 . tcp . 80 . 0 comment \"s7\" : 10.8.0.7 . 8080")
+            && n2.contains("172.30.0.7 . tcp . 80 . 1 comment \"s7\" : 10.7.7.7 . 7070")
+            && !n2.contains("10.9.0.7 . 8080"),
+        "{n2}"
+    );
+    assert_installed(&moved, &ns);
+
+    // s8 weighted like s20: from the map of two slots into the one of three, by elements.
+    let weighted = TempFile::new(
+        "q7-weighted.toml",
+        &balanced(None).replace(
+            "targets = [\"10.8.0.8:8080\", \"10.9.0.8:8080\"]",
+            "targets = [{ address = \"10.8.0.8:8080\", weight = 2 }, \"10.9.0.8:8080\"]",
+        ),
+    );
+    assert!(apply_quick(&weighted, &ns));
+    assert_installed(&weighted, &ns);
+    let n3 = ns.exec_ok("nft list map inet svcnat dnat-vip4-n3");
+    assert!(
+        n3.contains("172.30.0.8 . tcp . 80 . 1 comment \"s8\" : 10.8.0.8 . 8080")
+            && n3.contains("172.30.0.8 . tcp . 80 . 2 comment \"s8\" : 10.9.0.8 . 8080"),
+        "{n3}"
+    );
+    assert!(
+        !ns.exec_ok("nft list map inet svcnat dnat-vip4-n2")
+            .contains("\"s8\"")
+    );
+
+    // Back to one target: into the one-slot map.
+    let single = TempFile::new(
+        "q7-single.toml",
+        &balanced(None).replace(
+            "targets = [\"10.8.0.9:8080\", \"10.9.0.9:8080\"]",
+            "targets = [\"10.8.0.9:8080\"]",
+        ),
+    );
+    assert!(apply_quick(&single, &ns));
+    assert_installed(&single, &ns);
+    assert_eq!(element(&ns, "172.30.0.9"), "10.8.0.9:8080");
 }

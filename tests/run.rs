@@ -209,11 +209,11 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
         return;
     }
     let lab = lab();
-    // A weighted target is a service chain, which the incremental reload by changed
-    // sections (`quick`) leaves to the full apply: the one this test is about.
+    // A `localhost` service, which the incremental reload by changed sections leaves to
+    // the full apply: the one this test is about.
     let service = |port: u16| {
         format!(
-            "[[service]]\nname = \"web\"\nlisten = \"8080\"\ntargets = [{{ address = \"10.94.0.1:{port}\", weight = 2 }}]\n"
+            "[[service]]\nname = \"web\"\nlisten = \"8080\"\nlocalhost = true\ntargets = [\"10.94.0.1:{port}\"]\n"
         )
     };
     let map = TempFile::new("known.toml", &service(8080));

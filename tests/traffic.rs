@@ -165,7 +165,8 @@ fn host_ports_publish_ports_localhost_and_a_balanced_virtual_ip() {
         .iter()
         .find(|s| s["name"] == "web-vip")
         .unwrap();
-    assert_eq!(vip["connections"], 200, "{v}");
+    // Slot elements of a map, no chain: nothing counts its connections without accounting.
+    assert!(vip["connections"].is_null(), "{v}");
 
     svcnat_ok(&["flush", "--netns", &host.name]);
     assert!(get(&outside, "http://10.98.0.1:8081").is_err());
@@ -338,4 +339,100 @@ fn accounting_counts_every_byte_per_target_and_survives_in_place_updates() {
     let listing = proxy.ruleset();
     assert!(!listing.contains("t4-0a5d0001-1452"), "{listing}");
     assert!(listing.contains("t4-0a5d0001-1451"), "{listing}");
+}
+
+#[test]
+fn load_balancing_example_splits_connections_by_weight_in_every_shape() {
+    if !require_root() {
+        return;
+    }
+    // rulesets/load-balancing.toml as shipped: a host with a pod bridge (IPv4 and IPv6) and
+    // an outside client on a link of its own.
+    let host = Netns::new("lb");
+    let outside = Netns::new("lb-out");
+    let pods = [Netns::new("p1"), Netns::new("p2"), Netns::new("p3")];
+    bridge(&host, "br3", "10.42.0.1/16");
+    host.exec_ok("ip addr add fd00:42::1/64 dev br3 nodad");
+    for (i, p) in pods.iter().enumerate() {
+        let n = 11 + i;
+        wire(
+            &host,
+            &format!("vp{n}"),
+            Some("br3"),
+            p,
+            &format!("10.42.0.{n}/16"),
+        );
+        p.exec_ok(&format!(
+            "ip addr add 10.42.1.{}/16 dev eth0 && ip addr add fd00:42::{n}/64 dev eth0 nodad \
+             && ip route add default via 10.42.0.1 && ip -6 route add default via fd00:42::1",
+            5 + i
+        ));
+    }
+    wire(&host, "vlo", None, &outside, "10.98.0.2/24");
+    host.exec_ok("ip addr add 10.98.0.1/24 dev vlo && ip addr add fd00:98::1/64 dev vlo nodad");
+    outside.exec_ok("ip addr add fd00:98::2/64 dev eth0 nodad");
+    let mut servers = Vec::new();
+    for (i, p) in pods.iter().enumerate() {
+        let name = format!("p{}", i + 1);
+        // `::` takes IPv4 connections too.
+        servers.push(server(p, &["http", "::", "8080", &name]));
+        servers.push(server(
+            p,
+            &["udppeer", &format!("10.42.1.{}", 5 + i), "514", &name],
+        ));
+        wait_port(
+            p,
+            &format!("10.42.0.{}:8080", 11 + i),
+            Duration::from_secs(10),
+        );
+    }
+    svcnat_ok(&[
+        "apply",
+        "-f",
+        "rulesets/load-balancing.toml",
+        "--netns",
+        &host.name,
+    ]);
+
+    // shop: weights 2:1:1, so half the connections to p1 and a quarter to each other.
+    // Binomial(400, 1/2) and (400, 1/4): the bounds are over 4.6 standard deviations out.
+    let counts = answers(&outside, "10.98.0.1", 30080, 400);
+    let n = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert_eq!(n("p1") + n("p2") + n("p3"), 400, "all answered: {counts:?}");
+    assert!(
+        (150..=250).contains(&n("p1")),
+        "p1 has weight 2: {counts:?}"
+    );
+    assert!((60..=140).contains(&n("p2")), "{counts:?}");
+    assert!((60..=140).contains(&n("p3")), "{counts:?}");
+    // ... from the host itself through 127.0.0.1 too (the loopback map of four slots).
+    let local = answers(&host, "127.0.0.1", 30080, 60);
+    assert_eq!(local.values().sum::<u32>(), 60, "{local:?}");
+    assert!(local.len() >= 2, "one pod took all 60: {local:?}");
+
+    // shop-v6: two IPv6 pods, evenly.
+    let v6 = answers(&outside, "fd00:98::1", 30081, 100);
+    let n6 = |name: &str| v6.get(name).copied().unwrap_or(0);
+    assert_eq!(n6("p1") + n6("p2"), 100, "{v6:?}");
+    assert!(n6("p1") >= 25 && n6("p2") >= 25, "{v6:?}");
+
+    // syslog over UDP without masquerade: every collector gets a share, and each sees the
+    // sender's own address.
+    let o = outside.exec_ok(&format!(
+        "python3 {} udpgets 10.98.0.1 514 90",
+        helper("netsvc.py")
+    ));
+    let mut got = 0;
+    for line in o.lines() {
+        let (what, count) = line.rsplit_once(' ').unwrap();
+        let count: u32 = count.parse().unwrap();
+        assert!(what.ends_with(" 10.98.0.2"), "masqueraded or lost: {o}");
+        assert!(count >= 10, "a collector is left out: {o}");
+        got += count;
+    }
+    assert_eq!(got, 90, "{o}");
+    assert_eq!(o.lines().count(), 3, "{o}");
+
+    svcnat_ok(&["flush", "--netns", &host.name]);
+    assert!(get(&outside, "http://10.98.0.1:30080").is_err());
 }

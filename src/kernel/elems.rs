@@ -8,7 +8,7 @@
 
 use super::encode::dnat_map_id;
 use super::sets::header;
-use crate::ruleset::{DnatElem, MapKind};
+use crate::ruleset::{DnatElem, DnatId};
 use nftnl::nftnl_sys::libc;
 use nftnl::{MsgType, NlMsg};
 use std::cell::Cell;
@@ -33,7 +33,7 @@ pub(super) const ELEM_COMMENT: u8 = 0;
 /// whose length is 16 bits), leaving `next` where the following message starts.
 pub(super) struct DnatElems<'a> {
     pub table: &'a str,
-    pub kind: MapKind,
+    pub id: DnatId,
     pub elems: &'a [DnatElem],
     /// With each element's target and comment (adding), or its key alone (deleting).
     pub data: bool,
@@ -44,10 +44,10 @@ impl DnatElems<'_> {
     /// Write this message's attributes after the header in `buf`; the message's length.
     fn write_attrs(&self, buf: &mut [u8], at: usize) -> usize {
         let mut w = Writer { buf, len: at };
-        w.put_strz(NFTA_SET_ELEM_LIST_SET, self.kind.dnat_name());
+        w.put_strz(NFTA_SET_ELEM_LIST_SET, &self.id.name());
         w.put(
             NFTA_SET_ELEM_LIST_SET_ID,
-            &dnat_map_id(self.kind).to_be_bytes(),
+            &dnat_map_id(self.id).to_be_bytes(),
         );
         w.put_strz(NFTA_SET_ELEM_LIST_TABLE, self.table);
         let list = w.nest_start(NFTA_SET_ELEM_LIST_ELEMENTS);
@@ -58,7 +58,7 @@ impl DnatElems<'_> {
             number = number.wrapping_add(1);
             let nest = w.nest_start(number);
             let key = w.nest_start(NFTA_SET_ELEM_KEY);
-            w.put_key(e);
+            w.put_key(e, self.id.slots > 1);
             w.nest_end(key);
             if self.data {
                 let data = w.nest_start(NFTA_SET_ELEM_DATA);
@@ -159,13 +159,19 @@ impl Writer<'_> {
         self.buf[at..at + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
-    /// `[addr .] proto . port`, each field padded to 4 bytes (`encode::key_bytes`).
-    fn put_key(&mut self, e: &DnatElem) {
+    /// `[addr .] proto . port [. slot]`, each field padded to 4 bytes
+    /// (`encode::dnat_key_bytes`).
+    fn put_key(&mut self, e: &DnatElem, slotted: bool) {
         let k = &e.key;
         let proto = [k.proto.number(), 0, 0, 0];
         let port = k.port.to_be_bytes();
         let (octets, n) = k.addr.map_or(([0; 16], 0), |a| octets(&a));
-        self.put_parts(NFTA_DATA_VALUE, &[&octets[..n], &proto, &port, &[0, 0]]);
+        let slot = u32::from(e.slot).to_ne_bytes();
+        let slot: &[u8] = if slotted { &slot } else { &[] };
+        self.put_parts(
+            NFTA_DATA_VALUE,
+            &[&octets[..n], &proto, &port, &[0, 0], slot],
+        );
     }
 
     /// `addr . port`, the port padded to 4 bytes (`encode::target_bytes`).

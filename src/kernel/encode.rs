@@ -5,7 +5,7 @@
 
 use super::expr::*;
 use crate::plan::Family;
-use crate::ruleset::{MapKey, MapKind, Rule, Stmt};
+use crate::ruleset::{DnatId, MapKey, MapKind, Rule, Stmt};
 use std::net::{IpAddr, SocketAddr};
 
 /// Expressions for one rule. nft adds a `meta nfproto` check before the first IPv4/IPv6
@@ -124,29 +124,30 @@ pub fn encode_rule(
                     set_id: map_id(*kind),
                 });
             }
-            Stmt::DnatMap(kind) => {
+            Stmt::DnatMap(id) => {
                 // Membership first, so only connections to a service get the mark (in the
                 // maps that masquerade); then the same key again, this time for the target's
-                // address and port.
+                // address and port. With slots, each key ends in a `numgen` draw of its own
+                // (see `ruleset`: every slot of a service is there, so any draw finds it).
                 let lookup = |dreg| Expr::Lookup {
                     sreg: 1,
                     dreg,
-                    set: kind.dnat_name().to_owned(),
-                    set_id: dnat_map_id(*kind),
+                    set: id.name().into_owned(),
+                    set_id: dnat_map_id(*id),
                 };
-                load_key(&mut out, &mut need, *kind);
+                load_slot_key(&mut out, &mut need, *id);
                 out.push(lookup(None));
-                if kind.masquerades() {
+                if id.masquerades() {
                     out.extend(mark_set(crate::ruleset::MASQ_MARK));
                 }
-                load_key(&mut out, &mut need, *kind);
+                load_slot_key(&mut out, &mut need, *id);
                 out.push(lookup(Some(1)));
-                let addr_len = match kind.family() {
+                let addr_len = match id.family() {
                     Family::V4 => 4,
                     Family::V6 => 16,
                 };
                 out.push(Expr::Nat {
-                    family: u32::from(nfproto_of(kind.family())),
+                    family: u32::from(nfproto_of(id.family())),
                     reg_addr: 1,
                     reg_proto: reg(addr_len),
                     flags: None,
@@ -231,6 +232,26 @@ fn load_key(out: &mut Vec<Expr>, need: &mut dyn FnMut(&mut Vec<Expr>, Family), k
         len: 2,
         dreg: reg(addr_len + 4),
     });
+}
+
+/// A DNAT map's key: the listen key, then with slots `numgen random mod N` in the
+/// register after the port's.
+fn load_slot_key(out: &mut Vec<Expr>, need: &mut dyn FnMut(&mut Vec<Expr>, Family), id: DnatId) {
+    load_key(out, need, id.kind);
+    if id.slots > 1 {
+        let addr_len = key_addr_len(id.kind);
+        out.push(Expr::Numgen {
+            dreg: reg(addr_len + 8),
+            modulus: u32::from(id.slots),
+        });
+    }
+}
+
+fn key_addr_len(kind: MapKind) -> u32 {
+    match kind.key_addr_family() {
+        Some(f) => daddr_field(f).1,
+        None => 0,
+    }
 }
 
 /// Compare register 1 with `data` by `op`.
@@ -321,6 +342,16 @@ pub fn key_bytes(key: &MapKey) -> Vec<u8> {
     out
 }
 
+/// A DNAT map element's key bytes: the listen key, then the slot in a map of several
+/// (`numgen` writes host byte order).
+pub fn dnat_key_bytes(id: DnatId, key: &MapKey, slot: u16) -> Vec<u8> {
+    let mut out = key_bytes(key);
+    if id.slots > 1 {
+        out.extend(u32::from(slot).to_ne_bytes());
+    }
+    out
+}
+
 /// Slot-map data bytes: `addr . port`, the port padded to 4 bytes.
 pub fn target_bytes(a: &SocketAddr) -> Vec<u8> {
     let mut out = ip_bytes(&a.ip());
@@ -336,8 +367,9 @@ pub(super) fn account_map_id(f: Family) -> u32 {
     }
 }
 
-pub(super) fn dnat_map_id(kind: MapKind) -> u32 {
-    map_id(kind) + 10
+/// Above every other id: anonymous maps count up from 100, one per service chain.
+pub(super) fn dnat_map_id(id: DnatId) -> u32 {
+    0x4000_0000 | (map_id(id.kind) << 16) | u32::from(id.slots)
 }
 
 /// Transaction-local ids for the named maps (anonymous maps count up from 100).

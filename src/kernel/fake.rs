@@ -156,30 +156,31 @@ impl Kernel for FakeKernel {
                         Errno::ENOENT,
                     ));
                 }
-                for (kind, key) in gone {
-                    let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
-                    let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
-                    let at = map.elements.iter().position(|e| e.key == *key);
-                    let at = at.ok_or_else(|| {
-                        rejected(
-                            format!("delete elements of map {}", kind.dnat_name()),
-                            Errno::ENOENT,
-                        )
-                    })?;
-                    map.elements.remove(at);
-                    objects.push(format!("delete element of map {}", kind.dnat_name()));
-                }
-                for (kind, elem) in new {
-                    let map = rs.dnat_maps.iter_mut().find(|d| d.kind == *kind);
-                    let map = map.ok_or_else(|| no_table(kind.dnat_name()))?;
-                    if map.elements.iter().any(|e| e.key == elem.key) {
+                for (id, key) in gone {
+                    let map = rs.dnat_maps.iter_mut().find(|d| d.id == *id);
+                    let map = map.ok_or_else(|| no_table(&id.name()))?;
+                    // Every slot of the key, as the kernel is sent them.
+                    let before = map.elements.len();
+                    map.elements.retain(|e| e.key != *key);
+                    if before - map.elements.len() != usize::from(id.slots) {
                         return Err(rejected(
-                            format!("add elements to map {}", kind.dnat_name()),
+                            format!("delete elements of map {}", id.name()),
+                            Errno::ENOENT,
+                        ));
+                    }
+                    objects.push(format!("delete element of map {}", id.name()));
+                }
+                for (id, elem) in new {
+                    let map = rs.dnat_maps.iter_mut().find(|d| d.id == *id);
+                    let map = map.ok_or_else(|| no_table(&id.name()))?;
+                    if (map.elements.iter()).any(|e| (e.key, e.slot) == (elem.key, elem.slot)) {
+                        return Err(rejected(
+                            format!("add elements to map {}", id.name()),
                             Errno::EEXIST,
                         ));
                     }
                     map.elements.push(elem.clone());
-                    objects.push(format!("add element to map {}", kind.dnat_name()));
+                    objects.push(format!("add element to map {}", id.name()));
                 }
                 *m = meta.clone();
             }

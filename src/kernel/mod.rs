@@ -27,7 +27,7 @@ pub mod transaction;
 mod wire;
 
 use crate::error::{Error, Result};
-use crate::ruleset::{DnatElem, MapKey, MapKind, Ruleset};
+use crate::ruleset::{DnatElem, DnatId, MapKey, Ruleset};
 use decode::Installed;
 use meta::TableMeta;
 use netlink::Netlink;
@@ -54,15 +54,15 @@ pub enum Change<'a> {
         ruleset: &'a Ruleset,
         meta: &'a TableMeta,
     },
-    /// Swap a few one-target services' DNAT map elements, without reading the table
-    /// (the incremental path): `gone` out by key, `new` in; `sizes` of the maps as they are.
+    /// Swap a few services' DNAT map elements, without reading the table (the incremental
+    /// path): `gone` out by key (every slot of it), `new` in; `sizes` of the maps as they are.
     Elements {
         table: &'a str,
         before: &'a TableMeta,
         meta: &'a TableMeta,
-        gone: &'a [(MapKind, MapKey)],
-        new: &'a [(MapKind, DnatElem)],
-        sizes: &'a dyn Fn(MapKind) -> u32,
+        gone: &'a [(DnatId, MapKey)],
+        new: &'a [(DnatId, DnatElem)],
+        sizes: &'a dyn Fn(DnatId) -> u32,
     },
     /// Delete the table.
     Delete { table: &'a str },

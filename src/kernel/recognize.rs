@@ -7,7 +7,7 @@
 use super::encode::encode_rule;
 use super::expr::*;
 use crate::plan::Family;
-use crate::ruleset::{BaseHook, MapKey, MapKind, Rule, Stmt};
+use crate::ruleset::{BaseHook, DnatId, MapKey, MapKind, Rule, Stmt};
 use crate::validate::Proto;
 use nftnl::nftnl_sys::libc;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -61,13 +61,40 @@ pub fn decode_target(b: &[u8]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::from_be_bytes([b[n], b[n + 1]])))
 }
 
-/// A map lookup whose key took `key_exprs` expressions: a verdict map, or a DNAT map,
-/// whose statement goes on with the mark, the key again, the data lookup and the NAT.
-fn map_lookup(set: &str, key_exprs: usize) -> Option<(Stmt, usize)> {
-    if let Some(kind) = MapKind::from_dnat_name(set) {
+/// A map lookup at the start of `x`: `[daddr] l4proto dport [numgen] lookup`. A verdict
+/// map's statement ends there; a DNAT map's goes on with the mark, the key again, the data
+/// lookup and the NAT.
+fn map_lookup(x: &[Expr]) -> Option<(Stmt, usize)> {
+    let mut n = usize::from(matches!(
+        x.first(),
+        Some(Expr::Payload {
+            base: PAYLOAD_NETWORK,
+            ..
+        })
+    ));
+    let Some(Expr::MetaLoad {
+        key: META_L4PROTO, ..
+    }) = x.get(n)
+    else {
+        return None;
+    };
+    let Some(Expr::Payload {
+        base: PAYLOAD_TRANSPORT,
+        ..
+    }) = x.get(n + 1)
+    else {
+        return None;
+    };
+    n += 2;
+    n += usize::from(matches!(x.get(n), Some(Expr::Numgen { .. })));
+    let Some(Expr::Lookup { set, .. }) = x.get(n) else {
+        return None;
+    };
+    let key_exprs = n + 1;
+    if let Some(id) = DnatId::from_name(set) {
         // The mark (three expressions) only in the maps that masquerade.
-        let mark = if kind.masquerades() { 3 } else { 0 };
-        return Some((Stmt::DnatMap(kind), 2 * key_exprs + mark + 1));
+        let mark = if id.masquerades() { 3 } else { 0 };
+        return Some((Stmt::DnatMap(id), 2 * key_exprs + mark + 1));
     }
     Some((Stmt::Vmap(MapKind::from_name(set)?), key_exprs))
 }
@@ -91,6 +118,11 @@ pub fn decode_rule(
         ) = (at(i), at(i + 1))
         {
             i += 2;
+            continue;
+        }
+        if let Some((stmt, used)) = map_lookup(&x[i..]) {
+            out.push(stmt);
+            i += used;
             continue;
         }
         let (stmt, used) = match (at(i), at(i + 1), at(i + 2), at(i + 3)) {
@@ -211,31 +243,6 @@ pub fn decode_rule(
                 Some(Expr::Cmp { data, .. }),
                 ..,
             ) => (Stmt::L4proto(Proto::from_number(*data.first()?)?), 2),
-            (
-                Some(Expr::Payload {
-                    base: PAYLOAD_NETWORK,
-                    ..
-                }),
-                Some(Expr::MetaLoad {
-                    key: META_L4PROTO, ..
-                }),
-                Some(Expr::Payload {
-                    base: PAYLOAD_TRANSPORT,
-                    ..
-                }),
-                Some(Expr::Lookup { set, .. }),
-            ) => map_lookup(set, 4)?,
-            (
-                Some(Expr::MetaLoad {
-                    key: META_L4PROTO, ..
-                }),
-                Some(Expr::Payload {
-                    base: PAYLOAD_TRANSPORT,
-                    ..
-                }),
-                Some(Expr::Lookup { set, .. }),
-                _,
-            ) => map_lookup(set, 3)?,
             (Some(Expr::Counter { .. }), ..) => (Stmt::Counter, 1),
             (
                 Some(Expr::MetaLoad { key: META_MARK, .. }),

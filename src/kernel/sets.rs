@@ -6,7 +6,7 @@
 use super::encode::{account_map_id, dnat_map_id, map_id, target_bytes};
 use super::expr::VERDICT_GOTO;
 use crate::plan::Family;
-use crate::ruleset::MapKind;
+use crate::ruleset::{DnatId, MapKind};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{MsgType, NlMsg};
 use std::cell::Cell;
@@ -133,21 +133,32 @@ impl NfSet {
         }
     }
 
-    /// A named DNAT map `[addr .] inet_proto . inet_service : addr . inet_service`.
-    pub fn dnat_map(table: &str, kind: MapKind, size: u32) -> NfSet {
-        let s = NfSet::new(table, kind.dnat_name(), dnat_map_id(kind));
-        let (key_type, key_addr_len) = Self::key_type(kind);
-        let (addr_type, addr_len) = addr_type(kind.family());
+    /// A named DNAT map `[addr .] inet_proto . inet_service [. slot] : addr . inet_service`.
+    pub fn dnat_map(table: &str, id: DnatId, size: u32) -> NfSet {
+        let s = NfSet::new(table, &id.name(), dnat_map_id(id));
+        let (mut key_type, mut key_len) = Self::key_type(id.kind);
+        key_len += 8;
+        if id.slots > 1 {
+            // nft's type of a `numgen` value: a plain integer (so the map is declared by
+            // `typeof`, whose userdata says how to print the key).
+            key_type = (key_type << 6) | TYPE_INTEGER;
+            key_len += 4;
+        }
+        let (addr_type, addr_len) = addr_type(id.family());
         s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
         s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
-        s.set_u32(sys::NFTNL_SET_KEY_LEN, key_addr_len + 8);
+        s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len);
         s.set_u32(
             sys::NFTNL_SET_DATA_TYPE,
             (addr_type << 6) | TYPE_INET_SERVICE,
         );
         s.set_u32(sys::NFTNL_SET_DATA_LEN, addr_len + 4);
         s.set_u32(sys::NFTNL_SET_DESC_SIZE, size);
-        s.set_udata(&DNAT_MAP_UDATA);
+        if id.slots > 1 {
+            s.set_udata(&typeof_udata(id));
+        } else {
+            s.set_udata(&DNAT_MAP_UDATA);
+        }
         s
     }
 
@@ -155,8 +166,8 @@ impl NfSet {
     /// `data`, only the key (enough to delete an element). svcnat writes DNAT elements
     /// itself (`elems`); this is libnftnl's way, which the tests compare it with.
     #[cfg(test)]
-    pub fn add_dnat(&self, e: &crate::ruleset::DnatElem, data: bool) {
-        let key = super::encode::key_bytes(&e.key);
+    pub fn add_dnat(&self, id: DnatId, e: &crate::ruleset::DnatElem, data: bool) {
+        let key = super::encode::dnat_key_bytes(id, &e.key, e.slot);
         if !data {
             return self.add_elem(&key, None, None);
         }
@@ -266,6 +277,72 @@ impl NfSet {
     pub fn as_ptr(&self) -> *mut sys::nftnl_set {
         self.ptr.as_ptr()
     }
+}
+
+/// The userdata nft writes for `map dnat-…-nN { typeof [ip daddr .] meta l4proto . th dport
+/// . numgen random mod N : ip daddr . th dport }`: byte orders, then each side's
+/// expressions (nft prints a `typeof` map's keys through them), then "data is no interval".
+fn typeof_udata(id: DnatId) -> Vec<u8> {
+    // nftables' udata numbers: set attributes, typeof attributes, expression types and
+    // protocol header fields.
+    const KEY_BYTEORDER: u8 = 0;
+    const DATA_BYTEORDER: u8 = 1;
+    const KEY_TYPEOF: u8 = 3;
+    const DATA_TYPEOF: u8 = 4;
+    const DATA_INTERVAL: u8 = 6;
+    const TYPEOF_EXPR: u8 = 0;
+    const TYPEOF_DATA: u8 = 1;
+    const EXPR_PAYLOAD: u32 = 7;
+    const EXPR_META: u32 = 9;
+    const EXPR_CONCAT: u32 = 13;
+    const EXPR_NUMGEN: u32 = 23;
+    const META_L4PROTO: u32 = 16;
+    const NUMGEN_RANDOM: u32 = 1;
+    let (ip, ip6, th) = (12, 13, 11); // protocol descriptions
+    let (ip_daddr, ip6_daddr, th_dport) = (12, 9, 2); // their fields
+    let tlv = |ty: u8, parts: &[Vec<u8>]| -> Vec<u8> {
+        let body: Vec<u8> = parts.concat();
+        let mut out = vec![ty, body.len() as u8];
+        out.extend(body);
+        out
+    };
+    let word = |ty: u8, v: u32| tlv(ty, &[v.to_ne_bytes().to_vec()]);
+    // An expression: its type, then its own attributes.
+    let expr = |ty: u32, attrs: Vec<Vec<u8>>| vec![word(TYPEOF_EXPR, ty), tlv(TYPEOF_DATA, &attrs)];
+    let payload = |desc: u32, field: u32| expr(EXPR_PAYLOAD, vec![word(0, desc), word(1, field)]);
+    let concat = |ty: u8, parts: Vec<Vec<Vec<u8>>>| -> Vec<u8> {
+        let members: Vec<Vec<u8>> = (parts.into_iter().enumerate())
+            .map(|(i, p)| tlv(i as u8, &p))
+            .collect();
+        tlv(ty, &expr(EXPR_CONCAT, members))
+    };
+    let daddr = |f: Family| match f {
+        Family::V4 => payload(ip, ip_daddr),
+        Family::V6 => payload(ip6, ip6_daddr),
+    };
+    let mut key = Vec::new();
+    if let Some(f) = id.kind.key_addr_family() {
+        key.push(daddr(f));
+    }
+    key.push(expr(EXPR_META, vec![word(0, META_L4PROTO)]));
+    key.push(payload(th, th_dport));
+    key.push(expr(
+        EXPR_NUMGEN,
+        vec![
+            word(0, NUMGEN_RANDOM),
+            word(1, u32::from(id.slots)),
+            word(2, 0),
+        ],
+    ));
+    let data = vec![daddr(id.family()), payload(th, th_dport)];
+    [
+        word(KEY_BYTEORDER, 0),
+        word(DATA_BYTEORDER, 0),
+        concat(KEY_TYPEOF, key),
+        concat(DATA_TYPEOF, data),
+        word(DATA_INTERVAL, 0),
+    ]
+    .concat()
 }
 
 /// nft's datatype of an address of `family`, and its length in bytes.
@@ -415,6 +492,58 @@ unsafe impl NlMsg for CounterObj<'_> {
             };
             sys::nftnl_obj_nlmsg_build_payload(h, o);
             sys::nftnl_obj_free(o);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::MapKind;
+
+    /// The userdata nft 1.0.6 writes for two `typeof` slot maps (from `nft --debug=mnl -f`),
+    /// so `nft list` prints svcnat's maps as its own, and `nft -f` of that listing loads.
+    #[test]
+    fn slot_map_userdata_is_nft_s() {
+        let vip4_n2: [u8; 170] = [
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 96, 0, 4, 13, 0, 0, 0, 1, 88, 0, 20, 0, 4, 7, 0,
+            0, 0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4, 12, 0, 0, 0, 1, 14, 0, 4, 9, 0, 0, 0, 1, 6, 0, 4,
+            16, 0, 0, 0, 2, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 11, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3,
+            26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4, 1, 0, 0, 0, 1, 4, 2, 0, 0, 0, 2, 4, 0, 0, 0, 0, 4,
+            52, 0, 4, 13, 0, 0, 0, 1, 44, 0, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 12, 0, 0, 0, 1, 4,
+            12, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 11, 0, 0, 0, 1, 4, 2, 0, 0, 0, 6, 4,
+            0, 0, 0, 0,
+        ];
+        let port6_n3: [u8; 148] = [
+            0, 4, 0, 0, 0, 0, 1, 4, 0, 0, 0, 0, 3, 74, 0, 4, 13, 0, 0, 0, 1, 66, 0, 14, 0, 4, 9, 0,
+            0, 0, 1, 6, 0, 4, 16, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 11, 0, 0, 0, 1, 4,
+            2, 0, 0, 0, 2, 26, 0, 4, 23, 0, 0, 0, 1, 18, 0, 4, 1, 0, 0, 0, 1, 4, 3, 0, 0, 0, 2, 4,
+            0, 0, 0, 0, 4, 52, 0, 4, 13, 0, 0, 0, 1, 44, 0, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 13,
+            0, 0, 0, 1, 4, 9, 0, 0, 0, 1, 20, 0, 4, 7, 0, 0, 0, 1, 12, 0, 4, 11, 0, 0, 0, 1, 4, 2,
+            0, 0, 0, 6, 4, 0, 0, 0, 0,
+        ];
+        let id = |kind, slots| DnatId { kind, slots };
+        assert_eq!(typeof_udata(id(MapKind::Vip(Family::V4), 2)), vip4_n2);
+        assert_eq!(typeof_udata(id(MapKind::Port(Family::V6), 3)), port6_n3);
+    }
+
+    #[test]
+    fn slot_map_names_round_trip_and_refuse_near_misses() {
+        for kind in MapKind::ALL {
+            for slots in [1, 2, 3, 17, 1024] {
+                let id = DnatId { kind, slots };
+                assert_eq!(DnatId::from_name(&id.name()), Some(id));
+            }
+        }
+        for bad in [
+            "dnat-vip4-n1",
+            "dnat-vip4-n0",
+            "dnat-vip4-n03",
+            "dnat-vip4-n1025",
+            "dnat-x-n2",
+            "dnat-vip4-n",
+        ] {
+            assert_eq!(DnatId::from_name(bad), None, "{bad}");
         }
     }
 }

@@ -3,8 +3,9 @@
 //! ruleset genid has not moved since), only those sections are parsed, checked and sent as
 //! DNAT map element changes, without reading the table back.
 //!
-//! It covers the common change — one-target, masqueraded services added, removed or
-//! retargeted — and steps aside, before anything is sent, for every other case, saying why
+//! It covers the common change — services of any number of targets, masqueraded or not,
+//! added, removed or retargeted — and steps aside, before anything is sent, for every
+//! other case (a map appears or goes, `localhost`, ranges, names to resolve), saying why
 //! (`FullReason`): then the full path runs, and its answer, including any error message
 //! about the map, is the one the user gets.
 
@@ -14,8 +15,8 @@ use crate::kernel::meta::TableMeta;
 use crate::kernel::{Change as KernelChange, Kernel, next_genid, sysctl};
 use crate::map::{Sections, Source};
 use crate::resolve::Resolver;
-use crate::ruleset::{DnatElem, MapKind, dnat_map_size};
-use crate::state::index::{Diff, Head, Index, Record, Tally, Written, flag, kind_index};
+use crate::ruleset::{DnatElem, DnatId, dnat_map_size};
+use crate::state::index::{Diff, Head, Index, Record, Tally, Written, flag};
 use crate::state::{self, Header, Reason, Splice, StateDir};
 use crate::validate;
 
@@ -137,8 +138,7 @@ pub(super) fn apply(
         // The settings are the index's prefix: unchanged on this path.
         forward_accept: meta.forward_accept,
     };
-    let size =
-        |kind: MapKind| dnat_map_size(change.after.direct[kind_index(kind) as usize] as usize);
+    let size = |id: DnatId| dnat_map_size(elements_in(&change.after, id));
     let elements = KernelChange::Elements {
         table: &index.head.table,
         before: &meta,
@@ -185,7 +185,7 @@ pub(super) fn apply(
         chain: index.head.chain + 1,
         prefix: index.head.prefix,
         prefix_len: index.head.prefix_len,
-        tally: change.after,
+        tally: change.after.clone(),
     };
     let (at, removed) = (change.at, change.removed);
     let written = index.write_splice(
@@ -245,9 +245,9 @@ struct Change {
     plan: crate::plan::Plan,
     specs: Vec<crate::validate::ServiceSpec>,
     records: Vec<Record>,
-    /// DNAT map elements out (by key) and in.
-    gone: Vec<(MapKind, crate::ruleset::MapKey)>,
-    new: Vec<(MapKind, DnatElem)>,
+    /// DNAT map elements out (by key: all its slots) and in.
+    gone: Vec<(DnatId, crate::ruleset::MapKey)>,
+    new: Vec<(DnatId, DnatElem)>,
     /// What the map adds up to after the change.
     after: Tally,
 }
@@ -324,31 +324,33 @@ impl Change {
             return Err(MapError);
         }
         // The maps keep their sizes and stay non-empty (else the table's shape changes).
-        let before = index.head.tally;
-        let mut after = before;
+        let before = &index.head.tally;
+        let mut after = before.clone();
         for r in &gone_records {
             after.sub(r).ok_or(ServiceShape)?;
         }
         for r in &records {
             after.add(r);
         }
-        for (b, a) in before.direct.iter().zip(&after.direct) {
-            if (*b > 0) != (*a > 0) || dnat_map_size(*b as usize) != dnat_map_size(*a as usize) {
+        let ids = before.direct.keys().chain(after.direct.keys());
+        for id in ids {
+            let (b, a) = (elements_in(before, *id), elements_in(&after, *id));
+            if (b > 0) != (a > 0) || dnat_map_size(b) != dnat_map_size(a) {
                 return Err(ServiceShape);
             }
         }
         let gone = gone_records
             .iter()
-            .map(|r| Some((r.map_kind(), r.key()?)))
+            .map(|r| Some((r.dnat_id(), r.key()?)))
             .collect::<Option<Vec<_>>>()
             .ok_or(ServiceShape)?;
         let new_elems = plan
             .services
             .iter()
             .zip(&records)
-            .map(|(s, r)| {
+            .flat_map(|(s, r)| {
                 let key = r.key().expect("a checked protocol");
-                (r.map_kind(), DnatElem::of(key, s))
+                DnatElem::of(key, s).map(|e| (r.dnat_id(), e))
             })
             .collect();
         Ok(Change {
@@ -368,4 +370,9 @@ impl Change {
         let t = &self.after;
         sysctl::needed([t.remote[0] > 0, t.remote[1] > 0], t.localhost > 0)
     }
+}
+
+/// Elements in DNAT map `id`: a slot each for every service in it (as `lower` sizes it).
+fn elements_in(t: &Tally, id: DnatId) -> usize {
+    t.services_in(id) as usize * usize::from(id.slots)
 }

@@ -407,7 +407,7 @@ fn a_service_without_masquerade_changes_by_its_element_too() {
     let plain = rules
         .dnat_maps
         .iter()
-        .find(|m| m.kind == crate::ruleset::MapKind::PortPlain(crate::plan::Family::V4))
+        .find(|m| m.id.kind == crate::ruleset::MapKind::PortPlain(crate::plan::Family::V4))
         .expect("the plain map");
     assert_eq!(plain.elements.len(), 1);
     assert_eq!(plain.elements[0].target, "10.0.0.3:80".parse().unwrap());

@@ -48,20 +48,31 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
     }
     for m in &rs.dnat_maps {
         sep(&mut out);
-        let _ = writeln!(out, "\tmap {} {{", m.kind.dnat_name());
-        let _ = writeln!(
-            out,
-            "\t\ttype {} : {}",
-            key_type(m.kind),
-            target_type(m.kind.family())
-        );
+        let _ = writeln!(out, "\tmap {} {{", m.id.name());
+        let f = m.id.family();
+        match m.id.slots {
+            1 => writeln!(out, "\t\ttype {} : {}", key_type(m.id.kind), target_type(f)),
+            // A `numgen` value has no type of its own to declare: nft takes the key's
+            // (and so the data's) types from the expressions.
+            n => writeln!(
+                out,
+                "\t\ttypeof {} . numgen random mod {n} : {} daddr . th dport",
+                key_expr(m.id.kind),
+                ip_kw(f)
+            ),
+        }
+        .expect("a String takes every write");
         let _ = writeln!(out, "\t\tsize {}", m.size);
         out.push_str("\t\telements = {\n");
         for e in &m.elements {
+            let slot = match m.id.slots {
+                1 => String::new(),
+                _ => format!(" . {}", e.slot),
+            };
             let _ = writeln!(
                 out,
-                "\t\t\t{} comment \"{}\" : {} . {},",
-                key_text(m.kind, &e.key),
+                "\t\t\t{}{slot} comment \"{}\" : {} . {},",
+                key_text(m.id.kind, &e.key),
                 e.service,
                 e.target.ip(),
                 e.target.port()
@@ -204,15 +215,18 @@ pub fn stmt_text(s: &Stmt) -> String {
         }
         Stmt::L4proto(p) => format!("meta l4proto {}", proto_text(*p)),
         Stmt::Vmap(kind) => format!("{} vmap @{}", key_expr(*kind), kind.name()),
-        Stmt::DnatMap(kind) => {
-            let (key, map) = (key_expr(*kind), kind.dnat_name());
-            let mark = match kind.masquerades() {
+        Stmt::DnatMap(id) => {
+            let (mut key, map) = (key_expr(id.kind), id.name());
+            if id.slots > 1 {
+                let _ = write!(key, " . numgen random mod {}", id.slots);
+            }
+            let mark = match id.masquerades() {
                 true => format!("{} ", stmt_text(&Stmt::MarkSet(crate::ruleset::MASQ_MARK))),
                 false => String::new(),
             };
             format!(
                 "{key} @{map} {mark}dnat {} to {key} map @{map}",
-                ip_kw(kind.family())
+                ip_kw(id.family())
             )
         }
         Stmt::Counter => "counter".into(),

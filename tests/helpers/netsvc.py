@@ -154,6 +154,31 @@ def main():
         while True:
             _, peer = s.recvfrom(2048)
             s.sendto(name, peer)
+    elif cmd == "udppeer":
+        # Answer each datagram with this server's name and the address it came from.
+        addr, port, name = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, port))
+        while True:
+            _, peer = s.recvfrom(2048)
+            s.sendto(("%s %s" % (name, peer[0])).encode(), peer)
+    elif cmd == "udpgets":
+        # n datagrams, each from a socket of its own (so a connection of its own), and a
+        # count of the answers.
+        host, port, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        counts = Counter()
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(1.0)
+            try:
+                s.sendto(b"ping", (host, port))
+                counts[s.recvfrom(2048)[0].decode()] += 1
+            except OSError as e:
+                counts["error:" + type(e).__name__] += 1
+            finally:
+                s.close()
+        for body, count in sorted(counts.items()):
+            print(body, count)
     elif cmd == "udpping":
         import time
         host, port, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])

@@ -9,7 +9,7 @@ use crate::kernel::recognize::{decode_hook, decode_key, decode_rule, decode_targ
 use crate::kernel::sets::GENERATION_SET;
 use crate::plan::Family;
 use crate::ruleset::{
-    AccountMap, Chain, DnatElem, DnatMap, MapKey, MapKind, Rule, Ruleset, VerdictMap,
+    AccountMap, Chain, DnatElem, DnatId, DnatMap, MapKey, MapKind, Rule, Ruleset, VerdictMap,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ pub(super) fn installed(table: &str, dump: Dump) -> Installed {
     } = dump;
     let mut installed = lift(table, chains, &set_names, &elements, rules);
     for m in &mut installed.ruleset.dnat_maps {
-        m.size = set_sizes.get(m.kind.dnat_name()).copied().unwrap_or(0);
+        m.size = set_sizes.get(m.id.name().as_ref()).copied().unwrap_or(0);
     }
     installed.objects = objects;
     installed.meta = meta_from(elements.get(GENERATION_SET).map_or(&[][..], |e| &e[..]));
@@ -60,6 +60,19 @@ fn comment(udata: &[u8]) -> Option<String> {
         rest = next;
     }
     None
+}
+
+/// A DNAT map element's key: the listen key's bytes, and the slot after them in a map of
+/// several (as `encode::dnat_key_bytes` writes it).
+fn split_slot(id: DnatId, key: &[u8]) -> Option<(&[u8], u16)> {
+    if id.slots == 1 {
+        return Some((key, 0));
+    }
+    let (key, slot) = key.split_at_checked(key.len().checked_sub(4)?)?;
+    // A slot numgen never draws (added by hand) is kept too: `lift` leaves it out of the
+    // service, so it shows as drift.
+    let slot = u32::from_ne_bytes(slot.try_into().ok()?);
+    Some((key, u16::try_from(slot).ok()?))
 }
 
 fn lift(
@@ -98,15 +111,17 @@ fn lift(
         });
     }
     let mut dnat_maps = Vec::new();
-    for kind in MapKind::ALL {
-        let Some(elems) = elements.get(kind.dnat_name()) else {
+    for (name, elems) in elements {
+        let Some(id) = DnatId::from_name(name) else {
             continue;
         };
         let mut elems: Vec<DnatElem> = elems
             .iter()
             .filter_map(|e| {
+                let (key, slot) = split_slot(id, &e.key)?;
                 Some(DnatElem {
-                    key: decode_key(kind, &e.key)?,
+                    key: decode_key(id.kind, key)?,
+                    slot,
                     target: decode_target(&e.data)?,
                     // Without a comment (added by hand) it is no service, but kept: drift.
                     service: crate::short::Short::new(&comment(&e.udata).unwrap_or_default()),
@@ -115,11 +130,13 @@ fn lift(
             .collect();
         elems.sort();
         dnat_maps.push(DnatMap {
-            kind,
+            id,
             elements: elems,
             size: 0, // filled in from the set's description
         });
     }
+    // `lower`'s order: by kind, then slot count.
+    dnat_maps.sort_by_key(|m| m.id);
     let slots = |set: &str| -> Option<Vec<SocketAddr>> {
         let mut s: Vec<(u32, SocketAddr)> = elements
             .get(set)?

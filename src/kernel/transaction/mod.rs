@@ -3,10 +3,10 @@
 //! names the object it refers to and `--verbose` can list what was sent.
 
 use super::elems::DnatElems;
-use super::encode::{encode_rule, key_bytes};
+use super::encode::{dnat_key_bytes, encode_rule, key_bytes};
 use super::meta::{OWNER_COMMENT, TableMeta, comment_udata};
 use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
-use crate::ruleset::{BaseHook, Chain, DnatElem, MapKey, MapKind, Ruleset};
+use crate::ruleset::{BaseHook, Chain, DnatElem, DnatId, MapKey, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
 use std::cell::Cell;
@@ -149,7 +149,7 @@ impl Transaction {
     fn dnat_elements(
         &mut self,
         table: &str,
-        kind: MapKind,
+        id: DnatId,
         elems: &[DnatElem],
         t: MsgType,
         what: &str,
@@ -160,7 +160,7 @@ impl Transaction {
             let next = Cell::new(0);
             let msg = DnatElems {
                 table,
-                kind,
+                id,
                 elems: chunk,
                 data: t == MsgType::Add,
                 next: &next,
@@ -305,8 +305,8 @@ impl Transaction {
             self.add_set(&set, &format!("map {}", m.kind.name()));
         }
         for m in &rs.dnat_maps {
-            let set = NfSet::dnat_map(&rs.table, m.kind, m.size);
-            self.add_set(&set, &format!("map {}", m.kind.dnat_name()));
+            let set = NfSet::dnat_map(&rs.table, m.id, m.size);
+            self.add_set(&set, &format!("map {}", m.id.name()));
         }
         for a in &rs.accounts {
             let set = NfSet::account_map(&rs.table, a.family);
@@ -325,8 +325,8 @@ impl Transaction {
             );
         }
         for m in &rs.dnat_maps {
-            let what = format!("map {}", m.kind.dnat_name());
-            self.dnat_elements(&rs.table, m.kind, &m.elements, MsgType::Add, &what, CHUNK);
+            let what = format!("map {}", m.id.name());
+            self.dnat_elements(&rs.table, m.id, &m.elements, MsgType::Add, &what, CHUNK);
         }
         for a in &rs.accounts {
             self.elements_chunked(
@@ -339,36 +339,44 @@ impl Transaction {
         }
     }
 
-    /// The change of a few one-target services, as `quick` finds it without reading the
-    /// table: their old elements out (by key), the new ones in, and the generation element
-    /// swapped; the maps themselves stay as they are.
+    /// The change of a few services, as the incremental path finds it without reading the
+    /// table: their old elements out (by key: every slot of it), the new ones in, and the
+    /// generation element swapped; the maps themselves stay as they are.
     pub fn replace_dnat_elements(
         &mut self,
         table: &str,
         metas: (&TableMeta, &TableMeta),
-        gone: &[(MapKind, MapKey)],
-        new: &[(MapKind, DnatElem)],
-        size: impl Fn(MapKind) -> u32,
+        gone: &[(DnatId, MapKey)],
+        new: &[(DnatId, DnatElem)],
+        size: impl Fn(DnatId) -> u32,
     ) {
         self.table = Some(table.to_owned());
         self.generation_element(table, metas.0, MsgType::Del);
         self.generation_element(table, metas.1, MsgType::Add);
-        for kind in MapKind::ALL {
-            let name = kind.dnat_name();
-            let keys: Vec<_> = gone.iter().filter(|(k, _)| *k == kind).collect();
+        let mut ids: Vec<DnatId> = gone
+            .iter()
+            .map(|g| g.0)
+            .chain(new.iter().map(|n| n.0))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let what = format!("map {}", id.name());
+            let keys: Vec<_> = gone.iter().filter(|(i, _)| *i == id).collect();
             if !keys.is_empty() {
-                let set = NfSet::dnat_map(table, kind, size(kind));
+                let set = NfSet::dnat_map(table, id, size(id));
                 for (_, key) in keys {
-                    set.add_elem(&key_bytes(key), None, None);
+                    for slot in 0..id.slots {
+                        set.add_elem(&dnat_key_bytes(id, key, slot), None, None);
+                    }
                 }
-                self.elements(&set, MsgType::Del, &format!("map {name}"));
+                self.elements(&set, MsgType::Del, &what);
             }
             let elems: Vec<DnatElem> = (new.iter())
-                .filter(|(k, _)| *k == kind)
+                .filter(|(i, _)| *i == id)
                 .map(|(_, e)| e.clone())
                 .collect();
-            let what = format!("map {name}");
-            self.dnat_elements(table, kind, &elems, MsgType::Add, &what, usize::MAX);
+            self.dnat_elements(table, id, &elems, MsgType::Add, &what, usize::MAX);
         }
     }
 
@@ -399,10 +407,12 @@ pub fn install_bytes(rs: &Ruleset, meta: &TableMeta) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::plan::Family;
+    use crate::ruleset::MapKind;
     use crate::validate::Proto;
     use std::net::{IpAddr, SocketAddr};
 
-    fn elems(kind: MapKind, n: usize) -> Vec<DnatElem> {
+    fn elems(id: DnatId, n: usize) -> Vec<DnatElem> {
+        let kind = id.kind;
         (0..n)
             .map(|i| {
                 let (a, b) = ((i >> 8) as u8, i as u8);
@@ -421,6 +431,7 @@ mod tests {
                         proto: if i % 3 == 0 { Proto::Udp } else { Proto::Tcp },
                         port: 1 + i as u16,
                     },
+                    slot: (i % usize::from(id.slots)) as u16,
                     target: SocketAddr::new(target, 8000 + (i % 1000) as u16),
                     // Names of every length a service may have.
                     service: crate::short::Short::new(&format!("s{i}-{}", "x".repeat(i % 60))),
@@ -461,16 +472,19 @@ mod tests {
     /// message, to add (key, target, comment) and to delete (key), in every kind of map.
     #[test]
     fn dnat_elements_are_libnftnl_s_bytes() {
-        for kind in MapKind::ALL {
+        let ids = MapKind::ALL
+            .into_iter()
+            .flat_map(|kind| [1, 3].map(|slots| DnatId { kind, slots }));
+        for id in ids {
             for n in [0, 1, 1000, 5000] {
-                let elems = elems(kind, n);
+                let elems = elems(id, n);
                 for (t, chunk) in [MsgType::Add, MsgType::Del]
                     .into_iter()
                     .flat_map(|t| [(t, CHUNK), (t, usize::MAX)])
                 {
                     let mut old = Transaction::new();
-                    let set = || NfSet::dnat_map("svcnat", kind, 65536);
-                    let fill = |set: &NfSet, e: &DnatElem| set.add_dnat(e, t == MsgType::Add);
+                    let set = || NfSet::dnat_map("svcnat", id, 65536);
+                    let fill = |set: &NfSet, e: &DnatElem| set.add_dnat(id, e, t == MsgType::Add);
                     if chunk == CHUNK {
                         old.elements_chunked(&elems, set, fill, t, "map m");
                     } else {
@@ -480,19 +494,19 @@ mod tests {
                         old.elements(&all, t, "map m");
                     }
                     let mut new = Transaction::new();
-                    new.dnat_elements("svcnat", kind, &elems, t, "map m", chunk);
+                    new.dnat_elements("svcnat", id, &elems, t, "map m", chunk);
                     let (old, new) = (bytes(old), bytes(new));
-                    assert_eq!(old.1, new.1, "{kind:?} {n} {t:?}: messages");
+                    assert_eq!(old.1, new.1, "{id:?} {n} {t:?}: messages");
                     if let Some(at) = old.0.iter().zip(&new.0).position(|(a, b)| a != b) {
                         panic!(
-                            "{kind:?} {n} {t:?}: bytes differ at {at} of {}/{}: {:?} vs {:?}",
+                            "{id:?} {n} {t:?}: bytes differ at {at} of {}/{}: {:?} vs {:?}",
                             old.0.len(),
                             new.0.len(),
                             &old.0[at.saturating_sub(8)..at + 16],
                             &new.0[at.saturating_sub(8)..at + 16]
                         );
                     }
-                    assert_eq!(old.0.len(), new.0.len(), "{kind:?} {n} {t:?}: lengths");
+                    assert_eq!(old.0.len(), new.0.len(), "{id:?} {n} {t:?}: lengths");
                 }
             }
         }

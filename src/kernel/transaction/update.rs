@@ -6,7 +6,7 @@ use crate::kernel::decode::Installed;
 use crate::kernel::encode::key_bytes;
 use crate::kernel::meta::TableMeta;
 use crate::kernel::sets::{CounterObj, NfSet};
-use crate::ruleset::{Chain, DnatElem, MapKind, Ruleset};
+use crate::ruleset::{Chain, DnatElem, DnatId, MapKind, Ruleset};
 use nftnl::{MsgType, ProtoFamily, Table};
 use std::collections::{HashMap, HashSet};
 
@@ -21,10 +21,10 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
             .cloned()
             .collect()
     };
-    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<(MapKind, u32)>) {
+    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<(DnatId, u32)>) {
         (
             rs.maps.iter().map(|m| m.kind).collect(),
-            rs.dnat_maps.iter().map(|m| (m.kind, m.size)).collect(),
+            rs.dnat_maps.iter().map(|m| (m.id, m.size)).collect(),
         )
     };
     let families = |rs: &Ruleset| -> Vec<crate::plan::Family> {
@@ -60,19 +60,19 @@ impl Transaction {
         for m in &rs.dnat_maps {
             let old = installed
                 .ruleset
-                .dnat_map(m.kind)
+                .dnat_map(m.id)
                 .map(|o| &o.elements[..])
                 .unwrap_or(&[]);
             let want: HashSet<_> = m.elements.iter().collect();
             let have: HashSet<_> = old.iter().collect();
-            let what = format!("map {}", m.kind.dnat_name());
+            let what = format!("map {}", m.id.name());
             let gone: Vec<DnatElem> = old.iter().filter(|e| !want.contains(e)).cloned().collect();
-            self.dnat_elements(&rs.table, m.kind, &gone, MsgType::Del, &what, usize::MAX);
+            self.dnat_elements(&rs.table, m.id, &gone, MsgType::Del, &what, usize::MAX);
             let new: Vec<DnatElem> = (m.elements.iter())
                 .filter(|e| !have.contains(e))
                 .cloned()
                 .collect();
-            self.dnat_elements(&rs.table, m.kind, &new, MsgType::Add, &what, usize::MAX);
+            self.dnat_elements(&rs.table, m.id, &new, MsgType::Add, &what, usize::MAX);
         }
 
         // Elements leaving each map, before the chains they lead to can go.

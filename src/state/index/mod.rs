@@ -21,7 +21,8 @@ pub use write::Written;
 
 const MAGIC: &[u8; 8] = b"SVCNATIX";
 // 4: nine DNAT map kinds (the plain ones of `masquerade = false` services).
-const VERSION: u32 = 4;
+// 5: DNAT maps by kind and slot count (services of several targets); a record's slots.
+const VERSION: u32 = 5;
 const RECORD: usize = 44;
 
 /// The records, in their file form (`RECORD` bytes each), never decoded as a whole: a
@@ -235,7 +236,13 @@ impl Head {
         out.extend_from_slice(&self.prefix.to_le_bytes());
         out.extend_from_slice(&self.prefix_len.to_le_bytes());
         let t = &self.tally;
-        for n in t.direct.iter().chain(&t.remote).chain([&t.localhost]) {
+        out.extend_from_slice(&(t.direct.len() as u32).to_le_bytes());
+        for (id, n) in &t.direct {
+            out.extend_from_slice(&[kind_index(id.kind), 0]);
+            out.extend_from_slice(&id.slots.to_le_bytes());
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for n in t.remote.iter().chain([&t.localhost]) {
             out.extend_from_slice(&n.to_le_bytes());
         }
         out.extend_from_slice(&(count as u32).to_le_bytes());
@@ -284,9 +291,13 @@ impl Index {
             prefix_len: r.u64()?,
             tally: Tally {
                 direct: {
-                    let mut d = [0u32; crate::ruleset::MapKind::ALL.len()];
-                    for n in &mut d {
-                        *n = r.u32()?;
+                    let maps = r.u32()?;
+                    let mut d = std::collections::BTreeMap::new();
+                    for _ in 0..maps {
+                        let word = r.u32()?.to_le_bytes();
+                        let kind = *crate::ruleset::MapKind::ALL.get(usize::from(word[0]))?;
+                        let slots = u16::from_le_bytes([word[2], word[3]]);
+                        d.insert(crate::ruleset::DnatId { kind, slots }, r.u32()?);
                     }
                     d
                 },
@@ -354,6 +365,7 @@ pub(super) mod tests {
             proto: 6,
             kind: 0,
             flags: flag::DIRECT | flag::ADDR,
+            slots: 1 + u16::from(i % 3),
             len: 40 + u32::from(i),
         }
     }
@@ -368,7 +380,13 @@ pub(super) mod tests {
             prefix: 42,
             prefix_len: 10,
             tally: Tally {
-                direct: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+                direct: [(0, 1, 5), (0, 3, 2), (5, 2, 9)]
+                    .into_iter()
+                    .map(|(k, slots, n)| {
+                        let kind = crate::ruleset::MapKind::ALL[k];
+                        (crate::ruleset::DnatId { kind, slots }, n)
+                    })
+                    .collect(),
                 remote: [6, 7],
                 localhost: 8,
             },
@@ -470,9 +488,23 @@ pub(super) mod tests {
         };
         t.add(&direct);
         t.add(&remote_chain);
-        assert_eq!(t.direct, [1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let id = direct.dnat_id();
+        assert_eq!((id.slots, t.services_in(id)), (2, 1));
+        assert_eq!(t.direct.len(), 1, "{t:?}");
         assert_eq!((t.remote, t.localhost), ([1, 0], 1));
+        // A direct localhost service is in its own map and in lo4 with its slots.
+        let lo = Record {
+            flags: flag::DIRECT | flag::LOCALHOST,
+            kind: 2,
+            ..record(2)
+        };
+        t.add(&lo);
+        let lo4 = lo.dnat_id().with_kind(crate::ruleset::MapKind::Loopback);
+        assert_eq!((t.services_in(lo.dnat_id()), t.services_in(lo4)), (1, 1));
+        t.sub(&lo).unwrap();
+        assert_eq!(t.services_in(lo4), 0);
         t.sub(&direct).unwrap();
         assert_eq!(t.sub(&direct), None);
+        assert!(t.direct.is_empty(), "no map of 0 is kept: {t:?}");
     }
 }

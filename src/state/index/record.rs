@@ -3,7 +3,7 @@
 
 use crate::map::sections::hash;
 use crate::plan::{Family, Service};
-use crate::ruleset::{MapKey, MapKind, is_direct};
+use crate::ruleset::{DnatId, MapKey, MapKind, is_direct};
 use crate::validate::Proto;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -30,6 +30,8 @@ pub struct Record {
     /// Index in `MapKind::ALL` of the map its listen key is in.
     pub kind: u8,
     pub flags: u8,
+    /// A direct service's slot count (its DNAT map's); 1 for a chain.
+    pub slots: u16,
     /// The section's length in bytes: the next apply finds it again by hashing that many
     /// bytes where it was, instead of searching the text for headers.
     pub len: u32,
@@ -78,7 +80,16 @@ impl Record {
                 MapKind::of(s)
             }),
             flags,
+            slots: if direct { s.slot_count() } else { 1 },
             len: len as u32,
+        }
+    }
+
+    /// The DNAT map a direct service's elements are in.
+    pub fn dnat_id(&self) -> DnatId {
+        DnatId {
+            kind: self.map_kind(),
+            slots: self.slots,
         }
     }
 
@@ -116,7 +127,8 @@ impl Record {
         out.extend_from_slice(&self.name.to_le_bytes());
         out.extend_from_slice(&self.addr);
         out.extend_from_slice(&self.port.to_le_bytes());
-        out.extend_from_slice(&[self.proto, self.kind, self.flags, 0, 0, 0]);
+        out.extend_from_slice(&[self.proto, self.kind, self.flags, 0]);
+        out.extend_from_slice(&self.slots.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
     }
 
@@ -130,59 +142,71 @@ impl Record {
             proto: b[34],
             kind: b[35],
             flags: b[36],
+            slots: u16::from_le_bytes([b[38], b[39]]),
             len: u32::from_le_bytes(b[40..44].try_into().expect("4 bytes")),
         }
     }
 }
 
 /// What the whole map adds up to, kept in the header so that a change need not walk every
-/// record: elements per DNAT map (`MapKind::ALL` order), services with a target elsewhere
-/// per family, and `localhost` services.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// record: elements per DNAT map (services, in fact: a service has one key in its map,
+/// with all its slots), services with a target elsewhere per family, and `localhost`
+/// services.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tally {
-    pub direct: [u32; MapKind::ALL.len()],
+    /// Services per DNAT map, by map; none with 0.
+    pub direct: std::collections::BTreeMap<DnatId, u32>,
     pub remote: [u32; 2],
     pub localhost: u32,
 }
 
 impl Tally {
     pub fn add(&mut self, r: &Record) {
-        for (n, yes) in self.parts(r) {
-            *n += u32::from(yes);
-        }
+        self.count(r, true);
     }
 
     /// None when `r` was not counted (an index that does not add up).
     pub fn sub(&mut self, r: &Record) -> Option<()> {
-        for (n, yes) in self.parts(r) {
-            *n = n.checked_sub(u32::from(yes))?;
-        }
-        Some(())
+        self.count(r, false)
     }
 
-    fn parts<'a>(&'a mut self, r: &Record) -> [(&'a mut u32, bool); 4] {
-        let direct = r.has(flag::DIRECT);
-        let lo = kind_index(MapKind::Loopback) as usize;
-        let (maps, lo4) = self.direct.split_at_mut(lo);
-        let (lo4, plain) = lo4.split_at_mut(1);
-        let lo4 = &mut lo4[0];
-        // The record's own map: one of the four before `lo4` or the four after it (a
-        // record's kind is never `lo4` itself: a service's key goes there only besides).
-        let k = usize::from(r.kind);
-        let map = match k.cmp(&lo) {
-            std::cmp::Ordering::Less => &mut maps[k],
-            _ => &mut plain[k.saturating_sub(lo + 1).min(plain.len() - 1)],
+    /// Services in DNAT map `id`.
+    pub fn services_in(&self, id: DnatId) -> u32 {
+        self.direct.get(&id).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, r: &Record, up: bool) -> Option<()> {
+        let step = |n: &mut u32| -> Option<()> {
+            *n = if up {
+                n.checked_add(1)?
+            } else {
+                n.checked_sub(1)?
+            };
+            Some(())
         };
-        let [r4, r6] = &mut self.remote;
-        let remote = if r.family() == Family::V4 { r4 } else { r6 };
-        let localhost = r.has(flag::LOCALHOST);
-        // A direct `localhost` service is an element of `lo4` too.
-        [
-            (map, direct),
-            (remote, r.has(flag::REMOTE)),
-            (&mut self.localhost, localhost),
-            (lo4, direct && localhost),
-        ]
+        let mut in_map = |id: DnatId| -> Option<()> {
+            let n = self.direct.entry(id).or_default();
+            let stepped = step(n);
+            if *n == 0 {
+                self.direct.remove(&id);
+            }
+            stepped
+        };
+        if r.has(flag::DIRECT) {
+            in_map(r.dnat_id())?;
+            // A direct `localhost` service is an element of `lo4` too.
+            if r.has(flag::LOCALHOST) {
+                in_map(r.dnat_id().with_kind(MapKind::Loopback))?;
+            }
+        }
+        if r.has(flag::REMOTE) {
+            let [r4, r6] = &mut self.remote;
+            step(if r.family() == Family::V4 { r4 } else { r6 })?;
+        }
+        if r.has(flag::LOCALHOST) {
+            step(&mut self.localhost)?;
+        }
+        Some(())
     }
 }
 
