@@ -87,38 +87,42 @@ pub fn lift(rs: &Ruleset) -> Plan {
     let mut direct: Vec<Service> = Vec::new();
     let mut loopback: Vec<&str> = Vec::new();
     for m in &rs.dnat_maps {
-        let named = m.elements.iter().filter(|e| !e.service.is_empty());
         if m.id.kind == MapKind::Loopback {
-            loopback.extend(named.map(|e| e.service.as_str()));
+            loopback.extend(
+                m.elements
+                    .iter()
+                    .filter(|e| e.slot == 0)
+                    .map(|e| e.service.as_str()),
+            );
             continue;
         }
-        // A service's slots, in slot order; only a whole set of them is a service (one
-        // missing or doubled is drift: `differences` shows it).
-        let mut slots: HashMap<(&str, MapKey), Vec<&DnatElem>> = HashMap::new();
+        // A service's slots share its key; the first names it (`DnatElem::of`). Only a
+        // whole set of them is a service, named on slot 0 alone: a slot missing, doubled or
+        // named otherwise is drift, which `differences` shows. Slots numgen never draws
+        // are no part of a service.
+        let mut slots: HashMap<MapKey, Vec<&DnatElem>> = HashMap::new();
         let mut order = Vec::new();
-        // Slots numgen never draws are no part of a service.
-        for e in named.filter(|e| e.slot < m.id.slots) {
-            let group = slots.entry((e.service.as_str(), e.key)).or_default();
+        for e in m.elements.iter().filter(|e| e.slot < m.id.slots) {
+            let group = slots.entry(e.key).or_default();
             if group.is_empty() {
-                order.push((e.service.as_str(), e.key));
+                order.push(e.key);
             }
             group.push(e);
         }
-        for at in order {
-            let mut group = slots.remove(&at).unwrap_or_default();
+        for key in order {
+            let mut group = slots.remove(&key).unwrap_or_default();
             group.sort_by_key(|e| e.slot);
             let whole = group.len() == usize::from(m.id.slots)
                 && group
                     .iter()
                     .enumerate()
-                    .all(|(i, e)| usize::from(e.slot) == i);
+                    .all(|(i, e)| usize::from(e.slot) == i && (i == 0) != e.service.is_empty());
             if !whole {
                 continue;
             }
-            let (name, key) = at;
             let targets: Vec<SocketAddr> = group.iter().map(|e| e.target).collect();
             direct.push(Service {
-                name: name.to_owned(),
+                name: group[0].service.to_string(),
                 proto: key.proto,
                 family: m.id.family(),
                 listen: Listen::one(key.addr, key.port),
@@ -448,7 +452,7 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "- element dnat-vip4-n2: 172.18.1.1 . tcp . 8083 . 1 comment \"web-vip\" : 172.18.0.3 . 8000",
+                "- element dnat-vip4-n2: 172.18.1.1 . tcp . 8083 . 1 : 172.18.0.3 . 8000",
                 "- element dnat-lo4: tcp . 8082 comment \"web2\" : 172.18.0.3 . 8000",
             ]
         );

@@ -263,8 +263,10 @@ pub struct DnatElem {
 }
 
 impl DnatElem {
-    /// The elements of direct service `s` under `key`: one per slot, each commented with
-    /// its name (a port range's come from `port_pairs`, in `lower`).
+    /// The elements of direct service `s` under `key`: one per slot, the first commented
+    /// with its name (a port range's come from `port_pairs`, in `lower`). The key names the
+    /// service's other slots: a comment on each was a third of a 10,000-service commit of
+    /// two or three targets (the kernel allocates every element's userdata).
     pub fn of(key: MapKey, s: &Service) -> impl Iterator<Item = DnatElem> + '_ {
         s.targets
             .iter()
@@ -274,7 +276,10 @@ impl DnatElem {
                 key,
                 slot: slot as u16,
                 target,
-                service: crate::short::Short::new(&s.name),
+                service: match slot {
+                    0 => crate::short::Short::new(&s.name),
+                    _ => crate::short::Short::new(""),
+                },
             })
     }
 }

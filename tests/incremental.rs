@@ -86,7 +86,7 @@ fn one_change_in_fifty_thousand_services_is_a_handful_of_messages() {
     let slots = ns.exec_ok("nft list map inet svcnat dnat-vip4-n2");
     assert!(
         slots.contains(". 0 comment \"s31337\" : 10.9.122.105 . 9090")
-            && slots.contains(". 1 comment \"s31337\" : 10.9.122.106 . 9090"),
+            && slots.contains(". 1 : 10.9.122.106 . 9090"),
         "{slots}"
     );
     let (code, diff, _) = svcnat(&["diff", "-f", two.path(), "--netns", &ns.name]);

@@ -282,7 +282,7 @@ fn changes_it_does_not_cover_go_the_full_way() {
     assert!(!apply_quick(&two, &ns));
     assert!(
         ns.exec_ok("nft list map inet svcnat dnat-vip4-n2")
-            .contains(". 1 comment \"s50\" : 10.8.9.9 . 8080")
+            .contains("172.30.0.50 . tcp . 80 . 1 : 10.8.9.9 . 8080")
     );
     assert_installed(&two, &ns);
     // ... and undoing it too (the map of two slots goes: the index knows s50 was in it).
@@ -381,7 +381,7 @@ fn balanced_services_change_by_their_slot_elements() {
     let n2 = ns.exec_ok("nft list map inet svcnat dnat-vip4-n2");
     assert!(
         n2.contains("172.30.0.7 . tcp . 80 . 0 comment \"s7\" : 10.8.0.7 . 8080")
-            && n2.contains("172.30.0.7 . tcp . 80 . 1 comment \"s7\" : 10.7.7.7 . 7070")
+            && n2.contains("172.30.0.7 . tcp . 80 . 1 : 10.7.7.7 . 7070")
             && !n2.contains("10.9.0.7 . 8080"),
         "{n2}"
     );
@@ -399,13 +399,13 @@ fn balanced_services_change_by_their_slot_elements() {
     assert_installed(&weighted, &ns);
     let n3 = ns.exec_ok("nft list map inet svcnat dnat-vip4-n3");
     assert!(
-        n3.contains("172.30.0.8 . tcp . 80 . 1 comment \"s8\" : 10.8.0.8 . 8080")
-            && n3.contains("172.30.0.8 . tcp . 80 . 2 comment \"s8\" : 10.9.0.8 . 8080"),
+        n3.contains("172.30.0.8 . tcp . 80 . 1 : 10.8.0.8 . 8080")
+            && n3.contains("172.30.0.8 . tcp . 80 . 2 : 10.9.0.8 . 8080"),
         "{n3}"
     );
     assert!(
         !ns.exec_ok("nft list map inet svcnat dnat-vip4-n2")
-            .contains("\"s8\"")
+            .contains("172.30.0.8 ")
     );
 
     // Back to one target: into the one-slot map.

@@ -64,7 +64,10 @@ impl DnatElems<'_> {
                 let data = w.nest_start(NFTA_SET_ELEM_DATA);
                 w.put_target(e);
                 w.nest_end(data);
-                w.put_comment(&e.service);
+                // Only a service's first slot is named (see `DnatElem::of`).
+                if !e.service.is_empty() {
+                    w.put_comment(&e.service);
+                }
             }
             w.nest_end(nest);
             if w.len - list > usize::from(u16::MAX) {

@@ -172,13 +172,14 @@ impl NfSet {
             return self.add_elem(&key, None, None);
         }
         let name = e.service.as_bytes();
+        let elem = Elem::new(&key).set(sys::NFTNL_SET_ELEM_DATA, &target_bytes(&e.target));
+        if name.is_empty() {
+            return elem.add_to(self);
+        }
         let mut udata = vec![super::elems::ELEM_COMMENT, name.len() as u8 + 1];
         udata.extend(name);
         udata.push(0);
-        Elem::new(&key)
-            .set(sys::NFTNL_SET_ELEM_DATA, &target_bytes(&e.target))
-            .set(sys::NFTNL_SET_ELEM_USERDATA, &udata)
-            .add_to(self);
+        elem.set(sys::NFTNL_SET_ELEM_USERDATA, &udata).add_to(self);
     }
 
     /// An anonymous constant map `slot : addr . port` for `numgen random mod N`.

@@ -101,12 +101,12 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
                 // generation it removed (0 when that record is gone).
                 let removed = was.as_ref().map_or(0, |p| p.services.len());
                 let empty = Desired {
-                    plan: Plan {
+                    plan: std::sync::Arc::new(Plan {
                         table: table.to_owned(),
                         services: Vec::new(),
                         accounting: false,
                         forward_accept: false,
-                    },
+                    }),
                     digest: String::new(),
                     source: "flush".into(),
                     sections: None,
@@ -114,7 +114,7 @@ pub fn flush<E: Enter>(s: &mut Session<E>, t: &Target, table: &str) -> Result<Op
                 let head = header(number, Reason::Flush, true, removed, &empty, &t.backend);
                 dir.record(&Generation {
                     head,
-                    plan: &empty.plan,
+                    plan: &*empty.plan,
                 })?;
                 Some(number)
             }

@@ -56,7 +56,7 @@ pub(super) fn full(
     last: &mut Option<LastCommit>,
 ) -> Result<Synced> {
     let backend = &t.backend;
-    let plan = &desired.plan;
+    let plan: &Plan = &desired.plan;
     t.refuse_beside_run(k, &plan.table)?;
     let locals = k.local_addresses();
     let needed = sysctl::required(plan, &|ip| locals.contains(ip));
@@ -127,14 +127,14 @@ pub(super) fn full(
         let before = match last.take() {
             Some(LastCommit {
                 genid: g,
-                ruleset: Some(ruleset),
+                plan: Some(was),
                 meta,
                 table,
                 ..
             }) if g == genid && table == plan.table => {
                 synced.read_back = false;
                 // This process committed it last, as `t` asks: owned by its socket if so.
-                let mut known = Installed::known(ruleset, meta);
+                let mut known = Installed::known(lower(&was), meta);
                 known.owner = t.owner.then_some(0);
                 Some(known)
             }
@@ -179,7 +179,8 @@ pub(super) fn full(
                     genid,
                     table: rs.table.clone(),
                     meta: b.meta,
-                    ruleset: Some(b.ruleset),
+                    // In sync: the table holds what the plan lowers to.
+                    plan: Some(Arc::clone(&desired.plan)),
                     index: None,
                 });
             }
@@ -231,7 +232,7 @@ pub(super) fn full(
             genid: next_genid(genid),
             table: rs.table.clone(),
             meta,
-            ruleset: Some(rs),
+            plan: Some(Arc::clone(&desired.plan)),
             index,
         });
         synced.generation = Some(number);

@@ -195,7 +195,7 @@ pub fn rollback<E: Enter>(
             )));
         }
         let desired = Desired {
-            plan: target.plan.clone(),
+            plan: std::sync::Arc::new(target.plan.clone()),
             digest: target.head.digest.clone(),
             source: target.head.source.clone(),
             sections: None,
@@ -240,7 +240,7 @@ pub(super) fn restore(
         ),
     })?;
     let desired = Desired {
-        plan: g.plan,
+        plan: std::sync::Arc::new(g.plan),
         digest: g.head.digest,
         source: g.head.source,
         sections: None,

@@ -103,7 +103,7 @@ pub(super) fn apply(
             genid,
             table: index.head.table.clone(),
             meta,
-            ruleset: None,
+            plan: None,
             index: Some(index),
         };
         Ok((synced, last))
@@ -209,7 +209,7 @@ pub(super) fn apply(
         genid: next_genid(genid),
         table: head.table.clone(),
         meta: new_meta,
-        ruleset: None,
+        plan: None,
         index,
     };
     let synced = Synced {

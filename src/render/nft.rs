@@ -69,11 +69,15 @@ pub fn render(rs: &Ruleset, delete_first: bool) -> String {
                 1 => String::new(),
                 _ => format!(" . {}", e.slot),
             };
+            // A service's first slot names it; the others go by its key.
+            let comment = match e.service.as_str() {
+                "" => String::new(),
+                name => format!(" comment \"{name}\""),
+            };
             let _ = writeln!(
                 out,
-                "\t\t\t{}{slot} comment \"{}\" : {} . {},",
+                "\t\t\t{}{slot}{comment} : {} . {},",
                 key_text(m.id.kind, &e.key),
-                e.service,
                 e.target.ip(),
                 e.target.port()
             );

@@ -27,8 +27,8 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// What the loop knows, as of its last change.
 #[derive(Clone, Default)]
 pub struct Snapshot {
-    pub resolved: Plan,
-    pub installed: Option<Plan>,
+    pub resolved: std::sync::Arc<Plan>,
+    pub installed: Option<std::sync::Arc<Plan>>,
     pub health: HashMap<SocketAddr, bool>,
     pub stats: Stats,
 }
@@ -105,7 +105,7 @@ fn serve(mut conn: TcpStream, state: &Published, netns: Option<&NetnsSpec>) {
         .unwrap_or_default();
     let view = View {
         resolved: &snapshot.resolved,
-        installed: snapshot.installed.as_ref(),
+        installed: snapshot.installed.as_deref(),
         health: &snapshot.health,
         stats: &snapshot.stats,
     };
