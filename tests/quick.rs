@@ -420,3 +420,36 @@ fn balanced_services_change_by_their_slot_elements() {
     assert_installed(&single, &ns);
     assert_eq!(element(&ns, "172.30.0.9"), "10.8.0.9:8080");
 }
+
+#[test]
+fn localhost_services_change_by_their_elements_too() {
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("quick8");
+    // Every tenth service is also reachable at 127.0.0.1:PORT: an element of lo4 as well.
+    let local = |retarget: bool| {
+        map(100, |i, s| {
+            let s = match i % 10 {
+                0 => s.replace(":80\"\n", &format!(":{}\"\nlocalhost = true\n", 1000 + i)),
+                _ => s,
+            };
+            Some(match (i, retarget) {
+                (30, true) => s.replace("10.8.0.30:8080", "10.7.0.30:7070"),
+                _ => s,
+            })
+        })
+    };
+    let first = TempFile::new("q8-first.toml", &local(false));
+    assert!(!apply_quick(&first, &ns));
+    let moved = TempFile::new("q8-moved.toml", &local(true));
+    assert!(apply_quick(&moved, &ns));
+    assert_installed(&moved, &ns);
+    let lo4 = ns.exec_ok("nft list map inet svcnat dnat-lo4");
+    assert!(
+        lo4.contains("tcp . 1030 comment \"s30\" : 10.7.0.30 . 7070"),
+        "{lo4}"
+    );
+    assert!(apply_quick(&first, &ns));
+    assert_installed(&first, &ns);
+}

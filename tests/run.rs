@@ -209,11 +209,12 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
         return;
     }
     let lab = lab();
-    // A `localhost` service, which the incremental reload by changed sections leaves to
-    // the full apply: the one this test is about.
+    // A port range, which the incremental reload by changed sections leaves to the full
+    // apply: the one this test is about.
     let service = |port: u16| {
         format!(
-            "[[service]]\nname = \"web\"\nlisten = \"8080\"\nlocalhost = true\ntargets = [\"10.94.0.1:{port}\"]\n"
+            "[[service]]\nname = \"web\"\nlisten = \"8080-8081\"\ntargets = [\"10.94.0.1:{port}-{}\"]\n",
+            port + 1
         )
     };
     let map = TempFile::new("known.toml", &service(8080));

@@ -5,7 +5,7 @@
 //!
 //! It covers the common change — services of any number of targets, masqueraded or not,
 //! added, removed or retargeted — and steps aside, before anything is sent, for every
-//! other case (a map appears or goes, `localhost`, ranges, names to resolve), saying why
+//! other case (a map appears or goes, ranges, names to resolve, a sysctl to switch), saying why
 //! (`FullReason`): then the full path runs, and its answer, including any error message
 //! about the map, is the one the user gets.
 
@@ -15,7 +15,7 @@ use crate::kernel::meta::TableMeta;
 use crate::kernel::{Change as KernelChange, Kernel, next_genid, sysctl};
 use crate::map::{Sections, Source};
 use crate::resolve::Resolver;
-use crate::ruleset::{DnatElem, DnatId, dnat_map_size};
+use crate::ruleset::{DnatElem, DnatId, MapKey, MapKind, dnat_map_size};
 use crate::state::index::{Diff, Head, Index, Record, Tally, Written, flag};
 use crate::state::{self, Header, Reason, Splice, StateDir};
 use crate::validate;
@@ -246,7 +246,7 @@ struct Change {
     specs: Vec<crate::validate::ServiceSpec>,
     records: Vec<Record>,
     /// DNAT map elements out (by key: all its slots) and in.
-    gone: Vec<(DnatId, crate::ruleset::MapKey)>,
+    gone: Vec<(DnatId, MapKey)>,
     new: Vec<(DnatId, DnatElem)>,
     /// What the map adds up to after the change.
     after: Tally,
@@ -313,8 +313,11 @@ impl Change {
             .map(|(i, s)| Record::of(s, cut.section(i), false, &|ip| locals.contains(ip)))
             .collect();
         let gone_records: Vec<Record> = (at..at + removed).map(|i| old.get(i)).collect();
-        let simple = |r: &Record| r.has(flag::DIRECT) && !r.has(flag::LOCALHOST);
-        if !gone_records.iter().chain(&records).all(simple) {
+        if !gone_records
+            .iter()
+            .chain(&records)
+            .all(|r| r.has(flag::DIRECT))
+        {
             return Err(ServiceShape);
         }
 
@@ -339,18 +342,25 @@ impl Change {
                 return Err(ServiceShape);
             }
         }
-        let gone = gone_records
-            .iter()
-            .map(|r| Some((r.dnat_id(), r.key()?)))
-            .collect::<Option<Vec<_>>>()
-            .ok_or(ServiceShape)?;
+        // A `localhost` service is in `lo4` too, by its port alone.
+        let keys = |r: &Record, key: MapKey| {
+            let lo = (
+                r.dnat_id().with_kind(MapKind::Loopback),
+                MapKey { addr: None, ..key },
+            );
+            std::iter::once((r.dnat_id(), key)).chain(r.has(flag::LOCALHOST).then_some(lo))
+        };
+        let mut gone = Vec::new();
+        for r in &gone_records {
+            gone.extend(keys(r, r.key().ok_or(ServiceShape)?));
+        }
         let new_elems = plan
             .services
             .iter()
             .zip(&records)
             .flat_map(|(s, r)| {
                 let key = r.key().expect("a checked protocol");
-                DnatElem::of(key, s).map(|e| (r.dnat_id(), e))
+                keys(r, key).flat_map(move |(id, key)| DnatElem::of(key, s).map(move |e| (id, e)))
             })
             .collect();
         Ok(Change {

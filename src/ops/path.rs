@@ -34,7 +34,8 @@ pub enum FullReason {
     HistoryMoved,
     /// The map's settings or section layout changed, or too many sections did.
     MapLayout,
-    /// A changed service is not one target with masquerade, or the maps change size.
+    /// A changed service has `localhost` or a port range, or a DNAT map appears, goes or
+    /// changes size.
     ServiceShape,
     /// A changed section uses host names, which are resolved on the full path.
     HostNames,
@@ -112,7 +113,7 @@ impl FullReason {
             FullReason::HistoryMoved => "the recorded generations moved since the last apply",
             FullReason::MapLayout => "the map's settings or layout changed, or many services did",
             FullReason::ServiceShape => {
-                "a changed service is not one target with masquerade, or a map changes size"
+                "a changed service has localhost or a port range, or a DNAT map appears, goes or changes size"
             }
             FullReason::HostNames => "a changed service names a host to resolve",
             FullReason::Sysctls => "a sysctl must be switched",
