@@ -16,7 +16,7 @@ use crate::kernel::{Change as KernelChange, Kernel, next_genid, sysctl};
 use crate::map::{Sections, Source};
 use crate::resolve::Resolver;
 use crate::ruleset::{DnatElem, DnatId, MapKey, MapKind, dnat_map_size};
-use crate::state::index::{Diff, Head, Index, Record, Tally, Written, flag};
+use crate::state::index::{Diff, Head, Index, Record, Tally, flag};
 use crate::state::{self, Header, Reason, Splice, StateDir};
 use crate::validate;
 
@@ -41,9 +41,9 @@ type Attempt = std::result::Result<(Synced, LastCommit), FullReason>;
 
 /// Apply the map `text` (named `name`) by its changed sections, if it can be (see the
 /// module comment); Err(reason): take the full path. `on_top_of`: only on top of that
-/// generation. `last`: what the last commit of this process left (its index is used
-/// instead of the file while the kernel's genid is still the one it was written after;
-/// the rest stays for the full path when this one steps aside). The lock is held.
+/// generation. `last`: what the last commit of this process left (its table meta is used
+/// instead of asking the kernel while the kernel's genid is still the one it moved to;
+/// it stays for the full path when this one steps aside). The lock is held.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn apply(
     k: &mut dyn Kernel,
@@ -58,24 +58,23 @@ pub(super) fn apply(
 ) -> Result<Attempt> {
     // What the kernel holds must be what the index describes: nobody committed since.
     let genid = k.genid()?;
-    let kept = last
-        .as_mut()
-        .filter(|l| l.genid == genid)
-        .and_then(|l| Some((l.index.take()?, l.meta.clone())));
-    let (mut index, meta) = match kept {
-        Some(kept) => kept,
-        None => {
-            let Some(index) = Index::read(&dir.path) else {
-                return Ok(Err(FullReason::NoIndex));
-            };
-            if index.head.genid != genid {
-                return Ok(Err(FullReason::KernelMoved));
-            }
-            let Some(meta) = k.table_meta(&index.head.table)? else {
-                return Ok(Err(FullReason::TableChanged));
-            };
-            (index, meta)
-        }
+    let Some(mut index) = Index::read(&dir.path) else {
+        return Ok(Err(FullReason::NoIndex));
+    };
+    if index.head.genid != genid {
+        return Ok(Err(FullReason::KernelMoved));
+    }
+    // This process's last commit says what the table's meta is, while nobody committed
+    // since; else the kernel is asked.
+    let kept = (last.as_ref())
+        .filter(|l| l.genid == genid && l.table == index.head.table)
+        .map(|l| l.meta.clone());
+    let meta = match kept {
+        Some(meta) => meta,
+        None => match k.table_meta(&index.head.table)? {
+            Some(meta) => meta,
+            None => return Ok(Err(FullReason::TableChanged)),
+        },
     };
     target.refuse_beside_run(k, &index.head.table)?;
     if meta.generation != Some(index.head.generation)
@@ -104,7 +103,6 @@ pub(super) fn apply(
             table: index.head.table.clone(),
             meta,
             plan: None,
-            index: Some(index),
         };
         Ok((synced, last))
     };
@@ -197,20 +195,14 @@ pub(super) fn apply(
         text,
         change.start,
     );
-    let index = match written {
-        Ok(Written::InPlace) => Some(index),
-        Ok(Written::NewFile) => Index::read(&dir.path),
-        Err(_) => {
-            Index::remove(&dir.path);
-            None
-        }
-    };
+    if written.is_err() {
+        Index::remove(&dir.path);
+    }
     let last = LastCommit {
         genid: next_genid(genid),
         table: head.table.clone(),
         meta: new_meta,
         plan: None,
-        index,
     };
     let synced = Synced {
         generation: Some(number),

@@ -115,8 +115,6 @@ struct LastCommit {
     /// every map element (11 MB at 50,000 services of two or three targets). Lowering it
     /// again is a fraction of reading the table back.
     plan: Option<Arc<Plan>>,
-    /// The index of the map, as written after the commit (see `state::index`).
-    index: Option<Index>,
 }
 
 #[derive(Debug)]
