@@ -254,7 +254,13 @@ impl Resolver {
 
 /// `spec` planned with `family` and resolved `targets`, but for its name (see
 /// `Resolver::resolve_service`).
-fn planned(spec: &ServiceSpec, family: Family, targets: Targets) -> Service {
+fn planned(spec: &ServiceSpec, family: Family, mut targets: Targets) -> Service {
+    // Only the weights' ratios matter, and a service has a DNAT map element per unit of
+    // weight (`ruleset::DnatElem::of`): 50/50 is two elements, not a hundred.
+    let common = targets.iter().map(|t| t.weight).fold(0, gcd);
+    if common > 1 {
+        targets.iter_mut().for_each(|t| t.weight /= common);
+    }
     Service {
         name: String::new(),
         proto: spec.proto,
@@ -264,6 +270,10 @@ fn planned(spec: &ServiceSpec, family: Family, targets: Targets) -> Service {
         masquerade: spec.masquerade,
         localhost: spec.localhost,
     }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Parse `NAME=IP` (the `--add-host` syntax; `NAME:IP` is accepted too, as docker does).
@@ -384,6 +394,24 @@ mod tests {
             "10.9.0.1:8080".parse().unwrap()
         );
         assert_eq!(p.services[0].family, Family::V4);
+    }
+
+    #[test]
+    fn weights_keep_their_ratio_in_the_fewest_slots() {
+        let weights = |targets: &str| {
+            let text = format!("[[service]]\nname=\"a\"\nlisten=\"80\"\ntargets=[{targets}]\n");
+            let p = plan(&text, &[("b", "10.0.0.9")]).unwrap();
+            let w: Vec<u32> = p.services[0].targets.iter().map(|t| t.weight).collect();
+            (w, p.services[0].slot_count())
+        };
+        // 50/50 is one slot each, 70/30 ten slots, not a hundred; a name resolves the same.
+        let half = r#"{ address = "10.0.0.2:80", weight = 50 }, { address = "b:80", weight = 50 }"#;
+        assert_eq!(weights(half), (vec![1, 1], 2));
+        let seventy =
+            r#"{ address = "10.0.0.2:80", weight = 70 }, { address = "10.0.0.3:80", weight = 30 }"#;
+        assert_eq!(weights(seventy), (vec![7, 3], 10));
+        let prime = r#"{ address = "10.0.0.2:80", weight = 3 }, "10.0.0.3:80""#;
+        assert_eq!(weights(prime), (vec![3, 1], 4));
     }
 
     #[test]
