@@ -433,6 +433,37 @@ fn load_balancing_example_splits_connections_by_weight_in_every_shape() {
     assert_eq!(got, 90, "{o}");
     assert_eq!(o.lines().count(), 3, "{o}");
 
+    // syslog weighted 2:1:1: out of the map of three slots (the last service in it, so the
+    // map and its lookup rules go) into a new one of four, in place.
+    let shipped = std::fs::read_to_string("rulesets/load-balancing.toml").unwrap();
+    let weighted = TempFile::new(
+        "lb-weighted.toml",
+        &shipped.replace(
+            "targets = [\"10.42.1.5:514\", \"10.42.1.6:514\", \"10.42.1.7:514\"]",
+            "targets = [{ address = \"10.42.1.5:514\", weight = 2 }, \"10.42.1.6:514\", \"10.42.1.7:514\"]",
+        ),
+    );
+    let out = svcnat_ok(&["apply", "-f", weighted.path(), "--netns", &host.name]);
+    assert!(out.contains("updated in place"), "{out}");
+    let rules = host.ruleset();
+    assert!(
+        rules.contains("dnat-port4-plain-n4") && !rules.contains("dnat-port4-plain-n3"),
+        "{rules}"
+    );
+    let o = outside.exec_ok(&format!(
+        "python3 {} udpgets 10.98.0.1 514 120",
+        helper("netsvc.py")
+    ));
+    let share = |name: &str| -> u32 {
+        o.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+            .unwrap_or(0)
+    };
+    // Binomial(120, 1/2) for p1, (120, 1/4) for the others: bounds past 4 deviations.
+    assert!((38..=82).contains(&share("p1")), "p1 has weight 2: {o}");
+    assert!(share("p2") >= 10 && share("p3") >= 10, "{o}");
+
     svcnat_ok(&["flush", "--netns", &host.name]);
     assert!(get(&outside, "http://10.98.0.1:30080").is_err());
 }

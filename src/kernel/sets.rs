@@ -424,15 +424,19 @@ pub(super) unsafe fn header(
     }
 }
 
-pub(super) struct NewSet<'a>(pub(super) &'a NfSet);
+/// NEWSET (MsgType::Add) or DELSET (MsgType::Del, by table and name) of a set.
+pub(super) struct SetMsg<'a>(pub(super) &'a NfSet);
 
 // SAFETY: `write` stays within one message of nft_nlmsg_maxsize bytes (a set's header and
 // attributes are far below it), the room nftnl's batch guarantees.
-unsafe impl NlMsg for NewSet<'_> {
-    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+unsafe impl NlMsg for SetMsg<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, t: MsgType) {
         // SAFETY: `buf` has room for one message (NlMsg's contract); the set is live.
         unsafe {
-            let h = header(buf, libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE, seq);
+            let h = match t {
+                MsgType::Add => header(buf, libc::NFT_MSG_NEWSET, libc::NLM_F_CREATE, seq),
+                MsgType::Del => header(buf, libc::NFT_MSG_DELSET, 0, seq),
+            };
             sys::nftnl_set_nlmsg_build_payload(h, self.0.as_ptr());
         }
     }

@@ -5,7 +5,7 @@
 use super::elems::DnatElems;
 use super::encode::{dnat_key_bytes, encode_rule, key_bytes};
 use super::meta::{OWNER_COMMENT, TableMeta, comment_udata};
-use super::sets::{CounterObj, Elems, GENERATION_SET, NewSet, NfSet, header};
+use super::sets::{CounterObj, Elems, GENERATION_SET, NfSet, SetMsg, header};
 use crate::ruleset::{BaseHook, Chain, DnatElem, DnatId, MapKey, Ruleset};
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, ChainType, Hook, MsgType, NlMsg, Policy, ProtoFamily, Table};
@@ -191,7 +191,7 @@ impl Transaction {
     }
 
     fn add_set(&mut self, set: &NfSet, what: &str) {
-        self.batch.add(&NewSet(set), MsgType::Add);
+        self.batch.add(&SetMsg(set), MsgType::Add);
         self.objects.push(format!("add {what}"));
         self.elements(set, MsgType::Add, what);
     }

@@ -5,28 +5,39 @@ use super::{FlushChain, Transaction, cstring};
 use crate::kernel::decode::Installed;
 use crate::kernel::encode::key_bytes;
 use crate::kernel::meta::TableMeta;
-use crate::kernel::sets::{CounterObj, NfSet};
-use crate::ruleset::{Chain, DnatElem, DnatId, MapKind, Ruleset};
+use crate::kernel::sets::{CounterObj, NfSet, SetMsg};
+use crate::ruleset::{Chain, DnatElem, MapKind, Rule, Ruleset, Stmt};
 use nftnl::{MsgType, ProtoFamily, Table};
 use std::collections::{HashMap, HashSet};
 
-/// Whether `desired` can be reached from what is installed by changing only map elements
-/// and service chains: same base chains, same maps, nothing svcnat does not recognise, and
-/// svcnat's bookkeeping set in place. Anything else is replaced whole.
+/// Whether `desired` can be reached from what is installed by changing only map elements,
+/// service chains and DNAT maps (with their lookup rules): the same base chains but for
+/// those rules, the same verdict maps, DNAT maps present on both sides of the same size,
+/// nothing svcnat does not recognise, and svcnat's bookkeeping set in place. Anything else
+/// is replaced whole.
 pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
+    // Base chains without their DNAT map lookups: those follow the maps (`dnat_lookups`).
     let base = |rs: &Ruleset| -> Vec<Chain> {
         rs.chains
             .iter()
             .filter(|c| c.hook.is_some())
-            .cloned()
+            .map(|c| Chain {
+                rules: c
+                    .rules
+                    .iter()
+                    .filter(|r| !is_dnat_lookup(r))
+                    .cloned()
+                    .collect(),
+                ..c.clone()
+            })
             .collect()
     };
-    let kinds = |rs: &Ruleset| -> (Vec<MapKind>, Vec<(DnatId, u32)>) {
-        (
-            rs.maps.iter().map(|m| m.kind).collect(),
-            rs.dnat_maps.iter().map(|m| (m.id, m.size)).collect(),
-        )
-    };
+    let kinds = |rs: &Ruleset| -> Vec<MapKind> { rs.maps.iter().map(|m| m.kind).collect() };
+    // A map's size is fixed when it is made: one that must grow is made again, whole.
+    let resized = desired
+        .dnat_maps
+        .iter()
+        .any(|m| (installed.ruleset.dnat_map(m.id)).is_some_and(|o| o.size != m.size));
     let families = |rs: &Ruleset| -> Vec<crate::plan::Family> {
         rs.accounts.iter().map(|a| a.family).collect()
     };
@@ -38,9 +49,14 @@ pub fn can_update(installed: &Installed, desired: &Ruleset) -> bool {
     installed.unrecognized.is_empty()
         && installed.bookkeeping
         && !others
+        && !resized
         && base(&installed.ruleset) == base(desired)
         && kinds(&installed.ruleset) == kinds(desired)
         && families(&installed.ruleset) == families(desired)
+}
+
+fn is_dnat_lookup(r: &Rule) -> bool {
+    r.0.iter().any(|s| matches!(s, Stmt::DnatMap(_)))
 }
 
 impl Transaction {
@@ -54,6 +70,33 @@ impl Transaction {
         // The bookkeeping element: out with the old generation, in with the new.
         self.generation_element(&rs.table, &installed.meta, MsgType::Del);
         self.generation_element(&rs.table, meta, MsgType::Add);
+
+        // DNAT maps that come (a first service of that many slots): the map, then the base
+        // chains' rules again where their lookups changed, which binds it while empty;
+        // maps that go, once no rule looks them up. Their elements follow below.
+        let had = |id| installed.ruleset.dnat_map(id).is_some();
+        let new_maps: Vec<_> = rs.dnat_maps.iter().filter(|m| !had(m.id)).collect();
+        for m in &new_maps {
+            let set = NfSet::dnat_map(&rs.table, m.id, m.size);
+            self.add_set(&set, &format!("map {}", m.id.name()));
+        }
+        for c in rs.chains.iter().filter(|c| c.hook.is_some()) {
+            let was = installed.ruleset.chain(&c.name).map(|o| &o.rules);
+            if was != Some(&c.rules) {
+                let name = cstring(&c.name);
+                self.add(
+                    &FlushChain(&tname, &name),
+                    MsgType::Del,
+                    format!("flush chain {}", c.name),
+                );
+                self.rules(&rs.table, &Self::nl_chain(&table, &name, c), c);
+            }
+        }
+        for m in (installed.ruleset.dnat_maps.iter()).filter(|m| rs.dnat_map(m.id).is_none()) {
+            let set = NfSet::dnat_map(&rs.table, m.id, m.size);
+            self.batch.add(&SetMsg(&set), MsgType::Del);
+            self.objects.push(format!("delete map {}", m.id.name()));
+        }
 
         // DNAT map elements: a changed target or name is the old element out, the new one
         // in — in the same transaction, so no connection ever finds neither.
