@@ -206,11 +206,10 @@ impl Service {
     }
 
     /// Targets repeated by weight: slot i of a `numgen random mod N` map.
-    pub fn slots(&self) -> Vec<SocketAddr> {
+    pub fn slots(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.targets
             .iter()
             .flat_map(|t| std::iter::repeat_n(t.addr, t.weight as usize))
-            .collect()
     }
 
     /// Targets that may live outside this namespace (not loopback): these need forwarding.

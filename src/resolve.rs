@@ -447,7 +447,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let slots = p.services[0].slots();
+        let slots: Vec<_> = p.services[0].slots().collect();
         assert_eq!(slots.len(), 3);
         assert_eq!(slots[1], "10.0.0.1:80".parse().unwrap());
         assert_eq!(slots[2], "10.0.0.2:80".parse().unwrap());

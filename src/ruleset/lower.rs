@@ -248,7 +248,7 @@ fn service_chain_of(s: &Service) -> Chain {
     if s.masquerade {
         main.push(Stmt::MarkSet(MASQ_MARK));
     }
-    let slots = s.slots();
+    let slots: Vec<SocketAddr> = s.slots().collect();
     main.push(if slots.len() == 1 {
         Stmt::DnatTo(slots[0])
     } else {

@@ -118,19 +118,15 @@ impl DnatElem {
     /// service's other slots: a comment on each was a third of a 10,000-service commit of
     /// two or three targets (the kernel allocates every element's userdata).
     pub fn of(key: MapKey, s: &Service) -> impl Iterator<Item = DnatElem> + '_ {
-        s.targets
-            .iter()
-            .flat_map(|t| std::iter::repeat_n(t.addr, t.weight as usize))
-            .enumerate()
-            .map(move |(slot, target)| DnatElem {
-                key,
-                slot: slot as u16,
-                target,
-                service: match slot {
-                    0 => crate::short::Short::new(&s.name),
-                    _ => crate::short::Short::new(""),
-                },
-            })
+        s.slots().enumerate().map(move |(slot, target)| DnatElem {
+            key,
+            slot: slot as u16,
+            target,
+            service: match slot {
+                0 => crate::short::Short::new(&s.name),
+                _ => crate::short::Short::new(""),
+            },
+        })
     }
 }
 
