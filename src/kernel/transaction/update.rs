@@ -9,6 +9,7 @@ use crate::kernel::sets::{CounterObj, NfSet, SetMsg};
 use crate::ruleset::{Chain, DnatElem, MapKind, Rule, Ruleset, Stmt};
 use nftnl::{MsgType, ProtoFamily, Table};
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
 
 /// Whether `desired` can be reached from what is installed by changing only map elements,
 /// service chains and DNAT maps (with their lookup rules): the same base chains but for
@@ -83,13 +84,7 @@ impl Transaction {
         for c in rs.chains.iter().filter(|c| c.hook.is_some()) {
             let was = installed.ruleset.chain(&c.name).map(|o| &o.rules);
             if was != Some(&c.rules) {
-                let name = cstring(&c.name);
-                self.add(
-                    &FlushChain(&tname, &name),
-                    MsgType::Del,
-                    format!("flush chain {}", c.name),
-                );
-                self.rules(&rs.table, &Self::nl_chain(&table, &name, c), c);
+                self.refill_chain((&table, &tname, &rs.table), c);
             }
         }
         for m in (installed.ruleset.dnat_maps.iter()).filter(|m| rs.dnat_map(m.id).is_none()) {
@@ -161,14 +156,7 @@ impl Transaction {
             let chain = Self::nl_chain(&table, &name, c);
             match old.get(c.name.as_str()) {
                 Some(o) if o.rules == c.rules => {}
-                Some(_) => {
-                    self.add(
-                        &FlushChain(&tname, &name),
-                        MsgType::Del,
-                        format!("flush chain {}", c.name),
-                    );
-                    self.rules(&rs.table, &chain, c);
-                }
+                Some(_) => self.refill_chain((&table, &tname, &rs.table), c),
                 None => {
                     self.add(&chain, MsgType::Add, format!("add chain {}", c.name));
                     self.rules(&rs.table, &chain, c);
@@ -239,5 +227,17 @@ impl Transaction {
             }
             self.elements(&set, MsgType::Add, &format!("map {}", kind.name()));
         }
+    }
+
+    /// Chain `c`'s rules replaced by its own: flushed, then added again (one batch).
+    fn refill_chain(&mut self, table: (&Table, &CString, &str), c: &Chain) {
+        let (table, tname, table_name) = table;
+        let name = cstring(&c.name);
+        self.add(
+            &FlushChain(tname, &name),
+            MsgType::Del,
+            format!("flush chain {}", c.name),
+        );
+        self.rules(table_name, &Self::nl_chain(table, &name, c), c);
     }
 }
