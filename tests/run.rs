@@ -232,9 +232,10 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
     );
     run.wait_log("table not read back", Duration::from_secs(2));
 
-    // A commit by someone else, in svcnat's own table: the next reload must see it.
-    lab.proxy
-        .exec_ok("nft insert rule inet svcnat prerouting tcp dport 8080 counter accept");
+    // A commit by someone else, in another table (a change to svcnat's own would be
+    // repaired first, after its debounce, racing the reload): the ruleset's generation
+    // moved, so the next reload must read svcnat's table back.
+    lab.proxy.exec_ok("nft add table inet someone-else");
     std::fs::write(&map.0, service(8080)).unwrap();
     unsafe { libc::kill(pid, libc::SIGHUP) };
     eventually(
@@ -243,10 +244,16 @@ fn reloads_read_the_table_back_only_after_someone_else_committed() {
         "a",
         Duration::from_secs(3),
     );
+    run.wait_log(
+        "applied 1 service(s) (SIGHUP) as generation 3",
+        Duration::from_secs(2),
+    );
     let log = run.log();
     assert_eq!(log.matches("table not read back").count(), 1, "{log}");
+    assert!(!log.contains("repair"), "{log}");
     let (code, diff, _) = svcnat(&["diff", "-f", map.path(), "--netns", &lab.proxy.name]);
-    assert_eq!(code, 0, "the hand edit is gone: {diff}");
+    assert_eq!(code, 0, "{diff}");
+    assert!(lab.proxy.ruleset().contains("table inet someone-else"));
     run.signal(libc::SIGINT);
 }
 
