@@ -4,7 +4,7 @@
 //! original tuple and id. An entry already gone (ENOENT: it timed out, or was deleted by
 //! someone else meanwhile) counts as deleted — the goal is that it is not there.
 
-use super::netlink::{Msg, Netlink, attrs, message, put_attr};
+use super::netlink::{Msg, NLA_F_NESTED, Netlink, attrs, message, put_attr};
 use super::wire::{be32, find};
 use crate::conntrack::Flow;
 use crate::error::{Error, Result};
@@ -34,7 +34,6 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_FILTER_ORIG_FLAGS: u16 = 1;
 const CTA_FILTER_REPLY_FLAGS: u16 = 2;
 const CTA_FILTER_F_CTA_PROTO_NUM: u32 = 1 << 3;
-const NLA_F_NESTED: u16 = 0x8000;
 /// include/uapi/linux/netfilter/nf_conntrack_common.h: the connection was DNATed.
 const IPS_DST_NAT: u32 = 1 << 5;
 

@@ -7,6 +7,7 @@
 //! svcnat's decoder see the same messages.
 
 use super::encode::dnat_map_id;
+use super::netlink::NLA_F_NESTED;
 use super::sets::header;
 use crate::ruleset::{DnatElem, DnatId};
 use nftnl::nftnl_sys::libc;
@@ -24,7 +25,6 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
-const NLA_F_NESTED: u16 = 1 << 15;
 /// Element userdata type of a comment (NFTNL_UDATA_SET_ELEM_COMMENT).
 pub(super) const ELEM_COMMENT: u8 = 0;
 

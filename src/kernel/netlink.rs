@@ -11,6 +11,9 @@ const ERESTART: i32 = 85;
 /// asm-generic/socket.h (Linux ≥ 5.14); not in every libc crate release.
 const SO_NETNS_COOKIE: i32 = 71;
 const NLMSG_DONE: u16 = 3;
+/// The flag of a nested attribute's type (linux/netlink.h): its payload is attributes.
+pub const NLA_F_NESTED: u16 = 1 << 15;
+
 /// Large enough for the biggest dump message (64 KiB attribute + headers).
 const RECV_BUF: usize = 128 * 1024;
 

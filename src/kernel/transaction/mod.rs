@@ -460,7 +460,7 @@ mod tests {
             let len = u16::from_ne_bytes([attrs[at], attrs[at + 1]]) as usize;
             let ty = u16::from_ne_bytes([attrs[at + 2], attrs[at + 3]]);
             let end = (at + len.next_multiple_of(4)).min(attrs.len());
-            if ty & (1 << 15) != 0 {
+            if ty & crate::kernel::netlink::NLA_F_NESTED != 0 {
                 zero_padding(&mut attrs[at + 4..at + len]);
             }
             attrs[at + len..end].fill(0);
