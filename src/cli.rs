@@ -352,6 +352,46 @@ pub fn read_map(file: Option<&PathBuf>) -> Result<Source> {
     crate::map::read::read(&map_path(file))
 }
 
+/// The map named by -f, $SVCNAT_MAP or ./svcnat.toml, opened: a file is read whole only
+/// when something needs all of it (`source`), so that a one-shot apply whose incremental
+/// path compares it a window at a time never holds it in memory; standard input is read
+/// at once.
+pub struct MapInput {
+    file: Option<crate::map::read::MapFile>,
+    read: std::cell::OnceCell<Source>,
+}
+
+impl MapInput {
+    pub fn open(file: Option<&PathBuf>) -> Result<MapInput> {
+        let path = map_path(file);
+        let read = std::cell::OnceCell::new();
+        if path.as_os_str() == "-" {
+            let _ = read.set(crate::map::read::read(&path)?);
+            return Ok(MapInput { file: None, read });
+        }
+        let file = Some(crate::map::read::open(&path)?);
+        Ok(MapInput { file, read })
+    }
+
+    /// The file, to compare a window at a time; None for standard input.
+    pub fn file(&self) -> Option<&crate::map::read::MapFile> {
+        self.file.as_ref()
+    }
+
+    /// The whole map as text, read on first use.
+    pub fn source(&self) -> Result<&Source> {
+        if let Some(s) = self.read.get() {
+            return Ok(s);
+        }
+        let file = self
+            .file
+            .as_ref()
+            .expect("standard input is read when opened");
+        let source = file.read()?;
+        Ok(self.read.get_or_init(|| source))
+    }
+}
+
 /// The map in the file at `path`.
 pub fn read_map_file(path: &std::path::Path) -> Result<Source> {
     crate::map::read::read(path)

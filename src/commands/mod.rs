@@ -298,7 +298,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => {
             let started = Instant::now();
             let resolver = crate::cli::resolver_in(&map, &netns)?;
-            let source = crate::cli::read_map(map.file.as_ref())?;
+            let input = crate::cli::MapInput::open(map.file.as_ref())?;
             // A map error is reported before a usage error: parse first when the flags are off.
             let t = match target(&state, &backend) {
                 Ok(t) => ops::Target {
@@ -307,30 +307,33 @@ pub fn run(cli: Cli) -> Result<i32> {
                     ..t
                 },
                 Err(e) => {
-                    Desired::from_map(&source, &resolver)?;
+                    Desired::from_map(input.source()?, &resolver)?;
                     return Err(e);
                 }
             };
             let netns = netns_spec(&netns)?;
             let mut session = Session::new(Connection::one_shot(netns.clone()));
             let Some(seconds) = confirm else {
-                let from_file = source.name != "-";
-                let mut parse = || Desired::from_map(&source, &resolver);
-                let request = match from_file {
-                    true => ops::Request::Map {
-                        name: &source.name,
-                        text: source.text.as_bytes(),
-                        resolver: &resolver,
-                        on_top_of: None,
-                        parse: &mut parse,
-                    },
-                    false => ops::Request::Whole(parse()?),
+                let mut parse = || Desired::from_map(input.source()?, &resolver);
+                let name;
+                let request = match input.file() {
+                    Some(file) => {
+                        name = file.name();
+                        ops::Request::Map {
+                            name: &name,
+                            text: crate::map::window::MapBytes::File(file),
+                            resolver: &resolver,
+                            on_top_of: None,
+                            parse: &mut parse,
+                        }
+                    }
+                    None => ops::Request::Whole(parse()?),
                 };
                 let done = ops::sync(&mut session, &t, request, Reason::Apply)?;
                 println!("{}", report(&t, netns.as_ref(), &done, started, verbose));
                 return Ok(0);
             };
-            let desired = Desired::from_map(&source, &resolver)?;
+            let desired = Desired::from_map(input.source()?, &resolver)?;
             let netns_flag = netns
                 .as_ref()
                 .map(|n| format!(" --netns {}", n.label))

@@ -14,6 +14,7 @@ mod raw;
 pub mod read;
 mod scan;
 pub mod sections;
+pub mod window;
 use std::ops::Range;
 use toml::Spanned;
 

@@ -17,6 +17,83 @@ pub fn read(path: &Path) -> Result<Source> {
         let bytes = read_capped(std::io::stdin().lock(), path)?;
         return utf8_source("-".to_owned(), bytes);
     }
+    open(path)?.read()
+}
+
+/// A map file opened and found to be a regular file of at most `MAX_MAP_BYTES`, not yet
+/// read: a one-shot apply compares it with the index a window at a time
+/// (`window::MapBytes`) and reads it whole only when the full path parses it.
+pub struct MapFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    /// Size and change times when opened (see `unchanged`).
+    stamp: Stamp,
+}
+
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl MapFile {
+    /// The path as the user gave it: what errors and generations name the map by.
+    pub fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Its size when it was opened.
+    pub fn len(&self) -> usize {
+        self.stamp.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stamp.len == 0
+    }
+
+    pub(super) fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Whether its size and change times are still those it was opened with. A write
+    /// within one tick of the file system's clock that keeps the size goes unseen: a map
+    /// written while svcnat reads it can come out torn either way, as with any reader.
+    pub fn unchanged(&self) -> bool {
+        self.file
+            .metadata()
+            .is_ok_and(|m| Stamp::of(&m) == self.stamp)
+    }
+
+    /// The whole map as text, read from its start (however much was read before).
+    pub fn read(&self) -> Result<Source> {
+        struct At<'f>(&'f std::fs::File, u64);
+        impl Read for At<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                use std::os::unix::fs::FileExt;
+                let n = self.0.read_at(buf, self.1)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        let bytes = read_capped(At(&self.file, 0), &self.path)?;
+        utf8_source(self.name(), bytes)
+    }
+}
+
+/// Open the map file at `path` and check what it is, without reading it.
+pub fn open(path: &Path) -> Result<MapFile> {
     let refuse = |problem: String, hint: &str| Error::ReadMap {
         path: path.to_owned(),
         problem,
@@ -51,8 +128,11 @@ pub fn read(path: &Path) -> Result<Source> {
     if meta.len() > MAX_MAP_BYTES {
         return Err(too_large(path, meta.len()));
     }
-    let bytes = read_capped(file, path)?;
-    utf8_source(path.display().to_string(), bytes)
+    Ok(MapFile {
+        path: path.to_owned(),
+        file,
+        stamp: Stamp::of(&meta),
+    })
 }
 
 /// Up to `MAX_MAP_BYTES` of `r`; more is refused (a file may grow while it is read).

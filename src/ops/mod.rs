@@ -220,13 +220,13 @@ pub fn empty_map(file: &str) -> Error {
 
 /// What the caller asks `sync` to install.
 pub enum Request<'a> {
-    /// A map file's text: the incremental path compares it with the index of the last
-    /// apply; `parse` gives the whole desired state when the full path must run (and its
+    /// A map file's bytes (in memory, or still in the file): the incremental path compares
+    /// them with the index of the last apply; `parse` gives the whole desired state when the full path must run (and its
     /// error is the one the user sees). `on_top_of`: only on top of that generation (a
     /// caller keeping the plan it installed must not splice a change into somebody else's).
     Map {
         name: &'a str,
-        text: &'a [u8],
+        text: crate::map::window::MapBytes<'a>,
         resolver: &'a Resolver,
         on_top_of: Option<u64>,
         parse: &'a mut dyn FnMut() -> Result<Desired>,
@@ -387,8 +387,10 @@ fn current_meta(k: &mut dyn Kernel, backend: &Backend, table: &str) -> Result<Op
 /// `xxh128:HEX` of a map's text, as `xxh128sum` prints it. It names which map a generation
 /// came from; nothing trusts it for more.
 pub fn digest(text: impl AsRef<[u8]>) -> String {
-    format!(
-        "xxh128:{:032x}",
-        twox_hash::XxHash3_128::oneshot(text.as_ref())
-    )
+    format_digest(twox_hash::XxHash3_128::oneshot(text.as_ref()))
+}
+
+/// `xxh128:HEX` of an XXH3-128 (`MapBytes::hash128`).
+pub fn format_digest(hash: u128) -> String {
+    format!("xxh128:{hash:032x}")
 }

@@ -34,6 +34,9 @@ pub enum FullReason {
     HistoryMoved,
     /// The map's settings or section layout changed, or too many sections did.
     MapLayout,
+    /// The map file changed while it was compared (its size or times moved): the full
+    /// path reads it again.
+    MapRewritten,
     /// A changed service has `localhost` or a port range, or a DNAT map appears, goes or
     /// changes size.
     ServiceShape,
@@ -62,7 +65,7 @@ impl SyncPath {
 }
 
 impl FullReason {
-    pub const ALL: [FullReason; 15] = [
+    pub const ALL: [FullReason; 16] = [
         FullReason::NotAMapFile,
         FullReason::IptablesBackend,
         FullReason::Confirm,
@@ -71,6 +74,7 @@ impl FullReason {
         FullReason::TableChanged,
         FullReason::HistoryMoved,
         FullReason::MapLayout,
+        FullReason::MapRewritten,
         FullReason::ServiceShape,
         FullReason::HostNames,
         FullReason::Sysctls,
@@ -91,6 +95,7 @@ impl FullReason {
             FullReason::TableChanged => "table-changed",
             FullReason::HistoryMoved => "history-moved",
             FullReason::MapLayout => "map-layout",
+            FullReason::MapRewritten => "map-rewritten",
             FullReason::ServiceShape => "service-shape",
             FullReason::HostNames => "host-names",
             FullReason::Sysctls => "sysctls",
@@ -112,6 +117,7 @@ impl FullReason {
             FullReason::TableChanged => "svcnat's table is not what the last apply left",
             FullReason::HistoryMoved => "the recorded generations moved since the last apply",
             FullReason::MapLayout => "the map's settings or layout changed, or many services did",
+            FullReason::MapRewritten => "the map file changed while it was read",
             FullReason::ServiceShape => {
                 "a changed service has localhost or a port range, or a DNAT map appears, goes or changes size"
             }

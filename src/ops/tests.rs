@@ -48,7 +48,33 @@ impl Lab {
         let mut parse = || Desired::from_map(&source, &resolver);
         let request = Request::Map {
             name: "map.toml",
-            text: source.text.as_bytes(),
+            text: crate::map::window::MapBytes::Memory(source.text.as_bytes()),
+            resolver: &resolver,
+            on_top_of: None,
+            parse: &mut parse,
+        };
+        sync(&mut self.session, &self.target, request, Reason::Apply)
+    }
+
+    /// `svcnat apply -f FILE`, as commands does it: the file compared a window at a time,
+    /// read whole only when the full path parses it. `meanwhile` runs after the file is
+    /// opened (a writer racing the apply).
+    fn apply_file(
+        &mut self,
+        text: &str,
+        meanwhile: impl FnOnce(&std::path::Path),
+    ) -> Result<Synced> {
+        let path = self.root.join("map.toml");
+        std::fs::create_dir_all(&self.root).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let file = crate::map::read::open(&path).unwrap();
+        meanwhile(&path);
+        let resolver = Resolver::new(Default::default());
+        let mut parse = || Desired::from_map(&file.read()?, &resolver);
+        let name = file.name();
+        let request = Request::Map {
+            name: &name,
+            text: crate::map::window::MapBytes::File(&file),
             resolver: &resolver,
             on_top_of: None,
             parse: &mut parse,
@@ -415,4 +441,29 @@ fn a_service_without_masquerade_changes_by_its_element_too() {
         rules.chains.iter().all(|c| !c.name.starts_with("svc-")),
         "no chain per service"
     );
+}
+
+/// A map file is compared with the index from the file itself; one rewritten after it
+/// was opened (its size or times moved) goes the full way, which reads what it holds now.
+#[test]
+fn a_map_file_changed_while_it_is_compared_goes_the_full_way() {
+    let mut lab = Lab::forwarding("file");
+    lab.apply_file(&map(30, None), |_| {}).unwrap();
+    let done = lab.apply_file(&map(30, Some(4)), |_| {}).unwrap();
+    assert_eq!((done.path, done.messages), (SyncPath::Incremental, 2));
+    let done = lab.apply_file(&map(30, Some(4)), |_| {}).unwrap();
+    assert_eq!(done.path, SyncPath::Unchanged);
+
+    let now = map(30, Some(9)).replace("s29\"", "s29-renamed\"");
+    let done = lab
+        .apply_file(&map(30, Some(5)), |p| std::fs::write(p, &now).unwrap())
+        .unwrap();
+    assert_eq!(done.path, SyncPath::Full(FullReason::MapRewritten));
+    let dnat = &lab.rules().unwrap().dnat_maps[0];
+    let port = |name: &str| {
+        let e = dnat.elements.iter().find(|e| &*e.service == name);
+        e.map(|e| e.target.port())
+    };
+    assert_eq!((port("s5"), port("s9")), (Some(8080), Some(9090)));
+    assert_eq!((port("s29"), port("s29-renamed")), (None, Some(8080)));
 }

@@ -42,7 +42,7 @@ impl Runner {
         };
         let request = Request::Map {
             name: &source.name,
-            text: source.text.as_bytes(),
+            text: crate::map::window::MapBytes::Memory(source.text.as_bytes()),
             resolver,
             on_top_of: self.synced,
             parse: &mut parse,

@@ -3,6 +3,7 @@
 
 use super::Index;
 use crate::map::sections::{GROUP, hash};
+use crate::map::window::{MapBytes, Window};
 
 /// A map this large (1 MB, some 12,000 services) is compared from both ends at once.
 const PARALLEL_FROM: usize = 1 << 20;
@@ -19,7 +20,7 @@ impl Index {
     /// From the start: how many recorded sections `text` still has where they were, and
     /// where the first that differs begins. A group at a time while groups match, then a
     /// section at a time.
-    fn walk_front(&self, text: &[u8], head_len: usize) -> (usize, usize) {
+    fn walk_front(&self, text: &mut Window, head_len: usize) -> (usize, usize) {
         let n = self.records.len();
         let (mut at, mut start) = (0, head_len);
         for &(h, len) in &self.groups {
@@ -43,7 +44,7 @@ impl Index {
 
     /// From the end, not before byte `floor` nor record `first`: how many recorded sections
     /// end `text`, and where they begin.
-    fn walk_back(&self, text: &[u8], floor: usize, first: usize) -> (usize, usize) {
+    fn walk_back(&self, text: &mut Window, floor: usize, first: usize) -> (usize, usize) {
         let n = self.records.len();
         let (mut tail, mut end) = (0, text.len());
         // Whole groups from the last (which may be short), not below `first` nor `floor`.
@@ -52,10 +53,7 @@ impl Index {
                 break;
             }
             match end.checked_sub(len as usize).filter(|&s| s >= floor) {
-                Some(s) => {
-                    if hash(&text[s..end]) != h {
-                        break;
-                    }
+                Some(s) if text.get(s..end).map(hash) == Some(h) => {
                     (end, tail) = (s, n - g * GROUP);
                 }
                 _ => break,
@@ -64,7 +62,7 @@ impl Index {
         while tail < n - first {
             let (h, len) = self.records.section(n - 1 - tail);
             match end.checked_sub(len).filter(|&s| s >= floor) {
-                Some(s) if hash(&text[s..end]) == h => (end, tail) = (s, tail + 1),
+                Some(s) if text.get(s..end).map(hash) == Some(h) => (end, tail) = (s, tail + 1),
                 _ => break,
             }
         }
@@ -75,9 +73,10 @@ impl Index {
     /// recorded section where it was — from the start, then from the end — rather than by
     /// searching for headers (which costs twice as much at 50,000 services). None when the
     /// prefix changed or the text between cannot be whole sections.
-    pub fn diff(&self, text: &[u8]) -> Option<Diff> {
+    pub fn diff(&self, bytes: MapBytes) -> Option<Diff> {
         let head_len = usize::try_from(self.head.prefix_len).ok()?;
-        if hash(text.get(..head_len)?) != self.head.prefix {
+        let text = &mut Window::forward(bytes);
+        if hash(text.get(0..head_len)?) != self.head.prefix {
             return None;
         }
         let n = self.records.len();
@@ -86,7 +85,7 @@ impl Index {
         // sections around the change) are done again one after the other.
         let walks = if text.len() >= PARALLEL_FROM {
             std::thread::scope(|s| {
-                let back = s.spawn(|| self.walk_back(text, head_len, 0));
+                let back = s.spawn(|| self.walk_back(&mut Window::backward(bytes), head_len, 0));
                 let front = self.walk_front(text, head_len);
                 (
                     front,
@@ -95,7 +94,8 @@ impl Index {
             })
         } else {
             let front = self.walk_front(text, head_len);
-            (front, self.walk_back(text, front.1, front.0))
+            let back = &mut Window::backward(bytes);
+            (front, self.walk_back(back, front.1, front.0))
         };
         let ((mut at, mut start), (mut tail, mut end)) = walks;
         if at == n && start == text.len() {
@@ -104,13 +104,13 @@ impl Index {
         }
         if at + tail > n || start > end {
             (at, start) = self.walk_front(text, head_len);
-            (tail, end) = self.walk_back(text, start, at);
+            (tail, end) = self.walk_back(&mut Window::backward(bytes), start, at);
         }
         // Whatever lies between must be whole sections, starting a line with a header and
         // ending one before the sections that follow.
-        let region = &text[start..end];
-        if !region.is_empty() {
-            let line_start = start == 0 || text[start - 1] == b'\n';
+        if start < end {
+            let line_start = start == 0 || text.get(start - 1..start)? == b"\n";
+            let region = text.get(start..end)?;
             let line_end = tail == 0 || region.ends_with(b"\n");
             if !(line_start && line_end && region.starts_with(b"[[service]]")) {
                 return None;
@@ -208,7 +208,11 @@ mod tests {
             };
             encode(&old);
             let mut old = Index::read(&dir).unwrap();
-            let d = old.diff(after.as_bytes()).expect("a diff");
+            // Compared and spliced a window at a time from the file, as `svcnat apply` does.
+            let file = dir.join("map.toml");
+            std::fs::write(&file, &after).unwrap();
+            let file = crate::map::read::open(&file).unwrap();
+            let d = old.diff(MapBytes::File(&file)).expect("a diff");
             let fresh = indexed(&after);
             let added = fresh.records.len() - (old.records.len() - d.removed);
             let new: Vec<Record> = (d.at..d.at + added).map(|i| fresh.records.get(i)).collect();
@@ -219,7 +223,7 @@ mod tests {
                     d.at,
                     d.removed,
                     &new,
-                    after.as_bytes(),
+                    MapBytes::File(&file),
                     d.region.start,
                 )
                 .unwrap();
@@ -237,7 +241,7 @@ mod tests {
             }
             drop(old);
             // And the next diff of the same map finds nothing changed.
-            let same = back.diff(after.as_bytes()).unwrap();
+            let same = back.diff(MapBytes::Memory(after.as_bytes())).unwrap();
             assert_eq!(
                 (same.at, same.removed, same.region.len()),
                 (back.records.len(), 0, 0)
@@ -253,11 +257,20 @@ mod tests {
         let other = map(n, &retarget(100));
         let at = Sections::of(&other).unwrap().starts[100];
         let stale = [fresh.records.get(100)];
-        let spliced = old.write_splice(&dir, &fresh.head, 100, 1, &stale, other.as_bytes(), at);
+        let spliced = old.write_splice(
+            &dir,
+            &fresh.head,
+            100,
+            1,
+            &stale,
+            MapBytes::Memory(other.as_bytes()),
+            at,
+        );
         assert!(spliced.is_err());
         // (the same, as it was compared: fine)
         let at = Sections::of(&before).unwrap().starts[100];
-        old.write_splice(&dir, &fresh.head, 100, 1, &stale, before.as_bytes(), at)
+        let before = MapBytes::Memory(before.as_bytes());
+        old.write_splice(&dir, &fresh.head, 100, 1, &stale, before, at)
             .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -283,7 +296,7 @@ mod tests {
         let ix = indexed(&text(&[80, 81, 82, 83, 84]));
         let diff = |ports: &[u32]| {
             let t = text(ports);
-            ix.diff(t.as_bytes())
+            ix.diff(MapBytes::Memory(t.as_bytes()))
                 .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
         };
         assert_eq!(diff(&[80, 81, 82, 83, 84]), Some((5, 0, 0)));
@@ -297,16 +310,16 @@ mod tests {
 
         // The prefix changed: no diff.
         let t = text(&[80, 81, 82, 83, 84]).replace("table = \"t\"", "table = \"u\"");
-        assert_eq!(ix.diff(t.as_bytes()), None);
+        assert_eq!(ix.diff(MapBytes::Memory(t.as_bytes())), None);
         // Text that is not whole sections between the unchanged ones: no diff.
         let t = text(&[80, 81, 82, 83, 84]).replace(
             "[[service]]\nname = \"s2\"",
             "x = 1\n[[service]]\nname = \"s2\"",
         );
-        assert_eq!(ix.diff(t.as_bytes()), None);
+        assert_eq!(ix.diff(MapBytes::Memory(t.as_bytes())), None);
         let t = text(&[80, 81, 82, 83, 84])
             .replace("\n[[service]]\nname = \"s3\"", "[[service]]\nname = \"s3\"");
-        assert_eq!(ix.diff(t.as_bytes()), None);
+        assert_eq!(ix.diff(MapBytes::Memory(t.as_bytes())), None);
     }
 
     #[test]
@@ -331,7 +344,7 @@ mod tests {
         assert!(original.len() >= PARALLEL_FROM);
         let ix = indexed(&original);
         let diff = |t: &str| {
-            ix.diff(t.as_bytes())
+            ix.diff(MapBytes::Memory(t.as_bytes()))
                 .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
         };
         assert_eq!(diff(&original), Some((20_000, 0, 0)));

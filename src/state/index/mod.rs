@@ -26,7 +26,7 @@ const VERSION: u32 = 5;
 const RECORD: usize = 44;
 
 /// The records, in their file form (`RECORD` bytes each), never decoded as a whole: a
-/// 50,000-service index costs one mapping, and a few records changed are a few bytes
+/// 50,000-service index costs one read, and a few records changed are a few bytes
 /// written (`Index::write_splice`).
 pub struct Records {
     bytes: Vec<u8>,

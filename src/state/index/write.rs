@@ -7,6 +7,7 @@ use super::{
 };
 use crate::map::Sections;
 use crate::map::sections::hash;
+use crate::map::window::{MapBytes, Window};
 use crate::plan::Plan;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -27,8 +28,8 @@ impl Index {
     /// whose checksum fails, so a full apply), else as a new file. `text` is the map now,
     /// in which record `at` starts at byte `start`: the groups around the change are hashed
     /// from it again (all that follow it, when the number of records changed). Written in
-    /// place, this index is then the file's: its records are a mapping of it, and its head
-    /// and groups are updated here.
+    /// place, this index is then the file's: its records, head and groups are updated here
+    /// as they were written.
     #[allow(clippy::too_many_arguments)]
     pub fn write_splice(
         &mut self,
@@ -37,7 +38,7 @@ impl Index {
         at: usize,
         removed: usize,
         new: &[Record],
-        text: &[u8],
+        text: MapBytes,
         start: usize,
     ) -> std::io::Result<Written> {
         use std::os::unix::fs::FileExt;
@@ -94,16 +95,17 @@ impl Index {
     }
 
     /// The groups after the splice (see `write_splice`), and which of them changed. Each
-    /// section of a group hashed again must still be what its record says (the text may be
-    /// a mapping of a file changed since it was compared): else None.
+    /// section of a group hashed again must still be what its record says (the text is read
+    /// again, from a file that may have changed since it was compared): else None.
     fn spliced_groups(
         &self,
         at: usize,
         removed: usize,
         new: &[Record],
-        text: &[u8],
+        text: MapBytes,
         start: usize,
     ) -> Option<(Groups, std::ops::Range<usize>)> {
+        let text = &mut Window::forward(text);
         let count = self.records.len() - removed + new.len();
         let record = |i: usize| -> Record {
             if i < at {
@@ -132,10 +134,10 @@ impl Index {
                 if hash(section) != r.section {
                     return None;
                 }
-                pos += section.len();
+                pos += r.len as usize;
             }
             let len = pos - group_start;
-            *slot = (hash(&text[group_start..pos]), len as u64);
+            *slot = (hash(text.get(group_start..pos)?), len as u64);
         }
         Some((groups, first..end))
     }
