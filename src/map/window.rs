@@ -32,20 +32,6 @@ impl MapBytes<'_> {
         self.len() == 0
     }
 
-    /// XXH3-128 of all the bytes (what `ops::digest` formats); None if the file came out
-    /// shorter than it was.
-    pub fn hash128(&self) -> Option<u128> {
-        let mut h = twox_hash::XxHash3_128::new();
-        let mut w = Window::forward(*self);
-        let mut at = 0;
-        while at < self.len() {
-            let end = (at + WINDOW).min(self.len());
-            h.write(w.get(at..end)?);
-            at = end;
-        }
-        Some(h.finish_128())
-    }
-
     /// Whether the file still looks as it did when opened (size and change times): a map
     /// rewritten while it was compared is applied by the full path, which reads it anew.
     pub fn unchanged(&self) -> bool {
@@ -120,6 +106,84 @@ impl<'a> Window<'a> {
     }
 }
 
+/// The bytes read once from start to end, each into the digest as it is read (the map's
+/// XXH3-128, what `ops::digest` formats), while a walk asks for ranges in the order of
+/// their starts: comparing a map with its index and digesting it is one pass.
+pub struct Stream<'a> {
+    bytes: MapBytes<'a>,
+    /// File bytes `at..at + buf.len()`, read and digested.
+    buf: Vec<u8>,
+    at: usize,
+    digest: twox_hash::XxHash3_128,
+}
+
+impl<'a> Stream<'a> {
+    pub fn new(bytes: MapBytes<'a>) -> Stream<'a> {
+        Stream {
+            bytes,
+            buf: Vec::new(),
+            at: 0,
+            digest: twox_hash::XxHash3_128::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What it reads, for another walk over the same bytes.
+    pub fn bytes(&self) -> MapBytes<'a> {
+        self.bytes
+    }
+
+    /// The bytes at `r`; None past the end, before bytes already dropped, or if the file
+    /// came out shorter. Reading on drops the bytes before `r` (they were digested).
+    pub fn get(&mut self, r: Range<usize>) -> Option<&[u8]> {
+        if r.start > r.end || r.end > self.len() || r.start < self.at {
+            return None;
+        }
+        let file = match self.bytes {
+            MapBytes::Memory(b) => return b.get(r),
+            MapBytes::File(f) => f.file(),
+        };
+        while self.at + self.buf.len() < r.end {
+            let keep_from = (r.start - self.at).min(self.buf.len());
+            self.buf.drain(..keep_from);
+            self.at += keep_from;
+            let from = self.at + self.buf.len();
+            let old = self.buf.len();
+            self.buf.resize(old + WINDOW.min(self.len() - from), 0);
+            if file
+                .read_exact_at(&mut self.buf[old..], from as u64)
+                .is_err()
+            {
+                self.buf.truncate(old);
+                return None;
+            }
+            self.digest.write(&self.buf[old..]);
+        }
+        self.buf.get(r.start - self.at..r.end - self.at)
+    }
+
+    /// The digest of all the bytes, reading those not asked for yet; None if the file came
+    /// out shorter.
+    pub fn digest(mut self) -> Option<u128> {
+        if let MapBytes::Memory(b) = self.bytes {
+            return Some(twox_hash::XxHash3_128::oneshot(b));
+        }
+        let len = self.len();
+        while self.at + self.buf.len() < len {
+            let from = self.at + self.buf.len();
+            self.get(from..(from + WINDOW).min(len))?;
+        }
+        Some(self.digest.finish_128())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +217,35 @@ mod tests {
             }
             assert_eq!(b.get(n - 1..n + 1), None);
         }
-        assert_eq!(disk.hash128(), mem.hash128());
-        assert_eq!(mem.hash128(), Some(twox_hash::XxHash3_128::oneshot(&text)));
+        // A stream from the file gives the same ranges forward (None: before what it
+        // dropped), and digests every byte once whichever ranges were asked for.
+        let whole = Some(twox_hash::XxHash3_128::oneshot(&text));
+        let (w, ok) = (WINDOW, true);
+        let walks: [&[(Range<usize>, bool)]; 4] = [
+            &[],
+            &[
+                (0..10, ok),
+                (5..20, ok),
+                (20..w + 9, ok),
+                (2 * w..2 * w + 1, ok),
+            ],
+            &[(3..2 * w + 9, ok), (n - 1..n, ok), (5..6, false)],
+            &[(0..n, ok), (7..8, ok), (n..n + 1, false)],
+        ];
+        for walk in walks {
+            let mut s = Stream::new(disk);
+            for (r, ok) in walk {
+                let want = ok.then(|| &text[r.clone()]);
+                assert_eq!(s.get(r.clone()), want, "{r:?}");
+            }
+            assert_eq!(s.digest(), whole, "{walk:?}");
+            assert_eq!(Stream::new(mem).digest(), whole);
+        }
         assert!(disk.unchanged());
         // Cut short after it was opened: reads past the new end fail, and it has changed.
         std::fs::write(&path, &text[..100]).unwrap();
         assert_eq!(Window::forward(disk).get(50..200), None);
-        assert_eq!(disk.hash128(), None);
+        assert_eq!(Stream::new(disk).digest(), None);
         assert!(!disk.unchanged());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -59,18 +59,7 @@ pub(super) fn apply(
 ) -> Result<Attempt> {
     // What the kernel holds must be what the index describes: nobody committed since.
     let genid = k.genid()?;
-    // Digesting the map reads every byte of it, and reading the index is mostly page
-    // faults: the two side by side, on two cores 1 ms less of a one-shot change.
-    let (index, digest) = std::thread::scope(|s| {
-        let digest = s.spawn(|| text.hash128().map(super::format_digest));
-        let index = Index::read(&dir.path);
-        let digest = digest.join();
-        (
-            index,
-            digest.unwrap_or_else(|p| std::panic::resume_unwind(p)),
-        )
-    });
-    let Some(mut index) = index else {
+    let Some(mut index) = Index::read(&dir.path) else {
         return Ok(Err(FullReason::NoIndex));
     };
     if index.head.genid != genid {
@@ -100,9 +89,14 @@ pub(super) fn apply(
     {
         return Ok(Err(FullReason::HistoryMoved));
     }
-    let Some(digest) = digest else {
-        return Ok(Err(FullReason::MapRewritten));
+    // One pass over the map: where it differs from what the index describes, and its digest.
+    let Some(diff) = index.diff(text) else {
+        return Ok(Err(match text.unchanged() {
+            true => FullReason::MapLayout,
+            false => FullReason::MapRewritten,
+        }));
     };
+    let digest = super::format_digest(diff.digest);
     let unchanged = |index: Index, meta: TableMeta| -> Attempt {
         let synced = Synced {
             generation: Some(index.head.generation),
@@ -124,7 +118,7 @@ pub(super) fn apply(
         return Ok(unchanged(index, meta));
     }
     let locals = k.local_addresses();
-    let change = Change::find(&index, name, text, resolver, &locals);
+    let change = Change::find(&index, diff, name, text, resolver, &locals);
     // What was compared may be torn: the file is the full path's to read again.
     if !text.unchanged() {
         return Ok(Err(FullReason::MapRewritten));
@@ -266,6 +260,7 @@ struct Change {
 impl Change {
     fn find(
         index: &Index,
+        diff: Diff,
         name: &str,
         text: MapBytes,
         resolver: &Resolver,
@@ -279,7 +274,8 @@ impl Change {
             at,
             removed,
             region,
-        } = index.diff(text).ok_or(MapLayout)?;
+            ..
+        } = diff;
         let region_start = region.start;
         let old = &index.records;
 

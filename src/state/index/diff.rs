@@ -1,26 +1,26 @@
 //! Where a map differs from the one an index was written for: each recorded section
-//! hashed where it was, from the start and from the end, and what lies between.
+//! hashed where it was, from the start and from the end, and what lies between; and the
+//! map's digest, all in one pass over its bytes.
 
 use super::Index;
 use crate::map::sections::{GROUP, hash};
-use crate::map::window::{MapBytes, Window};
+use crate::map::window::{MapBytes, Stream, Window};
 
-/// A map this large (1 MB, some 12,000 services) is compared from both ends at once.
-const PARALLEL_FROM: usize = 1 << 20;
-
-/// The sections `at..at + removed` of the indexed map are now the text `region`.
+/// The sections `at..at + removed` of the indexed map are now the text `region`; `digest`
+/// is the XXH3-128 of the whole map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diff {
     pub at: usize,
     pub removed: usize,
     pub region: std::ops::Range<usize>,
+    pub digest: u128,
 }
 
 impl Index {
     /// From the start: how many recorded sections `text` still has where they were, and
     /// where the first that differs begins. A group at a time while groups match, then a
     /// section at a time.
-    fn walk_front(&self, text: &mut Window, head_len: usize) -> (usize, usize) {
+    fn walk_front(&self, text: &mut Stream, head_len: usize) -> (usize, usize) {
         let n = self.records.len();
         let (mut at, mut start) = (0, head_len);
         for &(h, len) in &self.groups {
@@ -32,7 +32,7 @@ impl Index {
                 _ => break,
             }
         }
-        while at < self.records.len() {
+        while at < n {
             let (h, len) = self.records.section(at);
             match text.get(start..start + len) {
                 Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
@@ -43,72 +43,64 @@ impl Index {
     }
 
     /// From the end, not before byte `floor` nor record `first`: how many recorded sections
-    /// end `text`, and where they begin.
-    fn walk_back(&self, text: &mut Window, floor: usize, first: usize) -> (usize, usize) {
-        let n = self.records.len();
-        let (mut tail, mut end) = (0, text.len());
-        // Whole groups from the last (which may be short), not below `first` nor `floor`.
-        for (g, &(h, len)) in self.groups.iter().enumerate().rev() {
-            if g * GROUP < first {
-                break;
-            }
-            match end.checked_sub(len as usize).filter(|&s| s >= floor) {
-                Some(s) if text.get(s..end).map(hash) == Some(h) => {
-                    (end, tail) = (s, n - g * GROUP);
+    /// end `text`, and where they begin. Whole groups, each where it would be counted from
+    /// the end, are hashed in the order of the text (the stream goes forward, on from
+    /// `floor`), and the run of them that matches up to the last counts; then single
+    /// sections below it, read again from the file.
+    fn walk_back(&self, text: &mut Stream, floor: usize, first: usize) -> (usize, usize) {
+        let (n, len) = (self.records.len(), text.len());
+        // Where each group would start, counted from the end, for those at or after `first`.
+        let mut end = len;
+        let mut spans = Vec::new();
+        for (g, &(h, glen)) in self.groups.iter().enumerate().rev() {
+            match end.checked_sub(glen as usize).filter(|&s| s >= floor) {
+                Some(s) if g * GROUP >= first => {
+                    spans.push((g, s..end, h));
+                    end = s;
                 }
                 _ => break,
             }
         }
+        let matched: Vec<bool> = (spans.iter().rev())
+            .map(|(_, span, h)| text.get(span.clone()).map(hash) == Some(*h))
+            .collect();
+        let (mut tail, mut end) = (0, len);
+        for ((g, span, _), ok) in spans.iter().zip(matched.iter().rev()) {
+            if !ok {
+                break;
+            }
+            (end, tail) = (span.start, n - g * GROUP);
+        }
+        let mut again = Window::backward(text.bytes());
         while tail < n - first {
-            let (h, len) = self.records.section(n - 1 - tail);
-            match end.checked_sub(len).filter(|&s| s >= floor) {
-                Some(s) if text.get(s..end).map(hash) == Some(h) => (end, tail) = (s, tail + 1),
+            let (h, slen) = self.records.section(n - 1 - tail);
+            match end.checked_sub(slen).filter(|&s| s >= floor) {
+                Some(s) if again.get(s..end).map(hash) == Some(h) => (end, tail) = (s, tail + 1),
                 _ => break,
             }
         }
         (tail, end)
     }
 
-    /// Where `text` differs from the map this index was written for, found by hashing each
-    /// recorded section where it was — from the start, then from the end — rather than by
-    /// searching for headers (which costs twice as much at 50,000 services). None when the
-    /// prefix changed or the text between cannot be whole sections.
+    /// Where the map differs from the one this index was written for, found by hashing
+    /// each recorded section where it was — from the start, then from the end — rather
+    /// than by searching for headers (which costs twice as much at 50,000 services); the
+    /// same pass digests the map. None when the prefix changed or the text between cannot
+    /// be whole sections.
     pub fn diff(&self, bytes: MapBytes) -> Option<Diff> {
         let head_len = usize::try_from(self.head.prefix_len).ok()?;
-        let text = &mut Window::forward(bytes);
+        let mut text = Stream::new(bytes);
         if hash(text.get(0..head_len)?) != self.head.prefix {
             return None;
         }
         let n = self.records.len();
-        // Both ends at once on a large map: each walk stops at the change, so on two cores
-        // a change in the middle costs half the hashing. Walks that overlap (identical
-        // sections around the change) are done again one after the other.
-        let walks = if text.len() >= PARALLEL_FROM {
-            std::thread::scope(|s| {
-                let back = s.spawn(|| self.walk_back(&mut Window::backward(bytes), head_len, 0));
-                let front = self.walk_front(text, head_len);
-                (
-                    front,
-                    back.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                )
-            })
-        } else {
-            let front = self.walk_front(text, head_len);
-            let back = &mut Window::backward(bytes);
-            (front, self.walk_back(back, front.1, front.0))
-        };
-        let ((mut at, mut start), (mut tail, mut end)) = walks;
-        if at == n && start == text.len() {
-            // The same map: nothing between.
-            (tail, end) = (0, start);
-        }
-        if at + tail > n || start > end {
-            (at, start) = self.walk_front(text, head_len);
-            (tail, end) = self.walk_back(&mut Window::backward(bytes), start, at);
-        }
+        let (at, start) = self.walk_front(&mut text, head_len);
+        let (tail, end) = self.walk_back(&mut text, start, at);
+        let digest = text.digest()?;
         // Whatever lies between must be whole sections, starting a line with a header and
         // ending one before the sections that follow.
         if start < end {
+            let text = &mut Window::forward(bytes);
             let line_start = start == 0 || text.get(start - 1..start)? == b"\n";
             let region = text.get(start..end)?;
             let line_end = tail == 0 || region.ends_with(b"\n");
@@ -120,6 +112,7 @@ impl Index {
             at,
             removed: n - at - tail,
             region: start..end,
+            digest,
         })
     }
 }
@@ -322,8 +315,10 @@ mod tests {
         assert_eq!(ix.diff(MapBytes::Memory(t.as_bytes())), None);
     }
 
+    /// Many windows of a map file: the same diff as from memory, wherever the change is,
+    /// and the digest of the whole map.
     #[test]
-    fn a_large_map_is_compared_from_both_ends_alike() {
+    fn a_large_map_file_is_compared_as_memory_is() {
         let svc = |n: u32, port: u32| {
             format!(
                 "[[service]]\nname = \"s{n}\"\nlisten = \"10.1.{}.{}:{port}\"\ntargets = [\"10.0.0.1:80\"]\n",
@@ -341,11 +336,20 @@ mod tests {
             t
         };
         let original = text(&|_| Some(80));
-        assert!(original.len() >= PARALLEL_FROM);
+        assert!(original.len() > 1 << 20, "many windows");
         let ix = indexed(&original);
+        let dir = std::env::temp_dir().join(format!("svcnat-diff-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("map.toml");
         let diff = |t: &str| {
-            ix.diff(MapBytes::Memory(t.as_bytes()))
-                .map(|d| (d.at, d.removed, t[d.region].matches("[[service]]").count()))
+            std::fs::write(&path, t).unwrap();
+            let file = crate::map::read::open(&path).unwrap();
+            let d = ix.diff(MapBytes::File(&file));
+            assert_eq!(d, ix.diff(MapBytes::Memory(t.as_bytes())));
+            d.map(|d| {
+                assert_eq!(d.digest, twox_hash::XxHash3_128::oneshot(t.as_bytes()));
+                (d.at, d.removed, t[d.region].matches("[[service]]").count())
+            })
         };
         assert_eq!(diff(&original), Some((20_000, 0, 0)));
         assert_eq!(
@@ -363,5 +367,8 @@ mod tests {
         );
         let appended = original.clone() + &svc(20_000, 80);
         assert_eq!(diff(&appended), Some((20_000, 0, 1)));
+        let two = text(&|n| Some(if n == 100 || n == 15_000 { 81 } else { 80 }));
+        assert_eq!(diff(&two), Some((100, 14_901, 14_901)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
