@@ -320,7 +320,10 @@ impl Change {
             .enumerate()
             .map(|(i, s)| Record::of(s, cut.section(i), false, &|ip| locals.contains(ip)))
             .collect();
-        let gone_records: Vec<Record> = (at..at + removed).map(|i| old.get(i)).collect();
+        let gone_records: Vec<Record> = (at..at + removed)
+            .map(|i| old.get(i))
+            .collect::<Option<_>>()
+            .ok_or(MapLayout)?;
         if !gone_records
             .iter()
             .chain(&records)
@@ -331,7 +334,7 @@ impl Change {
 
         // Unique names and listen keys: the new services against every unchanged one (the
         // check above compared them with each other).
-        if old.clash(at..at + removed, &records) {
+        if old.clash(at..at + removed, &records).ok_or(MapLayout)? {
             return Err(MapError);
         }
         // The maps keep their sizes and stay non-empty (else the table's shape changes).

@@ -32,8 +32,7 @@ impl Index {
                 _ => break,
             }
         }
-        while at < n {
-            let (h, len) = self.records.section(at);
+        while let Some((h, len)) = self.records.section(at) {
             match text.get(start..start + len) {
                 Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
                 _ => break,
@@ -73,7 +72,9 @@ impl Index {
         }
         let mut again = Window::backward(text.bytes());
         while tail < n - first {
-            let (h, slen) = self.records.section(n - 1 - tail);
+            let Some((h, slen)) = self.records.section(n - 1 - tail) else {
+                break;
+            };
             match end.checked_sub(slen).filter(|&s| s >= floor) {
                 Some(s) if again.get(s..end).map(hash) == Some(h) => (end, tail) = (s, tail + 1),
                 _ => break,
@@ -208,7 +209,9 @@ mod tests {
             let d = old.diff(MapBytes::File(&file)).expect("a diff");
             let fresh = indexed(&after);
             let added = fresh.records.len() - (old.records.len() - d.removed);
-            let new: Vec<Record> = (d.at..d.at + added).map(|i| fresh.records.get(i)).collect();
+            let new: Vec<Record> = (d.at..d.at + added)
+                .map(|i| fresh.records.get(i).unwrap())
+                .collect();
             let written = old
                 .write_splice(
                     &dir,
@@ -249,7 +252,7 @@ mod tests {
         // (the file changed at service 100 since it was compared: the record says otherwise)
         let other = map(n, &retarget(100));
         let at = Sections::of(&other).unwrap().starts[100];
-        let stale = [fresh.records.get(100)];
+        let stale = [fresh.records.get(100).unwrap()];
         let spliced = old.write_splice(
             &dir,
             &fresh.head,
@@ -337,9 +340,24 @@ mod tests {
         };
         let original = text(&|_| Some(80));
         assert!(original.len() > 1 << 20, "many windows");
-        let ix = indexed(&original);
         let dir = std::env::temp_dir().join(format!("svcnat-diff-big-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        // The index read from its file (many pieces of records to check), as apply reads it.
+        let in_memory = indexed(&original);
+        encode_file(&dir, &in_memory);
+        let ix = Index::read(&dir).expect("sound");
+        assert_eq!(ix, in_memory);
+        // (these records differ only in their sections: one name and listen key for all)
+        let renamed = Record {
+            name: 7,
+            ..ix.records.get(19_999).unwrap()
+        };
+        assert_eq!(ix.records.clash(5..6, &[renamed]), Some(true));
+        let own = Record {
+            addr: [1; 16],
+            ..renamed
+        };
+        assert_eq!(ix.records.clash(5..6, &[own]), Some(false));
         let path = dir.join("map.toml");
         let diff = |t: &str| {
             std::fs::write(&path, t).unwrap();

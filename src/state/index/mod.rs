@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 
 mod diff;
 mod record;
+mod records;
 mod write;
 pub use diff::Diff;
 pub use record::{Record, Tally, flag, kind_index};
+use records::Held;
+pub use records::Records;
 pub use write::Written;
 
 const MAGIC: &[u8; 8] = b"SVCNATIX";
@@ -24,110 +27,6 @@ const MAGIC: &[u8; 8] = b"SVCNATIX";
 // 5: DNAT maps by kind and slot count (services of several targets); a record's slots.
 const VERSION: u32 = 5;
 const RECORD: usize = 44;
-
-/// The records, in their file form (`RECORD` bytes each), never decoded as a whole: a
-/// 50,000-service index costs one read, and a few records changed are a few bytes
-/// written (`Index::write_splice`).
-pub struct Records {
-    bytes: Vec<u8>,
-    /// Where the records are in `bytes`.
-    range: std::ops::Range<usize>,
-}
-
-impl Records {
-    fn raw(&self) -> &[u8] {
-        &self.bytes[self.range.clone()]
-    }
-
-    /// Whether a record outside `skip` has the name or the listen key of one of `new`: a
-    /// tight walk over the bytes, as this is every service of the map.
-    pub fn clash(&self, skip: std::ops::Range<usize>, new: &[Record]) -> bool {
-        const LISTEN: std::ops::Range<usize> = 16..35; // addr, port, proto
-        const FAMILY: u8 = flag::ADDR | flag::V6;
-        let wanted: Vec<(u64, Vec<u8>, u8)> = new
-            .iter()
-            .map(|r| {
-                let mut b = Vec::with_capacity(RECORD);
-                r.put(&mut b);
-                (r.name, b[LISTEN].to_vec(), r.flags & FAMILY)
-            })
-            .collect();
-        let raw = self.raw();
-        // Services that keep the name and listen key of one they replace (a new target)
-        // clash with none of the rest: the index was written for a map whose names and
-        // keys were unique. Then the walk over every record is not needed.
-        let replaced = &raw[skip.start * RECORD..skip.end * RECORD];
-        let same = |c: &[u8], (n, listen, family): &(u64, Vec<u8>, u8)| {
-            u64::from_le_bytes(c[8..16].try_into().expect("8 bytes")) == *n
-                && c[LISTEN] == listen[..]
-                && c[36] & FAMILY == *family
-        };
-        if wanted
-            .iter()
-            .all(|w| replaced.chunks_exact(RECORD).any(|c| same(c, w)))
-        {
-            return false;
-        }
-        let kept = [&raw[..skip.start * RECORD], &raw[skip.end * RECORD..]];
-        kept.iter()
-            .flat_map(|part| part.chunks_exact(RECORD))
-            .any(|c| {
-                let name = u64::from_le_bytes(c[8..16].try_into().expect("8 bytes"));
-                wanted.iter().any(|(n, listen, family)| {
-                    name == *n || (c[LISTEN] == listen[..] && c[36] & FAMILY == *family)
-                })
-            })
-    }
-
-    pub fn len(&self) -> usize {
-        self.range.len() / RECORD
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.range.is_empty()
-    }
-
-    pub fn get(&self, i: usize) -> Record {
-        Record::get(&self.raw()[i * RECORD..(i + 1) * RECORD])
-    }
-
-    /// Just the section hash and length of record `i` (what comparing with a map needs).
-    pub fn section(&self, i: usize) -> (u64, usize) {
-        let r = &self.bytes[self.range.start + i * RECORD..][..RECORD];
-        let hash = u64::from_le_bytes(r[..8].try_into().expect("8 bytes"));
-        let len = u32::from_le_bytes(r[40..44].try_into().expect("4 bytes"));
-        (hash, len as usize)
-    }
-
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Record> + Clone + '_ {
-        self.raw().chunks_exact(RECORD).map(Record::get)
-    }
-}
-
-impl std::fmt::Debug for Records {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl PartialEq for Records {
-    fn eq(&self, other: &Records) -> bool {
-        self.raw() == other.raw()
-    }
-}
-
-impl FromIterator<Record> for Records {
-    fn from_iter<I: IntoIterator<Item = Record>>(iter: I) -> Self {
-        let mut raw = Vec::new();
-        for r in iter {
-            r.put(&mut raw);
-        }
-        Records {
-            range: 0..raw.len(),
-            bytes: raw,
-        }
-    }
-}
 
 /// What the last apply left in the kernel, and the map it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,7 +158,7 @@ impl Index {
     fn new(head: Head, records: Records, groups: Groups) -> Index {
         Index {
             head,
-            sums: record_sums(records.raw()),
+            sums: record_sums(&records.raw().expect("in memory")),
             records,
             groups,
         }
@@ -271,13 +170,13 @@ impl Index {
         let header = self.head.encode(self.records.len());
         let groups = groups_bytes(&self.groups);
         let sum = checksum(&header, &self.sums, &groups);
-        [&header[..], self.records.raw(), &groups, &sum.to_le_bytes()].concat()
+        let raw = self.records.raw().expect("readable");
+        [&header[..], &raw, &groups, &sum.to_le_bytes()].concat()
     }
 
-    fn decode(bytes: Vec<u8>) -> Option<Index> {
-        let body_len = bytes.len().checked_sub(8)?;
-        let sum = u64::from_le_bytes(bytes[body_len..].try_into().ok()?);
-        let mut r = Reader(&bytes[..body_len]);
+    /// The head at the start of `bytes`, the number of records, and where they start.
+    fn decode_head(bytes: &[u8]) -> Option<(Head, usize, usize)> {
+        let mut r = Reader(bytes);
         if r.take(8)? != MAGIC || r.u32()? != VERSION {
             return None;
         }
@@ -306,29 +205,44 @@ impl Index {
             },
         };
         let n = r.u32()? as usize;
-        let start = body_len - r.0.len();
-        let end = start + n.checked_mul(RECORD)?;
-        let groups_len = n.div_ceil(GROUP) * 16;
-        if r.0.len() != n * RECORD + groups_len {
+        Some((head, n, bytes.len() - r.0.len()))
+    }
+
+    /// The index `held` holds, if its checksum says it is whole.
+    fn load(held: Held) -> Option<Index> {
+        /// Enough for the head unless its tally lists many maps.
+        const HEAD: usize = 4096;
+        let body_len = held.len().checked_sub(8)?;
+        let sum = u64::from_le_bytes(held.at(body_len..held.len())?.as_ref().try_into().ok()?);
+        let first = held.at(0..body_len.min(HEAD))?;
+        let (head, n, start) = match Index::decode_head(&first) {
+            Some(decoded) => decoded,
+            None if first.len() < body_len => Index::decode_head(&held.at(0..body_len)?)?,
+            None => return None,
+        };
+        let end = start.checked_add(n.checked_mul(RECORD)?)?;
+        if body_len.checked_sub(end)? != n.div_ceil(GROUP) * 16 {
             return None;
         }
-        let sums = record_sums(&bytes[start..end]);
-        if checksum(&bytes[..start], &sums, &bytes[end..body_len]) != sum {
+        let mut sums = Vec::with_capacity(n.div_ceil(GROUP));
+        held.each(start..end, RUN, |piece| {
+            sums.extend(piece.chunks(RUN).map(hash))
+        })?;
+        let groups_raw = held.at(end..body_len)?;
+        if checksum(&held.at(0..start)?, &sums, &groups_raw) != sum {
             return None;
         }
-        let groups = bytes[end..body_len]
+        let groups = groups_raw
             .chunks_exact(16)
             .map(|c| {
                 let word = |at: usize| u64::from_le_bytes(c[at..at + 8].try_into().expect("8"));
                 (word(0), word(8))
             })
             .collect();
+        drop(groups_raw);
         Some(Index {
             head,
-            records: Records {
-                bytes,
-                range: start..end,
-            },
+            records: Records::new(held, start..end),
             sums,
             groups,
         })
@@ -336,19 +250,13 @@ impl Index {
 
     #[cfg(test)]
     fn decode_bytes(bytes: Vec<u8>) -> Option<Index> {
-        Index::decode(bytes)
+        Index::load(Held::Memory(bytes))
     }
 
-    /// The index in `dir`, if there is a sound one.
+    /// The index in `dir`, if there is a sound one. Its records stay in the file, read
+    /// as they are needed (see `records`).
     pub fn read(dir: &Path) -> Option<Index> {
-        Index::map(&std::fs::File::open(Index::path(dir)).ok()?)
-    }
-
-    fn map(mut file: &std::fs::File) -> Option<Index> {
-        use std::io::Read;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).ok()?;
-        Index::decode(bytes)
+        Index::load(Held::file(std::fs::File::open(Index::path(dir)).ok()?)?)
     }
 }
 
@@ -409,8 +317,8 @@ pub(super) mod tests {
             assert_eq!(Index::decode_bytes(flipped), None, "byte {at}");
         }
         let ix = Index::decode_bytes(bytes).unwrap();
-        assert_eq!(ix.records.get(1), record(2));
-        let key = ix.records.get(0).key().expect("tcp");
+        assert_eq!(ix.records.get(1), Some(record(2)));
+        let key = ix.records.get(0).unwrap().key().expect("tcp");
         assert_eq!(key.addr, Some("10.0.0.1".parse().unwrap()));
     }
 
@@ -422,23 +330,26 @@ pub(super) mod tests {
             ..r
         };
         // A new target for record 3: its name and key stay; nothing clashes.
-        assert!(!records.clash(
-            2..3,
-            &[Record {
-                section: 99,
-                ..record(3)
-            }]
-        ));
+        assert_eq!(
+            records.clash(
+                2..3,
+                &[Record {
+                    section: 99,
+                    ..record(3)
+                }]
+            ),
+            Some(false)
+        );
         // Records 2 and 3 swap places: still each other's names and keys.
-        assert!(!records.clash(1..3, &[record(3), record(2)]));
+        assert_eq!(records.clash(1..3, &[record(3), record(2)]), Some(false));
         // Record 3's name with record 4's listen address: a clash with a kept record.
-        assert!(records.clash(2..3, &[moved(record(3), 4)]));
+        assert_eq!(records.clash(2..3, &[moved(record(3), 4)]), Some(true));
         // Record 5's name (kept) on a new address: a clash.
-        assert!(records.clash(2..3, &[moved(record(5), 30)]));
+        assert_eq!(records.clash(2..3, &[moved(record(5), 30)]), Some(true));
         // A new service of its own: no clash.
-        assert!(!records.clash(5..5, &[record(40)]));
+        assert_eq!(records.clash(5..5, &[record(40)]), Some(false));
         // Record 1 again while it is kept: a clash.
-        assert!(records.clash(2..3, &[record(1)]));
+        assert_eq!(records.clash(2..3, &[record(1)]), Some(true));
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::plan::Plan;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+fn unreadable() -> std::io::Error {
+    std::io::Error::other("the index cannot be read")
+}
+
 /// How `Index::write_splice` wrote the index.
 #[derive(Debug)]
 pub enum Written {
@@ -42,21 +46,22 @@ impl Index {
         start: usize,
     ) -> std::io::Result<Written> {
         use std::os::unix::fs::FileExt;
-        let raw = self.records.raw();
-        let count = self.records.len() - removed + new.len();
+        let n = self.records.len();
+        let count = n - removed + new.len();
         let header = head.encode(count);
         let mut middle = Vec::with_capacity(new.len() * RECORD);
         for r in new {
             r.put(&mut middle);
         }
-        let (before, after) = (&raw[..at * RECORD], &raw[(at + removed) * RECORD..]);
         let same_layout = removed == new.len();
         let (groups, changed) = self
             .spliced_groups(at, removed, new, text, start)
             .ok_or_else(|| std::io::Error::other("the map does not hold the spliced sections"))?;
         let groups_raw = groups_bytes(&groups);
-        let old_header = self.head.encode(self.records.len());
+        let old_header = self.head.encode(n);
         if !same_layout || header.len() != old_header.len() {
+            let raw = self.records.raw().ok_or_else(unreadable)?;
+            let (before, after) = (&raw[..at * RECORD], &raw[(at + removed) * RECORD..]);
             let records = [before, &middle, after].concat();
             let sum = checksum(&header, &record_sums(&records), &groups_raw).to_le_bytes();
             let parts = [&header[..], &records, &groups_raw, &sum];
@@ -64,30 +69,31 @@ impl Index {
         }
         // The runs of records the splice changed, hashed again as they are now.
         let mut sums = self.sums.clone();
-        let (lo, hi) = (before.len(), before.len() + middle.len());
+        let (lo, hi) = (at * RECORD, at * RECORD + middle.len());
         let touched = sums.iter_mut().enumerate();
         for (g, sum) in touched.take(hi.div_ceil(RUN)).skip(lo / RUN) {
-            let span = g * RUN..((g + 1) * RUN).min(raw.len());
-            let mut bytes = raw[span.clone()].to_vec();
+            let run = g * GROUP..((g + 1) * GROUP).min(n);
+            let mut bytes = self.records.bytes(run.clone()).ok_or_else(unreadable)?;
+            let span = run.start * RECORD..run.end * RECORD;
             let (from, to) = (span.start.max(lo), span.end.min(hi));
-            bytes[from - span.start..to - span.start].copy_from_slice(&middle[from - lo..to - lo]);
+            bytes.to_mut()[from - span.start..to - span.start]
+                .copy_from_slice(&middle[from - lo..to - lo]);
             *sum = hash(&bytes);
         }
         let sum = checksum(&header, &sums, &groups_raw).to_le_bytes();
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(Index::path(dir))?;
-        let groups_at = header.len() + raw.len();
+        let groups_at = header.len() + n * RECORD;
         f.write_all_at(&header, 0)?;
-        f.write_all_at(&middle, (header.len() + before.len()) as u64)?;
+        f.write_all_at(&middle, (header.len() + lo) as u64)?;
         f.write_all_at(
             &groups_raw[changed.start * 16..changed.end * 16],
             (groups_at + changed.start * 16) as u64,
         )?;
         f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)?;
-        // The records in memory too: this index is now the file's.
-        let at_byte = self.records.range.start + lo;
-        self.records.bytes[at_byte..at_byte + middle.len()].copy_from_slice(&middle);
+        // The records in memory too, if they are there: this index is now the file's.
+        self.records.overwrite(at, &middle);
         self.head = head.clone();
         self.sums = sums;
         self.groups = groups;
@@ -106,30 +112,46 @@ impl Index {
         start: usize,
     ) -> Option<(Groups, std::ops::Range<usize>)> {
         let text = &mut Window::forward(text);
-        let count = self.records.len() - removed + new.len();
-        let record = |i: usize| -> Record {
-            if i < at {
-                self.records.get(i)
-            } else if i < at + new.len() {
-                new[i - at]
-            } else {
-                self.records.get(i - new.len() + removed)
-            }
-        };
-        let len_of = |i: usize| record(i).len as usize;
+        let n = self.records.len();
+        let count = n - removed + new.len();
         let first = at / GROUP;
         let end = match removed == new.len() {
             true if new.is_empty() => first,
             true => (at + new.len() - 1) / GROUP + 1,
             false => count.div_ceil(GROUP),
         };
+        // The old records these groups hold, read at once: from the first group changed
+        // to the last (to the end, when the records after the change moved).
+        let lo = (first * GROUP).min(n);
+        let hi = if removed == new.len() {
+            (end * GROUP).min(n)
+        } else {
+            n
+        };
+        let old = self.records.bytes(lo..hi.max(lo))?;
+        let old_record = |i: usize| {
+            let b = old.get(i.checked_sub(lo)? * RECORD..)?.get(..RECORD)?;
+            Some(Record::get(b))
+        };
+        let record = |i: usize| -> Option<Record> {
+            if i < at {
+                old_record(i)
+            } else if i < at + new.len() {
+                Some(new[i - at])
+            } else {
+                old_record(i - new.len() + removed)
+            }
+        };
         let mut groups = self.groups.clone();
         groups.resize(count.div_ceil(GROUP), (0, 0));
-        let mut pos = start.checked_sub((first * GROUP..at).map(len_of).sum())?;
+        let before: Option<usize> = (first * GROUP..at)
+            .map(|i| Some(record(i)?.len as usize))
+            .sum();
+        let mut pos = start.checked_sub(before?)?;
         for (g, slot) in groups.iter_mut().enumerate().take(end).skip(first) {
             let group_start = pos;
             for i in g * GROUP..((g + 1) * GROUP).min(count) {
-                let r = record(i);
+                let r = record(i)?;
                 let section = text.get(pos..pos + r.len as usize)?;
                 if hash(section) != r.section {
                     return None;
@@ -199,14 +221,15 @@ impl Index {
             file: std::fs::File::create(&tmp)?,
             tmp,
             header_len,
-            sums: record_sums(records.raw()),
+            sums: record_sums(&records.raw().ok_or_else(unreadable)?),
             records,
             groups: groups_bytes(groups),
             in_place: false,
         };
-        let raw = pending.records.raw();
-        write_in_pieces(&pending.file, raw, header_len)?;
+        let raw = pending.records.raw().ok_or_else(unreadable)?;
+        write_in_pieces(&pending.file, &raw, header_len)?;
         write_in_pieces(&pending.file, &pending.groups, header_len + raw.len())?;
+        drop(raw);
         Ok(pending)
     }
 
@@ -236,12 +259,12 @@ impl PendingIndex {
         if header.len() != self.header_len {
             return Err(std::io::Error::other("the index head changed its length"));
         }
-        let raw = self.records.raw();
+        let records_len = self.records.len() * RECORD;
         let sum = checksum(&header, &self.sums, &self.groups).to_le_bytes();
         self.file.write_all_at(&header, 0)?;
         self.file.write_all_at(
             &sum,
-            (self.header_len + raw.len() + self.groups.len()) as u64,
+            (self.header_len + records_len + self.groups.len()) as u64,
         )?;
         put_in_place(&self.tmp, dir)?;
         self.in_place = true;
