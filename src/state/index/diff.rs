@@ -32,7 +32,10 @@ impl Index {
                 _ => break,
             }
         }
-        while let Some((h, len)) = self.records.section(at) {
+        // Then a section at a time, within the group that differs (a later one cannot
+        // match section by section where the group did not: it would be the same bytes).
+        let sections = self.records.sections(at..(at + GROUP).min(n));
+        for (h, len) in sections.unwrap_or_default() {
             match text.get(start..start + len) {
                 Some(s) if hash(s) == h => (start, at) = (start + len, at + 1),
                 _ => break,
@@ -71,10 +74,9 @@ impl Index {
             (end, tail) = (span.start, n - g * GROUP);
         }
         let mut again = Window::backward(text.bytes());
-        while tail < n - first {
-            let Some((h, slen)) = self.records.section(n - 1 - tail) else {
-                break;
-            };
+        let below = first.max((n - tail).saturating_sub(GROUP))..n - tail;
+        let sections = self.records.sections(below).unwrap_or_default();
+        for (h, slen) in sections.into_iter().rev() {
             match end.checked_sub(slen).filter(|&s| s >= floor) {
                 Some(s) if again.get(s..end).map(hash) == Some(h) => (end, tail) = (s, tail + 1),
                 _ => break,

@@ -25,7 +25,9 @@ pub use write::Written;
 const MAGIC: &[u8; 8] = b"SVCNATIX";
 // 4: nine DNAT map kinds (the plain ones of `masquerade = false` services).
 // 5: DNAT maps by kind and slot count (services of several targets); a record's slots.
-const VERSION: u32 = 5;
+// 6: the hash of each run of records in the file (after the groups), so that a reader
+//    checks the runs it reads instead of reading them all.
+const VERSION: u32 = 6;
 const RECORD: usize = 44;
 
 /// What the last apply left in the kernel, and the map it came from.
@@ -49,8 +51,6 @@ pub struct Head {
 pub struct Index {
     pub head: Head,
     pub records: Records,
-    /// The hash of each run of `GROUP` records (see `checksum`).
-    sums: Vec<u64>,
     /// Hash and length of each run of `sections::GROUP` sections (see `Sections::groups`),
     /// after the records in the file.
     pub groups: Groups,
@@ -99,8 +99,9 @@ impl<'b> Reader<'b> {
 }
 
 /// The checksum at the end of the file: of its header, of its records by the hash of each
-/// run of `GROUP` of them (`record_sums`), and of its groups. A splice in place hashes
-/// again only the runs it changes instead of all the records.
+/// run of `GROUP` of them (`record_sums`, in the file after the groups), and of its groups.
+/// A reader checks it and then each run it reads against its hash; a splice in place
+/// hashes again only the runs it changes.
 fn checksum(header: &[u8], sums: &[u64], groups_raw: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = twox_hash::XxHash3_64::new();
@@ -119,6 +120,11 @@ const RUN: usize = GROUP * RECORD;
 /// as a section's (`sections::hash`).
 fn record_sums(raw: &[u8]) -> Vec<u64> {
     raw.chunks(RUN).map(hash).collect()
+}
+
+/// The run hashes as the file holds them.
+fn sums_bytes(sums: &[u64]) -> Vec<u8> {
+    sums.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 impl Head {
@@ -158,7 +164,6 @@ impl Index {
     fn new(head: Head, records: Records, groups: Groups) -> Index {
         Index {
             head,
-            sums: record_sums(&records.raw().expect("in memory")),
             records,
             groups,
         }
@@ -169,9 +174,17 @@ impl Index {
     fn encode(&self) -> Vec<u8> {
         let header = self.head.encode(self.records.len());
         let groups = groups_bytes(&self.groups);
-        let sum = checksum(&header, &self.sums, &groups);
+        let sums = self.records.sums();
+        let sum = checksum(&header, sums, &groups);
         let raw = self.records.raw().expect("readable");
-        [&header[..], &raw, &groups, &sum.to_le_bytes()].concat()
+        let parts = [
+            &header[..],
+            &raw,
+            &groups,
+            &sums_bytes(sums),
+            &sum.to_le_bytes(),
+        ];
+        parts.concat()
     }
 
     /// The head at the start of `bytes`, the number of records, and where they start.
@@ -221,14 +234,15 @@ impl Index {
             None => return None,
         };
         let end = start.checked_add(n.checked_mul(RECORD)?)?;
-        if body_len.checked_sub(end)? != n.div_ceil(GROUP) * 16 {
+        let runs = n.div_ceil(GROUP);
+        let sums_at = end + runs * 16;
+        if body_len.checked_sub(end)? != runs * 24 {
             return None;
         }
-        let mut sums = Vec::with_capacity(n.div_ceil(GROUP));
-        held.each(start..end, RUN, |piece| {
-            sums.extend(piece.chunks(RUN).map(hash))
-        })?;
-        let groups_raw = held.at(end..body_len)?;
+        let groups_raw = held.at(end..sums_at)?;
+        let sums: Vec<u64> = (held.at(sums_at..body_len)?.chunks_exact(8))
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         if checksum(&held.at(0..start)?, &sums, &groups_raw) != sum {
             return None;
         }
@@ -242,8 +256,7 @@ impl Index {
         drop(groups_raw);
         Some(Index {
             head,
-            records: Records::new(held, start..end),
-            sums,
+            records: Records::new(held, start..end, sums),
             groups,
         })
     }
@@ -309,13 +322,22 @@ pub(super) mod tests {
         for cut in [0, 8, bytes.len() - 1] {
             assert_eq!(Index::decode_bytes(bytes[..cut].to_vec()), None);
         }
-        // A bit flipped in the head, in a record, in the groups.
+        // A bit flipped in the head, the groups or the runs' hashes: no index.
         let n = bytes.len();
-        for at in [20, n - 8 - 16 - RECORD - 3, n - 8 - 5] {
+        let flip = |at: usize| {
             let mut flipped = bytes.clone();
             flipped[at] ^= 1;
-            assert_eq!(Index::decode_bytes(flipped), None, "byte {at}");
+            Index::decode_bytes(flipped)
+        };
+        for at in [20, n - 8 - 8 - 5, n - 8 - 3] {
+            assert_eq!(flip(at), None, "byte {at}");
         }
+        // In a record: its run is refused when it is read.
+        let damaged = flip(n - 8 - 8 - 16 - RECORD + 3).expect("checked as it is read");
+        assert_eq!(damaged.records.get(0), None);
+        assert_eq!(damaged.records.sections(0..3), None);
+        assert!(damaged.records.raw().is_none());
+        assert_eq!(damaged.records.each(|_| {}), None);
         let ix = Index::decode_bytes(bytes).unwrap();
         assert_eq!(ix.records.get(1), Some(record(2)));
         let key = ix.records.get(0).unwrap().key().expect("tcp");

@@ -1,10 +1,12 @@
 //! The index's records, in their file form (`RECORD` bytes each), never decoded as a
-//! whole, and from the file never read whole either: a change needs a few records, the
-//! walk over the map a few section lengths, and the checksum one pass in a reused buffer.
-//! (A 50,000-service index is 2.2 MB; read into a fresh buffer that is ~540 page faults,
-//! 1.4–2 ms of a one-shot change on the machine the bench runs on.)
+//! whole, and from the file never read whole either: a change needs a few records and the
+//! walk over the map a few section lengths, each run of them checked against its hash as
+//! it is read. (A 50,000-service index is 2.2 MB; read into a fresh buffer that is ~540
+//! page faults, 1.4-2 ms of a one-shot change on the machine the bench runs on, and
+//! checking it all another 0.4 ms.)
 
-use super::{RECORD, Record, flag};
+use super::{GROUP, RECORD, RUN, Record, flag, record_sums};
+use crate::map::sections::hash;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -83,18 +85,43 @@ pub struct Records {
     held: Held,
     /// Where the records are in `held`.
     range: Range<usize>,
+    /// The hash of each run of `GROUP` records (see `Index::load`).
+    sums: Vec<u64>,
 }
 
 impl Records {
-    pub(super) fn new(held: Held, range: Range<usize>) -> Records {
-        Records { held, range }
+    pub(super) fn new(held: Held, range: Range<usize>, sums: Vec<u64>) -> Records {
+        Records { held, range, sums }
     }
 
-    /// Bytes of records `r`.
+    pub(super) fn sums(&self) -> &[u64] {
+        &self.sums
+    }
+
+    /// Whether run `g`'s bytes are what its hash says.
+    fn sound(&self, g: usize, run: &[u8]) -> bool {
+        self.sums.get(g) == Some(&hash(run))
+    }
+
+    /// Bytes of records `r`, each run they are in checked; None if it cannot be read or
+    /// is not what its hash says.
     pub(super) fn bytes(&self, r: Range<usize>) -> Option<Cow<'_, [u8]>> {
+        if r.start > r.end || r.end > self.len() {
+            return None;
+        }
+        let runs = r.start / GROUP..r.end.div_ceil(GROUP).max(r.start / GROUP);
+        let covered = runs.start * GROUP..(runs.end * GROUP).min(self.len());
         let start = self.range.start;
-        self.held
-            .at(start + r.start * RECORD..start + r.end * RECORD)
+        let bytes = self
+            .held
+            .at(start + covered.start * RECORD..start + covered.end * RECORD)?;
+        let sound = (bytes.chunks(RUN).zip(runs)).all(|(run, g)| self.sound(g, run));
+        let within = (r.start - covered.start) * RECORD..(r.end - covered.start) * RECORD;
+        match bytes {
+            _ if !sound => None,
+            Cow::Borrowed(b) => Some(Cow::Borrowed(&b[within])),
+            Cow::Owned(b) => Some(Cow::Owned(b[within].to_vec())),
+        }
     }
 
     /// All of them.
@@ -102,17 +129,30 @@ impl Records {
         self.bytes(0..self.len())
     }
 
-    /// Every record's bytes to `f`, a piece at a time (see `Held::each`).
-    pub(super) fn each(&self, f: impl FnMut(&[u8])) -> Option<()> {
-        self.held.each(self.range.clone(), super::RUN, f)
+    /// Every record's bytes to `f`, a piece of whole runs at a time, each run checked
+    /// (see `Held::each`); None if one is not what its hash says.
+    pub(super) fn each(&self, mut f: impl FnMut(&[u8])) -> Option<()> {
+        let (mut g, mut sound) = (0, true);
+        self.held.each(self.range.clone(), RUN, |piece| {
+            for run in piece.chunks(RUN) {
+                sound &= self.sound(g, run);
+                g += 1;
+            }
+            if sound {
+                f(piece);
+            }
+        })?;
+        sound.then_some(())
     }
 
-    /// Records `at..` are now `new` (the file was written so: this is for memory).
-    pub(super) fn overwrite(&mut self, at: usize, new: &[u8]) {
+    /// Records `at..` are now `new`, and the runs' hashes `sums` (the file was written so:
+    /// this is for memory).
+    pub(super) fn spliced(&mut self, at: usize, new: &[u8], sums: Vec<u64>) {
         if let Held::Memory(b) = &mut self.held {
             let from = self.range.start + at * RECORD;
             b[from..from + new.len()].copy_from_slice(new);
         }
+        self.sums = sums;
     }
 
     /// Whether a record outside `skip` has the name or the listen key of one of `new`: a
@@ -174,10 +214,17 @@ impl Records {
         Some(Record::get(&self.bytes(i..i + 1)?))
     }
 
-    /// Just the section hash and length of record `i` (what comparing with a map needs).
-    pub fn section(&self, i: usize) -> Option<(u64, usize)> {
-        let r = self.get(i)?;
-        Some((r.section, r.len as usize))
+    /// The section hash and length of records `r` (what comparing with a map needs).
+    pub fn sections(&self, r: Range<usize>) -> Option<Vec<(u64, usize)>> {
+        let bytes = self.bytes(r)?;
+        let section = |r: Record| (r.section, r.len as usize);
+        Some(
+            bytes
+                .chunks_exact(RECORD)
+                .map(Record::get)
+                .map(section)
+                .collect(),
+        )
     }
 
     /// All of them, decoded (tests, debugging).
@@ -207,6 +254,7 @@ impl FromIterator<Record> for Records {
         }
         Records {
             range: 0..raw.len(),
+            sums: record_sums(&raw),
             held: Held::Memory(raw),
         }
     }

@@ -3,7 +3,7 @@
 
 use super::{
     GROUP, Groups, Head, Index, RECORD, RUN, Record, Records, Tally, checksum, groups_bytes,
-    record_sums,
+    record_sums, sums_bytes,
 };
 use crate::map::Sections;
 use crate::map::sections::hash;
@@ -63,12 +63,13 @@ impl Index {
             let raw = self.records.raw().ok_or_else(unreadable)?;
             let (before, after) = (&raw[..at * RECORD], &raw[(at + removed) * RECORD..]);
             let records = [before, &middle, after].concat();
-            let sum = checksum(&header, &record_sums(&records), &groups_raw).to_le_bytes();
-            let parts = [&header[..], &records, &groups_raw, &sum];
+            let sums = record_sums(&records);
+            let sum = checksum(&header, &sums, &groups_raw).to_le_bytes();
+            let parts = [&header[..], &records, &groups_raw, &sums_bytes(&sums), &sum];
             return write_parts(dir, &parts).map(|_| Written::NewFile);
         }
         // The runs of records the splice changed, hashed again as they are now.
-        let mut sums = self.sums.clone();
+        let mut sums = self.records.sums().to_vec();
         let (lo, hi) = (at * RECORD, at * RECORD + middle.len());
         let touched = sums.iter_mut().enumerate();
         for (g, sum) in touched.take(hi.div_ceil(RUN)).skip(lo / RUN) {
@@ -85,17 +86,22 @@ impl Index {
             .write(true)
             .open(Index::path(dir))?;
         let groups_at = header.len() + n * RECORD;
+        let sums_at = groups_at + groups_raw.len();
+        let runs = lo / RUN..hi.div_ceil(RUN);
         f.write_all_at(&header, 0)?;
         f.write_all_at(&middle, (header.len() + lo) as u64)?;
         f.write_all_at(
             &groups_raw[changed.start * 16..changed.end * 16],
             (groups_at + changed.start * 16) as u64,
         )?;
-        f.write_all_at(&sum, (groups_at + groups_raw.len()) as u64)?;
+        f.write_all_at(
+            &sums_bytes(&sums[runs.clone()]),
+            (sums_at + runs.start * 8) as u64,
+        )?;
+        f.write_all_at(&sum, (sums_at + sums.len() * 8) as u64)?;
         // The records in memory too, if they are there: this index is now the file's.
-        self.records.overwrite(at, &middle);
+        self.records.spliced(at, &middle, sums);
         self.head = head.clone();
-        self.sums = sums;
         self.groups = groups;
         Ok(Written::InPlace)
     }
@@ -221,14 +227,16 @@ impl Index {
             file: std::fs::File::create(&tmp)?,
             tmp,
             header_len,
-            sums: record_sums(&records.raw().ok_or_else(unreadable)?),
             records,
             groups: groups_bytes(groups),
             in_place: false,
         };
         let raw = pending.records.raw().ok_or_else(unreadable)?;
+        let sums = sums_bytes(pending.records.sums());
+        let groups_at = header_len + raw.len();
         write_in_pieces(&pending.file, &raw, header_len)?;
-        write_in_pieces(&pending.file, &pending.groups, header_len + raw.len())?;
+        write_in_pieces(&pending.file, &pending.groups, groups_at)?;
+        write_in_pieces(&pending.file, &sums, groups_at + pending.groups.len())?;
         drop(raw);
         Ok(pending)
     }
@@ -243,9 +251,9 @@ pub(super) struct PendingIndex {
     file: std::fs::File,
     tmp: PathBuf,
     header_len: usize,
+    /// With the hash of each run, taken while the kernel commits: `finish` hashes only the
+    /// head with them.
     records: Records,
-    /// Hashed here, while the kernel commits: `finish` hashes only the head with them.
-    sums: Vec<u64>,
     groups: Vec<u8>,
     /// Renamed into place (`finish`): no temporary file left to remove.
     in_place: bool,
@@ -259,13 +267,12 @@ impl PendingIndex {
         if header.len() != self.header_len {
             return Err(std::io::Error::other("the index head changed its length"));
         }
+        let sums = self.records.sums();
         let records_len = self.records.len() * RECORD;
-        let sum = checksum(&header, &self.sums, &self.groups).to_le_bytes();
+        let sum = checksum(&header, sums, &self.groups).to_le_bytes();
         self.file.write_all_at(&header, 0)?;
-        self.file.write_all_at(
-            &sum,
-            (self.header_len + records_len + self.groups.len()) as u64,
-        )?;
+        let sum_at = self.header_len + records_len + self.groups.len() + sums.len() * 8;
+        self.file.write_all_at(&sum, sum_at as u64)?;
         put_in_place(&self.tmp, dir)?;
         self.in_place = true;
         Ok(())
