@@ -14,7 +14,7 @@ pub const MAX_MAP_BYTES: u64 = 32 << 20;
 /// The map in the file at `path` (`-`: standard input).
 pub fn read(path: &Path) -> Result<Source> {
     if path.as_os_str() == "-" {
-        let bytes = read_capped(std::io::stdin().lock(), path)?;
+        let bytes = read_capped(std::io::stdin().lock(), path, 0)?;
         return utf8_source("-".to_owned(), bytes);
     }
     open(path)?.read()
@@ -87,7 +87,7 @@ impl MapFile {
                 Ok(n)
             }
         }
-        let bytes = read_capped(At(&self.file, 0), &self.path)?;
+        let bytes = read_capped(At(&self.file, 0), &self.path, self.len())?;
         utf8_source(self.name(), bytes)
     }
 }
@@ -136,8 +136,9 @@ pub fn open(path: &Path) -> Result<MapFile> {
 }
 
 /// Up to `MAX_MAP_BYTES` of `r`; more is refused (a file may grow while it is read).
-fn read_capped(r: impl Read, path: &Path) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
+/// `size`: what it is expected to hold (the file's size), reserved at once.
+fn read_capped(r: impl Read, path: &Path, size: usize) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size.saturating_add(1).min(MAX_MAP_BYTES as usize + 1));
     r.take(MAX_MAP_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| io_refusal(path, e))?;
@@ -248,7 +249,7 @@ mod tests {
         f.set_len(MAX_MAP_BYTES + 1).unwrap();
         let e = read(&big).unwrap_err();
         assert!(e.to_string().contains("larger than 32 MiB"), "{e}");
-        let capped = read_capped(std::io::repeat(b'#').take(MAX_MAP_BYTES + 10), &big);
+        let capped = read_capped(std::io::repeat(b'#').take(MAX_MAP_BYTES + 10), &big, 0);
         assert!(capped.is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -15,8 +15,11 @@ impl Runner {
         if !self.as_written() || self.synced.is_none() {
             return false;
         }
-        let source = match crate::cli::read_map_file(path) {
-            Ok(s) => s,
+        // Opened, and compared with the index from the file (as `svcnat apply` does): a
+        // change of a few services reads no copy of the map into memory. The full path
+        // reads it whole.
+        let file = match crate::map::read::open(path) {
+            Ok(f) => f,
             Err(e) => {
                 self.stats.reload_errors += 1;
                 log::error(&format!(
@@ -25,24 +28,27 @@ impl Runner {
                 return true;
             }
         };
+        let name = file.name();
         let resolver = &self.opts.resolver;
         let mut parsed: Option<CheckedMap> = None;
         let mut parse = || {
-            let (checked, sections) = load_source(source.clone(), true)?;
+            let source = file.read()?;
+            let digest = ops::digest(&source.text);
+            let (checked, sections) = load_source(source, true)?;
             let plan = resolver.resolve(&checked).map_err(Error::Map)?;
             let names = checked.uses_names();
             let desired = Desired {
                 plan: Arc::new(plan),
-                digest: ops::digest(&source.text),
-                source: source.name.clone(),
+                digest,
+                source: name.clone(),
                 sections: sections.filter(|_| !names),
             };
             parsed = Some(checked);
             Ok(desired)
         };
         let request = Request::Map {
-            name: &source.name,
-            text: crate::map::window::MapBytes::Memory(source.text.as_bytes()),
+            name: &name,
+            text: crate::map::window::MapBytes::File(&file),
             resolver,
             on_top_of: self.synced,
             parse: &mut parse,
@@ -54,6 +60,12 @@ impl Runner {
             Reason::Reload,
         );
         match result {
+            Err(e @ Error::ReadMap { .. }) => {
+                self.stats.reload_errors += 1;
+                log::error(&format!(
+                    "{why}: cannot read the map, the running rules stay: {e}"
+                ));
+            }
             Err(e @ Error::Map(_)) => {
                 self.stats.reload_errors += 1;
                 log::error(&format!(
@@ -94,7 +106,7 @@ impl Runner {
                     // The specs' spans point into the changed sections' own text; the map's
                     // whole text is not kept (names, the only thing located later, are not
                     // in such a map).
-                    self.checked.source = Source::new(source.name.clone(), String::new());
+                    self.checked.source = Source::new(name.clone(), String::new());
                     self.digest = sp.digest;
                     self.sections = None;
                 } else if let (Some(d), Some(checked)) = (done.desired.take(), parsed) {
