@@ -39,7 +39,7 @@ fn apply_show_reapply_flush() {
     let ns = Netns::new("cycle");
     let out = apply_map("rulesets/skupper-ingress.toml", &ns);
     assert!(out.contains("applied 2 service(s)"), "{out}");
-    assert!(out.contains("table replaced"), "{out}");
+    assert!(out.contains("table created"), "{out}");
     let first = ns.ruleset();
 
     let json = svcnat_ok(&["show", "--netns", &ns.name, "--json"]);
@@ -740,4 +740,40 @@ fn without_cap_net_admin_the_error_names_the_capability() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("needs the CAP_NET_ADMIN capability"), "{err}");
+}
+
+/// A table svcnat believes absent is only created (no delete first, so the commit frees
+/// nothing to wait for), with NLM_F_EXCL: were one there after all, the kernel refuses
+/// the whole batch and the table stays as it was, byte for byte.
+#[test]
+fn creating_a_table_that_is_there_is_refused_whole() {
+    use svcnat::kernel::{Change, Kernel, meta::TableMeta, netns::NetnsSpec, within};
+    if !require_root() {
+        return;
+    }
+    let ns = Netns::new("excl");
+    let out = apply_map("rulesets/skupper-ingress.toml", &ns);
+    assert!(out.contains("table created"), "{out}");
+    let before = ns.ruleset();
+    let plan = svcnat::cli::plan_from_source(
+        svcnat::map::read::read(std::path::Path::new("rulesets/host-ports.toml")).unwrap(),
+        svcnat::resolve::Resolver::new(Default::default()),
+    )
+    .unwrap()
+    .0;
+    let rs = svcnat::ruleset::lower(&plan);
+    let spec = NetnsSpec::parse(&ns.name).unwrap();
+    let e = within(Some(&spec), |k| {
+        let genid = k.genid()?;
+        let create = Change::Replace {
+            ruleset: &rs,
+            meta: &TableMeta::default(),
+            owned: false,
+            absent: true,
+        };
+        k.commit(create, genid)
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("EEXIST"), "{e}");
+    assert_eq!(ns.ruleset(), before);
 }

@@ -121,7 +121,18 @@ impl Kernel for FakeKernel {
         let mut tables = self.tables.clone();
         let mut objects = Vec::new();
         match change {
-            Change::Replace { ruleset, meta, .. } => {
+            Change::Replace {
+                ruleset,
+                meta,
+                absent,
+                ..
+            } => {
+                if absent && tables.contains_key(&ruleset.table) {
+                    return Err(rejected(
+                        format!("add table inet {}", ruleset.table),
+                        Errno::EEXIST,
+                    ));
+                }
                 objects.push(format!("replace table inet {}", ruleset.table));
                 tables.insert(ruleset.table.clone(), (ruleset.clone(), meta.clone()));
             }

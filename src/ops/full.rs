@@ -199,6 +199,7 @@ pub(super) fn full(
         synced.replaced = !before
             .as_ref()
             .is_some_and(|b| can_update(b, &rs) && owned_as_wanted(b));
+        synced.created = before.is_none();
         let change = match &before {
             Some(b) if !synced.replaced => Change::Update {
                 installed: b,
@@ -209,6 +210,7 @@ pub(super) fn full(
                 ruleset: &rs,
                 meta: &meta,
                 owned: t.owner,
+                absent: before.is_none(),
             },
         };
         let committed = timed(&mut synced.timings.commit_ms, || k.commit(change, genid));

@@ -143,6 +143,7 @@ impl Synced {
             disabled: Vec::new(),
             retries: 0,
             replaced: false,
+            created: false,
             read_back: false,
             desired: None,
             splice: None,
@@ -155,10 +156,10 @@ impl Synced {
 
     /// How the kernel was changed, in words: `incremental path (...), updated in place`.
     pub fn how(&self) -> String {
-        let change = if self.replaced {
-            "table replaced"
-        } else {
-            "updated in place"
+        let change = match (self.created, self.replaced) {
+            (true, _) => "table created",
+            (false, true) => "table replaced",
+            (false, false) => "updated in place",
         };
         match self.path {
             SyncPath::Unchanged => "unchanged".into(),
@@ -256,6 +257,8 @@ pub struct Synced {
     pub retries: u32,
     /// Whether the table was replaced whole (else changed in place, or not at all).
     pub replaced: bool,
+    /// Whether it was created: there was none to replace.
+    pub created: bool,
     /// Whether the table was read back from the kernel (not known from this process's
     /// last commit, or the incremental path's index).
     pub read_back: bool,

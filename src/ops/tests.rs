@@ -132,7 +132,7 @@ fn first_apply_is_full_for_want_of_an_index_then_changes_go_incremental() {
     let done = lab.apply(&map(20, None)).unwrap();
     assert_eq!(done.path, SyncPath::Full(FullReason::NoIndex));
     assert_eq!((done.generation, done.changed), (Some(1), 20));
-    assert!(done.replaced);
+    assert!(done.replaced && done.created, "no table before: created");
 
     let done = lab.apply(&map(20, Some(7))).unwrap();
     assert_eq!(done.path, SyncPath::Incremental);
@@ -149,6 +149,7 @@ fn first_apply_is_full_for_want_of_an_index_then_changes_go_incremental() {
     let done = lab.apply(&map(20, None)).unwrap();
     assert_eq!(done.path, SyncPath::Full(FullReason::KernelMoved));
     assert!(!done.replaced, "the shape is the same: updated in place");
+    assert!(!done.created);
     assert_eq!(lab.reasons(), [(1, "apply"), (2, "apply"), (3, "apply")]);
 }
 

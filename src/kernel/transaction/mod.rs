@@ -33,7 +33,8 @@ unsafe impl<T: NlMsg> NlMsg for NoAck<'_, T> {
 /// NEWTABLE carrying svcnat's comment (`meta::OWNER_COMMENT`), which marks the table as
 /// svcnat's (the nftnl crate's table has no userdata), and its flags: NFT_TABLE_F_OWNER
 /// for `run --owner`.
-struct NewTable<'a>(&'a CString, u32);
+/// NEWTABLE: its name, flags, and whether it must not exist yet (NLM_F_EXCL).
+struct NewTable<'a>(&'a CString, u32, bool);
 // SAFETY: a header, a name and a short comment, far below nft_nlmsg_maxsize bytes, the room
 // nftnl's batch guarantees.
 unsafe impl NlMsg for NewTable<'_> {
@@ -52,7 +53,8 @@ unsafe impl NlMsg for NewTable<'_> {
                 udata.as_ptr().cast(),
                 udata.len() as u32,
             );
-            let h = header(buf, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE, seq);
+            let excl = if self.2 { libc::NLM_F_EXCL } else { 0 };
+            let h = header(buf, libc::NFT_MSG_NEWTABLE, libc::NLM_F_CREATE | excl, seq);
             sys::nftnl_table_nlmsg_build_payload(h, t);
             sys::nftnl_table_free(t);
         }
@@ -253,10 +255,12 @@ impl Transaction {
     }
 
     /// Replace svcnat's table with `rs`: delete whatever is there, define it anew (owned by
-    /// the committing socket when `owned`).
-    pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta, owned: bool) {
+    /// the committing socket when `owned`); when it is `absent`, only create it.
+    pub fn replace_table(&mut self, rs: &Ruleset, meta: &TableMeta, owned: bool, absent: bool) {
         self.table = Some(rs.table.clone());
-        self.delete_table(&rs.table);
+        if !absent {
+            self.delete_table(&rs.table);
+        }
         let name = cstring(&rs.table);
         let flags = if owned {
             super::decode::NFT_TABLE_F_OWNER
@@ -264,7 +268,7 @@ impl Transaction {
             0
         };
         self.add(
-            &NewTable(&name, flags),
+            &NewTable(&name, flags, absent),
             MsgType::Add,
             format!(
                 "add table inet {}{}",
@@ -399,7 +403,7 @@ impl Transaction {
 /// what fuzzing of the decoder starts from.
 pub fn install_bytes(rs: &Ruleset, meta: &TableMeta) -> Vec<u8> {
     let mut tx = Transaction::new();
-    tx.replace_table(rs, meta, false);
+    tx.replace_table(rs, meta, false, false);
     tx.batch.finalize().iter().flatten().copied().collect()
 }
 
