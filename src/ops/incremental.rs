@@ -13,7 +13,7 @@ use super::{FullReason, LastCommit, SyncPath, Synced};
 use crate::error::Result;
 use crate::kernel::meta::TableMeta;
 use crate::kernel::{Change as KernelChange, Kernel, next_genid, sysctl};
-use crate::map::window::{MapBytes, Window};
+use crate::map::window::MapBytes;
 use crate::map::{Sections, Source};
 use crate::resolve::Resolver;
 use crate::ruleset::{DnatElem, DnatId, MapKey, MapKind, dnat_map_size};
@@ -118,7 +118,7 @@ pub(super) fn apply(
         return Ok(unchanged(index, meta));
     }
     let locals = k.local_addresses();
-    let change = Change::find(&index, diff, name, text, resolver, &locals);
+    let change = Change::find(&index, diff, name, resolver, &locals);
     // What was compared may be torn: the file is the full path's to read again.
     if !text.unchanged() {
         return Ok(Err(FullReason::MapRewritten));
@@ -262,7 +262,6 @@ impl Change {
         index: &Index,
         diff: Diff,
         name: &str,
-        text: MapBytes,
         resolver: &Resolver,
         locals: &[std::net::IpAddr],
     ) -> std::result::Result<Change, FullReason> {
@@ -274,20 +273,17 @@ impl Change {
             at,
             removed,
             region,
+            part,
             ..
         } = diff;
         let region_start = region.start;
         let old = &index.records;
 
         // The changed sections, after the unchanged prefix (settings), as a map of their own:
-        // a copy (the text may be changing under us), cut and checked again, whose hashes
-        // are the ones recorded. Only this copy needs to be UTF-8: the rest of the text is
-        // what the index was written for, which was.
+        // the diff's copy (the text may be changing under us), cut and checked again, whose
+        // hashes are the ones recorded. Only this copy needs to be UTF-8: the rest of the
+        // text is what the index was written for, which was.
         let first = usize::try_from(index.head.prefix_len).map_err(|_| MapLayout)?;
-        let mut part = Vec::with_capacity(first + region.len());
-        let text = &mut Window::forward(text);
-        part.extend_from_slice(text.get(0..first).ok_or(MapLayout)?);
-        part.extend_from_slice(text.get(region).ok_or(MapLayout)?);
         let part = String::from_utf8(part).map_err(|_| MapError)?;
         let cut = Sections::cut(&part);
         let added = cut.count();

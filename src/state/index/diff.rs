@@ -14,6 +14,9 @@ pub struct Diff {
     pub removed: usize,
     pub region: std::ops::Range<usize>,
     pub digest: u128,
+    /// The text before the first section and the text of `region`, as read and checked
+    /// here: a copy (the file may be changing), what the incremental path parses.
+    pub part: Vec<u8>,
 }
 
 impl Index {
@@ -93,7 +96,8 @@ impl Index {
     pub fn diff(&self, bytes: MapBytes) -> Option<Diff> {
         let head_len = usize::try_from(self.head.prefix_len).ok()?;
         let mut text = Stream::new(bytes);
-        if hash(text.get(0..head_len)?) != self.head.prefix {
+        let mut part = text.get(0..head_len)?.to_vec();
+        if hash(&part) != self.head.prefix {
             return None;
         }
         let n = self.records.len();
@@ -110,12 +114,14 @@ impl Index {
             if !(line_start && line_end && region.starts_with(b"[[service]]")) {
                 return None;
             }
+            part.extend_from_slice(region);
         }
         Some(Diff {
             at,
             removed: n - at - tail,
             region: start..end,
             digest,
+            part,
         })
     }
 }

@@ -210,7 +210,6 @@ impl Records {
 
     /// Record `i`; None past the end, or if the index cannot be read.
     pub fn get(&self, i: usize) -> Option<Record> {
-        (i < self.len()).then_some(())?;
         Some(Record::get(&self.bytes(i..i + 1)?))
     }
 
